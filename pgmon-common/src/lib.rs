@@ -1,0 +1,163 @@
+//! Types shared by the kernel programs (`pgmon-ebpf`) and the agent (`pgmon-agent`).
+//!
+//! Every type is `#[repr(C)]` with explicit padding and `u32` flags instead of `bool`, so the
+//! kernel and the agent agree on the bytes without a second definition. Sizes are checked at
+//! compile time.
+#![no_std]
+
+/// Bytes copied into one large record: the most a PostgreSQL backend reads from its client
+/// socket in one `recvfrom()` call (`PQ_RECV_BUFFER_SIZE`, src/backend/libpq/pqcomm.c), and
+/// the size of its send buffer (`PQ_SEND_BUFFER_SIZE`).
+pub const CHUNK_BYTES: usize = 8192;
+
+/// Bytes of payload in a small record. Calls that move at most this many bytes (every
+/// `pgbench -S` request and reply) are copied into a 512-byte reservation instead of an
+/// 8 KiB one, so the ring buffer holds ~16× more of them.
+pub const SMALL_CHUNK_BYTES: usize = 512 - core::mem::size_of::<EventHeader>();
+
+/// Most chunks one syscall is split into; with [`CHUNK_BYTES`] that is 64 KiB per call.
+/// Bytes past the effective cap (the lesser of this and the configured
+/// `capture.max_bytes_per_call`) are not copied; the record says how many were skipped.
+pub const MAX_CHUNKS_PER_CALL: u32 = 8;
+
+/// Upper bound of `capture.max_bytes_per_call`.
+pub const MAX_BYTES_PER_CALL: u32 = CHUNK_BYTES as u32 * MAX_CHUNKS_PER_CALL;
+
+/// What a record describes (`EventHeader::kind`).
+pub mod kind {
+    /// Bytes a backend received from its client (`recvfrom`): the frontend stream.
+    pub const RECV: u32 = 1;
+    /// Bytes a backend sent to its client (`sendto`): the backend stream.
+    pub const SEND: u32 = 2;
+    /// A tracked backend exited; its connection state ends. `fd` is 0, `len` is 0.
+    pub const EXIT: u32 = 3;
+    /// The postmaster forked a child that is now tracked. `len` is 0.
+    pub const FORK: u32 = 4;
+}
+
+/// Bits of `EventHeader::flags`.
+pub mod flags {
+    /// The call moved more bytes than the cap; `call_bytes - (offset + len)` bytes of it
+    /// were not copied. Set on the call's last record.
+    pub const TRUNCATED: u32 = 1 << 0;
+    /// At least one earlier record of this backend was lost (ring buffer full): the agent
+    /// must resynchronise this backend's streams before trusting them again.
+    pub const LOST_BEFORE: u32 = 1 << 1;
+    /// This record is the last chunk of its call.
+    pub const LAST_CHUNK: u32 = 1 << 2;
+}
+
+/// Header of every ring-buffer record. 40 bytes, no implicit padding.
+///
+/// A record is this header followed by `len` payload bytes (in a [`SmallRecord`] or a
+/// [`LargeRecord`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// `bpf_ktime_get_ns()` when the call returned (CLOCK_MONOTONIC, nanoseconds).
+    pub ts_ns: u64,
+    /// One of [`kind`].
+    pub kind: u32,
+    /// Process id (tgid) of the backend.
+    pub pid: u32,
+    /// The socket's file descriptor in the backend.
+    pub fd: u32,
+    /// Payload bytes in this record.
+    pub len: u32,
+    /// Bytes the whole syscall moved (its return value).
+    pub call_bytes: u32,
+    /// Offset of this record's payload within the call.
+    pub offset: u32,
+    /// Bits of [`flags`].
+    pub flags: u32,
+    /// Explicit padding; always 0.
+    pub _pad: u32,
+}
+
+/// A record whose payload fits [`SMALL_CHUNK_BYTES`]: 512 bytes in all.
+#[repr(C)]
+pub struct SmallRecord {
+    pub header: EventHeader,
+    pub data: [u8; SMALL_CHUNK_BYTES],
+}
+
+/// A record of up to [`CHUNK_BYTES`] of payload.
+#[repr(C)]
+pub struct LargeRecord {
+    pub header: EventHeader,
+    pub data: [u8; CHUNK_BYTES],
+}
+
+/// Indices of the per-CPU counter array `COUNTERS` (a `PerCpuArray<u64>`); the agent sums
+/// the CPUs and exports them.
+pub mod counter {
+    /// Records submitted to the ring buffer.
+    pub const EVENTS: u32 = 0;
+    /// Records lost because the ring buffer was full (reservation failed).
+    pub const DROPPED: u32 = 1;
+    /// Payload bytes lost with those records.
+    pub const DROPPED_BYTES: u32 = 2;
+    /// Calls that moved more bytes than the cap.
+    pub const TRUNCATED: u32 = 3;
+    /// Bytes not copied because of the cap.
+    pub const TRUNCATED_BYTES: u32 = 4;
+    /// Probe failures: a user-memory read or a map update that failed.
+    pub const PROBE_ERRORS: u32 = 5;
+    /// Tracked processes added by the fork probe.
+    pub const FORKS: u32 = 6;
+    /// Number of counters.
+    pub const COUNT: u32 = 8;
+}
+
+/// Arguments of an in-flight `recvfrom`/`sendto`, saved at syscall entry and read at exit
+/// (tracepoint families only). 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InflightCall {
+    /// User-space buffer address.
+    pub buf: u64,
+    /// Socket file descriptor.
+    pub fd: u32,
+    /// One of [`kind::RECV`] / [`kind::SEND`].
+    pub kind: u32,
+}
+
+/// Value of the `TRACKED` map (key: backend pid). 8 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrackedProcess {
+    /// Bits of [`flags`]; the kernel sets [`flags::LOST_BEFORE`] when a record of this
+    /// process was dropped and clears it on the next one it manages to submit.
+    pub flags: u32,
+    /// Explicit padding; always 0.
+    pub _pad: u32,
+}
+
+/// Index in the `CONFIG` array (`Array<u32>`) of the tracked postmaster's pid. Read by the
+/// fork probe; the agent rewrites it if the postmaster restarts.
+pub const CONFIG_POSTMASTER_PID: u32 = 0;
+/// Index in `CONFIG` of the effective byte cap per call (≤ [`MAX_BYTES_PER_CALL`]).
+pub const CONFIG_MAX_BYTES_PER_CALL: u32 = 1;
+/// Index in `CONFIG` of the ring-buffer fill (bytes) past which a submit wakes the agent.
+pub const CONFIG_WAKEUP_BYTES: u32 = 2;
+/// Index in `CONFIG` of `child_pid`'s byte offset in the `sched_process_fork` tracepoint
+/// record (read by the agent from tracefs: it moved between kernel versions).
+pub const CONFIG_FORK_CHILD_PID_OFFSET: u32 = 3;
+/// Length of `CONFIG`.
+pub const CONFIG_LEN: u32 = 4;
+
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 40);
+const _: () = assert!(core::mem::size_of::<SmallRecord>() == 512);
+const _: () = assert!(core::mem::size_of::<LargeRecord>() == 40 + CHUNK_BYTES);
+const _: () = assert!(core::mem::size_of::<InflightCall>() == 16);
+const _: () = assert!(core::mem::size_of::<TrackedProcess>() == 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers with explicit padding; every bit pattern is valid.
+    unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::InflightCall {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TrackedProcess {}
+}

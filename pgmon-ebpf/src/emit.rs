@@ -1,0 +1,199 @@
+//! Copying one syscall's bytes into the ring buffer, in chunks of at most 8 KiB.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_user},
+};
+use pgmon_common::{
+    CHUNK_BYTES, CONFIG_MAX_BYTES_PER_CALL, CONFIG_WAKEUP_BYTES, EventHeader, LargeRecord,
+    MAX_BYTES_PER_CALL, MAX_CHUNKS_PER_CALL, SMALL_CHUNK_BYTES, SmallRecord, counter, flags,
+};
+
+use crate::{EVENTS, TRACKED, bump, config};
+
+/// Submit flag: no wakeup unless the ring buffer holds more than `CONFIG_WAKEUP_BYTES`.
+/// A wakeup per record halves pgbench TPS on 2 cores (DESIGN.md, measured); the agent
+/// drains on a short timer instead.
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    let threshold = config(CONFIG_WAKEUP_BYTES) as u64;
+    if threshold != 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) > threshold {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Takes (and clears) the backend's "a record was lost" mark.
+#[inline(always)]
+fn take_lost(pid: u32) -> u32 {
+    match TRACKED.get_ptr_mut(pid) {
+        Some(p) => {
+            // SAFETY: map value pointer, valid for this program run.
+            let f = unsafe { (*p).flags };
+            if f & flags::LOST_BEFORE != 0 {
+                unsafe { (*p).flags = f & !flags::LOST_BEFORE };
+            }
+            f & flags::LOST_BEFORE
+        }
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn mark_lost(pid: u32) {
+    if let Some(p) = TRACKED.get_ptr_mut(pid) {
+        // SAFETY: map value pointer, valid for this program run.
+        unsafe { (*p).flags |= flags::LOST_BEFORE };
+    }
+}
+
+/// Emits a record with no payload (fork, exit).
+#[inline(always)]
+pub fn emit_marker(kind: u32, pid: u32) {
+    match EVENTS.reserve::<SmallRecord>(0) {
+        Some(mut entry) => {
+            let rec = entry.as_mut_ptr();
+            // SAFETY: reserved memory of SmallRecord size; only the header is written and
+            // len = 0 tells the agent not to read the payload.
+            unsafe {
+                (*rec).header = EventHeader {
+                    ts_ns: bpf_ktime_get_ns(),
+                    kind,
+                    pid,
+                    ..EventHeader::default()
+                };
+            }
+            entry.submit(wakeup_flag());
+            bump(counter::EVENTS, 1);
+        }
+        None => bump(counter::DROPPED, 1),
+    }
+}
+
+/// Copies the `ret` bytes a tracked backend moved through `buf` on socket `fd` into the ring
+/// buffer: chunks of ≤ 8 KiB, at most the configured cap per call; counts what it drops.
+#[inline(always)]
+pub fn emit_call(kind: u32, pid: u32, fd: u32, buf: u64, ret: i64) {
+    if ret <= 0 {
+        return;
+    }
+    let call_bytes = if ret > u32::MAX as i64 { u32::MAX } else { ret as u32 };
+    let mut cap = config(CONFIG_MAX_BYTES_PER_CALL);
+    if cap == 0 || cap > MAX_BYTES_PER_CALL {
+        cap = MAX_BYTES_PER_CALL;
+    }
+    let copy_total = if call_bytes > cap { cap } else { call_bytes };
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    let mut lost = take_lost(pid);
+
+    let mut i = 0u32;
+    while i < MAX_CHUNKS_PER_CALL {
+        let offset = i * CHUNK_BYTES as u32;
+        if offset >= copy_total {
+            break;
+        }
+        let rest = copy_total - offset;
+        let len = if rest > CHUNK_BYTES as u32 { CHUNK_BYTES as u32 } else { rest };
+        let last = offset + len >= copy_total;
+        let mut f = lost;
+        if last {
+            f |= flags::LAST_CHUNK;
+            if call_bytes > copy_total {
+                f |= flags::TRUNCATED;
+                bump(counter::TRUNCATED, 1);
+                bump(counter::TRUNCATED_BYTES, (call_bytes - copy_total) as u64);
+            }
+        }
+        let header = EventHeader {
+            ts_ns,
+            kind,
+            pid,
+            fd,
+            len,
+            call_bytes,
+            offset,
+            flags: f,
+            _pad: 0,
+        };
+        let src = (buf + offset as u64) as *const core::ffi::c_void;
+        let outcome = if (len as usize) <= SMALL_CHUNK_BYTES {
+            emit_small(header, src, len)
+        } else {
+            emit_large(header, src, len)
+        };
+        if outcome != Outcome::Submitted {
+            if outcome == Outcome::RingFull {
+                bump(counter::DROPPED, 1);
+                bump(counter::DROPPED_BYTES, rest as u64);
+            } else {
+                bump(counter::PROBE_ERRORS, 1);
+            }
+            // The stream has a hole: the agent resynchronises on the next record.
+            mark_lost(pid);
+            return;
+        }
+        lost = 0;
+        i += 1;
+    }
+}
+
+/// What became of one chunk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Submitted,
+    /// No room in the ring buffer.
+    RingFull,
+    /// The user-memory read failed (or the length failed its bound check).
+    ReadFailed,
+}
+
+#[inline(always)]
+fn emit_small(header: EventHeader, src: *const core::ffi::c_void, len: u32) -> Outcome {
+    let Some(mut entry) = EVENTS.reserve::<SmallRecord>(0) else {
+        return Outcome::RingFull;
+    };
+    let rec = entry.as_mut_ptr();
+    let n = len as usize & (SMALL_CHUNK_BYTES * 2 - 1);
+    if n > SMALL_CHUNK_BYTES {
+        entry.discard(0);
+        return Outcome::ReadFailed;
+    }
+    // SAFETY: `rec` is a reservation of SmallRecord size; n ≤ SMALL_CHUNK_BYTES.
+    let rc = unsafe {
+        (*rec).header = header;
+        bpf_probe_read_user((*rec).data.as_mut_ptr().cast(), n as u32, src)
+    };
+    if rc != 0 {
+        entry.discard(0);
+        return Outcome::ReadFailed;
+    }
+    entry.submit(wakeup_flag());
+    bump(counter::EVENTS, 1);
+    Outcome::Submitted
+}
+
+#[inline(always)]
+fn emit_large(header: EventHeader, src: *const core::ffi::c_void, len: u32) -> Outcome {
+    let Some(mut entry) = EVENTS.reserve::<LargeRecord>(0) else {
+        return Outcome::RingFull;
+    };
+    let rec = entry.as_mut_ptr();
+    let n = len as usize & (CHUNK_BYTES * 2 - 1);
+    if n > CHUNK_BYTES {
+        entry.discard(0);
+        return Outcome::ReadFailed;
+    }
+    // SAFETY: `rec` is a reservation of LargeRecord size; n ≤ CHUNK_BYTES.
+    let rc = unsafe {
+        (*rec).header = header;
+        bpf_probe_read_user((*rec).data.as_mut_ptr().cast(), n as u32, src)
+    };
+    if rc != 0 {
+        entry.discard(0);
+        return Outcome::ReadFailed;
+    }
+    entry.submit(wakeup_flag());
+    bump(counter::EVENTS, 1);
+    Outcome::Submitted
+}

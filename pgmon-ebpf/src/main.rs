@@ -1,0 +1,78 @@
+//! pgmon's kernel programs.
+//!
+//! They watch the client sockets of one PostgreSQL cluster's backends: the postmaster's pid
+//! is written into `CONFIG` by the agent, the fork probe adds each child it forks to
+//! `TRACKED`, and the socket probes copy the bytes every tracked backend receives and sends
+//! into the `EVENTS` ring buffer (see `pgmon_common` for the record layout). Nothing here
+//! blocks or changes a syscall: a probe that fails counts the failure and returns.
+//!
+//! Probe families, one file each under `probes/`, cheapest first:
+//! - `fexit`: `fexit/__sys_recvfrom` and `fexit/__sys_sendto` (one program per call, args and
+//!   return value together; refused with EPERM on some hosts),
+//! - `raw_tp`: `raw_tp/sys_enter` + `raw_tp/sys_exit` filtered on the syscall number,
+//! - `syscall_tp`: `tracepoint/syscalls/sys_{enter,exit}_{recvfrom,sendto}`.
+//!
+//! `lifecycle` (fork and exit of tracked processes) is shared by all families.
+#![no_std]
+#![no_main]
+
+mod emit;
+mod probes;
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use pgmon_common::{CONFIG_LEN, InflightCall, TrackedProcess, counter};
+
+/// Records for the agent. Size set by the agent at load time (`capture.ring_buffer_bytes`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Backends of the tracked cluster, keyed by pid. Seeded by the agent from /proc at start,
+/// extended by the fork probe, pruned by the exit probe.
+#[map]
+static TRACKED: HashMap<u32, TrackedProcess> = HashMap::with_max_entries(65_536, 0);
+
+/// Arguments of calls in flight between syscall entry and exit, keyed by pid_tgid.
+#[map]
+static INFLIGHT: HashMap<u64, InflightCall> = HashMap::with_max_entries(16_384, 0);
+
+/// Run-time settings written by the agent (indices `pgmon_common::CONFIG_*`).
+#[map]
+static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_LEN, 0);
+
+/// Per-CPU counters (indices `pgmon_common::counter`).
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Adds `n` to per-CPU counter `idx`.
+#[inline(always)]
+fn bump(idx: u32, n: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, programs do not preempt each other on one CPU.
+        unsafe { *p += n };
+    }
+}
+
+/// Reads `CONFIG[idx]`, 0 when unset.
+#[inline(always)]
+fn config(idx: u32) -> u32 {
+    CONFIG.get(idx).copied().unwrap_or(0)
+}
+
+/// Whether `pid` is a backend of the tracked cluster.
+#[inline(always)]
+fn is_tracked(pid: u32) -> bool {
+    TRACKED.get_ptr(pid).is_some()
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
