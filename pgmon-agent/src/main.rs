@@ -1,5 +1,19 @@
-fn main() {
-    static OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pgmon"));
-    let mut ebpf = aya::Ebpf::load(OBJ).expect("load");
-    for (name, p) in ebpf.programs_mut() { println!("{name} {:?}", p.prog_type()); }
+//! `pgmon-agent`: dispatches the subcommands of [`pgmon_agent::cli`].
+use clap::Parser as _;
+use pgmon_agent::cli::{Cli, Command, check_config, run, status};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Run { config } => run::run(config),
+        Command::Status { addr, json, role } => status::status(*addr, *json, role.as_deref()),
+        Command::CheckConfig { file } => check_config::check_config(file),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgmon-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,305 @@
+//! The kernel side, seen from the agent: load the embedded programs, attach the cheapest
+//! hook family the kernel accepts, tell the programs which postmaster to follow, and drain
+//! the ring buffer.
+
+pub mod cluster;
+pub mod hooks;
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+};
+use pgmon_common::{
+    CONFIG_FORK_CHILD_PID_OFFSET, CONFIG_MAX_BYTES_PER_CALL, CONFIG_POSTMASTER_PID,
+    CONFIG_WAKEUP_BYTES, EventHeader, TrackedProcess, counter,
+};
+
+pub use hooks::{HookError, HookFamily};
+
+use crate::config::CaptureConfig;
+
+/// The kernel programs, built by `build.rs` (aya-build) for bpfel-unknown-none.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pgmon"));
+
+/// One ring-buffer record: its header and the payload bytes it carries.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    pub header: EventHeader,
+    pub data: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    /// Decodes a raw ring-buffer item; `None` if it is shorter than its header says
+    /// (never expected: counted by the caller as a probe error).
+    pub fn decode(raw: &'a [u8]) -> Option<Self> {
+        let hsize = std::mem::size_of::<EventHeader>();
+        if raw.len() < hsize {
+            return None;
+        }
+        // SAFETY: EventHeader is plain old data; the read is unaligned-safe.
+        let header: EventHeader =
+            unsafe { std::ptr::read_unaligned(raw.as_ptr().cast::<EventHeader>()) };
+        let data = raw.get(hsize..hsize + header.len as usize)?;
+        Some(Record { header, data })
+    }
+}
+
+/// Sums of the kernel's per-CPU counters (`pgmon_common::counter`).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct KernelCounters {
+    pub events: u64,
+    pub dropped: u64,
+    pub dropped_bytes: u64,
+    pub truncated: u64,
+    pub truncated_bytes: u64,
+    pub probe_errors: u64,
+    pub forks: u64,
+}
+
+/// Errors attaching the capture.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The cluster or tracefs could not be found.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    /// The embedded object did not load (maps could not be created: memlock, privileges).
+    #[error("loading the kernel programs failed (are we root, with CAP_BPF and CAP_PERFMON?): {0}")]
+    Load(#[source] aya::EbpfError),
+    /// A map the object should have is missing or of the wrong type.
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The fork/exit tracepoints could not be attached.
+    #[error("process lifecycle probes: {0}")]
+    Lifecycle(#[source] HookError),
+    /// No socket hook family could be attached; each refusal is listed.
+    #[error("no hook family could be attached: {}", .0.iter().map(|(f, e)| format!("{}: {e}", f.name())).collect::<Vec<_>>().join("; "))]
+    NoHook(Vec<(HookFamily, String)>),
+}
+
+/// The attached kernel programs and their maps.
+pub struct Capture {
+    // Dropping the Ebpf object detaches every program (their links are owned by it).
+    _ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    tracked: HashMap<MapData, u32, TrackedProcess>,
+    config: Array<MapData, u32>,
+    hook: HookFamily,
+    refused: Vec<(HookFamily, String)>,
+    postmaster: u32,
+    preexisting: Vec<u32>,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> CaptureError {
+    move |source| CaptureError::Map { name, source }
+}
+
+impl Capture {
+    /// Loads the programs, attaches the lifecycle probes and the first hook family of
+    /// `cfg.hooks` that the kernel accepts, then seeds `TRACKED` with the postmaster's
+    /// current children. The fork probe is attached before the seeding, so no backend
+    /// forked meanwhile is missed.
+    pub fn attach(cfg: &CaptureConfig, data_directory: &Path) -> Result<Self, CaptureError> {
+        cluster::ensure_tracefs()?;
+        let postmaster = cluster::postmaster_pid(data_directory)?;
+        let fork_offset = cluster::fork_child_pid_offset()?;
+        raise_memlock_limit();
+
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", cfg.ring_buffer_bytes)
+            .map_max_entries("TRACKED", cfg.max_backends)
+            .load(EBPF_OBJECT)
+            .map_err(CaptureError::Load)?;
+
+        let mut config: Array<MapData, u32> = Array::try_from(
+            ebpf.take_map("CONFIG").ok_or(CaptureError::Map {
+                name: "CONFIG",
+                source: aya::maps::MapError::InvalidName { name: "CONFIG".into() },
+            })?,
+        )
+        .map_err(map_err("CONFIG"))?;
+        for (idx, value) in [
+            (CONFIG_POSTMASTER_PID, postmaster),
+            (CONFIG_MAX_BYTES_PER_CALL, cfg.max_bytes_per_call),
+            (CONFIG_WAKEUP_BYTES, cfg.ring_buffer_bytes / 4),
+            (CONFIG_FORK_CHILD_PID_OFFSET, fork_offset),
+        ] {
+            config.set(idx, value, 0).map_err(map_err("CONFIG"))?;
+        }
+
+        hooks::attach_tracepoint(&mut ebpf, "pgmon_fork", "sched", "sched_process_fork")
+            .map_err(CaptureError::Lifecycle)?;
+        hooks::attach_tracepoint(&mut ebpf, "pgmon_exit", "sched", "sched_process_exit")
+            .map_err(CaptureError::Lifecycle)?;
+
+        let mut refused = Vec::new();
+        let mut chosen = None;
+        for &family in HookFamily::candidates(cfg.hooks) {
+            match family.attach(&mut ebpf) {
+                Ok(()) => {
+                    chosen = Some(family);
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!(hook = family.name(), error = %e, "hook family refused, trying the next");
+                    refused.push((family, error_chain(&e)));
+                }
+            }
+        }
+        let hook = chosen.ok_or_else(|| CaptureError::NoHook(refused.clone()))?;
+
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(CaptureError::Map {
+                name,
+                source: aya::maps::MapError::InvalidName { name: name.into() },
+            })
+        };
+        let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
+        let counters =
+            PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_err("COUNTERS"))?;
+        let tracked =
+            HashMap::try_from(take(&mut ebpf, "TRACKED")?).map_err(map_err("TRACKED"))?;
+
+        let mut capture = Capture {
+            _ebpf: ebpf,
+            ring,
+            counters,
+            tracked,
+            config,
+            hook,
+            refused,
+            postmaster,
+            preexisting: Vec::new(),
+        };
+        capture.seed_children();
+        Ok(capture)
+    }
+
+    /// Adds the postmaster's current children to `TRACKED` and remembers them as
+    /// pre-existing (their StartupMessage was not seen).
+    fn seed_children(&mut self) {
+        let children = cluster::children_of(self.postmaster);
+        for &pid in &children {
+            if let Err(e) = self.tracked.insert(pid, TrackedProcess::default(), 0) {
+                tracing::warn!(pid, error = %e, "cannot track an existing backend");
+            }
+        }
+        self.preexisting = children;
+    }
+
+    /// Pids that were already running when the capture attached (or re-targeted).
+    pub fn preexisting(&self) -> &[u32] {
+        &self.preexisting
+    }
+
+    /// The hook family in use.
+    pub fn hook(&self) -> HookFamily {
+        self.hook
+    }
+
+    /// Families tried before the chosen one, and why the kernel refused each.
+    pub fn refused(&self) -> &[(HookFamily, String)] {
+        &self.refused
+    }
+
+    /// The postmaster being followed.
+    pub fn postmaster_pid(&self) -> u32 {
+        self.postmaster
+    }
+
+    /// Follows a restarted postmaster: rewrites its pid for the fork probe and seeds its
+    /// children. Returns false if `pid` is the one already followed.
+    pub fn retarget(&mut self, pid: u32) -> bool {
+        if pid == self.postmaster {
+            return false;
+        }
+        if let Err(e) = self.config.set(CONFIG_POSTMASTER_PID, pid, 0) {
+            tracing::error!(error = %e, "cannot update the postmaster pid in the kernel");
+            return false;
+        }
+        self.postmaster = pid;
+        self.seed_children();
+        true
+    }
+
+    /// Number of processes in `TRACKED`.
+    pub fn tracked_count(&self) -> usize {
+        self.tracked.keys().count()
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |idx: u32| -> u64 {
+            self.counters.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        };
+        KernelCounters {
+            events: sum(counter::EVENTS),
+            dropped: sum(counter::DROPPED),
+            dropped_bytes: sum(counter::DROPPED_BYTES),
+            truncated: sum(counter::TRUNCATED),
+            truncated_bytes: sum(counter::TRUNCATED_BYTES),
+            probe_errors: sum(counter::PROBE_ERRORS),
+            forks: sum(counter::FORKS),
+        }
+    }
+
+    /// Waits up to `timeout` for the kernel's early wakeup (ring buffer a quarter full);
+    /// records submitted without a wakeup are found by the next [`Self::drain`] anyway.
+    pub fn wait(&self, timeout: Duration) {
+        let mut pfd = libc::pollfd {
+            fd: self.ring.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd; EINTR and errors just end the wait early.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+    }
+
+    /// Hands every record in the ring buffer to `f`, oldest first; returns how many, and
+    /// how many could not be decoded.
+    pub fn drain(&mut self, mut f: impl FnMut(Record<'_>)) -> (usize, usize) {
+        let (mut n, mut bad) = (0, 0);
+        while let Some(item) = self.ring.next() {
+            match Record::decode(&item) {
+                Some(r) => f(r),
+                None => bad += 1,
+            }
+            n += 1;
+        }
+        (n, bad)
+    }
+}
+
+/// Lets the kernel charge map memory on kernels older than 5.11 (memcg accounting makes
+/// this a no-op on newer ones).
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain setrlimit call with a valid struct.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if rc != 0 {
+        tracing::debug!("setrlimit(RLIMIT_MEMLOCK) failed; fine on Linux ≥ 5.11");
+    }
+}
+
+/// "a: b: c" from an error and its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}

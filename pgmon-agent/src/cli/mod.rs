@@ -1,0 +1,46 @@
+//! The command line (clap). One file per subcommand; `main.rs` only dispatches.
+
+pub mod check_config;
+pub mod run;
+pub mod status;
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, Subcommand};
+
+/// pgmon: watches every query a PostgreSQL cluster's backends receive, through eBPF probes
+/// on their client sockets, and attributes it to its role.
+#[derive(Debug, Parser)]
+#[command(name = "pgmon-agent", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to the cluster named in the policy file and run until SIGTERM (needs root).
+    Run {
+        /// The YAML policy file.
+        #[arg(long, short, default_value = "/etc/pgmon/pgmon.yaml")]
+        config: PathBuf,
+    },
+    /// Show what a running agent sees: capture health and per-role traffic.
+    Status {
+        /// The agent's HTTP address (its metrics.listen).
+        #[arg(long, default_value = "127.0.0.1:8181")]
+        addr: SocketAddr,
+        /// Print the raw JSON document of /api/v1/status.
+        #[arg(long)]
+        json: bool,
+        /// Show one role's fingerprints, most called first.
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Check a policy file and exit 0 if it is usable, or print file:line:column: field: error.
+    CheckConfig {
+        /// The YAML policy file.
+        file: PathBuf,
+    },
+}

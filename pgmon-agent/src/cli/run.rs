@@ -1,0 +1,158 @@
+//! `pgmon-agent run --config FILE`: attach, capture, serve, until SIGTERM or SIGINT.
+//!
+//! Threads: the capture thread owns the kernel objects and the whole pipeline (no locks on
+//! the hot path); a small tokio runtime serves HTTP and the monitor connection. On SIGTERM
+//! the capture thread stops, its `Capture` is dropped, which detaches every probe, and the
+//! process exits 0. If the agent dies instead, the kernel detaches the probes with its file
+//! descriptors: queries never wait on pgmon.
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    attribution,
+    capture::{Capture, cluster},
+    config::Config,
+    http::{self, Endpoint, StatusRequest},
+    metrics::Metrics,
+    pipeline::Pipeline,
+};
+
+/// Runs the agent with the policy file at `config_path`.
+pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGMON_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+
+    let monitor = attribution::monitor_config(&config.cluster.connection)?;
+    let capture = Capture::attach(&config.capture, &config.cluster.data_directory)
+        .context("attaching the capture")?;
+    let hook = capture.hook();
+    for (family, why) in capture.refused() {
+        tracing::info!(hook = family.name(), reason = %why, "cheaper hook family refused by the kernel");
+    }
+    tracing::info!(
+        hook = hook.name(),
+        cost_rank = hook.cost_rank(),
+        postmaster = capture.postmaster_pid(),
+        preexisting_backends = capture.preexisting().len(),
+        "capture attached"
+    );
+    let metrics = Metrics::new(hook.name(), hook.cost_rank());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("pgmon-io")
+        .build()?;
+    let listener = runtime
+        .block_on(http::bind(config.metrics.listen))
+        .with_context(|| format!("metrics.listen: cannot listen on {}", config.metrics.listen))?;
+
+    let (lookup_tx, lookup_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (answer_tx, answer_rx) = std::sync::mpsc::channel();
+    let (status_tx, status_rx) = std::sync::mpsc::channel::<StatusRequest>();
+    let last_drain_ms = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    runtime.spawn(attribution::serve(monitor, lookup_rx, answer_tx, metrics.clone()));
+    runtime.spawn(http::serve(
+        listener,
+        Endpoint { metrics: metrics.clone(), status: status_tx, last_drain_ms: last_drain_ms.clone() },
+    ));
+    tracing::info!(listen = %config.metrics.listen, "serving /metrics, /healthz, /api/v1/status");
+
+    let capture_thread = {
+        let stop = stop.clone();
+        let config = config.clone();
+        let metrics = metrics.clone();
+        std::thread::Builder::new().name("pgmon-capture".into()).spawn(move || {
+            let mut pipeline = Pipeline::new(&config, metrics, lookup_tx);
+            capture_loop(capture, &mut pipeline, &config, &stop, &answer_rx, &status_rx, &last_drain_ms);
+        })?
+    };
+
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: detaching"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: detaching"); break; }
+                _ = hup.recv() => tracing::warn!("SIGHUP: policy reload is not supported yet; restart the agent to apply changes"),
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    capture_thread.join().map_err(|_| anyhow::anyhow!("capture thread panicked"))?;
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    tracing::info!("probes detached; exiting");
+    Ok(())
+}
+
+/// Drains the ring buffer every `capture.drain_interval_ms` (or sooner when the kernel
+/// wakes us), answers status requests, applies attribution answers, publishes counters,
+/// and follows a restarted postmaster. Returns when `stop` is set; dropping `capture`
+/// then detaches the probes.
+fn capture_loop(
+    mut capture: Capture,
+    pipeline: &mut Pipeline,
+    config: &Config,
+    stop: &AtomicBool,
+    answers: &std::sync::mpsc::Receiver<attribution::Answer>,
+    status: &std::sync::mpsc::Receiver<StatusRequest>,
+    last_drain_ms: &AtomicU64,
+) {
+    let interval = Duration::from_millis(config.capture.drain_interval_ms);
+    let started = Instant::now();
+    let mut last_publish = Instant::now();
+    let mut last_pid_check = Instant::now();
+    pipeline.set_preexisting(capture.preexisting());
+    while !stop.load(Ordering::Relaxed) {
+        capture.wait(interval);
+        let (_, bad) = capture.drain(|record| pipeline.on_record(&record));
+        if bad > 0 {
+            tracing::warn!(records = bad, "undecodable ring-buffer records");
+        }
+        while let Ok(answer) = answers.try_recv() {
+            pipeline.on_answer(answer);
+        }
+        while let Ok(reply) = status.try_recv() {
+            pipeline.publish(&capture);
+            let _ = reply.send(pipeline.status(&capture, started, &config.cluster.data_directory));
+        }
+        if last_publish.elapsed() >= Duration::from_millis(500) {
+            pipeline.publish(&capture);
+            last_publish = Instant::now();
+        }
+        if last_pid_check.elapsed() >= Duration::from_secs(1) {
+            last_pid_check = Instant::now();
+            if let Ok(pid) = cluster::postmaster_pid(&config.cluster.data_directory)
+                && capture.retarget(pid)
+            {
+                tracing::warn!(postmaster = pid, "postmaster restarted; following the new one");
+                pipeline.set_preexisting(capture.preexisting());
+            }
+        }
+        last_drain_ms.store(http::now_ms(), Ordering::Relaxed);
+    }
+    // Records still in the ring when we stop are counted, not processed.
+    let (n, _) = capture.drain(|record| pipeline.on_record(&record));
+    tracing::info!(final_records = n, "capture stopped");
+}

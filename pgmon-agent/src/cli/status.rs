@@ -1,0 +1,149 @@
+//! `pgmon-agent status`: reads `/api/v1/status` from a running agent and prints it for a
+//! person (or as JSON with `--json`).
+
+use std::{fmt::Write as _, net::SocketAddr};
+
+use anyhow::{Context as _, bail};
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+use crate::status::{RoleStatus, Status};
+
+/// Fetches and prints the status of the agent at `addr`.
+pub fn status(addr: SocketAddr, json: bool, role: Option<&str>) -> anyhow::Result<()> {
+    let body = fetch(addr)?;
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let status: Status = serde_json::from_str(&body).context("agent answered with unexpected JSON")?;
+    match role {
+        Some(name) => {
+            let Some(r) = status.roles.iter().find(|r| r.role == name) else {
+                bail!("role {name:?} has no captured traffic (roles seen: {})", status.roles.len());
+            };
+            print!("{}", render_role(r));
+        }
+        None => print!("{}", render(&status)),
+    }
+    Ok(())
+}
+
+fn fetch(addr: SocketAddr) -> anyhow::Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+        let uri: hyper::Uri = format!("http://{addr}/api/v1/status").parse()?;
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri))
+            .await
+            .with_context(|| format!("no answer from the agent at {addr} within 10 s"))?
+            .with_context(|| format!("cannot reach the agent at {addr} (is `pgmon-agent run` running?)"))?;
+        let code = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if !code.is_success() {
+            bail!("agent at {addr} answered {code}: {}", text.trim());
+        }
+        Ok(text)
+    })
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
+}
+
+/// The human-readable status.
+pub fn render(s: &Status) -> String {
+    let mut o = String::new();
+    let c = &s.capture;
+    let _ = writeln!(
+        o,
+        "pgmon {} (pid {}), up {:.0} s, RSS {:.1} MiB, CPU {:.1} s",
+        s.agent.version,
+        s.agent.pid,
+        s.agent.uptime_seconds,
+        s.agent.resident_memory_bytes as f64 / (1 << 20) as f64,
+        s.agent.cpu_seconds
+    );
+    let _ = writeln!(
+        o,
+        "cluster   {} (postmaster {}), {} processes tracked, {} client connections",
+        s.cluster.data_directory, s.cluster.postmaster_pid, s.cluster.tracked_processes, s.cluster.connections
+    );
+    let _ = write!(o, "capture   hook {} (cost rank {})", c.hook, c.hook_cost_rank);
+    for r in &c.refused_hooks {
+        let _ = write!(o, "; {} refused: {}", r.hook, r.error);
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "          {} records, {} dropped ({} B), {} truncated ({} B), {} probe errors",
+        c.events, c.dropped, c.dropped_bytes, c.truncated, c.truncated_bytes, c.probe_errors
+    );
+    let _ = writeln!(
+        o,
+        "          desyncs {} frontend / {} backend, {} unattributed queries, {} encrypted sessions, {} oversized messages",
+        c.desyncs_frontend, c.desyncs_backend, c.unattributed_queries, c.encrypted_sessions, c.oversized_messages
+    );
+    let _ = writeln!(
+        o,
+        "          statement cache: {} entries, {} hits, {} misses, {} not parsable",
+        c.statement_cache_entries, c.statement_cache_hits, c.statement_cache_misses, c.normalize_errors
+    );
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "{:<20} {:>10} {:>8} {:>6} {:>9} {:>9}  databases",
+        "role", "queries", "errors", "conns", "p50 ms", "p99 ms"
+    );
+    for r in &s.roles {
+        let _ = writeln!(
+            o,
+            "{:<20} {:>10} {:>8} {:>6} {:>9} {:>9}  {}",
+            r.role,
+            r.queries,
+            r.errors,
+            r.connections,
+            ms(r.p50_ms),
+            ms(r.p99_ms),
+            r.databases.join(",")
+        );
+    }
+    for r in &s.roles {
+        let _ = writeln!(o);
+        o.push_str(&render_role_top(r, 5));
+    }
+    o
+}
+
+fn render_role(r: &RoleStatus) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "role {}: {} queries, {} errors {:?}, {} connections, p50 {} ms, p99 {} ms, databases {}",
+        r.role,
+        r.queries,
+        r.errors,
+        r.errors_by_class,
+        r.connections,
+        ms(r.p50_ms),
+        ms(r.p99_ms),
+        r.databases.join(",")
+    );
+    o.push_str(&render_role_top(r, usize::MAX));
+    o
+}
+
+fn render_role_top(r: &RoleStatus, k: usize) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "top fingerprints of {}:", r.role);
+    let _ = writeln!(o, "  {:<16} {:>10} {:>7} {:>9}  normalized text", "fingerprint", "calls", "errors", "mean ms");
+    for f in r.fingerprints.iter().take(k) {
+        let mut text: String = f.normalized.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.chars().count() > 90 {
+            text = text.chars().take(87).collect::<String>() + "...";
+        }
+        let _ = writeln!(o, "  {:<16} {:>10} {:>7} {:>9.3}  {}", f.fingerprint, f.calls, f.errors, f.mean_ms, text);
+    }
+    o
+}

@@ -1,0 +1,334 @@
+//! The YAML policy file (`pgmon-agent run --config FILE`, `pgmon-agent check-config FILE`).
+//!
+//! Every field's doc comment is its user documentation; `pgmon.example.yaml` at the
+//! repository root shows each one with its default. Unknown fields are refused, and every
+//! error names the file, the line and column, and the field's path.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// The whole policy file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The PostgreSQL cluster to watch.
+    pub cluster: ClusterConfig,
+    /// Kernel capture settings.
+    #[serde(default)]
+    pub capture: CaptureConfig,
+    /// Normalization and per-statement statistics.
+    #[serde(default)]
+    pub query: QueryConfig,
+    /// The HTTP endpoint (`/metrics`, `/healthz`, `/api/v1/status`).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Which cluster pgmon watches, and how it reaches it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster's data directory. Its `postmaster.pid` names the postmaster whose
+    /// children (the backends) are captured; every other process, other clusters on the
+    /// same host included, is ignored. Required.
+    pub data_directory: PathBuf,
+    /// libpq keyword/value connection string of the monitor connection, used to attribute
+    /// connections that were open before the agent started (`pg_stat_activity`). The role
+    /// needs `pg_monitor` (or `pg_read_all_stats`). `application_name` is forced to
+    /// `pgmon`, so the agent's own sessions are never counted as traffic.
+    /// Default: `host=/var/run/postgresql user=pgmon dbname=postgres`.
+    #[serde(default = "default_connection")]
+    pub connection: String,
+}
+
+/// Which kernel hook family to use.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HookChoice {
+    /// The cheapest family the kernel accepts, in the order fexit, raw_tracepoint,
+    /// tracepoint (default).
+    #[default]
+    Auto,
+    /// `fexit/__sys_recvfrom` + `fexit/__sys_sendto` only.
+    Fexit,
+    /// `raw_tp/sys_enter` + `raw_tp/sys_exit` only.
+    RawTracepoint,
+    /// `tracepoint/syscalls/sys_{enter,exit}_{recvfrom,sendto}` only.
+    Tracepoint,
+}
+
+/// Kernel capture settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// Hook family: `auto` (default), `fexit`, `raw_tracepoint` or `tracepoint`.
+    pub hooks: HookChoice,
+    /// Size of the ring buffer shared with the kernel, bytes; a power of two, at least
+    /// 1 MiB. Default 64 MiB: at a 5 ms drain interval it holds ~100 000 small records.
+    pub ring_buffer_bytes: u32,
+    /// Bytes copied per `recvfrom`/`sendto` call, at most 65536 (default 65536). A backend
+    /// reads at most 8192 bytes per call, so received query text is always whole; longer
+    /// sends (large result rows) are cut here and counted in
+    /// `pgmon_capture_truncated_total`.
+    pub max_bytes_per_call: u32,
+    /// How often the agent drains the ring buffer, milliseconds (default 5). The kernel
+    /// submits without a wakeup per record; it wakes the agent early only when the buffer
+    /// is a quarter full.
+    pub drain_interval_ms: u64,
+    /// Largest single protocol message reassembled, bytes (default 1 MiB). A longer query
+    /// is counted as truncated and its statement is not normalized.
+    pub max_message_bytes: usize,
+    /// Most processes tracked at once (size of the kernel's `TRACKED` map; default 65536).
+    pub max_backends: u32,
+}
+
+/// Normalization and per-statement statistics.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// Entries of the statement cache (statement shape → fingerprint and normalized text).
+    /// Default 100 000.
+    pub statement_cache_entries: usize,
+    /// Fingerprints exported in `pgmon_statement_calls_total` (the top-K by calls).
+    /// Default 100.
+    pub top_k_fingerprints: usize,
+    /// Fingerprints kept per role for `status --role` and the API (the most called win).
+    /// Default 50.
+    pub fingerprints_per_role: usize,
+    /// Fingerprints tracked across all roles before the least called are evicted.
+    /// Default 10 000.
+    pub max_fingerprints: usize,
+    /// Characters of normalized text kept per fingerprint for display (default 4096).
+    pub max_text_chars: usize,
+}
+
+/// The HTTP endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address to listen on. Default `127.0.0.1:8181`.
+    pub listen: SocketAddr,
+}
+
+fn default_connection() -> String {
+    "host=/var/run/postgresql user=pgmon dbname=postgres".to_owned()
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            hooks: HookChoice::Auto,
+            ring_buffer_bytes: 64 << 20,
+            max_bytes_per_call: pgmon_common::MAX_BYTES_PER_CALL,
+            drain_interval_ms: 5,
+            max_message_bytes: 1 << 20,
+            max_backends: 65_536,
+        }
+    }
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            statement_cache_entries: 100_000,
+            top_k_fingerprints: 100,
+            fingerprints_per_role: 50,
+            max_fingerprints: 10_000,
+            max_text_chars: 4096,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8181)) }
+    }
+}
+
+/// A policy file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// YAML syntax error, or a field of the wrong type, unknown, or missing.
+    #[error("{path}:{line}:{column}: {field}: {message}")]
+    Parse {
+        path: PathBuf,
+        /// 1-based line, 0 when the parser gave none.
+        line: usize,
+        /// 1-based column, 0 when the parser gave none.
+        column: usize,
+        /// Dotted path of the field, `(top level)` for the document itself.
+        field: String,
+        message: String,
+    },
+    /// Parsed, but a value is out of range.
+    #[error("{path}: {field}: {message}")]
+    Invalid { path: PathBuf, field: &'static str, message: String },
+}
+
+impl Config {
+    /// Reads and validates the policy file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text`; `path` is only used in error messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let de = yaml_serde::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = match e.path().to_string() {
+                p if p == "." || p.is_empty() => "(top level)".to_owned(),
+                p => p,
+            };
+            let inner = e.into_inner();
+            let (line, column) =
+                inner.location().map_or((0, 0), |l| (l.line(), l.column()));
+            let message = strip_location(&inner.to_string());
+            ConfigError::Parse { path: path.to_owned(), line, column, field, message }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            message,
+        };
+        let c = &self.capture;
+        if !c.ring_buffer_bytes.is_power_of_two() || c.ring_buffer_bytes < (1 << 20) {
+            return Err(invalid(
+                "capture.ring_buffer_bytes",
+                format!("{} is not a power of two ≥ 1048576", c.ring_buffer_bytes),
+            ));
+        }
+        if c.max_bytes_per_call == 0 || c.max_bytes_per_call > pgmon_common::MAX_BYTES_PER_CALL
+        {
+            return Err(invalid(
+                "capture.max_bytes_per_call",
+                format!(
+                    "{} is outside 1..={}",
+                    c.max_bytes_per_call,
+                    pgmon_common::MAX_BYTES_PER_CALL
+                ),
+            ));
+        }
+        if !(1..=1000).contains(&c.drain_interval_ms) {
+            return Err(invalid(
+                "capture.drain_interval_ms",
+                format!("{} is outside 1..=1000", c.drain_interval_ms),
+            ));
+        }
+        if c.max_message_bytes < 8192 {
+            return Err(invalid(
+                "capture.max_message_bytes",
+                format!("{} is below 8192", c.max_message_bytes),
+            ));
+        }
+        if self.query.top_k_fingerprints > self.query.max_fingerprints {
+            return Err(invalid(
+                "query.top_k_fingerprints",
+                "is larger than query.max_fingerprints".to_owned(),
+            ));
+        }
+        if self.cluster.data_directory.as_os_str().is_empty() {
+            return Err(invalid("cluster.data_directory", "is empty".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// yaml_serde appends " at line L column C" to its messages; the error already leads with
+/// `file:line:column`, so drop the duplicate.
+fn strip_location(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("pgmon.yaml"), text)
+    }
+
+    #[test]
+    fn minimal_file_takes_defaults() {
+        let c = parse("cluster:\n  data_directory: /var/lib/postgresql/15/main\n").unwrap();
+        assert_eq!(c.capture.hooks, HookChoice::Auto);
+        assert_eq!(c.capture.ring_buffer_bytes, 64 << 20);
+        assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:8181");
+        assert!(c.cluster.connection.contains("user=pgmon"));
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../../pgmon.example.yaml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.capture.hooks, HookChoice::Auto);
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let text = "cluster:\n  data_directory: /d\ncapture:\n  hooks: auto\n  ring_bufer_bytes: 4\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.starts_with("pgmon.yaml:5:3: capture: unknown field `ring_bufer_bytes`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let text = "cluster:\n  data_directory: /d\ncapture:\n  drain_interval_ms: soon\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.starts_with("pgmon.yaml:4:22: capture.drain_interval_ms: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_value_lists_the_choices() {
+        let text = "cluster:\n  data_directory: /d\ncapture:\n  hooks: kprobe\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.contains("capture.hooks"), "{e}");
+        assert!(e.contains("raw_tracepoint"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_field() {
+        let e = parse("cluster:\n  connection: x\n").unwrap_err().to_string();
+        assert!(e.contains("missing field `data_directory`"), "{e}");
+        assert!(e.starts_with("pgmon.yaml:2:3: cluster:"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_value() {
+        let text = "cluster:\n  data_directory: /d\ncapture:\n  ring_buffer_bytes: 3000000\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "pgmon.yaml: capture.ring_buffer_bytes: 3000000 is not a power of two ≥ 1048576"
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_a_position() {
+        let e = parse("cluster: [\n").unwrap_err();
+        match e {
+            ConfigError::Parse { line, .. } => assert!(line >= 1),
+            other => panic!("unexpected {other}"),
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The Prometheus registry: every metric pgmon exports, in one place.
+//!
+//! Traffic families are labelled by `role` and `database` only; per-statement series are a
+//! bounded top-K by fingerprint; no SQL text, no PIDs in labels (DESIGN.md, principle 4).
+//! Counters about the agent itself are updated where they happen through [`Metrics`]; the
+//! kernel's per-CPU counters and the top-K are published by the capture thread into
+//! [`Shared`] and read at scrape time.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::Histogram,
+    },
+    registry::Registry,
+};
+
+/// `{role, database}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleDbLabels {
+    pub role: String,
+    pub database: String,
+}
+
+/// `{role, database, sqlstate_class}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub role: String,
+    pub database: String,
+    /// First two characters of the SQLSTATE (PostgreSQL docs, Appendix A "Error Codes").
+    pub sqlstate_class: String,
+}
+
+/// `{direction}`: `frontend` (client → backend) or `backend` (backend → client).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: &'static str,
+}
+
+/// Handles of one (role, database), cached by the statistics so the hot path skips the
+/// family's label lookup.
+pub struct RoleDbHandles {
+    pub queries: Counter,
+    pub duration: Histogram,
+    pub connections: Gauge,
+}
+
+/// Values the capture thread publishes for scrapes (kernel counters, top-K, cache sizes).
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub events: AtomicU64,
+    pub dropped: AtomicU64,
+    pub dropped_bytes: AtomicU64,
+    pub truncated: AtomicU64,
+    pub truncated_bytes: AtomicU64,
+    pub probe_errors: AtomicU64,
+    pub tracked_backends: AtomicU64,
+    pub statement_cache_hits: AtomicU64,
+    pub statement_cache_misses: AtomicU64,
+    pub statement_cache_entries: AtomicU64,
+    pub normalize_errors: AtomicU64,
+    /// (fingerprint hex, calls), most called first, at most `top_k_fingerprints`.
+    pub top_statements: Mutex<Vec<(String, u64)>>,
+}
+
+/// Every metric family, and the registry that exports them.
+pub struct Metrics {
+    registry: Registry,
+    queries: Family<RoleDbLabels, Counter>,
+    duration: Family<RoleDbLabels, Histogram, fn() -> Histogram>,
+    errors: Family<ErrorLabels, Counter>,
+    connections: Family<RoleDbLabels, Gauge>,
+    /// Protocol desynchronisations, by direction.
+    pub desyncs: Family<DirectionLabels, Counter>,
+    /// Queries whose connection could not be attributed to a role.
+    pub unattributed: Counter,
+    /// Sessions that negotiated TLS or GSS encryption (uninspectable), open now.
+    pub encrypted_sessions: Gauge,
+    /// Messages longer than `capture.max_message_bytes`, not reassembled.
+    pub oversized_messages: Counter,
+    /// Connections attributed through pg_stat_activity (opened before the agent).
+    pub attributed_late: Counter,
+    /// Failed monitor-connection attempts.
+    pub db_connect_errors: Counter,
+    /// Values published by the capture thread.
+    pub shared: Arc<Shared>,
+}
+
+fn duration_histogram() -> Histogram {
+    // 50 µs … ~100 s, ×2.5 per bucket: pgbench -S on loopback sits around 0.1–0.5 ms.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.5, 17))
+}
+
+impl Metrics {
+    /// Registers every family; `hook` and its cost rank become `pgmon_probe_info`.
+    pub fn new(hook: &str, cost_rank: usize) -> Arc<Self> {
+        let mut registry = Registry::default();
+        let queries = Family::<RoleDbLabels, Counter>::default();
+        let duration =
+            Family::<RoleDbLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram as fn() -> Histogram,
+            );
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let connections = Family::<RoleDbLabels, Gauge>::default();
+        let desyncs = Family::<DirectionLabels, Counter>::default();
+        let unattributed = Counter::default();
+        let encrypted_sessions = Gauge::default();
+        let oversized_messages = Counter::default();
+        let attributed_late = Counter::default();
+        let db_connect_errors = Counter::default();
+        let shared = Arc::new(Shared::default());
+
+        registry.register(
+            "pgmon_queries",
+            "Statements completed (successfully or not), by role and database",
+            queries.clone(),
+        );
+        registry.register(
+            "pgmon_query_duration_seconds",
+            "Execution time on the wire: from the request's arrival to the completion message",
+            duration.clone(),
+        );
+        registry.register(
+            "pgmon_query_errors",
+            "ErrorResponses sent to clients, by role, database and SQLSTATE class",
+            errors.clone(),
+        );
+        registry.register(
+            "pgmon_connections",
+            "Open client connections, by role and database",
+            connections.clone(),
+        );
+        registry.register(
+            "pgmon_wire_desyncs",
+            "Times a connection's protocol stream could not be followed and was resynchronised",
+            desyncs.clone(),
+        );
+        registry.register(
+            "pgmon_unattributed_queries",
+            "Statements whose connection could not be attributed to a role",
+            unattributed.clone(),
+        );
+        registry.register(
+            "pgmon_encrypted_sessions",
+            "Open sessions using TLS or GSS encryption, whose queries pgmon cannot see",
+            encrypted_sessions.clone(),
+        );
+        registry.register(
+            "pgmon_oversized_messages",
+            "Protocol messages longer than capture.max_message_bytes, skipped",
+            oversized_messages.clone(),
+        );
+        registry.register(
+            "pgmon_late_attributions",
+            "Connections opened before the agent, attributed through pg_stat_activity",
+            attributed_late.clone(),
+        );
+        registry.register(
+            "pgmon_db_connect_errors",
+            "Failed attempts to open the monitor connection",
+            db_connect_errors.clone(),
+        );
+        registry.register_collector(Box::new(SharedCollector {
+            shared: shared.clone(),
+            hook: hook.to_owned(),
+            cost_rank,
+        }));
+        Arc::new(Self {
+            registry,
+            queries,
+            duration,
+            errors,
+            connections,
+            desyncs,
+            unattributed,
+            encrypted_sessions,
+            oversized_messages,
+            attributed_late,
+            db_connect_errors,
+            shared,
+        })
+    }
+
+    /// Handles for one (role, database).
+    pub fn role_db(&self, role: &str, database: &str) -> RoleDbHandles {
+        let l = RoleDbLabels { role: role.to_owned(), database: database.to_owned() };
+        RoleDbHandles {
+            queries: self.queries.get_or_create(&l).clone(),
+            duration: self.duration.get_or_create(&l).clone(),
+            connections: self.connections.get_or_create(&l).clone(),
+        }
+    }
+
+    /// Counts one ErrorResponse of (role, database) in SQLSTATE class `class`.
+    pub fn query_error(&self, role: &str, database: &str, class: [u8; 2]) {
+        let l = ErrorLabels {
+            role: role.to_owned(),
+            database: database.to_owned(),
+            sqlstate_class: String::from_utf8_lossy(&class).into_owned(),
+        };
+        self.errors.get_or_create(&l).inc();
+    }
+
+    /// Counts one desynchronisation of `direction` (`frontend` or `backend`).
+    pub fn desync(&self, direction: &'static str) {
+        self.desyncs.get_or_create(&DirectionLabels { direction }).inc();
+    }
+
+    /// The exposition text (OpenMetrics text format, which Prometheus scrapes natively).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Scrape-time view of [`Shared`], the probe choice and the process's own resources.
+#[derive(Debug)]
+struct SharedCollector {
+    shared: Arc<Shared>,
+    hook: String,
+    cost_rank: usize,
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(v).encode(m)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: i64,
+) -> Result<(), std::fmt::Error> {
+    let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(v).encode(m)
+}
+
+impl Collector for SharedCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.shared;
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(&mut e, "pgmon_capture_events", "Records the kernel submitted to the ring buffer", ld(&s.events))?;
+        counter(&mut e, "pgmon_capture_dropped", "Records lost because the ring buffer was full", ld(&s.dropped))?;
+        counter(&mut e, "pgmon_capture_dropped_bytes", "Payload bytes lost with dropped records", ld(&s.dropped_bytes))?;
+        counter(&mut e, "pgmon_capture_truncated", "Socket calls longer than capture.max_bytes_per_call, cut", ld(&s.truncated))?;
+        counter(&mut e, "pgmon_capture_truncated_bytes", "Bytes not copied because of capture.max_bytes_per_call", ld(&s.truncated_bytes))?;
+        counter(&mut e, "pgmon_capture_probe_errors", "Kernel probe failures (user-memory reads, map updates)", ld(&s.probe_errors))?;
+        gauge(&mut e, "pgmon_tracked_backends", "Processes of the tracked cluster the kernel programs follow", ld(&s.tracked_backends) as i64)?;
+        counter(&mut e, "pgmon_statement_cache_hits", "Statement texts answered from the cache", ld(&s.statement_cache_hits))?;
+        counter(&mut e, "pgmon_statement_cache_misses", "Statement texts normalized by libpg_query", ld(&s.statement_cache_misses))?;
+        gauge(&mut e, "pgmon_statement_cache_entries", "Entries in the statement cache", ld(&s.statement_cache_entries) as i64)?;
+        counter(&mut e, "pgmon_normalize_errors", "Statements libpg_query could not parse", ld(&s.normalize_errors))?;
+        {
+            let mut m = e.encode_descriptor(
+                "pgmon_probe_info",
+                "The kernel hook family in use (cost_rank 0 is the cheapest pgmon knows)",
+                None,
+                MetricType::Gauge,
+            )?;
+            let rank = self.cost_rank.to_string();
+            let labels = [("hook", self.hook.as_str()), ("cost_rank", rank.as_str())];
+            ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
+        }
+        {
+            let top = s.top_statements.lock().map(|t| t.clone()).unwrap_or_default();
+            let mut m = e.encode_descriptor(
+                "pgmon_statement_calls",
+                "Executions of the top-K fingerprints (query.top_k_fingerprints), all roles",
+                None,
+                MetricType::Counter,
+            )?;
+            for (fp, calls) in &top {
+                let labels = [("fingerprint", fp.as_str())];
+                ConstCounter::new(*calls).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        if let Some((rss, cpu)) = process_usage() {
+            gauge(&mut e, "process_resident_memory_bytes", "Resident memory of the agent", rss as i64)?;
+            let m = e.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time of the agent",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(cpu).encode(m)?;
+        }
+        Ok(())
+    }
+}
+
+/// (resident bytes, CPU seconds) of this process, from /proc/self/stat (proc(5)).
+pub fn process_usage() -> Option<(u64, f64)> {
+    let me = procfs::process::Process::myself().ok()?;
+    let stat = me.stat().ok()?;
+    let ticks = procfs::ticks_per_second() as f64;
+    let page = procfs::page_size();
+    Some((stat.rss * page, (stat.utime + stat.stime) as f64 / ticks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_follow_prometheus_conventions() {
+        let m = Metrics::new("tracepoint", 2);
+        let h = m.role_db("alice", "shop");
+        h.queries.inc();
+        h.duration.observe(0.001);
+        m.query_error("alice", "shop", *b"22");
+        *m.shared.top_statements.lock().unwrap() = vec![("00ff00ff00ff00ff".into(), 7)];
+        let text = m.encode();
+        for needle in [
+            "pgmon_queries_total{role=\"alice\",database=\"shop\"} 1",
+            "pgmon_query_duration_seconds_count{role=\"alice\",database=\"shop\"} 1",
+            "pgmon_query_errors_total{role=\"alice\",database=\"shop\",sqlstate_class=\"22\"} 1",
+            "pgmon_statement_calls_total{fingerprint=\"00ff00ff00ff00ff\"} 7",
+            "pgmon_probe_info{hook=\"tracepoint\",cost_rank=\"2\"} 1",
+            "pgmon_capture_dropped_total 0",
+            "process_resident_memory_bytes ",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! From ring-buffer records to per-role statistics: one [`wire::Connection`] per
+//! (backend pid, socket fd), identity per backend, statements through the [`Normalizer`].
+//!
+//! Runs on the capture thread only; owns all its state, so nothing here takes a lock.
+
+pub mod stats;
+
+use std::{collections::HashMap, path::Path, sync::Arc, time::Instant};
+
+use pgmon_common::{flags, kind};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::{
+    attribution::Answer,
+    capture::{Capture, Record},
+    config::Config,
+    metrics::Metrics,
+    query::{Normalizer, Stmt, fingerprint_hex},
+    status::{AgentStatus, CaptureStatus, ClusterStatus, RefusedHook, Status},
+    wire::{self, Completion, Direction, Encryption, ErrorContext, Outcome, Startup},
+};
+use stats::{RoleDbId, Stats};
+
+/// Most completions held for a connection awaiting its pg_stat_activity answer.
+const MAX_PENDING: usize = 100_000;
+
+/// Who a backend's traffic is charged to.
+#[derive(Debug)]
+enum Identity {
+    /// Forked while we watch: its StartupMessage will tell.
+    AwaitStartup,
+    /// Opened before the agent: asked of pg_stat_activity; completions wait here.
+    Pending(Vec<(Stmt, u64, Option<[u8; 5]>)>),
+    /// Attributed.
+    Known(RoleDbId),
+    /// pgmon's own session, a replication connection or a cancel request: not traffic.
+    Ignored,
+    /// Nobody could say: its queries are counted as unattributed.
+    Unknown,
+}
+
+/// A backend process of the tracked cluster.
+#[derive(Debug)]
+struct Backend {
+    identity: Identity,
+    /// Forked after the capture attached (its first bytes are a startup packet).
+    fresh: bool,
+    encrypted: bool,
+    fds: Vec<u32>,
+}
+
+/// Counters kept by the pipeline itself (exported through [`Metrics`] as they change).
+#[derive(Clone, Copy, Debug, Default)]
+struct Counters {
+    desyncs_frontend: u64,
+    desyncs_backend: u64,
+    unattributed: u64,
+    oversized: u64,
+    late_attributions: u64,
+}
+
+/// The capture-thread pipeline.
+pub struct Pipeline {
+    conns: HashMap<(u32, u32), wire::Connection<Stmt>, ahash::RandomState>,
+    backends: HashMap<u32, Backend, ahash::RandomState>,
+    preexisting: std::collections::HashSet<u32>,
+    normalizer: Normalizer,
+    stats: Stats,
+    metrics: Arc<Metrics>,
+    lookups: UnboundedSender<u32>,
+    max_message_bytes: usize,
+    top_k: usize,
+    counters: Counters,
+}
+
+impl Pipeline {
+    /// A pipeline for `config`, exporting through `metrics`, asking pg_stat_activity
+    /// lookups on `lookups`.
+    pub fn new(config: &Config, metrics: Arc<Metrics>, lookups: UnboundedSender<u32>) -> Self {
+        Self {
+            conns: HashMap::default(),
+            backends: HashMap::default(),
+            preexisting: Default::default(),
+            normalizer: Normalizer::new(
+                config.query.statement_cache_entries,
+                config.query.max_text_chars,
+            ),
+            stats: Stats::new(
+                metrics.clone(),
+                config.query.fingerprints_per_role,
+                config.query.max_fingerprints,
+            ),
+            metrics,
+            lookups,
+            max_message_bytes: config.capture.max_message_bytes,
+            top_k: config.query.top_k_fingerprints,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Pids that were running when the capture attached: their connections start
+    /// mid-stream and are attributed through pg_stat_activity.
+    pub fn set_preexisting(&mut self, pids: &[u32]) {
+        self.preexisting.extend(pids.iter().copied());
+    }
+
+    /// Processes one ring-buffer record.
+    pub fn on_record(&mut self, r: &Record<'_>) {
+        let h = &r.header;
+        match h.kind {
+            kind::FORK => {
+                self.backends.insert(h.pid, Backend::new(true));
+            }
+            kind::EXIT => self.end_backend(h.pid),
+            kind::RECV | kind::SEND => self.on_bytes(r),
+            _ => {}
+        }
+    }
+
+    fn end_backend(&mut self, pid: u32) {
+        self.preexisting.remove(&pid);
+        let Some(b) = self.backends.remove(&pid) else {
+            return;
+        };
+        for fd in &b.fds {
+            self.conns.remove(&(pid, *fd));
+        }
+        if b.encrypted {
+            self.metrics.encrypted_sessions.dec();
+        }
+        match b.identity {
+            Identity::Known(id) => self.stats.connection(id, -1),
+            Identity::Pending(_) => {
+                // Its answer will find no backend; keep the completions honest.
+                if let Identity::Pending(p) = b.identity {
+                    self.unattributed(p.len() as u64);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_bytes(&mut self, r: &Record<'_>) {
+        let h = &r.header;
+        let pid = h.pid;
+        let backend = self.backends.entry(pid).or_insert_with(|| {
+            // Not forked under our eyes: a connection opened before the agent.
+            Backend::new(false)
+        });
+        let key = (pid, h.fd);
+        let conn = match self.conns.get_mut(&key) {
+            Some(c) => c,
+            None => {
+                backend.fds.push(h.fd);
+                let c = if backend.fresh {
+                    wire::Connection::new(self.max_message_bytes)
+                } else {
+                    if matches!(backend.identity, Identity::AwaitStartup) {
+                        backend.identity = Identity::Pending(Vec::new());
+                        let _ = self.lookups.send(pid);
+                    }
+                    wire::Connection::new_mid_stream(self.max_message_bytes)
+                };
+                self.conns.entry(key).or_insert(c)
+            }
+        };
+        let mut sink = ConnSink {
+            backend,
+            normalizer: &mut self.normalizer,
+            stats: &mut self.stats,
+            metrics: &self.metrics,
+            counters: &mut self.counters,
+        };
+        if h.flags & flags::LOST_BEFORE != 0 {
+            conn.lost(&mut sink);
+        }
+        let missing = if h.flags & flags::TRUNCATED != 0 {
+            u64::from(h.call_bytes.saturating_sub(h.offset + h.len))
+        } else {
+            0
+        };
+        if h.kind == kind::RECV {
+            conn.frontend(h.ts_ns, r.data, &mut sink);
+            if missing > 0 {
+                conn.frontend_gap(missing, &mut sink);
+            }
+        } else {
+            conn.backend(h.ts_ns, r.data, &mut sink);
+            if missing > 0 {
+                conn.backend_gap(missing, &mut sink);
+            }
+        }
+    }
+
+    fn unattributed(&mut self, n: u64) {
+        self.counters.unattributed += n;
+        self.metrics.unattributed.inc_by(n);
+    }
+
+    /// Applies a pg_stat_activity answer: charges the completions that waited for it.
+    pub fn on_answer(&mut self, a: Answer) {
+        let Some(b) = self.backends.get_mut(&a.pid) else {
+            return;
+        };
+        let Identity::Pending(pending) = std::mem::replace(&mut b.identity, Identity::Unknown)
+        else {
+            return;
+        };
+        match a.identity {
+            Some(id) if id.application_name == "pgmon" => b.identity = Identity::Ignored,
+            Some(id) => {
+                let rd = self.stats.role_db(&id.role, &id.database);
+                b.identity = Identity::Known(rd);
+                self.stats.connection(rd, 1);
+                self.counters.late_attributions += 1;
+                self.metrics.attributed_late.inc();
+                for (stmt, dur, err) in pending {
+                    self.stats.record(rd, &stmt, dur, err);
+                }
+            }
+            None => {
+                let n = pending.len() as u64;
+                self.unattributed(n);
+            }
+        }
+    }
+
+    /// Publishes kernel counters, cache counters and the top-K for the next scrape.
+    pub fn publish(&self, capture: &Capture) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let k = capture.counters();
+        let s = &self.metrics.shared;
+        s.events.store(k.events, Relaxed);
+        s.dropped.store(k.dropped, Relaxed);
+        s.dropped_bytes.store(k.dropped_bytes, Relaxed);
+        s.truncated.store(k.truncated, Relaxed);
+        s.truncated_bytes.store(k.truncated_bytes, Relaxed);
+        s.probe_errors.store(k.probe_errors, Relaxed);
+        s.tracked_backends.store(capture.tracked_count() as u64, Relaxed);
+        let n = self.normalizer.stats();
+        s.statement_cache_hits.store(n.hits, Relaxed);
+        s.statement_cache_misses.store(n.misses, Relaxed);
+        s.statement_cache_entries.store(self.normalizer.cached() as u64, Relaxed);
+        s.normalize_errors.store(n.errors, Relaxed);
+        let top = self
+            .stats
+            .top_fingerprints(self.top_k)
+            .into_iter()
+            .map(|(fp, calls)| (fingerprint_hex(fp), calls))
+            .collect();
+        if let Ok(mut t) = s.top_statements.lock() {
+            *t = top;
+        }
+    }
+
+    /// The status document.
+    pub fn status(&self, capture: &Capture, started: Instant, data_directory: &Path) -> Status {
+        let k = capture.counters();
+        let n = self.normalizer.stats();
+        let (rss, cpu) = crate::metrics::process_usage().unwrap_or((0, 0.0));
+        let c = &self.counters;
+        Status {
+            agent: AgentStatus {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                pid: std::process::id(),
+                uptime_seconds: started.elapsed().as_secs_f64(),
+                resident_memory_bytes: rss,
+                cpu_seconds: cpu,
+            },
+            cluster: ClusterStatus {
+                data_directory: data_directory.display().to_string(),
+                postmaster_pid: capture.postmaster_pid(),
+                tracked_processes: capture.tracked_count() as u64,
+                connections: self.conns.len() as u64,
+            },
+            capture: CaptureStatus {
+                hook: capture.hook().name().to_owned(),
+                hook_cost_rank: capture.hook().cost_rank(),
+                refused_hooks: capture
+                    .refused()
+                    .iter()
+                    .map(|(f, e)| RefusedHook { hook: f.name().to_owned(), error: e.clone() })
+                    .collect(),
+                events: k.events,
+                dropped: k.dropped,
+                dropped_bytes: k.dropped_bytes,
+                truncated: k.truncated,
+                truncated_bytes: k.truncated_bytes,
+                probe_errors: k.probe_errors,
+                desyncs_frontend: c.desyncs_frontend,
+                desyncs_backend: c.desyncs_backend,
+                unattributed_queries: c.unattributed,
+                encrypted_sessions: self.metrics.encrypted_sessions.get(),
+                oversized_messages: c.oversized,
+                late_attributions: c.late_attributions,
+                statement_cache_hits: n.hits,
+                statement_cache_misses: n.misses,
+                statement_cache_entries: self.normalizer.cached() as u64,
+                normalize_errors: n.errors,
+            },
+            roles: self.stats.roles(),
+        }
+    }
+}
+
+impl Backend {
+    fn new(fresh: bool) -> Self {
+        Self { identity: Identity::AwaitStartup, fresh, encrypted: false, fds: Vec::new() }
+    }
+}
+
+/// The [`wire::Sink`] of one connection: charges what the parser reports.
+struct ConnSink<'a> {
+    backend: &'a mut Backend,
+    normalizer: &'a mut Normalizer,
+    stats: &'a mut Stats,
+    metrics: &'a Metrics,
+    counters: &'a mut Counters,
+}
+
+impl wire::Sink for ConnSink<'_> {
+    type Stmt = Stmt;
+
+    fn prepare(&mut self, text: &[u8], simple: bool, out: &mut Vec<Stmt>) {
+        self.normalizer.prepare(text, simple, out);
+    }
+
+    fn startup(&mut self, s: &Startup<'_>) {
+        let ignored = s.application_name == Some("pgmon") || s.replication;
+        self.backend.identity = if ignored {
+            Identity::Ignored
+        } else {
+            let database = s.database.unwrap_or(s.user);
+            let id = self.stats.role_db(s.user, database);
+            self.stats.connection(id, 1);
+            Identity::Known(id)
+        };
+    }
+
+    fn encrypted(&mut self, _how: Encryption) {
+        if !self.backend.encrypted {
+            self.backend.encrypted = true;
+            self.metrics.encrypted_sessions.inc();
+        }
+    }
+
+    fn cancel_request(&mut self) {
+        // A CancelRequest arrives on a connection of its own, which then closes.
+        self.backend.identity = Identity::Ignored;
+    }
+
+    fn completed(&mut self, c: Completion<Stmt>) {
+        let duration = c.end_ns.saturating_sub(c.start_ns);
+        let error = match c.outcome {
+            Outcome::Error { sqlstate } => Some(sqlstate),
+            _ => None,
+        };
+        match &mut self.backend.identity {
+            Identity::Known(id) => self.stats.record(*id, &c.stmt, duration, error),
+            Identity::Pending(p) if p.len() < MAX_PENDING => p.push((c.stmt, duration, error)),
+            Identity::Ignored => {}
+            Identity::Pending(_) | Identity::AwaitStartup | Identity::Unknown => {
+                self.counters.unattributed += 1;
+                self.metrics.unattributed.inc();
+            }
+        }
+    }
+
+    fn error(&mut self, sqlstate: [u8; 5], ctx: ErrorContext) {
+        // Errors that failed an execution are counted with its completion.
+        if ctx == ErrorContext::Execution {
+            return;
+        }
+        if let Identity::Known(id) = self.backend.identity {
+            self.stats.error(id, sqlstate);
+        }
+    }
+
+    fn desync(&mut self, dir: Direction, _reason: wire::DesyncReason) {
+        match dir {
+            Direction::Frontend => {
+                self.counters.desyncs_frontend += 1;
+                self.metrics.desync("frontend");
+            }
+            Direction::Backend => {
+                self.counters.desyncs_backend += 1;
+                self.metrics.desync("backend");
+            }
+        }
+    }
+
+    fn oversized(&mut self) {
+        self.counters.oversized += 1;
+        self.metrics.oversized_messages.inc();
+    }
+}

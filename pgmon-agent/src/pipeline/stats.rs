@@ -1,0 +1,264 @@
+//! Statistics per (role, database) and per fingerprint, kept by the capture thread.
+//!
+//! Bounded: per-role fingerprint tables keep the most called `fingerprints_per_role`
+//! entries, the global table `max_fingerprints`; an evicted entry's calls stay counted in
+//! its role's totals. Latency quantiles come from an HDR histogram per (role, database)
+//! (microsecond resolution, 3 significant digits).
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde::Serialize;
+
+use crate::{
+    metrics::{Metrics, RoleDbHandles},
+    query::{Stmt, fingerprint_hex},
+};
+
+/// Largest latency the HDR histograms record, microseconds (1 hour); longer is clamped.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// Counters of one fingerprint (in one role, or across all roles).
+#[derive(Clone, Debug)]
+pub struct FingerprintCounters {
+    pub stmt: Stmt,
+    /// Executions completed (successful or not).
+    pub calls: u64,
+    /// Executions that ended in an ErrorResponse.
+    pub errors: u64,
+    /// Sum of their durations, nanoseconds.
+    pub total_ns: u64,
+}
+
+/// Statistics of one (role, database).
+pub struct RoleDb {
+    pub role: Arc<str>,
+    pub database: Arc<str>,
+    pub queries: u64,
+    pub errors: u64,
+    /// Errors by SQLSTATE class (first two characters).
+    pub errors_by_class: HashMap<[u8; 2], u64>,
+    /// Executions whose completion was seen, durations in microseconds.
+    latency_us: hdrhistogram::Histogram<u64>,
+    pub connections: i64,
+    fingerprints: HashMap<u64, FingerprintCounters>,
+    handles: RoleDbHandles,
+}
+
+/// All statistics; owned by the pipeline.
+pub struct Stats {
+    index: HashMap<(Arc<str>, Arc<str>), usize>,
+    role_dbs: Vec<RoleDb>,
+    global: HashMap<u64, FingerprintCounters>,
+    per_role_cap: usize,
+    global_cap: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// Identifies a [`RoleDb`] inside [`Stats`]; stable for the agent's lifetime.
+pub type RoleDbId = usize;
+
+impl Stats {
+    /// Empty statistics exporting through `metrics`.
+    pub fn new(metrics: Arc<Metrics>, per_role_cap: usize, global_cap: usize) -> Self {
+        Self {
+            index: HashMap::new(),
+            role_dbs: Vec::new(),
+            global: HashMap::new(),
+            per_role_cap: per_role_cap.max(1),
+            global_cap: global_cap.max(1),
+            metrics,
+        }
+    }
+
+    /// The id of (role, database), created on first use.
+    pub fn role_db(&mut self, role: &str, database: &str) -> RoleDbId {
+        if let Some(&id) = self.index.get(&(Arc::from(role), Arc::from(database))) {
+            return id;
+        }
+        let (role, database): (Arc<str>, Arc<str>) = (role.into(), database.into());
+        let id = self.role_dbs.len();
+        self.role_dbs.push(RoleDb {
+            handles: self.metrics.role_db(&role, &database),
+            role: role.clone(),
+            database: database.clone(),
+            queries: 0,
+            errors: 0,
+            errors_by_class: HashMap::new(),
+            latency_us: hdrhistogram::Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("constant bounds are valid"),
+            connections: 0,
+            fingerprints: HashMap::new(),
+        });
+        self.index.insert((role, database), id);
+        id
+    }
+
+    /// A connection of `id` opened (+1) or closed (-1).
+    pub fn connection(&mut self, id: RoleDbId, delta: i64) {
+        let r = &mut self.role_dbs[id];
+        r.connections += delta;
+        r.handles.connections.inc_by(delta);
+    }
+
+    /// One execution of `stmt` by `id` completed after `duration_ns`, with an error of
+    /// SQLSTATE `error` if it failed.
+    pub fn record(&mut self, id: RoleDbId, stmt: &Stmt, duration_ns: u64, error: Option<[u8; 5]>) {
+        let r = &mut self.role_dbs[id];
+        r.queries += 1;
+        r.handles.queries.inc();
+        r.handles.duration.observe(duration_ns as f64 / 1e9);
+        let _ = r.latency_us.record((duration_ns / 1000).clamp(1, MAX_LATENCY_US));
+        let failed = u64::from(error.is_some());
+        if let Some(sqlstate) = error {
+            Self::count_error(&self.metrics, r, sqlstate);
+        }
+        bump(&mut r.fingerprints, self.per_role_cap, stmt, duration_ns, failed);
+        bump(&mut self.global, self.global_cap, stmt, duration_ns, failed);
+    }
+
+    /// An ErrorResponse not tied to a counted execution (a Parse or Bind error, a failed
+    /// login): counted in the role's errors, not in its queries.
+    pub fn error(&mut self, id: RoleDbId, sqlstate: [u8; 5]) {
+        let r = &mut self.role_dbs[id];
+        Self::count_error(&self.metrics, r, sqlstate);
+    }
+
+    fn count_error(metrics: &Metrics, r: &mut RoleDb, sqlstate: [u8; 5]) {
+        r.errors += 1;
+        let class = [sqlstate[0], sqlstate[1]];
+        *r.errors_by_class.entry(class).or_default() += 1;
+        metrics.query_error(&r.role, &r.database, class);
+    }
+
+    /// The `k` most called fingerprints across all roles: (fingerprint, calls).
+    pub fn top_fingerprints(&self, k: usize) -> Vec<(u64, u64)> {
+        let mut v: Vec<_> = self.global.iter().map(|(&fp, c)| (fp, c.calls)).collect();
+        v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(k);
+        v
+    }
+
+    /// A serializable view of every role (aggregated over its databases), most queries first.
+    pub fn roles(&self) -> Vec<RoleStatus> {
+        let mut by_role: HashMap<&str, Vec<&RoleDb>> = HashMap::new();
+        for r in &self.role_dbs {
+            by_role.entry(&r.role).or_default().push(r);
+        }
+        let mut out: Vec<RoleStatus> = by_role
+            .into_iter()
+            .map(|(role, dbs)| RoleStatus::from_parts(role, &dbs))
+            .collect();
+        out.sort_by(|a, b| b.queries.cmp(&a.queries).then(a.role.cmp(&b.role)));
+        out
+    }
+}
+
+fn bump(
+    map: &mut HashMap<u64, FingerprintCounters>,
+    cap: usize,
+    stmt: &Stmt,
+    duration_ns: u64,
+    failed: u64,
+) {
+    if let Some(c) = map.get_mut(&stmt.fingerprint) {
+        c.calls += 1;
+        c.errors += failed;
+        c.total_ns += duration_ns;
+        return;
+    }
+    if map.len() >= cap {
+        // Evict the least called (O(cap), only when a new fingerprint arrives at a full table).
+        if let Some((&victim, _)) = map.iter().min_by_key(|(_, c)| c.calls) {
+            map.remove(&victim);
+        }
+    }
+    map.insert(
+        stmt.fingerprint,
+        FingerprintCounters { stmt: stmt.clone(), calls: 1, errors: failed, total_ns: duration_ns },
+    );
+}
+
+/// One role in `/api/v1/status` and `pgmon-agent status`.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct RoleStatus {
+    pub role: String,
+    pub databases: Vec<String>,
+    pub queries: u64,
+    pub errors: u64,
+    /// Errors by SQLSTATE class, e.g. `"22": 3` (data exception).
+    pub errors_by_class: std::collections::BTreeMap<String, u64>,
+    pub connections: i64,
+    /// Median and 99th percentile of execution time, milliseconds (request to completion
+    /// on the wire); null before the first completion.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// The role's most called fingerprints, most called first.
+    pub fingerprints: Vec<FingerprintStatus>,
+}
+
+/// One fingerprint in a role's status.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct FingerprintStatus {
+    /// libpg_query fingerprint, 16 hex digits.
+    pub fingerprint: String,
+    pub calls: u64,
+    pub errors: u64,
+    /// Mean execution time, milliseconds.
+    pub mean_ms: f64,
+    /// Length of the statement text as sent, bytes.
+    pub text_bytes: u32,
+    /// Normalized text (constants as `$n`).
+    pub normalized: String,
+}
+
+impl RoleStatus {
+    fn from_parts(role: &str, dbs: &[&RoleDb]) -> Self {
+        let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)
+            .expect("constant bounds are valid");
+        let mut fps: HashMap<u64, FingerprintCounters> = HashMap::new();
+        let mut errors_by_class = std::collections::BTreeMap::new();
+        for r in dbs {
+            let _ = hist.add(&r.latency_us);
+            for (class, n) in &r.errors_by_class {
+                *errors_by_class.entry(String::from_utf8_lossy(class).into_owned()).or_default() += n;
+            }
+            for (fp, c) in &r.fingerprints {
+                let e = fps.entry(*fp).or_insert_with(|| FingerprintCounters {
+                    stmt: c.stmt.clone(),
+                    calls: 0,
+                    errors: 0,
+                    total_ns: 0,
+                });
+                e.calls += c.calls;
+                e.errors += c.errors;
+                e.total_ns += c.total_ns;
+            }
+        }
+        let mut fingerprints: Vec<FingerprintStatus> = fps
+            .into_iter()
+            .map(|(fp, c)| FingerprintStatus {
+                fingerprint: fingerprint_hex(fp),
+                calls: c.calls,
+                errors: c.errors,
+                mean_ms: if c.calls == 0 { 0.0 } else { c.total_ns as f64 / c.calls as f64 / 1e6 },
+                text_bytes: c.stmt.text_bytes,
+                normalized: c.stmt.normalized.to_string(),
+            })
+            .collect();
+        fingerprints.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.fingerprint.cmp(&b.fingerprint)));
+        let q = |p: f64| (!hist.is_empty()).then(|| hist.value_at_quantile(p) as f64 / 1000.0);
+        let mut databases: Vec<String> = dbs.iter().map(|r| r.database.to_string()).collect();
+        databases.sort();
+        RoleStatus {
+            role: role.to_owned(),
+            databases,
+            queries: dbs.iter().map(|r| r.queries).sum(),
+            errors: dbs.iter().map(|r| r.errors).sum(),
+            errors_by_class,
+            connections: dbs.iter().map(|r| r.connections).sum(),
+            p50_ms: q(0.5),
+            p99_ms: q(0.99),
+            fingerprints,
+        }
+    }
+}

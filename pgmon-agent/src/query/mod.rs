@@ -1,0 +1,208 @@
+//! Normalization and fingerprinting of captured statements (libpg_query through `pg_query`),
+//! behind a cache keyed by the statement's shape (see [`shape`]).
+//!
+//! A `Q` message is split into its statements; a `Parse` message holds one. Each statement
+//! gets libpg_query's fingerprint (the same function `pg_query_fingerprint` that tools such
+//! as pganalyze use; constants and parameter values do not change it) and its normalized
+//! text (`pg_query_normalize`: constants replaced by `$n`). Text that libpg_query cannot
+//! parse is kept as one statement with fingerprint 0 and counted, never dropped.
+
+pub mod shape;
+
+use std::sync::Arc;
+
+/// What pgmon knows about one statement. Shared (`Arc`) by the cache, the prepared
+/// statements and portals of every connection that uses it, and the statistics.
+#[derive(Debug)]
+pub struct StatementInfo {
+    /// libpg_query fingerprint; 0 when the text could not be parsed.
+    pub fingerprint: u64,
+    /// Normalized text (constants as `$n`), cut to `query.max_text_chars` characters; for an
+    /// unparsable statement, a marker saying so (the raw text is never kept: it may hold
+    /// secrets).
+    pub normalized: Arc<str>,
+    /// Length of the statement's text as sent, bytes.
+    pub text_bytes: u32,
+    /// The text could not be parsed by libpg_query.
+    pub parse_error: bool,
+}
+
+/// A statement handle as stored in connections and statistics.
+pub type Stmt = Arc<StatementInfo>;
+
+/// Counters of the normalizer, exported as `pgmon_statement_cache_*` and
+/// `pgmon_normalize_errors_total`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NormalizerStats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that ran libpg_query.
+    pub misses: u64,
+    /// Statements libpg_query could not parse (or texts that were not valid for it, e.g.
+    /// with a NUL byte).
+    pub errors: u64,
+    /// Texts the shape scanner was unsure of, keyed on their whole text instead.
+    pub unshaped: u64,
+}
+
+/// Cache key: the shape hash, and whether the text came from a simple `Q` (may hold several
+/// statements) or a `Parse` (exactly one).
+type Key = (u64, bool);
+
+/// Turns statement texts into [`Stmt`]s, at most one libpg_query run per distinct shape
+/// while it stays cached. Not thread-safe by design: it lives on the capture thread.
+pub struct Normalizer {
+    cache: quick_cache::unsync::Cache<Key, Arc<[Stmt]>>,
+    scratch: Vec<u8>,
+    max_text_chars: usize,
+    stats: NormalizerStats,
+}
+
+impl Normalizer {
+    /// A normalizer caching up to `entries` shapes and keeping `max_text_chars` characters
+    /// of normalized text per statement.
+    pub fn new(entries: usize, max_text_chars: usize) -> Self {
+        Self {
+            cache: quick_cache::unsync::Cache::new(entries.max(16)),
+            scratch: Vec::with_capacity(1024),
+            max_text_chars,
+            stats: NormalizerStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> NormalizerStats {
+        self.stats
+    }
+
+    /// Entries in the cache.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Appends to `out` the statements of `text`: one per statement of a simple-protocol
+    /// `Q` (`simple`), exactly one for a `Parse`. An empty or comment-only `Q` adds none.
+    pub fn prepare(&mut self, text: &[u8], simple: bool, out: &mut Vec<Stmt>) {
+        let hash = match shape::shape(text, &mut self.scratch) {
+            Some(h) => h,
+            None => {
+                self.stats.unshaped += 1;
+                // Tag the whole-text hash so it cannot meet a shape hash of the same value
+                // by construction of the inputs.
+                let mut h = ahash::AHasher::default();
+                std::hash::Hasher::write(&mut h, b"\0raw\0");
+                std::hash::Hasher::write(&mut h, text);
+                std::hash::Hasher::finish(&h)
+            }
+        };
+        let key = (hash, simple);
+        if let Some(stmts) = self.cache.get(&key) {
+            self.stats.hits += 1;
+            out.extend(stmts.iter().cloned());
+            return;
+        }
+        self.stats.misses += 1;
+        let stmts: Arc<[Stmt]> = self.analyse(text, simple).into();
+        out.extend(stmts.iter().cloned());
+        self.cache.insert(key, stmts);
+    }
+
+    /// The libpg_query path (a cache miss).
+    fn analyse(&mut self, text: &[u8], simple: bool) -> Vec<Stmt> {
+        let text = String::from_utf8_lossy(text);
+        if !simple {
+            return vec![self.one(&text)];
+        }
+        match pg_query::split_with_parser(&text) {
+            Ok(parts) => parts
+                .into_iter()
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| self.one(p))
+                .collect(),
+            // A syntax error anywhere: the server rejects the whole message too.
+            Err(_) => vec![self.unparsable(&text)],
+        }
+    }
+
+    fn one(&mut self, text: &str) -> Stmt {
+        let fp = pg_query::fingerprint(text, 0, 0);
+        let norm = pg_query::normalize(text);
+        match (fp, norm) {
+            (Ok(fp), Ok(norm)) => Arc::new(StatementInfo {
+                fingerprint: fp.value,
+                normalized: truncate_chars(norm.trim(), self.max_text_chars).into(),
+                text_bytes: text.len().try_into().unwrap_or(u32::MAX),
+                parse_error: false,
+            }),
+            _ => self.unparsable(text),
+        }
+    }
+
+    fn unparsable(&mut self, text: &str) -> Stmt {
+        self.stats.errors += 1;
+        Arc::new(StatementInfo {
+            fingerprint: 0,
+            normalized: "(not parsable by libpg_query)".into(),
+            text_bytes: text.len().try_into().unwrap_or(u32::MAX),
+            parse_error: true,
+        })
+    }
+}
+
+/// Formats a fingerprint the way libpg_query prints it: 16 lowercase hex digits.
+pub fn fingerprint_hex(fp: u64) -> String {
+    format!("{fp:016x}")
+}
+
+fn truncate_chars(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simple_query_with_several_statements() {
+        let mut n = Normalizer::new(100, 4096);
+        let mut out = Vec::new();
+        n.prepare(b"BEGIN; SELECT 1 FROM t WHERE a = 5; ; COMMIT;", true, &mut out);
+        let texts: Vec<_> = out.iter().map(|s| &*s.normalized).collect();
+        assert_eq!(texts, ["BEGIN", "SELECT $1 FROM t WHERE a = $2", "COMMIT"]);
+        assert_eq!(n.stats().misses, 1);
+    }
+
+    #[test]
+    fn second_literal_hits_the_cache_with_the_same_fingerprint() {
+        let mut n = Normalizer::new(100, 4096);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        n.prepare(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1;", true, &mut a);
+        n.prepare(b"SELECT abalance FROM pgbench_accounts WHERE aid = 99;", true, &mut b);
+        assert_eq!(n.stats().hits, 1);
+        assert_eq!(a[0].fingerprint, b[0].fingerprint);
+        let direct = pg_query::fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = $1", 0, 0);
+        assert_eq!(a[0].fingerprint, direct.unwrap().value);
+    }
+
+    #[test]
+    fn garbage_is_counted_not_dropped() {
+        let mut n = Normalizer::new(100, 4096);
+        let mut out = Vec::new();
+        n.prepare(b"SELEC nonsense (((", true, &mut out);
+        n.prepare(b"\xff\xfe\0\x01", false, &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|s| s.parse_error && s.fingerprint == 0));
+        assert_eq!(n.stats().errors, 2);
+    }
+
+    #[test]
+    fn empty_query_has_no_statement() {
+        let mut n = Normalizer::new(100, 4096);
+        let mut out = Vec::new();
+        n.prepare(b"  -- nothing\n", true, &mut out);
+        assert!(out.is_empty());
+    }
+}

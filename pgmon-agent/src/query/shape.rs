@@ -1,0 +1,264 @@
+//! The statement cache's key: a statement's text with every literal replaced by `?`,
+//! comments dropped and whitespace collapsed, hashed to 64 bits.
+//!
+//! Two texts with the same shape differ only in the values of their constants, and
+//! libpg_query's fingerprint ignores constants (`A_Const` nodes are skipped by
+//! `pg_query_fingerprint`), so every text of one shape has one fingerprint: the key can
+//! stand in for the text without changing any answer. This is what makes the cache useful
+//! for the simple protocol, where `pgbench -S` sends a new literal with every query.
+//!
+//! Lexical rules from the PostgreSQL documentation, section 4.1 "Lexical Structure":
+//! string constants (`'…'` with `''`, `E'…'` with backslash escapes, `B'…'`, `X'…'`,
+//! `U&'…'`), dollar-quoted constants (`$tag$…$tag$`), numeric constants (incl. `1e-5`,
+//! `0x1F`, `1_000`), quoted identifiers (`"…"`, kept verbatim), parameters (`$1`, kept),
+//! comments (`-- …` and nested `/* … */`).
+//!
+//! Anything the scanner is not sure of (an unterminated quote or comment, a backslash in a
+//! standard string, which `standard_conforming_strings = off` would read differently) makes
+//! it answer `None`, and the caller keys on the whole text instead: never a wrong key.
+
+use std::hash::Hasher;
+
+/// Writes the shape of `text` into `out` (cleared first) and returns its 64-bit hash, or
+/// `None` when the text is not plain enough to be sure (see the module docs).
+///
+/// `out` is reused between calls, so the steady state allocates nothing. Collisions of the
+/// 64-bit hash (aHash) between two different shapes are possible in principle; with 10^5
+/// cached shapes the chance is about 3·10^-10.
+pub fn shape(text: &[u8], out: &mut Vec<u8>) -> Option<u64> {
+    out.clear();
+    let n = text.len();
+    let mut i = 0;
+    let mut pending_space = false;
+    while i < n {
+        let c = text[i];
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => {
+                pending_space = !out.is_empty();
+                i += 1;
+                continue;
+            }
+            b'-' if text.get(i + 1) == Some(&b'-') => {
+                while i < n && text[i] != b'\n' {
+                    i += 1;
+                }
+                pending_space = !out.is_empty();
+                continue;
+            }
+            b'/' if text.get(i + 1) == Some(&b'*') => {
+                i = skip_block_comment(text, i)?;
+                pending_space = !out.is_empty();
+                continue;
+            }
+            _ => {}
+        }
+        if pending_space {
+            out.push(b' ');
+            pending_space = false;
+        }
+        match c {
+            b'\'' => {
+                let escapes = prefix_is_e_string(out);
+                i = skip_string(text, i, escapes)?;
+                out.push(b'?');
+            }
+            b'"' => {
+                let start = i;
+                i = skip_quoted_identifier(text, i)?;
+                out.extend_from_slice(&text[start..i]);
+            }
+            b'$' if !prev_is_ident(out) => {
+                if text.get(i + 1).is_some_and(u8::is_ascii_digit) {
+                    // A parameter, `$1`: kept.
+                    let start = i;
+                    i += 1;
+                    while i < n && text[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    out.extend_from_slice(&text[start..i]);
+                } else {
+                    i = skip_dollar_quoted(text, i)?;
+                    out.push(b'?');
+                }
+            }
+            b'0'..=b'9' if !prev_is_ident(out) => {
+                i = skip_number(text, i);
+                out.push(b'?');
+            }
+            b'.' if !prev_is_ident(out) && text.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                i = skip_number(text, i);
+                out.push(b'?');
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    let mut h = ahash::AHasher::default();
+    h.write(out);
+    Some(h.finish())
+}
+
+/// Whether the previous output byte continues an identifier (so a digit or `$` belongs to it).
+fn prev_is_ident(out: &[u8]) -> bool {
+    out.last().is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80)
+}
+
+/// `E'…'`: the output ends in a lone `e`/`E` that is not the tail of a longer identifier.
+fn prefix_is_e_string(out: &[u8]) -> bool {
+    match out {
+        [.., prev, e] if e.eq_ignore_ascii_case(&b'e') => {
+            !(prev.is_ascii_alphanumeric() || *prev == b'_' || *prev >= 0x80)
+        }
+        [e] => e.eq_ignore_ascii_case(&b'e'),
+        _ => false,
+    }
+}
+
+/// Skips a `'…'` literal starting at `i`; returns the index after it.
+fn skip_string(text: &[u8], mut i: usize, escapes: bool) -> Option<usize> {
+    i += 1;
+    while i < text.len() {
+        match text[i] {
+            b'\'' if text.get(i + 1) == Some(&b'\'') => i += 2,
+            b'\'' => return Some(i + 1),
+            b'\\' if escapes => i += 2,
+            // Meaning depends on standard_conforming_strings: do not guess.
+            b'\\' => return None,
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+fn skip_quoted_identifier(text: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    while i < text.len() {
+        if text[i] == b'"' {
+            if text.get(i + 1) == Some(&b'"') {
+                i += 2;
+                continue;
+            }
+            return Some(i + 1);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Skips `$tag$ … $tag$` (tag possibly empty) starting at the first `$`.
+fn skip_dollar_quoted(text: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < text.len() && (text[j].is_ascii_alphanumeric() || text[j] == b'_' || text[j] >= 0x80) {
+        j += 1;
+    }
+    if text.get(j) != Some(&b'$') {
+        return None; // a lone `$`: not plain SQL we know
+    }
+    let tag = &text[i..=j];
+    let body = j + 1;
+    let end = text[body..].windows(tag.len()).position(|w| w == tag)?;
+    Some(body + end + tag.len())
+}
+
+/// Skips nested `/* … */` comments.
+fn skip_block_comment(text: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    while i + 1 < text.len() {
+        match (text[i], text[i + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Skips a numeric constant: digits, `.`, `_`, hex/octal/binary prefixes, an exponent with
+/// its sign.
+fn skip_number(text: &[u8], mut i: usize) -> usize {
+    while i < text.len() {
+        let c = text[i];
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' {
+            if (c == b'e' || c == b'E')
+                && matches!(text.get(i + 1), Some(b'+' | b'-'))
+                && text.get(i + 2).is_some_and(u8::is_ascii_digit)
+            {
+                i += 2;
+            }
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(text: &str) -> Option<String> {
+        let mut out = Vec::new();
+        shape(text.as_bytes(), &mut out).map(|_| String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn literals_become_placeholders() {
+        assert_eq!(
+            s("SELECT abalance FROM pgbench_accounts WHERE aid = 123;").unwrap(),
+            "SELECT abalance FROM pgbench_accounts WHERE aid = ?;"
+        );
+        assert_eq!(s("select 'it''s', E'a\\'b', 1.5e-3, .5, 0x1F, 1_000").unwrap(), "select ?, E?, ?, ?, ?, ?");
+        assert_eq!(s("select $$a;'b$$, $fn$x$fn$").unwrap(), "select ?, ?");
+    }
+
+    #[test]
+    fn identifiers_parameters_and_quoted_names_are_kept() {
+        assert_eq!(s("SELECT t1.c2, \"Weird 'x' 1\" FROM t1 WHERE a = $1").unwrap(),
+            "SELECT t1.c2, \"Weird 'x' 1\" FROM t1 WHERE a = $1");
+        assert_eq!(s("select a$1 from x").unwrap(), "select a$1 from x");
+    }
+
+    #[test]
+    fn comments_and_whitespace_collapse() {
+        assert_eq!(s("  SELECT  1 -- one\n /* two /* nested */ */ ,\t2 ").unwrap(), "SELECT ? , ?");
+    }
+
+    #[test]
+    fn unsure_texts_give_none() {
+        assert_eq!(s("select 'unterminated"), None);
+        assert_eq!(s("select 'back\\slash'"), None);
+        assert_eq!(s("select /* open"), None);
+        assert_eq!(s("select $tag$ open"), None);
+    }
+
+    #[test]
+    fn same_shape_same_fingerprint() {
+        // The property the cache relies on, checked against libpg_query itself.
+        let pairs = [
+            ("SELECT * FROM t WHERE a = 1 AND b = 'x'", "SELECT * FROM t WHERE a = 22 AND b = 'yy'"),
+            ("SELECT * FROM t ORDER BY 1 LIMIT 10", "SELECT * FROM t ORDER BY 2 LIMIT 99"),
+            ("SELECT interval '1 day', date '2020-01-01'", "SELECT interval '2 days', date '2021-02-02'"),
+        ];
+        for (a, b) in pairs {
+            let fa = pg_query::fingerprint(a, 0, 0).unwrap().value;
+            let fb = pg_query::fingerprint(b, 0, 0).unwrap().value;
+            let (mut oa, mut ob) = (Vec::new(), Vec::new());
+            let ha = shape(a.as_bytes(), &mut oa).unwrap();
+            let hb = shape(b.as_bytes(), &mut ob).unwrap();
+            assert_eq!(ha, hb, "{a} / {b}");
+            assert_eq!(fa, fb, "{a} / {b}");
+        }
+    }
+}
