@@ -36,10 +36,10 @@ pub struct Answer {
 #[derive(Debug, thiserror::Error)]
 pub enum AttributionError {
     /// `cluster.connection` is not a valid connection string.
-    #[error("cluster.connection is not a valid libpq connection string: {0}")]
+    #[error("cluster.connection is not a valid libpq connection string")]
     BadConnectionString(#[source] tokio_postgres::Error),
     /// Connecting or querying failed.
-    #[error("monitor connection: {0}")]
+    #[error("monitor connection")]
     Db(#[from] tokio_postgres::Error),
 }
 
@@ -99,13 +99,13 @@ pub async fn serve(
                         )
                         .notify(move |e, wait| {
                             m.db_connect_errors.inc();
-                            tracing::warn!(error = %e, retry_in = ?wait, "monitor connection failed");
+                            tracing::warn!(error = %crate::capture::error_chain(e), retry_in = ?wait, "monitor connection failed");
                         })
                         .await
                     {
                         Ok(c) => c,
                         Err(e) => {
-                            tracing::error!(error = %e, "monitor connection: giving up");
+                            tracing::error!(error = %crate::capture::error_chain(&e), "monitor connection: giving up");
                             return;
                         }
                     }

@@ -40,10 +40,12 @@ pub struct ErrorLabels {
     pub sqlstate_class: String,
 }
 
-/// `{direction}`: `frontend` (client → backend) or `backend` (backend → client).
+/// `{direction, reason}`: `frontend` (client → backend) or `backend` (backend → client),
+/// and the parser's reason (`wire::DesyncReason::as_str`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabels {
+pub struct DesyncLabels {
     pub direction: &'static str,
+    pub reason: &'static str,
 }
 
 /// Handles of one (role, database), cached by the statistics so the hot path skips the
@@ -80,7 +82,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     connections: Family<RoleDbLabels, Gauge>,
     /// Protocol desynchronisations, by direction.
-    pub desyncs: Family<DirectionLabels, Counter>,
+    pub desyncs: Family<DesyncLabels, Counter>,
     /// Queries whose connection could not be attributed to a role.
     pub unattributed: Counter,
     /// Sessions that negotiated TLS or GSS encryption (uninspectable), open now.
@@ -111,7 +113,7 @@ impl Metrics {
             );
         let errors = Family::<ErrorLabels, Counter>::default();
         let connections = Family::<RoleDbLabels, Gauge>::default();
-        let desyncs = Family::<DirectionLabels, Counter>::default();
+        let desyncs = Family::<DesyncLabels, Counter>::default();
         let unattributed = Counter::default();
         let encrypted_sessions = Gauge::default();
         let oversized_messages = Counter::default();
@@ -210,9 +212,9 @@ impl Metrics {
         self.errors.get_or_create(&l).inc();
     }
 
-    /// Counts one desynchronisation of `direction` (`frontend` or `backend`).
-    pub fn desync(&self, direction: &'static str) {
-        self.desyncs.get_or_create(&DirectionLabels { direction }).inc();
+    /// Counts one desynchronisation of `direction` (`frontend` or `backend`) for `reason`.
+    pub fn desync(&self, direction: &'static str, reason: &'static str) {
+        self.desyncs.get_or_create(&DesyncLabels { direction, reason }).inc();
     }
 
     /// The exposition text (OpenMetrics text format, which Prometheus scrapes natively).

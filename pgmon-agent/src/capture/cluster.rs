@@ -11,7 +11,7 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// `postmaster.pid` could not be read: the cluster is not running, or the path is wrong.
-    #[error("{path}: cannot read postmaster.pid (is the cluster running?): {source}")]
+    #[error("{path}: cannot read postmaster.pid (is the cluster running?)")]
     PidFile {
         path: PathBuf,
         #[source]
@@ -24,7 +24,7 @@ pub enum ClusterError {
     #[error("postmaster pid {pid} from {path} is not running (stale postmaster.pid?)")]
     NotRunning { pid: u32, path: PathBuf },
     /// tracefs is not mounted and could not be mounted.
-    #[error("tracefs is not mounted at {TRACEFS} and mounting it failed: {0}")]
+    #[error("tracefs is not mounted at {TRACEFS} and mounting it failed")]
     Tracefs(#[source] std::io::Error),
     /// The `sched_process_fork` format file lacks `child_pid`.
     #[error("cannot find child_pid in {0}")]

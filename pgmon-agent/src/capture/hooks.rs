@@ -158,7 +158,7 @@ pub enum HookError {
     #[error("kernel BTF unavailable: {0}")]
     Btf(String),
     /// The kernel refused to load or attach a program (verifier, EPERM, missing hook).
-    #[error("{program}: {source}")]
+    #[error("{program}")]
     Program {
         program: &'static str,
         #[source]

@@ -69,17 +69,17 @@ pub enum CaptureError {
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
     /// The embedded object did not load (maps could not be created: memlock, privileges).
-    #[error("loading the kernel programs failed (are we root, with CAP_BPF and CAP_PERFMON?): {0}")]
+    #[error("loading the kernel programs failed (are we root, with CAP_BPF and CAP_PERFMON?)")]
     Load(#[source] aya::EbpfError),
     /// A map the object should have is missing or of the wrong type.
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         #[source]
         source: aya::maps::MapError,
     },
     /// The fork/exit tracepoints could not be attached.
-    #[error("process lifecycle probes: {0}")]
+    #[error("process lifecycle probes")]
     Lifecycle(#[source] HookError),
     /// No socket hook family could be attached; each refusal is listed.
     #[error("no hook family could be attached: {}", .0.iter().map(|(f, e)| format!("{}: {e}", f.name())).collect::<Vec<_>>().join("; "))]
@@ -151,7 +151,7 @@ impl Capture {
                     break;
                 }
                 Err(e) => {
-                    tracing::info!(hook = family.name(), error = %e, "hook family refused, trying the next");
+                    tracing::info!(hook = family.name(), error = %error_chain(&e), "hook family refused, trying the next");
                     refused.push((family, error_chain(&e)));
                 }
             }

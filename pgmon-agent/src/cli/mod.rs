@@ -1,6 +1,8 @@
 //! The command line (clap). One file per subcommand; `main.rs` only dispatches.
 
 pub mod check_config;
+pub mod record;
+pub mod replay;
 pub mod run;
 pub mod status;
 
@@ -37,6 +39,26 @@ pub enum Command {
         /// Show one role's fingerprints, most called first.
         #[arg(long)]
         role: Option<String>,
+    },
+    /// Record raw capture records to a file for `replay` (benchmarks; needs root).
+    #[command(hide = true)]
+    Record {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Replay a recorded capture through the pipeline on one core and print its throughput.
+    #[command(hide = true)]
+    Replay {
+        file: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        passes: u32,
+        /// Empty statement cache on every pass (every distinct statement misses).
+        #[arg(long)]
+        cold: bool,
     },
     /// Check a policy file and exit 0 if it is usable, or print file:line:column: field: error.
     CheckConfig {

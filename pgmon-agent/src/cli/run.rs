@@ -36,6 +36,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let monitor = attribution::monitor_config(&config.cluster.connection)?;

@@ -17,7 +17,7 @@ use crate::{
     metrics::Metrics,
     query::{Normalizer, Stmt, fingerprint_hex},
     status::{AgentStatus, CaptureStatus, ClusterStatus, RefusedHook, Status},
-    wire::{self, Completion, Direction, Encryption, ErrorContext, Outcome, Startup},
+    wire::{self, Completion, DesyncReason, Direction, Encryption, ErrorContext, Limits, Outcome, Replication, Startup},
 };
 use stats::{RoleDbId, Stats};
 
@@ -68,7 +68,7 @@ pub struct Pipeline {
     stats: Stats,
     metrics: Arc<Metrics>,
     lookups: UnboundedSender<u32>,
-    max_message_bytes: usize,
+    max_message_bytes: u32,
     top_k: usize,
     counters: Counters,
 }
@@ -92,7 +92,7 @@ impl Pipeline {
             ),
             metrics,
             lookups,
-            max_message_bytes: config.capture.max_message_bytes,
+            max_message_bytes: u32::try_from(config.capture.max_message_bytes).unwrap_or(u32::MAX),
             top_k: config.query.top_k_fingerprints,
             counters: Counters::default(),
         }
@@ -152,14 +152,15 @@ impl Pipeline {
             Some(c) => c,
             None => {
                 backend.fds.push(h.fd);
+                let limits = Limits { max_message: self.max_message_bytes, ..Limits::default() };
                 let c = if backend.fresh {
-                    wire::Connection::new(self.max_message_bytes)
+                    wire::Connection::with_limits(limits)
                 } else {
                     if matches!(backend.identity, Identity::AwaitStartup) {
                         backend.identity = Identity::Pending(Vec::new());
                         let _ = self.lookups.send(pid);
                     }
-                    wire::Connection::new_mid_stream(self.max_message_bytes)
+                    wire::Connection::mid_stream_with_limits(limits)
                 };
                 self.conns.entry(key).or_insert(c)
             }
@@ -223,6 +224,17 @@ impl Pipeline {
                 self.unattributed(n);
             }
         }
+    }
+
+    /// Forgets every connection and backend (replay passes start from a clean stream).
+    pub fn reset_connections(&mut self) {
+        self.conns.clear();
+        self.backends.clear();
+    }
+
+    /// Statements completed and charged so far, all roles.
+    pub fn total_queries(&self) -> u64 {
+        self.stats.total_queries()
     }
 
     /// Publishes kernel counters, cache counters and the top-K for the next scrape.
@@ -325,13 +337,21 @@ impl wire::Sink for ConnSink<'_> {
         self.normalizer.prepare(text, simple, out);
     }
 
+    fn truncated(&mut self, _prefix: &[u8], len: usize, simple: bool, out: &mut Vec<Stmt>) {
+        self.counters.oversized += 1;
+        self.metrics.oversized_messages.inc();
+        out.push(self.normalizer.oversized(len, simple));
+    }
+
     fn startup(&mut self, s: &Startup<'_>) {
-        let ignored = s.application_name == Some("pgmon") || s.replication;
+        let ignored =
+            s.application_name == Some(b"pgmon".as_slice()) || s.replication != Replication::No;
         self.backend.identity = if ignored {
             Identity::Ignored
         } else {
-            let database = s.database.unwrap_or(s.user);
-            let id = self.stats.role_db(s.user, database);
+            let role = String::from_utf8_lossy(s.user);
+            let database = String::from_utf8_lossy(s.database);
+            let id = self.stats.role_db(&role, &database);
             self.stats.connection(id, 1);
             Identity::Known(id)
         };
@@ -376,21 +396,18 @@ impl wire::Sink for ConnSink<'_> {
         }
     }
 
-    fn desync(&mut self, dir: Direction, _reason: wire::DesyncReason) {
-        match dir {
-            Direction::Frontend => {
-                self.counters.desyncs_frontend += 1;
-                self.metrics.desync("frontend");
-            }
-            Direction::Backend => {
-                self.counters.desyncs_backend += 1;
-                self.metrics.desync("backend");
-            }
-        }
+    fn unattributed(&mut self, _c: Completion<()>) {
+        // An execution of a statement prepared before the capture began: its text was never
+        // seen, so it cannot be charged to a fingerprint.
+        self.counters.unattributed += 1;
+        self.metrics.unattributed.inc();
     }
 
-    fn oversized(&mut self) {
-        self.counters.oversized += 1;
-        self.metrics.oversized_messages.inc();
+    fn desync(&mut self, dir: Direction, reason: DesyncReason) {
+        match dir {
+            Direction::Frontend => self.counters.desyncs_frontend += 1,
+            Direction::Backend => self.counters.desyncs_backend += 1,
+        }
+        self.metrics.desync(dir.as_str(), reason.as_str());
     }
 }

@@ -130,6 +130,11 @@ impl Stats {
         metrics.query_error(&r.role, &r.database, class);
     }
 
+    /// Statements completed, all roles and databases.
+    pub fn total_queries(&self) -> u64 {
+        self.role_dbs.iter().map(|r| r.queries).sum()
+    }
+
     /// The `k` most called fingerprints across all roles: (fingerprint, calls).
     pub fn top_fingerprints(&self, k: usize) -> Vec<(u64, u64)> {
         let mut v: Vec<_> = self.global.iter().map(|(&fp, c)| (fp, c.calls)).collect();

@@ -149,6 +149,21 @@ impl Normalizer {
     }
 }
 
+impl Normalizer {
+    /// The statement recorded for a `Q`/`Parse` longer than `capture.max_message_bytes`
+    /// (`len` bytes): its text was not reassembled, so it has no fingerprint; its executions
+    /// are still counted.
+    pub fn oversized(&mut self, len: usize, simple: bool) -> Stmt {
+        let _ = simple;
+        Arc::new(StatementInfo {
+            fingerprint: 0,
+            normalized: format!("(message of {len} bytes, over capture.max_message_bytes)").into(),
+            text_bytes: len.try_into().unwrap_or(u32::MAX),
+            parse_error: false,
+        })
+    }
+}
+
 /// Formats a fingerprint the way libpg_query prints it: 16 lowercase hex digits.
 pub fn fingerprint_hex(fp: u64) -> String {
     format!("{fp:016x}")

@@ -1,0 +1,63 @@
+//! `pgmon-agent replay CAPTURE [--passes N] [--cold]`: runs the agent's pipeline (wire
+//! parser, normalizer, statistics) over recorded records on the current thread, with no
+//! kernel and no database, and prints the throughput as JSON. Used by `cargo xtask bench`.
+//!
+//! Each pass replays the whole file through a fresh pipeline (connections and statistics
+//! start empty); `--cold` also starts each pass with an empty statement cache, so every
+//! distinct statement is a libpg_query miss; without it the cache is warmed by one
+//! unmeasured pass first, so the measured passes are hits.
+
+use std::{path::Path, sync::Arc, time::Instant};
+
+use anyhow::Context as _;
+
+use crate::{capture::Record, config::Config, metrics::Metrics, pipeline::Pipeline};
+
+/// Replays `file` `passes` times and prints
+/// `{"records":…,"queries":…,"seconds":…,"records_per_second":…,"queries_per_second":…}`.
+pub fn replay(file: &Path, passes: u32, cold: bool) -> anyhow::Result<()> {
+    let raw = super::record::read_capture(file)?;
+    let records: Vec<Record<'_>> = raw
+        .iter()
+        .map(|r| Record::decode(r).context("undecodable record in capture file"))
+        .collect::<anyhow::Result<_>>()?;
+    let config = Config::parse(Path::new("(replay)"), "cluster:\n  data_directory: /nonexistent\n")?;
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let metrics = Metrics::new("replay", 0);
+    let mut pipeline = Pipeline::new(&config, metrics.clone(), tx.clone());
+    if !cold {
+        for r in &records {
+            pipeline.on_record(r);
+        }
+    }
+    let mut seconds = 0.0;
+    let mut queries = 0u64;
+    for _ in 0..passes.max(1) {
+        if cold {
+            pipeline = Pipeline::new(&config, Metrics::new("replay", 0), tx.clone());
+        } else {
+            pipeline.reset_connections();
+        }
+        let before = pipeline.total_queries();
+        let t = Instant::now();
+        for r in &records {
+            pipeline.on_record(r);
+        }
+        seconds += t.elapsed().as_secs_f64();
+        queries += pipeline.total_queries() - before;
+    }
+    let n = records.len() as u64 * u64::from(passes.max(1));
+    let _ = Arc::strong_count(&metrics);
+    println!(
+        "{}",
+        serde_json::json!({
+            "records": n,
+            "queries": queries,
+            "seconds": seconds,
+            "records_per_second": n as f64 / seconds,
+            "queries_per_second": queries as f64 / seconds,
+            "cold": cold,
+        })
+    );
+    Ok(())
+}

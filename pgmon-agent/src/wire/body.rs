@@ -1,0 +1,101 @@
+//! Small readers of message bodies (§54.6 Message Data Types, §54.7 Message Formats).
+
+/// Splits a NUL-terminated String off the front of `b`: `(string, rest after the NUL)`.
+pub(super) fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let i = b.iter().position(|&c| c == 0)?;
+    Some((&b[..i], &b[i + 1..]))
+}
+
+/// The text of a Query body (`text\0`). A truncated body has no NUL: all of it is text.
+pub(super) fn query_text(body: &[u8], truncated: bool) -> Option<&[u8]> {
+    if truncated {
+        return Some(body.split(|&c| c == 0).next().unwrap_or(body));
+    }
+    match cstr(body) {
+        Some((text, [])) => Some(text),
+        _ => None,
+    }
+}
+
+/// Parse: `(statement name, query text)`. For a truncated body the query text is what is
+/// there after the name.
+pub(super) fn parse_msg(body: &[u8], truncated: bool) -> Option<(&[u8], &[u8])> {
+    let (name, rest) = cstr(body)?;
+    if truncated {
+        let text = rest.split(|&c| c == 0).next().unwrap_or(rest);
+        return Some((name, text));
+    }
+    let (text, rest) = cstr(rest)?;
+    let n = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+    (rest.len() == 2 + 4 * n).then_some((name, text))
+}
+
+/// Bind: `(portal name, statement name)`; the parameters after them are not read.
+pub(super) fn bind_msg(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (portal, rest) = cstr(body)?;
+    let (stmt, _) = cstr(rest)?;
+    Some((portal, stmt))
+}
+
+/// Execute: the portal name (the Int32 row limit after it is not needed).
+pub(super) fn execute_msg(body: &[u8]) -> Option<&[u8]> {
+    let (portal, rest) = cstr(body)?;
+    (rest.len() == 4).then_some(portal)
+}
+
+/// Describe and Close: `(b'S' | b'P', name)`.
+pub(super) fn target_msg(body: &[u8]) -> Option<(u8, &[u8])> {
+    let (&what, rest) = body.split_first()?;
+    let (name, rest) = cstr(rest)?;
+    (matches!(what, b'S' | b'P') && rest.is_empty()).then_some((what, name))
+}
+
+/// ParameterStatus: `(name, value)`.
+pub(super) fn parameter_status(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (name, rest) = cstr(body)?;
+    let (value, _) = cstr(rest)?;
+    Some((name, value))
+}
+
+/// The SQLSTATE of an ErrorResponse: its field `C` (§54.8). `XX000` (internal_error) if the
+/// kept prefix holds none.
+pub(super) fn sqlstate(mut body: &[u8]) -> [u8; 5] {
+    while let Some((&code, rest)) = body.split_first() {
+        if code == 0 {
+            break;
+        }
+        let Some((value, rest)) = cstr(rest) else {
+            break;
+        };
+        if code == b'C'
+            && let Ok(s) = <[u8; 5]>::try_from(value)
+        {
+            return s;
+        }
+        body = rest;
+    }
+    *b"XX000"
+}
+
+/// The row count of a CommandComplete tag (§54.7 CommandComplete): the last word of
+/// `INSERT oid rows`, `SELECT rows`, `UPDATE rows`, `DELETE rows`, `MERGE rows`,
+/// `FETCH rows`, `MOVE rows`, `COPY rows`; `None` for other commands.
+pub(super) fn tag_rows(body: &[u8]) -> Option<u64> {
+    let tag = cstr(body).map_or(body, |(t, _)| t);
+    let mut words = tag.split(|&c| c == b' ');
+    let cmd = words.next()?;
+    let counted = matches!(
+        cmd,
+        b"SELECT" | b"INSERT" | b"UPDATE" | b"DELETE" | b"MERGE" | b"FETCH" | b"MOVE" | b"COPY"
+    );
+    if !counted {
+        return None;
+    }
+    let last = words.next_back()?;
+    if last.is_empty() || last.len() > 20 || !last.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    last.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}

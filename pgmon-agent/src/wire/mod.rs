@@ -1,0 +1,343 @@
+//! The PostgreSQL frontend/backend protocol (v3.0 and v3.2), parsed per connection.
+//!
+//! The capture layer hands each [`Connection`] the bytes one backend received from its client
+//! (the *frontend* stream) and sent to it (the *backend* stream), in the order the backend
+//! performed its `recvfrom`/`sendto` calls, as chunks of any size. The connection frames them
+//! into messages, mirrors the server's prepared-statement and portal maps, keeps a FIFO of the
+//! responses it expects, and reports to a [`Sink`]: the startup packet, each finished
+//! execution with its timing and outcome, each `ErrorResponse`, and each desynchronisation.
+//!
+//! The parser is pure: no I/O, no clock (timestamps come in with the bytes), no global state;
+//! one connection's bytes never affect another's. It never panics, whatever the input.
+//!
+//! How responses are matched (details on the items):
+//!
+//! - Each Parse, Bind, Describe, Close, Execute, Sync, FunctionCall and each statement of a
+//!   Query (as split by [`Sink::prepare`]) queues the response it is owed; backend messages
+//!   answer the oldest. An ErrorResponse fails the oldest execution and, in the extended
+//!   protocol, drops everything up to the next Sync, as the server does.
+//! - A Query answered by more `CommandComplete`s than `prepare` returned statements: the
+//!   extra ones are attributed to its last statement; fewer: the rest are dropped; either
+//!   way counted once as [`DesyncReason::StatementCount`].
+//! - A FunctionCall is matched (its error is reported as [`ErrorContext::FunctionCall`]) but
+//!   not reported as a completion: it has no statement.
+//! - After a desync, or on a connection picked up mid-stream, nothing is reported until a
+//!   ReadyForQuery leaves no earlier request unanswered; a client that keeps pipelining
+//!   through that moment may have a few executions attributed one request off until its
+//!   pipeline drains (the stream alone cannot tell).
+//!
+//! References are to the PostgreSQL 18 documentation, chapter 54 "Frontend/Backend Protocol":
+//! §54.2 Message Flow (54.2.1 Start-up, 54.2.2 Simple Query, 54.2.3 Extended Query,
+//! 54.2.4 Pipelining, 54.2.5 Function Call, 54.2.6 COPY Operations, 54.2.7 Asynchronous
+//! Operations, 54.2.8 Canceling Requests in Progress, 54.2.10 SSL Session Encryption,
+//! 54.2.11 GSSAPI Session Encryption), §54.7 Message Formats, §54.8 Error and Notice Message
+//! Fields. Where the documentation is silent, the rule comes from the server's source
+//! (`src/backend/tcop/postgres.c`, `SocketBackend` and `PostgresMain`) and is said so.
+
+mod body;
+mod conn;
+mod frame;
+mod responses;
+mod session;
+mod startup;
+
+#[cfg(test)]
+mod tests;
+
+pub use conn::Connection;
+pub use startup::{Params, Startup};
+
+/// Which of a connection's two byte streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Bytes the backend received from its client (frontend messages).
+    Frontend,
+    /// Bytes the backend sent to its client (backend messages).
+    Backend,
+}
+
+impl Direction {
+    /// A stable lower-case name, for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Frontend => "frontend",
+            Direction::Backend => "backend",
+        }
+    }
+}
+
+/// How a session became encrypted, after which nothing more of it is parsed (§54.2.10,
+/// §54.2.11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encryption {
+    /// SSLRequest answered `'S'`: TLS follows.
+    Ssl,
+    /// GSSENCRequest answered `'G'`: GSSAPI encryption follows.
+    Gss,
+    /// PostgreSQL 17+ "direct SSL": the first frontend bytes are a TLS record (0x16 0x03),
+    /// with no SSLRequest before them.
+    DirectTls,
+}
+
+/// The `replication` startup parameter (§54.4 Streaming Replication Protocol).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Replication {
+    /// Absent or false: an ordinary session.
+    No,
+    /// `replication=true` (or another boolean true): a physical-replication walsender.
+    Physical,
+    /// `replication=database`: a logical-replication walsender connected to a database.
+    Logical,
+}
+
+/// How one execution ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// `CommandComplete` (or `EmptyQueryResponse`). `rows` is the count in the command tag
+    /// for the commands that carry one (SELECT, INSERT, UPDATE, DELETE, MERGE, FETCH, MOVE,
+    /// COPY; §54.7 CommandComplete), `None` otherwise.
+    Ok {
+        /// Rows affected or returned, from the command tag.
+        rows: Option<u64>,
+    },
+    /// `ErrorResponse`: the execution failed with this SQLSTATE (§54.8 field `C`).
+    Error {
+        /// The five-character SQLSTATE, e.g. `*b"57014"`.
+        sqlstate: [u8; 5],
+    },
+    /// `PortalSuspended`: an Execute with a row limit stopped before the portal's end
+    /// (§54.2.3). The portal lives on; a later Execute of it is a new execution.
+    Suspended {
+        /// `DataRow` messages sent by this execution.
+        rows: u64,
+    },
+}
+
+/// One finished execution: an Execute of a portal (extended protocol) or one statement of a
+/// simple Query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion<S> {
+    /// What [`Sink::prepare`] returned for the statement executed.
+    pub stmt: S,
+    /// Start, in the caller's nanoseconds: the later of the timestamp of the frontend chunk
+    /// that completed the Query/Execute message and `end_ns` of the previous completion on
+    /// this connection (a pipelined execution waits for the one before it). Never after
+    /// `end_ns`.
+    pub start_ns: u64,
+    /// End, in the caller's nanoseconds: the timestamp of the backend chunk that completed
+    /// the `CommandComplete`, `EmptyQueryResponse`, `PortalSuspended` or `ErrorResponse`.
+    pub end_ns: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// Where an `ErrorResponse` arrived, given to [`Sink::error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorContext {
+    /// Before the first ReadyForQuery: the startup or authentication failed (e.g. 28P01,
+    /// 3D000, 53300). The server closes the connection after it.
+    Startup,
+    /// It failed an execution; [`Sink::completed`] (or [`Sink::unattributed`]) was called
+    /// with [`Outcome::Error`] just before.
+    Execution,
+    /// It answered a Parse (e.g. a syntax error, 42601).
+    Parse,
+    /// It answered a Bind (e.g. a parameter that does not convert, 22P02).
+    Bind,
+    /// It answered a Describe.
+    Describe,
+    /// It answered a Close.
+    Close,
+    /// It arrived at a Sync, where an implicit transaction commits (e.g. a deferred
+    /// constraint, 23503, or a serialization failure, 40001).
+    Sync,
+    /// It answered a FunctionCall (§54.2.5).
+    FunctionCall,
+    /// Nothing was pending: an idle session was ended by the server (e.g. 57P01, 57P05,
+    /// 25P03).
+    Idle,
+    /// The parser could not tell: the connection is resynchronising after a desync, or was
+    /// picked up mid-stream.
+    Unmatched,
+}
+
+impl ErrorContext {
+    /// A stable lower-case name, for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorContext::Startup => "startup",
+            ErrorContext::Execution => "execution",
+            ErrorContext::Parse => "parse",
+            ErrorContext::Bind => "bind",
+            ErrorContext::Describe => "describe",
+            ErrorContext::Close => "close",
+            ErrorContext::Sync => "sync",
+            ErrorContext::FunctionCall => "function_call",
+            ErrorContext::Idle => "idle",
+            ErrorContext::Unmatched => "unmatched",
+        }
+    }
+}
+
+/// Why the parser lost (or could not establish) its understanding of a stream, given to
+/// [`Sink::desync`]. The first group drops the pending executions and resynchronises; the
+/// second ([`UnknownPortal`](Self::UnknownPortal) and later) only counts an execution or a
+/// statement the parser could not attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DesyncReason {
+    /// A message type byte that does not exist in this direction (§54.7).
+    UnknownType,
+    /// A length word below 4, above 1 GiB, or outside what the message type allows.
+    BadLength,
+    /// A message whose body does not follow its format (§54.7).
+    Malformed,
+    /// A startup-phase packet that is neither a StartupMessage (protocol 3.x), an SSLRequest,
+    /// a GSSENCRequest nor a CancelRequest, or a bad answer to SSLRequest/GSSENCRequest.
+    BadStartup,
+    /// The capture reported bytes missing where the parser needed them.
+    Gap,
+    /// The capture reported records lost in both directions.
+    Lost,
+    /// A backend message that does not answer the oldest pending request, or a
+    /// ReadyForQuery that skipped unanswered requests.
+    UnexpectedMessage,
+    /// More requests outstanding than the configured limit ([`Limits::max_pending`]).
+    QueueOverflow,
+    /// An Execute of a portal the parser does not know, or one bound to a statement it does
+    /// not know (typically a connection picked up mid-stream, whose Parse was never seen).
+    /// The execution is still reported, through [`Sink::unattributed`].
+    UnknownPortal,
+    /// A simple Query whose `CommandComplete`s did not match, in number, the statements
+    /// [`Sink::prepare`] returned for it (counted once per Query). Extra completions are
+    /// attributed to the last statement; missing ones are dropped.
+    StatementCount,
+    /// A named statement or portal not tracked because the connection already holds
+    /// [`Limits::max_names`] of them.
+    TooManyNames,
+}
+
+impl DesyncReason {
+    /// A stable lower-case name, for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DesyncReason::UnknownType => "unknown_type",
+            DesyncReason::BadLength => "bad_length",
+            DesyncReason::Malformed => "malformed",
+            DesyncReason::BadStartup => "bad_startup",
+            DesyncReason::Gap => "gap",
+            DesyncReason::Lost => "lost",
+            DesyncReason::UnexpectedMessage => "unexpected_message",
+            DesyncReason::QueueOverflow => "queue_overflow",
+            DesyncReason::UnknownPortal => "unknown_portal",
+            DesyncReason::StatementCount => "statement_count",
+            DesyncReason::TooManyNames => "too_many_names",
+        }
+    }
+
+    /// Whether this reason made the connection drop its pending executions and
+    /// resynchronise (as opposed to counting one unattributed execution or statement).
+    pub fn resynchronises(self) -> bool {
+        !matches!(
+            self,
+            DesyncReason::UnknownPortal | DesyncReason::StatementCount | DesyncReason::TooManyNames
+        )
+    }
+}
+
+/// Where a connection is in its life (§54.2.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Waiting for the startup packet (also after an SSLRequest/GSSENCRequest answered `'N'`).
+    Startup,
+    /// StartupMessage seen; authentication in progress until the first ReadyForQuery.
+    Authenticating,
+    /// Normal operation (also: picked up mid-stream, or after a desync in startup).
+    Ready,
+    /// Encrypted: nothing more is parsed.
+    Encrypted,
+    /// A CancelRequest connection: nothing more is expected.
+    Cancel,
+}
+
+/// Bounds on what one connection may hold. The defaults suit a host agent with thousands of
+/// connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The most bytes of one message kept for parsing (default 1 MiB). A longer Query or
+    /// Parse goes to [`Sink::truncated`] with its first `max_message` bytes; longer messages
+    /// of other types keep their first `max_message` bytes, which hold everything parsed.
+    /// Messages whose bodies are not needed (DataRow, CopyData, …) are skipped by length
+    /// and never buffered, whatever their size.
+    pub max_message: u32,
+    /// The most responses one connection may be waiting for (default 65 536). Beyond it the
+    /// connection desyncs with [`DesyncReason::QueueOverflow`].
+    pub max_pending: usize,
+    /// The most named prepared statements, and separately named portals, tracked per
+    /// connection (default 10 000). Beyond it new names are not tracked
+    /// ([`DesyncReason::TooManyNames`]).
+    pub max_names: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message: 1 << 20,
+            max_pending: 1 << 16,
+            max_names: 10_000,
+        }
+    }
+}
+
+/// What a [`Connection`] reports to. One sink may serve many connections; the connection
+/// passes it in every call, so it holds no reference.
+pub trait Sink {
+    /// What the caller keeps per parsed statement (e.g. an `Arc` with a fingerprint). Cloned
+    /// from the statement map into portals and pending executions.
+    type Stmt: Clone;
+
+    /// Called once per Parse (`simple == false`, `text` is its query string, one statement)
+    /// and once per Query message (`simple == true`, `text` may hold several statements),
+    /// without the terminating NUL. Push one `Stmt` per statement, in order. Pushing nothing
+    /// is allowed for a text with no statement (empty, only comments or semicolons): the
+    /// server answers it with EmptyQueryResponse, which completes nothing. For a Parse only
+    /// the first pushed `Stmt` is kept (the server refuses a Parse of several statements).
+    fn prepare(&mut self, text: &[u8], simple: bool, out: &mut Vec<Self::Stmt>);
+
+    /// Like [`prepare`](Self::prepare), for a Query or Parse longer than
+    /// [`Limits::max_message`]: `prefix` holds the first bytes of its query string, `len` is
+    /// the query string's full length in bytes (for a Parse, an upper bound that also counts
+    /// 4 bytes per declared parameter type, which follow the query and were not read). Push
+    /// what its executions should be attributed to (e.g. one placeholder), or nothing.
+    fn truncated(&mut self, prefix: &[u8], len: usize, simple: bool, out: &mut Vec<Self::Stmt>);
+
+    /// A StartupMessage (§54.2.1, §54.7 StartupMessage).
+    fn startup(&mut self, s: &Startup<'_>);
+
+    /// The session became encrypted; nothing more of it will be parsed.
+    fn encrypted(&mut self, how: Encryption);
+
+    /// The connection carried a CancelRequest (§54.2.8); nothing more is expected on it.
+    fn cancel_request(&mut self);
+
+    /// One execution finished.
+    fn completed(&mut self, c: Completion<Self::Stmt>);
+
+    /// One execution finished whose statement the parser does not know (its Execute was
+    /// counted as [`DesyncReason::UnknownPortal`]). Ignored unless overridden.
+    fn unattributed(&mut self, c: Completion<()>) {
+        let _ = c;
+    }
+
+    /// Every `ErrorResponse` the backend sent, with its SQLSTATE (§54.8 field `C`; `XX000`
+    /// if the message carries none) and where it arrived.
+    fn error(&mut self, sqlstate: [u8; 5], ctx: ErrorContext);
+
+    /// The parser lost sync, or could not attribute something; see [`DesyncReason`].
+    fn desync(&mut self, dir: Direction, reason: DesyncReason);
+
+    /// A ParameterStatus from the backend (§54.2.7), e.g. `application_name` after a `SET`.
+    /// Ignored unless overridden.
+    fn parameter_status(&mut self, name: &[u8], value: &[u8]) {
+        let _ = (name, value);
+    }
+}
