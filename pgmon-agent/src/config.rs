@@ -49,8 +49,8 @@ pub struct ClusterConfig {
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum HookChoice {
-    /// The cheapest family the kernel accepts, in the order fexit, raw_tracepoint,
-    /// tracepoint (default).
+    /// The cheapest family the kernel accepts, in the order fexit, tracepoint,
+    /// raw_tracepoint (default).
     #[default]
     Auto,
     /// `fexit/__sys_recvfrom` + `fexit/__sys_sendto` only.

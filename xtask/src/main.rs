@@ -1,1 +1,51 @@
-fn main() {}
+//! `cargo xtask …`: pgmon's developer tasks.
+//!
+//! - `setup`: installs what a fresh Debian 12 machine needs (idempotent, fast when done).
+//! - `test`: setup, release build of the workspace (agent + eBPF), then every test.
+//! - `demo`: a PostgreSQL 15 cluster with two roles under load, watched by the agent.
+//! - `bench`: overhead measurement (left to the lead; see `bench.rs`).
+
+mod bench;
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "pgmon's developer tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install packages, toolchain pieces and PostgreSQL 18 binaries (idempotent; root).
+    Setup,
+    /// Setup, `cargo build --release`, then `cargo test --release -- --test-threads=1`.
+    Test(test::TestArgs),
+    /// Run the agent against a PostgreSQL 15 cluster with a mixed workload and show what it saw.
+    Demo(demo::DemoArgs),
+    /// Measure the agent's overhead on pgbench (to be written; see bench.rs).
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Test(args) => test::run(&args),
+        Cmd::Demo(args) => demo::run(&args),
+        Cmd::Bench(args) => bench::run(&args),
+    };
+    if let Err(e) = res {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -17,20 +17,23 @@ pub enum HookFamily {
     /// of any process, arguments and return value together. Needs BTF and BPF
     /// trampolines (Linux ≥ 5.5; refused with EPERM on some hardened kernels).
     Fexit,
+    /// `tracepoint/syscalls/sys_{enter,exit}_{recvfrom,sendto}`: runs only for those
+    /// syscalls (needs CONFIG_FTRACE_SYSCALLS); a hash-map entry carries the arguments from
+    /// entry to exit.
+    Tracepoint,
     /// `raw_tp/sys_enter` + `raw_tp/sys_exit`: two program runs per syscall of any process,
     /// filtered on the syscall number; a hash-map entry carries the arguments across.
     RawTracepoint,
-    /// `tracepoint/syscalls/sys_{enter,exit}_{recvfrom,sendto}`: runs only for those
-    /// syscalls, but through perf's syscall-record set-up (needs CONFIG_FTRACE_SYSCALLS).
-    Tracepoint,
 }
 
 impl HookFamily {
-    /// All families, cheapest first. The order of the last two is the one measured on the
-    /// development hosts by `cargo xtask bench` (see bench/); fexit is first because it
-    /// does strictly less work per call where it is allowed.
+    /// All families, cheapest first. fexit is first because it does strictly less work per
+    /// call where it is allowed. Tracepoints come before raw tracepoints by measurement
+    /// (`cargo xtask bench`, bench/): `pgbench -S -c 2 -j 2` kept ~1.0× its detached TPS
+    /// with `tracepoint/syscalls/*`, ~0.65× with `raw_tp/sys_{enter,exit}`, whose programs
+    /// run on every syscall of every process on the host.
     pub const BY_COST: [HookFamily; 3] =
-        [HookFamily::Fexit, HookFamily::RawTracepoint, HookFamily::Tracepoint];
+        [HookFamily::Fexit, HookFamily::Tracepoint, HookFamily::RawTracepoint];
 
     /// Rank in [`Self::BY_COST`], 0 = cheapest; exported as a label of `pgmon_probe_info`.
     pub fn cost_rank(self) -> usize {

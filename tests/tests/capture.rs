@@ -1,0 +1,241 @@
+//! Privileged end-to-end tests of capture and attribution: the real kernel programs, the
+//! real agent binary, real PostgreSQL 15 and 18 clusters, real psql and pgbench.
+//!
+//! Each test runs every scenario against one cluster and one agent, collects failures and
+//! panics at the end with all of them (and the agent's log tail), so one run shows the
+//! whole picture. They need root and skip with a reason otherwise.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use pgmon_tests::{
+    Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol, Transport, agent_binary,
+    free_port, require_root, tail,
+};
+
+/// pgbench's `-S` statement as pg_stat_statements normalizes it.
+const PGBENCH_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+
+fn fingerprint(sql: &str) -> String {
+    format!("{:016x}", pg_query::fingerprint(sql, 0, 0).expect("test SQL parses").value)
+}
+
+fn agent_config(cluster: &Cluster, port: u16) -> String {
+    format!(
+        "cluster:\n  data_directory: {}\n  connection: \"host={} port={} user=postgres dbname=postgres\"\n\
+         capture:\n  hooks: auto\nmetrics:\n  listen: 127.0.0.1:{port}\n",
+        cluster.data_dir().display(),
+        cluster.socket_dir().display(),
+        cluster.port()
+    )
+}
+
+/// Calls of `fp` charged to `role`, and the role's total queries, from /api/v1/status.
+fn counts(agent: &Agent, role: &str, fp: &str) -> (u64, u64) {
+    let status = agent.status_json().expect("status");
+    let Some(r) = status["roles"].as_array().and_then(|rs| rs.iter().find(|r| r["role"] == role))
+    else {
+        return (0, 0);
+    };
+    let calls = r["fingerprints"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["fingerprint"] == fp))
+        .map_or(0, |f| f["calls"].as_u64().unwrap_or(0));
+    (calls, r["queries"].as_u64().unwrap_or(0))
+}
+
+/// Polls until `role`'s calls of `fp` reach `target` (the pipeline drains every 5 ms, the
+/// status is exact as of the last drain), or 15 s pass; returns the last value.
+fn wait_calls(agent: &Agent, role: &str, fp: &str, target: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (calls, _) = counts(agent, role, fp);
+        if calls >= target || Instant::now() > deadline {
+            // Let a late straggler show up as an overcount rather than hide.
+            thread::sleep(Duration::from_millis(200));
+            return counts(agent, role, fp).0;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Failures(Vec<String>);
+
+impl Failures {
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            let msg = what();
+            eprintln!("FAIL: {msg}");
+            self.0.push(msg);
+        }
+    }
+}
+
+fn suite(version: PgVersion) {
+    let name = format!("capture_{version:?}").to_lowercase();
+    if !require_root(&name) {
+        return;
+    }
+    let binary = agent_binary().expect("agent binary (build with cargo build --release)");
+    let cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
+    for role in ["alice", "bob", "carol"] {
+        cluster.create_role_with_db(role).expect("role");
+    }
+    cluster.pgbench_init("alice", "alice", 1).expect("pgbench -i alice");
+    cluster.pgbench_init("bob", "bob", 1).expect("pgbench -i bob");
+
+    // A connection opened before the agent starts: its StartupMessage is never seen.
+    let mut held = cluster.hold_session("carol", "carol", Transport::Tcp).expect("held session");
+    held.run("SELECT 1").expect("held session works");
+
+    let port = free_port();
+    let mut agent = Agent::start(&binary, &agent_config(&cluster, port), format!("127.0.0.1:{port}"))
+        .expect("agent starts");
+    let mut f = Failures(Vec::new());
+    let fp_select = fingerprint(PGBENCH_SELECT);
+
+    // 1. pgbench -S, every protocol, -C, both transports: exact counts per role.
+    for transport in Transport::ALL {
+        let runs = Protocol::ALL
+            .iter()
+            .map(|&p| (p, false))
+            .chain([(Protocol::Simple, true), (Protocol::Prepared, true)]);
+        for (protocol, connect_per_tx) in runs {
+            let label = format!("{version:?} {transport:?} -M {} {}", protocol.as_arg(), if connect_per_tx { "-C" } else { "" });
+            cluster.pg_stat_statements_reset().expect("pss reset");
+            let before = counts(&agent, "alice", &fp_select).0;
+            let run = PgbenchRun {
+                transport,
+                clients: 2,
+                jobs: 2,
+                transactions: Some(if connect_per_tx { 100 } else { 500 }),
+                protocol,
+                select_only: true,
+                connect_per_tx,
+                ..PgbenchRun::new("alice", "alice")
+            };
+            let result = cluster.pgbench(&run).expect("pgbench");
+            let expected = result.transactions_processed;
+            let seen = wait_calls(&agent, "alice", &fp_select, before + expected) - before;
+            let pss: u64 = cluster
+                .pss_calls("alice", "%pgbench_accounts%")
+                .expect("pss")
+                .iter()
+                .filter(|(q, _)| fingerprint(q) == fp_select)
+                .map(|(_, c)| c)
+                .sum();
+            eprintln!("{label}: pgbench {expected} tx, pgmon {seen}, pg_stat_statements {pss}");
+            f.check(expected > 0, || format!("{label}: pgbench processed nothing"));
+            f.check(seen == expected, || format!("{label}: pgmon counted {seen}, pgbench {expected}"));
+            f.check(pss == expected, || format!("{label}: pg_stat_statements {pss}, pgbench {expected}"));
+        }
+    }
+
+    // 2. Two roles at once, over different transports.
+    {
+        let (a0, b0) = (counts(&agent, "alice", &fp_select).0, counts(&agent, "bob", &fp_select).0);
+        let run = |user: &str, transport| PgbenchRun {
+            transport,
+            clients: 2,
+            jobs: 1,
+            transactions: Some(400),
+            select_only: true,
+            ..PgbenchRun::new(user, user)
+        };
+        let (ra, rb) = thread::scope(|s| {
+            let a = s.spawn(|| cluster.pgbench(&run("alice", Transport::Tcp)));
+            let b = s.spawn(|| cluster.pgbench(&run("bob", Transport::Unix)));
+            (a.join().expect("thread"), b.join().expect("thread"))
+        });
+        let (ea, eb) = (ra.expect("pgbench alice").transactions_processed, rb.expect("pgbench bob").transactions_processed);
+        let sa = wait_calls(&agent, "alice", &fp_select, a0 + ea) - a0;
+        let sb = wait_calls(&agent, "bob", &fp_select, b0 + eb) - b0;
+        eprintln!("{version:?} two roles: alice {sa}/{ea}, bob {sb}/{eb}");
+        f.check(sa == ea && sb == eb, || format!("{version:?} two roles at once: alice {sa}/{ea}, bob {sb}/{eb}"));
+    }
+
+    // 3. The connection opened before the agent: attributed via pg_stat_activity.
+    {
+        let sql = "SELECT 42 AS answer, 'held' AS tag";
+        for _ in 0..5 {
+            held.run(sql).expect("held session query");
+        }
+        let fp = fingerprint(sql);
+        let seen = wait_calls(&agent, "carol", &fp, 5);
+        f.check(seen == 5, || format!("{version:?} pre-existing connection: carol's query counted {seen} times, expected 5"));
+        let status = agent.status_json().expect("status");
+        let late = status["capture"]["late_attributions"].as_u64().unwrap_or(0);
+        f.check(late >= 1, || format!("{version:?} pre-existing connection: late_attributions = {late}"));
+    }
+
+    // 4. A 100 KiB query is captured whole: the agent saw every byte of it (its recorded
+    //    length), and the alias after the literal, which makes its fingerprint unique.
+    {
+        let sql = format!("SELECT length('{}') AS pgmon_hundred_kib_query", "x".repeat(100 * 1024));
+        cluster.psql("alice", "alice", Transport::Unix, &sql).expect("long query");
+        let fp = fingerprint(&sql);
+        let seen = wait_calls(&agent, "alice", &fp, 1);
+        f.check(seen == 1, || format!("{version:?} 100 KiB query: fingerprint {fp} counted {seen} times"));
+        let status = agent.status_json().expect("status");
+        let bytes = status["roles"]
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r["role"] == "alice"))
+            .and_then(|r| r["fingerprints"].as_array()?.iter().find(|x| x["fingerprint"] == fp.as_str()).cloned())
+            .and_then(|x| x["text_bytes"].as_u64())
+            .unwrap_or(0);
+        f.check(bytes == sql.len() as u64, || format!("{version:?} 100 KiB query: agent saw {bytes} bytes of {}", sql.len()));
+    }
+
+    // 5. Another cluster on the same host is not captured.
+    {
+        let other = Cluster::start(version, ClusterOptions::default()).expect("second cluster");
+        other.create_role_with_db("alice").expect("role");
+        other.pgbench_init("alice", "alice", 1).expect("pgbench -i");
+        let before = counts(&agent, "alice", &fp_select).0;
+        let status0 = agent.status_json().expect("status");
+        let total0: u64 = status0["roles"].as_array().map_or(0, |r| r.iter().map(|r| r["queries"].as_u64().unwrap_or(0)).sum());
+        let run = PgbenchRun { transactions: Some(300), select_only: true, ..PgbenchRun::new("alice", "alice") };
+        other.pgbench(&run).expect("pgbench on the other cluster");
+        thread::sleep(Duration::from_millis(500));
+        let after = counts(&agent, "alice", &fp_select).0;
+        f.check(after == before, || format!("{version:?} other cluster: alice's count moved {before} → {after}"));
+        let status1 = agent.status_json().expect("status");
+        let total1: u64 = status1["roles"].as_array().map_or(0, |r| r.iter().map(|r| r["queries"].as_u64().unwrap_or(0)).sum());
+        // Only our own status polls (none: they are HTTP, not SQL) could move the total.
+        f.check(total1 == total0, || format!("{version:?} other cluster: total queries moved {total0} → {total1}"));
+    }
+
+    // 6. Capture health after all of it: nothing lost, nothing misparsed.
+    let status = agent.status_json().expect("status");
+    let c = &status["capture"];
+    eprintln!("{version:?} capture: {c}");
+    for key in ["dropped", "probe_errors", "desyncs_frontend", "desyncs_backend", "unattributed_queries"] {
+        let v = c[key].as_u64().unwrap_or(u64::MAX);
+        f.check(v == 0, || format!("{version:?} capture.{key} = {v}, expected 0"));
+    }
+    let metrics = agent.metrics_text().expect("metrics");
+    for needle in ["pgmon_queries_total{role=\"alice\"", "pgmon_probe_info{hook=", "pgmon_query_duration_seconds_bucket"] {
+        f.check(metrics.contains(needle), || format!("{version:?} /metrics lacks {needle}"));
+    }
+
+    // 7. SIGTERM detaches and exits 0.
+    held.close();
+    let exit = agent.stop().expect("agent stops");
+    f.check(exit.success(), || format!("{version:?} agent exit status {exit}"));
+
+    if !f.0.is_empty() {
+        panic!("{} failure(s):\n{}\nagent log tail:\n{}", f.0.len(), f.0.join("\n"), tail(&agent.log(), 30));
+    }
+}
+
+#[test]
+fn capture_pg15() {
+    suite(PgVersion::Pg15);
+}
+
+#[test]
+fn capture_pg18() {
+    suite(PgVersion::Pg18);
+}

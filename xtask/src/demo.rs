@@ -1,0 +1,300 @@
+//! `cargo xtask demo`: a PostgreSQL cluster with two roles under load, watched by the agent.
+//!
+//! Role `shop` owns database `shop` (pgbench tables, scale 5) and runs pgbench: the first
+//! half of the time TPC-B-like with `-M simple`, the second half select-only with
+//! `-M extended`. Role `analyst` (SELECT on the pgbench tables) runs an analytic mix in a
+//! loop: aggregates, joins, GROUP BY, window functions, and a few deliberately failing
+//! queries. Then the agent's `status` and a sample of its `/metrics` are printed. The agent
+//! and the cluster are stopped on every path (drop), Ctrl-C included.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use pgmon_tests::{
+    Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol, Transport, metrics,
+};
+
+use crate::util::{agent_release_binary, build_release, describe};
+
+/// Arguments of `cargo xtask demo`.
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Skip `cargo xtask setup`.
+    #[arg(long)]
+    no_setup: bool,
+    /// Skip the release build (use the agent binary already in target/release).
+    #[arg(long)]
+    no_build: bool,
+    /// Seconds of workload.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Address of the agent's HTTP server (metrics.listen).
+    #[arg(long, default_value = "127.0.0.1:8181")]
+    listen: String,
+    /// PostgreSQL major version: 15 (Debian) or 18 (npm binaries).
+    #[arg(long, default_value = "15")]
+    pg: String,
+    /// pgbench scale of database `shop`.
+    #[arg(long, default_value_t = 5)]
+    scale: u32,
+    /// Agent binary to run (default: target/release/pgmon-agent, built first).
+    #[arg(long)]
+    agent: Option<std::path::PathBuf>,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Setup, build, then the demo.
+pub fn run(args: &DemoArgs) -> Result<()> {
+    if !crate::util::is_root() {
+        bail!("`cargo xtask demo` must run as root (the agent loads eBPF programs)");
+    }
+    let version = PgVersion::parse(&args.pg).context("--pg must be 15 or 18")?;
+    if !args.no_setup {
+        crate::setup::run()?;
+    }
+    if !args.no_build {
+        build_release()?;
+    }
+    // Ctrl-C reaches pgbench/psql/agent children too; we notice, unwind and drop
+    // everything (the postmaster runs in its own session and would otherwise survive).
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let binary = args.agent.clone().unwrap_or_else(agent_release_binary);
+    demo(&binary, version, args)
+}
+
+fn demo(binary: &Path, version: PgVersion, args: &DemoArgs) -> Result<()> {
+    println!("== {version}: starting a cluster");
+    let mut cluster = Cluster::start(version, ClusterOptions::default())?;
+    println!(
+        "   data {} · socket {} · port {} · postmaster {}",
+        cluster.data_dir().display(),
+        cluster.socket_dir().display(),
+        cluster.port(),
+        cluster.postmaster_pid()
+    );
+    println!(
+        "== roles: shop (owns db shop, pgbench -i -s {}), analyst (SELECT)",
+        args.scale
+    );
+    cluster.create_role_with_db("shop")?;
+    cluster.pgbench_init("shop", "shop", args.scale)?;
+    cluster.create_role("analyst")?;
+    cluster.psql(
+        "shop",
+        "shop",
+        Transport::Unix,
+        "GRANT SELECT ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO analyst",
+    )?;
+
+    let config = format!(
+        "cluster:\n  data_directory: {}\n  connection: \"{}\"\ncapture:\n  hooks: auto\nmetrics:\n  listen: {}\n",
+        cluster.data_dir().display(),
+        cluster.conninfo("postgres", "postgres", Transport::Unix),
+        args.listen
+    );
+    println!(
+        "== agent {} with config:\n{}",
+        binary.display(),
+        indent(&config)
+    );
+    let mut agent = Agent::start(binary, &config, &args.listen)?;
+    println!(
+        "   agent pid {} healthy at http://{}/healthz",
+        agent.pid(),
+        args.listen
+    );
+
+    println!(
+        "== workload for {} s: shop (pgbench) and analyst (psql) in parallel",
+        args.duration
+    );
+    workload(&cluster, args.duration)?;
+    if interrupted() {
+        bail!("interrupted");
+    }
+
+    let mut problems = Vec::new();
+    let mut status = Command::new(binary);
+    status.args(["status", "--addr", &args.listen]);
+    println!("\n== {}", describe(&status));
+    match status.output() {
+        Ok(out) => {
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+            if !out.status.success() {
+                problems.push(format!("`pgmon-agent status` failed ({})", out.status));
+            }
+        }
+        Err(e) => problems.push(format!("cannot run pgmon-agent status: {e}")),
+    }
+
+    println!("\n== /metrics (pgmon_ lines without histogram buckets, first 40)");
+    match agent.metrics_text() {
+        Ok(text) => {
+            // Histogram buckets would fill the sample; their _sum/_count lines stay.
+            let lines = metrics::filter_lines(&text, "pgmon_", usize::MAX);
+            for line in lines.iter().filter(|l| !l.contains("_bucket{")).take(40) {
+                println!("{line}");
+            }
+        }
+        Err(e) => problems.push(format!("/metrics: {e:#}")),
+    }
+
+    println!("\n== stopping the agent (SIGTERM) and the cluster");
+    let exit = agent.stop()?;
+    println!("   agent exited: {exit}");
+    if !exit.success() {
+        problems.push(format!(
+            "agent exited with {exit}; log tail:\n{}",
+            pgmon_tests::tail(&agent.log(), 30)
+        ));
+    }
+    cluster.stop()?;
+    println!("   cluster stopped");
+    if !problems.is_empty() {
+        bail!("demo finished with problems:\n{}", problems.join("\n"));
+    }
+    Ok(())
+}
+
+/// Analytic queries of role `analyst`; `{n}` is replaced by a changing number.
+const ANALYST_QUERIES: &[&str] = &[
+    "SELECT bid, count(*), sum(abalance), avg(abalance)::numeric(12,2) FROM pgbench_accounts GROUP BY bid ORDER BY bid",
+    "SELECT b.bid, b.bbalance, count(h.tid) AS moves FROM pgbench_branches b \
+     LEFT JOIN pgbench_history h ON h.bid = b.bid GROUP BY b.bid, b.bbalance ORDER BY moves DESC",
+    "SELECT tid, delta, sum(delta) OVER (PARTITION BY tid ORDER BY mtime) AS running \
+     FROM pgbench_history ORDER BY mtime DESC LIMIT 20",
+    "SELECT t.bid, count(*) FILTER (WHERE h.delta > 0) AS ups, count(*) FILTER (WHERE h.delta < 0) AS downs \
+     FROM pgbench_tellers t JOIN pgbench_history h ON h.tid = t.tid GROUP BY t.bid ORDER BY t.bid",
+    "SELECT aid, abalance, rank() OVER (ORDER BY abalance DESC) FROM pgbench_accounts \
+     WHERE aid BETWEEN {n} AND {n} + 999 ORDER BY 3 LIMIT 10",
+    "SELECT abalance FROM pgbench_accounts WHERE aid = {n}",
+];
+
+/// Queries that fail on purpose (division by zero, unknown column, no privilege).
+const FAILING_QUERIES: &[&str] = &[
+    "SELECT sum(abalance) / (count(*) - count(*)) FROM pgbench_accounts WHERE aid < {n}",
+    "SELECT no_such_column FROM pgbench_branches",
+    "UPDATE pgbench_branches SET bbalance = 0 WHERE bid = 1",
+];
+
+fn workload(cluster: &Cluster, duration_s: u64) -> Result<()> {
+    let done = AtomicBool::new(false);
+    let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+    let half = (duration_s / 2).max(1);
+    std::thread::scope(|s| {
+        let shop = s.spawn(|| {
+            let res = shop_load(cluster, half);
+            done.store(true, Ordering::SeqCst);
+            res
+        });
+        let analyst = s.spawn(|| analyst_load(cluster, &done, &ok, &failed));
+        let shop_res = shop
+            .join()
+            .map_err(|_| anyhow::anyhow!("shop thread panicked"))?;
+        let analyst_res = analyst
+            .join()
+            .map_err(|_| anyhow::anyhow!("analyst thread panicked"))?;
+        println!(
+            "   analyst: {} queries ok, {} failed (as intended)",
+            ok.load(Ordering::Relaxed),
+            failed.load(Ordering::Relaxed)
+        );
+        shop_res.and(analyst_res)
+    })
+}
+
+fn shop_load(cluster: &Cluster, half_s: u64) -> Result<()> {
+    let phases = [
+        ("TPC-B-like, -M simple", Protocol::Simple, false),
+        ("select-only, -M extended", Protocol::Extended, true),
+    ];
+    for (label, protocol, select_only) in phases {
+        if interrupted() {
+            break;
+        }
+        let run = PgbenchRun {
+            clients: 2,
+            jobs: 2,
+            transactions: None,
+            duration_s: Some(half_s),
+            protocol,
+            select_only,
+            no_vacuum: true,
+            ..PgbenchRun::new("shop", "shop")
+        };
+        let r = cluster.pgbench(&run)?;
+        println!(
+            "   shop: pgbench {label}: {} transactions, {:.0} tps, {} failed",
+            r.transactions_processed, r.tps, r.failed
+        );
+    }
+    Ok(())
+}
+
+fn analyst_load(
+    cluster: &Cluster,
+    done: &AtomicBool,
+    ok: &AtomicU64,
+    failed: &AtomicU64,
+) -> Result<()> {
+    let mut session = cluster.hold_session("analyst", "shop", Transport::Tcp)?;
+    let start = Instant::now();
+    let mut round: u64 = 0;
+    while !done.load(Ordering::SeqCst) && !interrupted() {
+        round += 1;
+        let n = (round * 7919) % 400_000 + 1;
+        for q in ANALYST_QUERIES {
+            let sql = q.replace("{n}", &n.to_string());
+            match session.run(&sql) {
+                Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    eprintln!("   analyst: unexpected failure: {e:#}");
+                    failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        }
+        // Every third round: the failing queries, and one short-lived connection.
+        if round.is_multiple_of(3) {
+            for q in FAILING_QUERIES {
+                let sql = q.replace("{n}", &n.to_string());
+                match session.run(&sql) {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+            let one_shot =
+                "SELECT count(*) FROM pgbench_history WHERE mtime > now() - interval '10 seconds'";
+            match cluster.psql("analyst", "shop", Transport::Unix, one_shot) {
+                Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "   analyst: {round} rounds in {:.0} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("   {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,412 @@
+//! `cargo xtask setup`: makes a Debian 12 machine (root, no stdin) able to build, test, demo
+//! and bench pgmon. Idempotent; each step prints `ok <what>` when nothing had to be done, or
+//! `installed <what>` / `changed <what>` when it acted. Nothing slow runs when all is present.
+
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use pgmon_tests::{PG18_BIN_DIR, PG18_MARKER, PG18_NPM_PACKAGE, PG18_NPM_VERSION, PG18_PREFIX};
+
+use crate::util::{cargo, run_capture, run_streaming, try_capture, which};
+
+/// Debian packages the build, the tests and the demo need. `clang` is not needed (bindgen
+/// uses libclang; C is compiled by gcc). `postgresql-contrib-15` is provided by
+/// `postgresql-15` on Debian 12 (pg_stat_statements).
+const APT_PACKAGES: &[&str] = &[
+    "gcc",
+    "libc6-dev",
+    "pkg-config",
+    "curl",
+    "llvm-22-dev",
+    "libclang-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "postgresql-15",
+    "postgresql-contrib-15",
+    "postgresql-client-15",
+];
+
+const CREATECLUSTER_CONF: &str = "/etc/postgresql-common/createcluster.conf";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Runs every step in order.
+pub fn run() -> Result<()> {
+    if !crate::util::is_root() {
+        bail!("`cargo xtask setup` must run as root (apt, mounts, /opt)");
+    }
+    no_default_cluster_conf()?;
+    apt_packages()?;
+    default_cluster_stopped()?;
+    postgres_user()?;
+    rust_src()?;
+    bpf_linker()?;
+    pg18()?;
+    tracefs()?;
+    Ok(())
+}
+
+fn ok(what: &str) {
+    println!("ok {what}");
+}
+
+/// `create_main_cluster = false` in createcluster.conf, written before postgresql is
+/// installed so Debian never creates (and starts) a `main` cluster of its own.
+fn no_default_cluster_conf() -> Result<()> {
+    let what = format!("{CREATECLUSTER_CONF}: create_main_cluster = false");
+    let text = std::fs::read_to_string(CREATECLUSTER_CONF).unwrap_or_default();
+    let mut found = false;
+    let mut lines: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let key = line.split('=').next().unwrap_or("").trim();
+        if key == "create_main_cluster" {
+            let value = line.split('=').nth(1).unwrap_or("").trim();
+            if value == "false" && !found {
+                found = true;
+                lines.push(line.to_string());
+            }
+            continue;
+        }
+        lines.push(line.to_string());
+    }
+    if found && lines.len() == text.lines().count() {
+        ok(&what);
+        return Ok(());
+    }
+    if !found {
+        lines.push("create_main_cluster = false".into());
+    }
+    std::fs::create_dir_all(
+        Path::new(CREATECLUSTER_CONF)
+            .parent()
+            .expect("absolute path"),
+    )?;
+    std::fs::write(CREATECLUSTER_CONF, lines.join("\n") + "\n")
+        .with_context(|| format!("cannot write {CREATECLUSTER_CONF}"))?;
+    println!("changed {what}");
+    Ok(())
+}
+
+/// Installed packages and the virtual packages they provide (`dpkg-query`, one call).
+fn installed_packages() -> Result<HashSet<String>> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package}\t${db:Status-Abbrev}\t${Provides}\n"])
+        .output()
+        .context("cannot run dpkg-query (is this Debian?)")?;
+    let mut set = HashSet::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut f = line.split('\t');
+        let (Some(pkg), Some(status)) = (f.next(), f.next()) else {
+            continue;
+        };
+        if !status.starts_with("ii") {
+            continue;
+        }
+        set.insert(pkg.to_string());
+        for provided in f.next().unwrap_or("").split(',') {
+            if let Some(name) = provided.split_whitespace().next() {
+                set.insert(name.to_string());
+            }
+        }
+    }
+    Ok(set)
+}
+
+fn apt_packages() -> Result<()> {
+    let installed = installed_packages()?;
+    let mut wanted: Vec<&str> = APT_PACKAGES.to_vec();
+    if which("npm").is_none() {
+        wanted.push("npm");
+    }
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|p| !installed.contains(*p))
+        .collect();
+    if missing.is_empty() {
+        ok(&format!("apt packages ({})", wanted.join(" ")));
+        return Ok(());
+    }
+    let apt = |args: &[&str]| -> Result<()> {
+        run_streaming(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args([
+                    "-o",
+                    "Dpkg::Options::=--force-confdef",
+                    "-o",
+                    "Dpkg::Options::=--force-confold",
+                ])
+                .args(args),
+        )
+    };
+    apt(&["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    apt(&args)?;
+    println!("installed apt packages ({})", missing.join(" "));
+    Ok(())
+}
+
+/// Debian's own `15/main` cluster (if an older install created it) is stopped and not
+/// started at boot (`start.conf` = `manual`).
+fn default_cluster_stopped() -> Result<()> {
+    let what = "Debian's default cluster 15/main stopped, start.conf manual";
+    let start_conf = Path::new("/etc/postgresql/15/main/start.conf");
+    if !start_conf.exists() {
+        ok("no Debian default cluster 15/main");
+        return Ok(());
+    }
+    let mut changed = false;
+    let clusters = try_capture(Command::new("pg_lsclusters").arg("-h")).unwrap_or_default();
+    let online = clusters.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[0] == "15" && f[1] == "main" && f[3].starts_with("online")
+    });
+    if online {
+        run_capture(Command::new("pg_ctlcluster").args(["15", "main", "stop", "-m", "fast"]))?;
+        changed = true;
+    }
+    let conf = std::fs::read_to_string(start_conf)?;
+    let mode = conf
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'));
+    if mode == Some("auto") {
+        let new: Vec<&str> = conf
+            .lines()
+            .map(|l| if l.trim() == "auto" { "manual" } else { l })
+            .collect();
+        std::fs::write(start_conf, new.join("\n") + "\n")?;
+        changed = true;
+    }
+    if changed {
+        println!("changed {what}");
+    } else {
+        ok(what);
+    }
+    Ok(())
+}
+
+fn postgres_user() -> Result<()> {
+    if pgmon_tests::postgres_user().is_ok() {
+        ok("OS user postgres");
+        return Ok(());
+    }
+    run_capture(Command::new("useradd").args([
+        "--system",
+        "--user-group",
+        "--home-dir",
+        "/var/lib/postgresql",
+        "--shell",
+        "/bin/bash",
+        "postgres",
+    ]))?;
+    println!("installed OS user postgres");
+    Ok(())
+}
+
+/// `rust-src` for the active toolchain and for `stable` (aya-build builds the kernel crate
+/// with `cargo +stable -Z build-std=core`).
+fn rust_src() -> Result<()> {
+    if which("rustup").is_none() {
+        bail!("rustup is not on PATH; install Rust with rustup first (https://rustup.rs)");
+    }
+    let root = crate::util::workspace_root();
+    let active = try_capture(
+        Command::new("rustup")
+            .args(["show", "active-toolchain"])
+            .current_dir(&root),
+    )
+    .and_then(|s| s.split_whitespace().next().map(str::to_string));
+    let mut toolchains = vec!["stable".to_string()];
+    if let Some(a) = active.filter(|a| !a.starts_with("stable")) {
+        toolchains.push(a);
+    }
+    for tc in toolchains {
+        let installed = try_capture(Command::new("rustup").args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            &tc,
+        ]))
+        .unwrap_or_default();
+        if installed.lines().any(|l| l.trim().starts_with("rust-src")) {
+            ok(&format!("rust-src ({tc})"));
+            continue;
+        }
+        run_streaming(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            &tc,
+        ]))?;
+        println!("installed rust-src ({tc})");
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> Result<()> {
+    let what = format!("bpf-linker {BPF_LINKER_VERSION}");
+    let version = try_capture(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if version.split_whitespace().any(|w| w == BPF_LINKER_VERSION) {
+        ok(&what);
+        return Ok(());
+    }
+    run_streaming(
+        cargo()
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--force",
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"]),
+    )?;
+    println!("installed {what} (LLVM_PREFIX={LLVM_PREFIX})");
+    Ok(())
+}
+
+/// The npm package's directory inside [`PG18_PREFIX`].
+fn pg18_package_dir() -> PathBuf {
+    Path::new(PG18_BIN_DIR)
+        .parent()
+        .and_then(Path::parent)
+        .expect("bin is native/bin")
+        .to_path_buf()
+}
+
+/// `postgres --version` of the PG 18 binaries, run as the OS user postgres.
+fn pg18_version() -> Result<String> {
+    let user = pgmon_tests::postgres_user()?;
+    run_capture(
+        Command::new(Path::new(PG18_BIN_DIR).join("postgres"))
+            .arg("--version")
+            .current_dir("/")
+            .uid(user.uid)
+            .gid(user.gid),
+    )
+    .map(|s| s.trim().to_string())
+}
+
+fn pg18() -> Result<()> {
+    let what = format!("PostgreSQL 18 ({PG18_NPM_PACKAGE}@{PG18_NPM_VERSION}) in {PG18_BIN_DIR}");
+    let marker = std::fs::read_to_string(PG18_MARKER).unwrap_or_default();
+    if marker.trim() == PG18_NPM_VERSION {
+        let v = pg18_version().context("the installed PostgreSQL 18 does not run as postgres")?;
+        if v.contains("18.4") {
+            ok(&format!("{what}: {v}"));
+            return Ok(());
+        }
+    }
+    if which("npm").is_none() {
+        bail!("npm is not on PATH (apt-get install npm)");
+    }
+    let _ = std::fs::remove_file(PG18_MARKER);
+    std::fs::create_dir_all(PG18_PREFIX)?;
+    for dir in [
+        Path::new(PG18_PREFIX).parent().expect("absolute"),
+        Path::new(PG18_PREFIX),
+    ] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    run_streaming(
+        Command::new("npm")
+            .current_dir(PG18_PREFIX)
+            .args([
+                "install",
+                "--prefix",
+                PG18_PREFIX,
+                "--no-audit",
+                "--no-fund",
+                "--no-save",
+            ])
+            .args(["--ignore-scripts", "--loglevel=error"])
+            .arg(format!("{PG18_NPM_PACKAGE}@{PG18_NPM_VERSION}")),
+    )?;
+    let pkg = pg18_package_dir();
+    hydrate_symlinks(&pkg)?;
+    make_world_readable(Path::new(PG18_PREFIX))?;
+    let v = pg18_version().context("PostgreSQL 18 was installed but does not run as postgres")?;
+    if !v.contains("18.4") {
+        bail!("{PG18_BIN_DIR}/postgres --version says `{v}`, expected 18.4");
+    }
+    std::fs::write(PG18_MARKER, format!("{PG18_NPM_VERSION}\n"))?;
+    println!("installed {what}: {v}");
+    Ok(())
+}
+
+/// Recreates the shared-library symlinks listed in `native/pg-symlinks.json` (what the
+/// package's postinstall script does; scripts are not run).
+fn hydrate_symlinks(pkg: &Path) -> Result<()> {
+    let list = pkg.join("native/pg-symlinks.json");
+    let Ok(text) = std::fs::read_to_string(&list) else {
+        return Ok(());
+    };
+    let links: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| list.display().to_string())?;
+    for link in links.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let (Some(source), Some(target)) = (link["source"].as_str(), link["target"].as_str())
+        else {
+            continue;
+        };
+        let target = pkg.join(target);
+        if target.symlink_metadata().is_ok() {
+            continue;
+        }
+        let source_name = Path::new(source)
+            .file_name()
+            .context("symlink source without a name")?;
+        std::os::unix::fs::symlink(source_name, &target)
+            .with_context(|| format!("symlink {}", target.display()))?;
+    }
+    Ok(())
+}
+
+/// `chmod -R a+rX`: directories 0755-ish, files readable by all, executables by all.
+fn make_world_readable(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.path().symlink_metadata()?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        let new = if meta.is_dir() || mode & 0o100 != 0 {
+            mode | 0o555
+        } else {
+            mode | 0o444
+        };
+        if new != mode {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(new))?;
+        }
+        if meta.is_dir() {
+            make_world_readable(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn tracefs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mounted = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 2 && f[1] == TRACEFS && f[2] == "tracefs"
+    });
+    if mounted {
+        ok(&format!("tracefs on {TRACEFS}"));
+        return Ok(());
+    }
+    run_capture(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))?;
+    println!("installed tracefs mount on {TRACEFS}");
+    Ok(())
+}
