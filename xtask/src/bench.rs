@@ -1,15 +1,30 @@
-//! `cargo xtask bench`: the agent's overhead on pgbench.
+//! `cargo xtask bench`: the figures issue 2 names, each against a baseline taken in the
+//! same run (these machines are noisy and have 2 cores), written to `bench/`.
 //!
-//! LEAD: `measure` below is left for you. Setup and the release build are done here; the
-//! harness gives you everything else: `Cluster::start(PgVersion::Pg15, ClusterOptions {
-//! durable: true, .. })`, `cluster.pgbench_init(..)`, `cluster.pgbench(&PgbenchRun { .. })`
-//! → `PgbenchResult { tps, .. }`, and `Agent::start(&binary, &yaml, addr)` / `agent.stop()`.
-//! CLI contract of the agent: `pgmon-agent run --config FILE`,
-//! `pgmon-agent status --addr 127.0.0.1:8181 [--json]`, `GET /metrics`.
+//! 1. Overhead: `pgbench -S -c 2 -j 2` TPS with the agent attached ÷ TPS detached, per hook
+//!    family, over the unix socket and TCP. Rounds alternate the order of the modes (ABC,
+//!    CBA, …) so drift does not favour one; the ratio is taken within each round, and the
+//!    report gives medians.
+//! 2. Completeness under stress: 16 clients; loss = pgbench's transactions − pgmon's count
+//!    of the statement, with the kernel's drop counter beside it.
+//! 3. Pipeline throughput without a kernel: capture records of real pgbench traffic
+//!    (`pgmon-agent record`) replayed through the pipeline on one core (`pgmon-agent
+//!    replay`): statement-cache hits; and a corpus of distinct statements, each a
+//!    libpg_query miss.
+//! 4. The agent's RSS and CPU during the overhead runs.
 
-use std::path::Path;
+use std::{
+    fmt::Write as _,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
+use pgmon_tests::{
+    Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol, Transport, free_port,
+};
 
 /// Arguments of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -21,26 +36,358 @@ pub struct BenchArgs {
     #[arg(long)]
     no_build: bool,
     /// Seconds per pgbench run.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Rounds of the overhead comparison per transport.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
 }
 
 /// Setup, build, then [`measure`].
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if !crate::util::is_root() {
+        bail!("`cargo xtask bench` must run as root (the agent loads eBPF programs)");
+    }
     if !args.no_setup {
         crate::setup::run()?;
     }
     if !args.no_build {
         crate::util::build_release()?;
     }
-    measure(&crate::util::agent_release_binary(), args.duration)
+    measure(&crate::util::agent_release_binary(), args)
 }
 
-/// LEAD: TO BE WRITTEN — pgbench TPS without the agent vs with it (per hook set), same
-/// cluster, alternating runs; results under `bench/`.
-fn measure(agent: &Path, duration_s: u64) -> Result<()> {
-    bail!(
-        "cargo xtask bench is not written yet (agent {}, {duration_s} s per run): see xtask/src/bench.rs",
-        agent.display()
+/// A way of running pgbench: without the agent, or with it on one hook family.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Detached,
+    Attached(&'static str),
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Detached => "detached",
+            Mode::Attached(h) => h,
+        }
+    }
+}
+
+const MODES: [Mode; 3] = [Mode::Detached, Mode::Attached("tracepoint"), Mode::Attached("raw_tracepoint")];
+
+/// One overhead sample.
+struct Sample {
+    transport: Transport,
+    round: usize,
+    mode: Mode,
+    tps: f64,
+    /// Agent CPU, fraction of one core, and resident memory at the end (attached only).
+    agent_cpu: Option<f64>,
+    agent_rss: Option<u64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+fn agent_config(cluster: &Cluster, port: u16, hook: &str) -> String {
+    format!(
+        "cluster:\n  data_directory: {}\n  connection: \"{}\"\ncapture:\n  hooks: {hook}\nmetrics:\n  listen: 127.0.0.1:{port}\n",
+        cluster.data_dir().display(),
+        cluster.conninfo("postgres", "postgres", Transport::Unix),
     )
+}
+
+/// (utime + stime) ticks and RSS pages of `pid`, from /proc/<pid>/stat (proc(5)).
+fn proc_usage(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    // After the comm: state is f[0]; utime = field 14 → f[11], stime → f[12], rss = 24 → f[21].
+    Some((f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?, f.get(21)?.parse().ok()?))
+}
+
+fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
+    let cluster = Cluster::start(PgVersion::Pg15, ClusterOptions { max_connections: 100, ..ClusterOptions::default() })?;
+    cluster.create_role_with_db("bench")?;
+    cluster.pgbench_init("bench", "bench", 10)?;
+    let mut report = String::new();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let _ = writeln!(
+        report,
+        "# pgmon benchmark\n\nPostgreSQL 15, `pgbench -S -c 2 -j 2 -T {}` (scale 10), {} rounds per transport, \
+         kernel {}, {} cores. Ratios are attached ÷ detached within a round; medians over rounds.\n",
+        args.duration,
+        args.rounds,
+        kernel.trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // 1. Overhead.
+    let mut samples = Vec::new();
+    for transport in [Transport::Unix, Transport::Tcp] {
+        for round in 0..args.rounds {
+            let mut order = MODES.to_vec();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for mode in order {
+                let s = overhead_run(binary, &cluster, transport, round, mode, args.duration)?;
+                eprintln!(
+                    "bench: {transport:?} round {round} {:<15} {:>9.0} tps{}",
+                    mode.name(),
+                    s.tps,
+                    s.agent_cpu.map_or(String::new(), |c| format!(", agent {:.1}% CPU", c * 100.0))
+                );
+                samples.push(s);
+            }
+        }
+    }
+    let _ = writeln!(report, "## Overhead\n\n| transport | mode | median TPS | median ratio | ratios | agent CPU (median, % of a core) | agent RSS (median, MiB) |\n|---|---|---|---|---|---|---|");
+    let mut json_overhead = Vec::new();
+    for transport in [Transport::Unix, Transport::Tcp] {
+        for mode in MODES {
+            let of = |m: Mode| samples.iter().filter(move |s| s.transport == transport && s.mode == m);
+            let tps = median(of(mode).map(|s| s.tps).collect());
+            let ratios: Vec<f64> = of(mode)
+                .filter_map(|s| {
+                    let base = of(Mode::Detached).find(|d| d.round == s.round)?;
+                    Some(s.tps / base.tps)
+                })
+                .collect();
+            let cpu = median(of(mode).filter_map(|s| s.agent_cpu).collect());
+            let rss = median(of(mode).filter_map(|s| s.agent_rss.map(|r| r as f64 / (1 << 20) as f64)).collect());
+            let list = ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(" ");
+            let ratio = median(ratios.clone());
+            let _ = writeln!(
+                report,
+                "| {transport:?} | {} | {tps:.0} | {} | {} | {} | {} |",
+                mode.name(),
+                if mode == Mode::Detached { "1".into() } else { format!("{ratio:.3}") },
+                if mode == Mode::Detached { "".into() } else { list },
+                if cpu.is_nan() { "".into() } else { format!("{:.1}", cpu * 100.0) },
+                if rss.is_nan() { "".into() } else { format!("{rss:.1}") },
+            );
+            json_overhead.push(serde_json::json!({
+                "transport": format!("{transport:?}"), "mode": mode.name(), "median_tps": tps,
+                "median_ratio": if mode == Mode::Detached { 1.0 } else { ratio },
+                "agent_cpu_fraction": if cpu.is_nan() { None } else { Some(cpu) },
+                "agent_rss_mib": if rss.is_nan() { None } else { Some(rss) },
+            }));
+        }
+    }
+
+    // 2. Completeness under stress.
+    let _ = writeln!(report, "\n## Completeness under stress (agent on `auto`)\n\n| run | pgbench transactions | pgmon count | loss | kernel drops | desyncs |\n|---|---|---|---|---|---|");
+    let mut json_stress = Vec::new();
+    for protocol in [Protocol::Simple, Protocol::Prepared] {
+        let (tx, seen, drops, desyncs) = stress_run(binary, &cluster, protocol, args.duration)?;
+        let loss = tx as i64 - seen as i64;
+        eprintln!("bench: stress -c 16 -M {}: pgbench {tx}, pgmon {seen}, loss {loss}, drops {drops}", protocol.as_arg());
+        let _ = writeln!(report, "| `pgbench -S -c 16 -j 2 -M {}` | {tx} | {seen} | {loss} | {drops} | {desyncs} |", protocol.as_arg());
+        json_stress.push(serde_json::json!({"protocol": protocol.as_arg(), "transactions": tx, "pgmon": seen, "loss": loss, "drops": drops, "desyncs": desyncs}));
+    }
+
+    // 3. Pipeline replay.
+    let dir = tempdir()?;
+    let hits_file = dir.join("hits.capture");
+    record(binary, &cluster, &hits_file, || {
+        for protocol in [Protocol::Simple, Protocol::Extended, Protocol::Prepared] {
+            cluster.pgbench(&PgbenchRun {
+                clients: 2,
+                jobs: 2,
+                transactions: None,
+                duration_s: Some(3),
+                protocol,
+                select_only: true,
+                no_vacuum: true,
+                ..PgbenchRun::new("bench", "bench")
+            })?;
+        }
+        Ok(())
+    })?;
+    let misses_file = dir.join("misses.capture");
+    let corpus = dir.join("corpus.sql");
+    std::fs::write(&corpus, miss_corpus(3000))?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    record(binary, &cluster, &misses_file, || {
+        let out = Command::new(pgmon_tests::PSQL)
+            .args(["-X", "-q", "-h"])
+            .arg(cluster.socket_dir())
+            .args(["-p", &cluster.port().to_string(), "-U", "bench", "-d", "bench", "-o", "/dev/null", "-f"])
+            .arg(&corpus)
+            .output()?;
+        if !out.status.success() {
+            bail!("psql -f corpus failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    })?;
+    let hits = replay(binary, &hits_file, &["--passes", "5"])?;
+    let misses = replay(binary, &misses_file, &["--passes", "3", "--cold"])?;
+    let qps = |v: &serde_json::Value| v["queries_per_second"].as_f64().unwrap_or(0.0);
+    let _ = writeln!(
+        report,
+        "\n## Pipeline throughput, one core, no kernel (`pgmon-agent replay`)\n\n| corpus | queries | queries/s | records/s |\n|---|---|---|---|\n\
+         | pgbench -S simple+extended+prepared (statement-cache hits) | {} | {:.0} | {:.0} |\n\
+         | 3000 distinct statements (libpg_query misses, cold cache) | {} | {:.0} | {:.0} |\n\nHits are {:.0}× faster than misses. Target for hits: ≥ 500 000 queries/s.\n",
+        hits["queries"], qps(&hits), hits["records_per_second"].as_f64().unwrap_or(0.0),
+        misses["queries"], qps(&misses), misses["records_per_second"].as_f64().unwrap_or(0.0),
+        qps(&hits) / qps(&misses).max(1.0),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let out_dir = crate::util::workspace_root().join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    std::fs::write(out_dir.join("REPORT.md"), &report)?;
+    let json = serde_json::json!({"overhead": json_overhead, "stress": json_stress, "replay": {"hits": hits, "misses": misses}});
+    std::fs::write(out_dir.join("report.json"), serde_json::to_string_pretty(&json)?)?;
+    println!("{report}\nwritten to {}", out_dir.join("REPORT.md").display());
+    Ok(())
+}
+
+fn overhead_run(
+    binary: &Path,
+    cluster: &Cluster,
+    transport: Transport,
+    round: usize,
+    mode: Mode,
+    duration: u64,
+) -> Result<Sample> {
+    let run = PgbenchRun {
+        transport,
+        clients: 2,
+        jobs: 2,
+        transactions: None,
+        duration_s: Some(duration),
+        select_only: true,
+        no_vacuum: true,
+        ..PgbenchRun::new("bench", "bench")
+    };
+    match mode {
+        Mode::Detached => {
+            let r = cluster.pgbench(&run)?;
+            Ok(Sample { transport, round, mode, tps: r.tps, agent_cpu: None, agent_rss: None })
+        }
+        Mode::Attached(hook) => {
+            let port = free_port();
+            let mut agent = Agent::start(binary, &agent_config(cluster, port, hook), format!("127.0.0.1:{port}"))?;
+            let before = proc_usage(agent.pid()).context("agent /proc stat")?;
+            let r = cluster.pgbench(&run)?;
+            let after = proc_usage(agent.pid()).context("agent /proc stat")?;
+            agent.stop()?;
+            // SAFETY: sysconf is always safe to call.
+            let (hz, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK) as f64, libc::sysconf(libc::_SC_PAGESIZE) as u64) };
+            let cpu = (after.0 - before.0) as f64 / hz / duration as f64;
+            Ok(Sample { transport, round, mode, tps: r.tps, agent_cpu: Some(cpu), agent_rss: Some(after.1 * page) })
+        }
+    }
+}
+
+/// Runs 16 clients with the agent attached; returns (pgbench transactions, pgmon's count of
+/// the statement, kernel drops, desyncs).
+fn stress_run(binary: &Path, cluster: &Cluster, protocol: Protocol, duration: u64) -> Result<(u64, u64, u64, u64)> {
+    let port = free_port();
+    let mut agent = Agent::start(binary, &agent_config(cluster, port, "auto"), format!("127.0.0.1:{port}"))?;
+    let fp = format!("{:016x}", pg_query_fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = $1")?);
+    let count = |agent: &Agent| -> Result<u64> {
+        let s = agent.status_json()?;
+        Ok(s["roles"]
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r["role"] == "bench"))
+            .and_then(|r| r["fingerprints"].as_array()?.iter().find(|f| f["fingerprint"] == fp.as_str()).cloned())
+            .and_then(|f| f["calls"].as_u64())
+            .unwrap_or(0))
+    };
+    let before = count(&agent)?;
+    let r = cluster.pgbench(&PgbenchRun {
+        clients: 16,
+        jobs: 2,
+        transactions: None,
+        duration_s: Some(duration),
+        protocol,
+        select_only: true,
+        no_vacuum: true,
+        ..PgbenchRun::new("bench", "bench")
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = count(&agent)? - before;
+    let s = agent.status_json()?;
+    let drops = s["capture"]["dropped"].as_u64().unwrap_or(0);
+    let desyncs = s["capture"]["desyncs_frontend"].as_u64().unwrap_or(0) + s["capture"]["desyncs_backend"].as_u64().unwrap_or(0);
+    agent.stop()?;
+    Ok((r.transactions_processed, seen, drops, desyncs))
+}
+
+/// The fingerprint pgmon gives `sql`, computed by the agent binary's own library would be
+/// ideal; the test crate's `pg_query` gives the same value.
+fn pg_query_fingerprint(sql: &str) -> Result<u64> {
+    Ok(pg_query::fingerprint(sql, 0, 0).with_context(|| format!("fingerprint of {sql}"))?.value)
+}
+
+/// Records the capture of `workload` into `out` with `pgmon-agent record`.
+fn record(binary: &Path, cluster: &Cluster, out: &Path, workload: impl FnOnce() -> Result<()>) -> Result<()> {
+    let dir = tempdir()?;
+    let config = dir.join("record.yaml");
+    std::fs::write(&config, agent_config(cluster, free_port(), "auto"))?;
+    let mut child = Command::new(binary)
+        .args(["record", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(out)
+        .args(["--seconds", "15"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let first = lines.next().transpose()?.unwrap_or_default();
+    if !first.starts_with("recording") {
+        let _ = child.kill();
+        bail!("pgmon-agent record did not start: {first}");
+    }
+    let result = workload();
+    let summary: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    if !status.success() {
+        bail!("pgmon-agent record failed: {status}");
+    }
+    eprintln!("bench: {}", summary.join(" "));
+    Ok(())
+}
+
+fn replay(binary: &Path, file: &Path, args: &[&str]) -> Result<serde_json::Value> {
+    let out = Command::new(binary).arg("replay").arg(file).args(args).output()?;
+    if !out.status.success() {
+        bail!("pgmon-agent replay failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `n` statements of distinct shapes (distinct aliases), mixing joins, aggregates, CTEs,
+/// window functions and DML that touches no row.
+fn miss_corpus(n: usize) -> String {
+    let mut s = String::new();
+    for i in 0..n {
+        let q = match i % 6 {
+            0 => format!("SELECT a.aid AS c{i}, a.abalance FROM pgbench_accounts a WHERE a.aid = {i};"),
+            1 => format!("SELECT b.bid AS c{i}, count(*) FROM pgbench_branches b JOIN pgbench_accounts a ON a.bid = b.bid WHERE a.aid < {} GROUP BY b.bid;", i % 50),
+            2 => format!("WITH t{i} AS (SELECT tid, tbalance FROM pgbench_tellers WHERE bid = 1) SELECT sum(tbalance) FROM t{i};"),
+            3 => format!("SELECT aid, rank() OVER (ORDER BY abalance DESC) AS r{i} FROM pgbench_accounts WHERE aid BETWEEN {i} AND {};", i + 5),
+            4 => format!("UPDATE pgbench_tellers AS u{i} SET tbalance = tbalance WHERE tid = -{i};"),
+            _ => format!("DELETE FROM pgbench_history AS h{i} WHERE tid = -{i} AND mtime < now();"),
+        };
+        s.push_str(&q);
+        s.push('\n');
+    }
+    s
+}
+
+fn tempdir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("pgmon-bench-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
