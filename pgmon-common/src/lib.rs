@@ -109,26 +109,24 @@ pub mod counter {
     pub const COUNT: u32 = 8;
 }
 
-/// Arguments of an in-flight `recvfrom`/`sendto`, saved at syscall entry and read at exit
-/// (tracepoint families only). 16 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct InflightCall {
-    /// User-space buffer address.
-    pub buf: u64,
-    /// Socket file descriptor.
-    pub fd: u32,
-    /// One of [`kind::RECV`] / [`kind::SEND`].
-    pub kind: u32,
-}
-
-/// Value of the `TRACKED` map (key: backend pid). 8 bytes.
+/// Value of the `TRACKED` map (key: backend pid). 24 bytes.
+///
+/// It also carries the arguments of the backend's `recvfrom`/`sendto` in flight, from
+/// syscall entry to exit (tracepoint families): a backend is one single-threaded process,
+/// so it has at most one call in flight, and keeping the arguments here saves a hash-map
+/// insert and delete per call.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TrackedProcess {
     /// Bits of [`flags`]; the kernel sets [`flags::LOST_BEFORE`] when a record of this
     /// process was dropped and clears it on the next one it manages to submit.
     pub flags: u32,
+    /// [`kind::RECV`] or [`kind::SEND`] while a call is in flight, 0 otherwise.
+    pub inflight_kind: u32,
+    /// User-space buffer of the call in flight.
+    pub inflight_buf: u64,
+    /// Socket file descriptor of the call in flight.
+    pub inflight_fd: u32,
     /// Explicit padding; always 0.
     pub _pad: u32,
 }
@@ -149,15 +147,12 @@ pub const CONFIG_LEN: u32 = 4;
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 40);
 const _: () = assert!(core::mem::size_of::<SmallRecord>() == 512);
 const _: () = assert!(core::mem::size_of::<LargeRecord>() == 40 + CHUNK_BYTES);
-const _: () = assert!(core::mem::size_of::<InflightCall>() == 16);
-const _: () = assert!(core::mem::size_of::<TrackedProcess>() == 8);
+const _: () = assert!(core::mem::size_of::<TrackedProcess>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] integers with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for super::EventHeader {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::InflightCall {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TrackedProcess {}
 }

@@ -24,7 +24,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use pgmon_common::{CONFIG_LEN, InflightCall, TrackedProcess, counter};
+use pgmon_common::{CONFIG_LEN, TrackedProcess, counter};
 
 /// Records for the agent. Size set by the agent at load time (`capture.ring_buffer_bytes`).
 #[map]
@@ -34,10 +34,6 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 /// extended by the fork probe, pruned by the exit probe.
 #[map]
 static TRACKED: HashMap<u32, TrackedProcess> = HashMap::with_max_entries(65_536, 0);
-
-/// Arguments of calls in flight between syscall entry and exit, keyed by pid_tgid.
-#[map]
-static INFLIGHT: HashMap<u64, InflightCall> = HashMap::with_max_entries(16_384, 0);
 
 /// Run-time settings written by the agent (indices `pgmon_common::CONFIG_*`).
 #[map]
@@ -66,6 +62,35 @@ fn config(idx: u32) -> u32 {
 #[inline(always)]
 fn is_tracked(pid: u32) -> bool {
     TRACKED.get_ptr(pid).is_some()
+}
+
+/// Syscall entry of a tracked backend: remembers the call's arguments in its `TRACKED`
+/// entry. Returns without a map write for every other process.
+#[inline(always)]
+fn call_enter(pid: u32, kind: u32, fd: u32, buf: u64) {
+    if let Some(p) = TRACKED.get_ptr_mut(pid) {
+        // SAFETY: map value pointer, valid for this program run.
+        unsafe {
+            (*p).inflight_buf = buf;
+            (*p).inflight_fd = fd;
+            (*p).inflight_kind = kind;
+        }
+    }
+}
+
+/// Syscall exit: takes the arguments saved by [`call_enter`] (kind, fd, buf), if any.
+#[inline(always)]
+fn call_exit(pid: u32) -> Option<(u32, u32, u64)> {
+    let p = TRACKED.get_ptr_mut(pid)?;
+    // SAFETY: map value pointer, valid for this program run.
+    unsafe {
+        let kind = (*p).inflight_kind;
+        if kind == 0 {
+            return None;
+        }
+        (*p).inflight_kind = 0;
+        Some((kind, (*p).inflight_fd, (*p).inflight_buf))
+    }
 }
 
 #[cfg(not(test))]

@@ -9,9 +9,9 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use pgmon_common::{InflightCall, counter, kind};
+use pgmon_common::{counter, kind};
 
-use crate::{INFLIGHT, bump, emit::emit_call, is_tracked};
+use crate::{bump, call_enter, call_exit, emit::emit_call, is_tracked};
 
 const NR_SENDTO: i64 = 44;
 const NR_RECVFROM: i64 = 45;
@@ -24,8 +24,8 @@ pub fn pgmon_raw_sys_enter(ctx: RawTracePointContext) -> u32 {
         NR_SENDTO => kind::SEND,
         _ => return 0,
     };
-    let id = bpf_get_current_pid_tgid();
-    if !is_tracked((id >> 32) as u32) {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !is_tracked(pid) {
         return 0;
     }
     let regs: *const pt_regs = ctx.arg(0);
@@ -42,23 +42,17 @@ pub fn pgmon_raw_sys_enter(ctx: RawTracePointContext) -> u32 {
             }
         }
     };
-    let call = InflightCall { buf, fd: fd as u32, kind };
-    if INFLIGHT.insert(id, call, 0).is_err() {
-        bump(counter::PROBE_ERRORS, 1);
-    }
+    call_enter(pid, kind, fd as u32, buf);
     0
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn pgmon_raw_sys_exit(ctx: RawTracePointContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let Some(call) = INFLIGHT.get_ptr(id) else {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some((kind, fd, buf)) = call_exit(pid) else {
         return 0;
     };
-    // SAFETY: map value pointer, copied out before the entry is removed.
-    let call = unsafe { *call };
-    let _ = INFLIGHT.remove(id);
     let ret: i64 = ctx.arg(1);
-    emit_call(call.kind, (id >> 32) as u32, call.fd, call.buf, ret);
+    emit_call(kind, pid, fd, buf, ret);
     0
 }

@@ -6,9 +6,9 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use pgmon_common::{InflightCall, counter, kind};
+use pgmon_common::{counter, kind};
 
-use crate::{INFLIGHT, bump, emit::emit_call, is_tracked};
+use crate::{bump, call_enter, call_exit, emit::emit_call, is_tracked};
 
 const ARG0: usize = 16;
 const ARG1: usize = 24;
@@ -44,30 +44,26 @@ fn on_enter(ctx: &TracePointContext, kind: u32) -> u32 {
 
 #[inline(always)]
 fn try_enter(ctx: &TracePointContext, kind: u32) -> Result<(), i64> {
-    let id = bpf_get_current_pid_tgid();
-    if !is_tracked((id >> 32) as u32) {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !is_tracked(pid) {
         return Ok(());
     }
     // SAFETY: reads of the tracepoint record through bpf_probe_read.
     let fd: u64 = unsafe { ctx.read_at(ARG0) }.map_err(i64::from)?;
     let buf: u64 = unsafe { ctx.read_at(ARG1) }.map_err(i64::from)?;
-    let call = InflightCall { buf, fd: fd as u32, kind };
-    INFLIGHT.insert(id, call, 0).map_err(i64::from)?;
+    call_enter(pid, kind, fd as u32, buf);
     Ok(())
 }
 
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let Some(call) = INFLIGHT.get_ptr(id) else {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some((kind, fd, buf)) = call_exit(pid) else {
         return 0;
     };
-    // SAFETY: map value pointer, copied out before the entry is removed.
-    let call = unsafe { *call };
-    let _ = INFLIGHT.remove(id);
     // SAFETY: read of the tracepoint record through bpf_probe_read.
     match unsafe { ctx.read_at::<i64>(RET) } {
-        Ok(ret) => emit_call(call.kind, (id >> 32) as u32, call.fd, call.buf, ret),
+        Ok(ret) => emit_call(kind, pid, fd, buf, ret),
         Err(_) => bump(counter::PROBE_ERRORS, 1),
     }
     0
