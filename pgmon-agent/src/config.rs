@@ -71,9 +71,10 @@ pub struct CaptureConfig {
     /// 1 MiB. Default 16 MiB: ~32 000 small records, ~1 s of pgbench at the highest rate
     /// measured here with a 5 ms drain interval.
     pub ring_buffer_bytes: u32,
-    /// Bytes copied per `recvfrom`/`sendto` call, at most 65536 (default 65536). A backend
+    /// Bytes copied per `recvfrom`/`sendto` call, 1024 to 65536 (default 65536). A backend
     /// reads at most 8192 bytes per call, so received query text is always whole; longer
-    /// sends (large result rows) are cut here and counted in
+    /// sends (large result rows) keep their head and their last 472 bytes (where a reply's
+    /// CommandComplete and ReadyForQuery are) and are counted in
     /// `pgmon_capture_truncated_total`.
     pub max_bytes_per_call: u32,
     /// How often the agent drains the ring buffer, milliseconds (default 5). The kernel
@@ -216,15 +217,11 @@ impl Config {
                 format!("{} is not a power of two ≥ 1048576", c.ring_buffer_bytes),
             ));
         }
-        if c.max_bytes_per_call == 0 || c.max_bytes_per_call > pgmon_common::MAX_BYTES_PER_CALL
-        {
+        let per_call = pgmon_common::MIN_BYTES_PER_CALL..=pgmon_common::MAX_BYTES_PER_CALL;
+        if !per_call.contains(&c.max_bytes_per_call) {
             return Err(invalid(
                 "capture.max_bytes_per_call",
-                format!(
-                    "{} is outside 1..={}",
-                    c.max_bytes_per_call,
-                    pgmon_common::MAX_BYTES_PER_CALL
-                ),
+                format!("{} is outside {}..={}", c.max_bytes_per_call, per_call.start(), per_call.end()),
             ));
         }
         if !(1..=1000).contains(&c.drain_interval_ms) {

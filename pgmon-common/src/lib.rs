@@ -23,6 +23,13 @@ pub const MAX_CHUNKS_PER_CALL: u32 = 8;
 /// Upper bound of `capture.max_bytes_per_call`.
 pub const MAX_BYTES_PER_CALL: u32 = CHUNK_BYTES as u32 * MAX_CHUNKS_PER_CALL;
 
+/// Bytes kept from the end of a call longer than the cap (one small record): a reply's last
+/// messages (CommandComplete, ErrorResponse, ReadyForQuery) are there.
+pub const TAIL_BYTES: u32 = SMALL_CHUNK_BYTES as u32;
+
+/// Lower bound of `capture.max_bytes_per_call` (room for a head and a tail).
+pub const MIN_BYTES_PER_CALL: u32 = 1024;
+
 /// What a record describes (`EventHeader::kind`).
 pub mod kind {
     /// Bytes a backend received from its client (`recvfrom`): the frontend stream.
@@ -37,8 +44,9 @@ pub mod kind {
 
 /// Bits of `EventHeader::flags`.
 pub mod flags {
-    /// The call moved more bytes than the cap; `call_bytes - (offset + len)` bytes of it
-    /// were not copied. Set on the call's last record.
+    /// The call moved more bytes than the cap: this record is its tail (the last
+    /// `TAIL_BYTES`), and the bytes between the previous record's end and `offset` were
+    /// not copied.
     pub const TRUNCATED: u32 = 1 << 0;
     /// At least one earlier record of this backend was lost (ring buffer full): the agent
     /// must resynchronise this backend's streams before trusting them again.

@@ -6,7 +6,8 @@ use aya_ebpf::{
 };
 use pgmon_common::{
     CHUNK_BYTES, CONFIG_MAX_BYTES_PER_CALL, CONFIG_WAKEUP_BYTES, EventHeader, LargeRecord,
-    MAX_BYTES_PER_CALL, MAX_CHUNKS_PER_CALL, SMALL_CHUNK_BYTES, SmallRecord, counter, flags,
+    MAX_BYTES_PER_CALL, MAX_CHUNKS_PER_CALL, MIN_BYTES_PER_CALL, SMALL_CHUNK_BYTES, SmallRecord,
+    TAIL_BYTES, counter, flags,
 };
 
 use crate::{EVENTS, TRACKED, bump, config};
@@ -77,7 +78,12 @@ pub fn emit_marker(kind: u32, pid: u32) {
 }
 
 /// Copies the `ret` bytes a tracked backend moved through `buf` on socket `fd` into the ring
-/// buffer: chunks of ≤ 8 KiB, at most the configured cap per call; counts what it drops.
+/// buffer, in chunks of ≤ 8 KiB, at most the configured cap per call; counts what it drops.
+///
+/// A call longer than the cap keeps its head (`cap − TAIL_BYTES` bytes) and its last
+/// [`TAIL_BYTES`]: a backend's reply ends with CommandComplete and ReadyForQuery, so the
+/// agent still sees each query end even when a large result is cut; the bytes in between
+/// are skipped by length inside the DataRows that hold them.
 #[inline(always)]
 pub fn emit_call(kind: u32, pid: u32, fd: u32, buf: u64, ret: i64) {
     if ret <= 0 {
@@ -88,58 +94,75 @@ pub fn emit_call(kind: u32, pid: u32, fd: u32, buf: u64, ret: i64) {
     if cap == 0 || cap > MAX_BYTES_PER_CALL {
         cap = MAX_BYTES_PER_CALL;
     }
-    let copy_total = if call_bytes > cap { cap } else { call_bytes };
+    if cap < MIN_BYTES_PER_CALL {
+        cap = MIN_BYTES_PER_CALL;
+    }
+    let truncated = call_bytes > cap;
+    let head_total = if truncated { cap - TAIL_BYTES } else { call_bytes };
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let mut lost = take_lost(pid);
 
     let mut i = 0u32;
     while i < MAX_CHUNKS_PER_CALL {
         let offset = i * CHUNK_BYTES as u32;
-        if offset >= copy_total {
+        if offset >= head_total {
             break;
         }
-        let rest = copy_total - offset;
+        let rest = head_total - offset;
         let len = if rest > CHUNK_BYTES as u32 { CHUNK_BYTES as u32 } else { rest };
-        let last = offset + len >= copy_total;
-        let mut f = lost;
-        if last {
-            f |= flags::LAST_CHUNK;
-            if call_bytes > copy_total {
-                f |= flags::TRUNCATED;
-                bump(counter::TRUNCATED, 1);
-                bump(counter::TRUNCATED_BYTES, (call_bytes - copy_total) as u64);
-            }
-        }
-        let header = EventHeader {
-            ts_ns,
-            kind,
-            pid,
-            fd,
-            len,
-            call_bytes,
-            offset,
-            flags: f,
-            _pad: 0,
-        };
+        let last = !truncated && offset + len >= head_total;
+        let f = lost | if last { flags::LAST_CHUNK } else { 0 };
+        let header = EventHeader { ts_ns, kind, pid, fd, len, call_bytes, offset, flags: f, _pad: 0 };
         let src = (buf + offset as u64) as *const core::ffi::c_void;
         let outcome = if (len as usize) <= SMALL_CHUNK_BYTES {
             emit_small(header, src, len)
         } else {
             emit_large(header, src, len)
         };
-        if outcome != Outcome::Submitted {
-            if outcome == Outcome::RingFull {
-                bump(counter::DROPPED, 1);
-                bump(counter::DROPPED_BYTES, rest as u64);
-            } else {
-                bump(counter::PROBE_ERRORS, 1);
-            }
-            // The stream has a hole: the agent resynchronises on the next record.
-            mark_lost(pid);
+        if !submitted(outcome, pid, rest) {
             return;
         }
         lost = 0;
         i += 1;
+    }
+    if truncated {
+        bump(counter::TRUNCATED, 1);
+        bump(counter::TRUNCATED_BYTES, (call_bytes - cap) as u64);
+        let offset = call_bytes - TAIL_BYTES;
+        let header = EventHeader {
+            ts_ns,
+            kind,
+            pid,
+            fd,
+            len: TAIL_BYTES,
+            call_bytes,
+            offset,
+            flags: lost | flags::LAST_CHUNK | flags::TRUNCATED,
+            _pad: 0,
+        };
+        let src = (buf + offset as u64) as *const core::ffi::c_void;
+        let outcome = emit_small(header, src, TAIL_BYTES);
+        submitted(outcome, pid, TAIL_BYTES);
+    }
+}
+
+/// Counts a chunk that was not submitted and marks the stream as having a hole; returns
+/// whether it was submitted.
+#[inline(always)]
+fn submitted(outcome: Outcome, pid: u32, rest: u32) -> bool {
+    match outcome {
+        Outcome::Submitted => true,
+        Outcome::RingFull => {
+            bump(counter::DROPPED, 1);
+            bump(counter::DROPPED_BYTES, rest as u64);
+            mark_lost(pid);
+            false
+        }
+        Outcome::ReadFailed => {
+            bump(counter::PROBE_ERRORS, 1);
+            mark_lost(pid);
+            false
+        }
     }
 }
 

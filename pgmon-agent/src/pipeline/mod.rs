@@ -49,6 +49,15 @@ struct Backend {
     fds: Vec<u32>,
 }
 
+/// One client connection: its parser and, per direction, where the previous record of the
+/// current syscall ended (records of one call arrive in order; a jump is bytes the kernel
+/// did not copy).
+struct Conn {
+    wire: wire::Connection<Stmt>,
+    /// End offset within the current call: [frontend, backend].
+    next_offset: [u32; 2],
+}
+
 /// Counters kept by the pipeline itself (exported through [`Metrics`] as they change).
 #[derive(Clone, Copy, Debug, Default)]
 struct Counters {
@@ -61,7 +70,7 @@ struct Counters {
 
 /// The capture-thread pipeline.
 pub struct Pipeline {
-    conns: HashMap<(u32, u32), wire::Connection<Stmt>, ahash::RandomState>,
+    conns: HashMap<(u32, u32), Conn, ahash::RandomState>,
     backends: HashMap<u32, Backend, ahash::RandomState>,
     preexisting: std::collections::HashSet<u32>,
     normalizer: Normalizer,
@@ -162,7 +171,7 @@ impl Pipeline {
                     }
                     wire::Connection::mid_stream_with_limits(limits)
                 };
-                self.conns.entry(key).or_insert(c)
+                self.conns.entry(key).or_insert(Conn { wire: c, next_offset: [0, 0] })
             }
         };
         let mut sink = ConnSink {
@@ -173,22 +182,37 @@ impl Pipeline {
             counters: &mut self.counters,
         };
         if h.flags & flags::LOST_BEFORE != 0 {
-            conn.lost(&mut sink);
+            conn.wire.lost(&mut sink);
         }
-        let missing = if h.flags & flags::TRUNCATED != 0 {
-            u64::from(h.call_bytes.saturating_sub(h.offset + h.len))
+        let frontend = h.kind == kind::RECV;
+        let dir = usize::from(!frontend);
+        // A record at offset 0 starts a new call; a later one continues the call, and a jump
+        // past where the previous record ended is what the kernel skipped (a truncated call
+        // keeps its head and its tail).
+        let expected = if h.offset == 0 { 0 } else { conn.next_offset[dir] };
+        let skipped = u64::from(h.offset.saturating_sub(expected));
+        conn.next_offset[dir] = h.offset.saturating_add(h.len);
+        // Bytes after the last record of a call that were not copied.
+        let missing_after = if h.flags & flags::LAST_CHUNK != 0 {
+            u64::from(h.call_bytes.saturating_sub(h.offset.saturating_add(h.len)))
         } else {
             0
         };
-        if h.kind == kind::RECV {
-            conn.frontend(h.ts_ns, r.data, &mut sink);
-            if missing > 0 {
-                conn.frontend_gap(missing, &mut sink);
+        if frontend {
+            if skipped > 0 {
+                conn.wire.frontend_gap(skipped, &mut sink);
+            }
+            conn.wire.frontend(h.ts_ns, r.data, &mut sink);
+            if missing_after > 0 {
+                conn.wire.frontend_gap(missing_after, &mut sink);
             }
         } else {
-            conn.backend(h.ts_ns, r.data, &mut sink);
-            if missing > 0 {
-                conn.backend_gap(missing, &mut sink);
+            if skipped > 0 {
+                conn.wire.backend_gap(skipped, &mut sink);
+            }
+            conn.wire.backend(h.ts_ns, r.data, &mut sink);
+            if missing_after > 0 {
+                conn.wire.backend_gap(missing_after, &mut sink);
             }
         }
     }

@@ -1,0 +1,197 @@
+//! Privileged tests of what capture must get right at its edges: a lost monitor connection
+//! (retried, state resynced), a configured byte cap (truncation counted, stream kept), and
+//! encrypted sessions (counted, never parsed). Real kernel, real agent, real clusters.
+
+use std::{
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use pgmon_tests::{
+    Agent, Cluster, ClusterOptions, PgVersion, Transport, agent_binary, free_port, require_root,
+    tail,
+};
+
+fn fingerprint(sql: &str) -> String {
+    format!("{:016x}", pg_query::fingerprint(sql, 0, 0).expect("test SQL parses").value)
+}
+
+fn config(cluster: &Cluster, port: u16, capture: &str) -> String {
+    format!(
+        "cluster:\n  data_directory: {}\n  connection: \"host={} port={} user=postgres dbname=postgres\"\n\
+         capture:\n  hooks: auto\n{capture}metrics:\n  listen: 127.0.0.1:{port}\n",
+        cluster.data_dir().display(),
+        cluster.socket_dir().display(),
+        cluster.port()
+    )
+}
+
+fn calls(agent: &Agent, role: &str, fp: &str) -> u64 {
+    let status = agent.status_json().expect("status");
+    status["roles"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["role"] == role))
+        .and_then(|r| r["fingerprints"].as_array()?.iter().find(|f| f["fingerprint"] == fp).cloned())
+        .and_then(|f| f["calls"].as_u64())
+        .unwrap_or(0)
+}
+
+fn wait_calls(agent: &Agent, role: &str, fp: &str, target: u64, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = calls(agent, role, fp);
+        if n >= target || Instant::now() > deadline {
+            return n;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn capture_counter(agent: &Agent, key: &str) -> u64 {
+    agent.status_json().expect("status")["capture"][key].as_u64().unwrap_or(u64::MAX)
+}
+
+/// A lost monitor connection is reopened (with backoff) and a lookup asked while it was
+/// down is answered: the pre-existing session is attributed, not lost.
+fn monitor_connection_is_reopened(version: PgVersion) {
+    let cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
+    cluster.create_role_with_db("carol").expect("role");
+    cluster.create_role_with_db("dave").expect("role");
+    let mut carol = cluster.hold_session("carol", "carol", Transport::Unix).expect("session");
+    let mut dave = cluster.hold_session("dave", "dave", Transport::Tcp).expect("session");
+    let port = free_port();
+    let agent = Agent::start(&agent_binary().expect("binary"), &config(&cluster, port, ""), format!("127.0.0.1:{port}"))
+        .expect("agent");
+
+    // Carol's first query makes the agent open its monitor connection.
+    let sql_c = "SELECT 'carol' AS who";
+    for _ in 0..3 {
+        carol.run(sql_c).expect("carol");
+    }
+    let fp_c = fingerprint(sql_c);
+    assert_eq!(wait_calls(&agent, "carol", &fp_c, 3, Duration::from_secs(15)), 3, "carol before the cut");
+
+    // Cut the agent's monitor connection, then make it look dave up.
+    let killed = cluster
+        .psql_admin("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'pgmon'")
+        .expect("terminate");
+    assert_eq!(killed.trim(), "1", "the agent had one monitor connection");
+    let sql_d = "SELECT 'dave' AS who";
+    for _ in 0..3 {
+        dave.run(sql_d).expect("dave");
+    }
+    let fp_d = fingerprint(sql_d);
+    let seen = wait_calls(&agent, "dave", &fp_d, 3, Duration::from_secs(30));
+    assert_eq!(seen, 3, "dave after the monitor connection was cut; agent log:\n{}", tail(&agent.log(), 20));
+    assert_eq!(capture_counter(&agent, "late_attributions"), 2);
+    assert_eq!(capture_counter(&agent, "unattributed_queries"), 0);
+}
+
+/// A per-call cap smaller than a reply is counted as truncation; the skipped bytes lie in
+/// DataRows, so the stream stays in step and every query is still counted.
+fn byte_cap_is_counted(version: PgVersion) {
+    let cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
+    cluster.create_role_with_db("erin").expect("role");
+    let port = free_port();
+    let agent = Agent::start(
+        &agent_binary().expect("binary"),
+        &config(&cluster, port, "  max_bytes_per_call: 1024\n"),
+        format!("127.0.0.1:{port}"),
+    )
+    .expect("agent");
+    let big = "SELECT repeat('x', 200000) AS big";
+    let small = "SELECT 1 AS after_the_big_one";
+    for _ in 0..3 {
+        cluster.psql("erin", "erin", Transport::Unix, big).expect("big");
+        cluster.psql("erin", "erin", Transport::Unix, small).expect("small");
+    }
+    assert_eq!(wait_calls(&agent, "erin", &fingerprint(big), 3, Duration::from_secs(15)), 3);
+    assert_eq!(wait_calls(&agent, "erin", &fingerprint(small), 3, Duration::from_secs(15)), 3);
+    let truncated = capture_counter(&agent, "truncated");
+    assert!(truncated >= 3, "truncated = {truncated}");
+    // 200 kB per reply, sent in 8 KiB calls of which 1 KiB each is kept.
+    assert!(capture_counter(&agent, "truncated_bytes") >= 3 * 150_000);
+    assert_eq!(capture_counter(&agent, "desyncs_backend"), 0, "log:\n{}", tail(&agent.log(), 20));
+    let metrics = agent.metrics_text().expect("metrics");
+    assert!(metrics.contains("pgmon_capture_truncated_total "), "{metrics}");
+}
+
+/// TLS sessions are counted as encrypted and never parsed; plain sessions still are.
+fn encrypted_sessions_are_counted(version: PgVersion) {
+    let cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
+    cluster.create_role_with_db("frank").expect("role");
+    let dir = cluster.base_dir();
+    let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pg = pgmon_tests::postgres_user().expect("postgres user");
+    for f in [&crt, &key] {
+        std::os::unix::fs::chown(f, Some(pg.uid), Some(pg.gid)).expect("chown");
+    }
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    // ALTER SYSTEM cannot run in the transaction block that one -c with several
+    // statements makes: one call each.
+    for setting in [
+        format!("ALTER SYSTEM SET ssl_cert_file = '{}'", crt.display()),
+        format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+        "ALTER SYSTEM SET ssl = on".to_owned(),
+    ] {
+        cluster.psql_admin(&setting).expect("ssl settings");
+    }
+    cluster.psql_admin("SELECT pg_reload_conf()").expect("reload");
+    thread::sleep(Duration::from_millis(500));
+
+    let port = free_port();
+    let agent = Agent::start(&agent_binary().expect("binary"), &config(&cluster, port, ""), format!("127.0.0.1:{port}"))
+        .expect("agent");
+    let run = |sslmode: &str, sql: &str| {
+        let out = Command::new(pgmon_tests::PSQL)
+            .args(["-X", "-At", "-c", sql])
+            .arg(format!("host=127.0.0.1 port={} user=frank dbname=frank sslmode={sslmode}", cluster.port()))
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "psql sslmode={sslmode}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let secret = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    assert_eq!(run("require", secret), "t", "the session really used TLS");
+    let plain = "SELECT 'plain' AS session";
+    assert_eq!(run("disable", plain), "plain");
+    assert_eq!(wait_calls(&agent, "frank", &fingerprint(plain), 1, Duration::from_secs(15)), 1);
+    assert_eq!(calls(&agent, "frank", &fingerprint(secret)), 0, "a TLS session's query was parsed");
+    let m = agent.metrics_text().expect("metrics");
+    assert!(m.contains("pgmon_encrypted_sessions"), "{m}");
+    // The TLS session has ended: the gauge is back to 0, and nothing was misparsed.
+    assert_eq!(capture_counter(&agent, "encrypted_sessions"), 0);
+    assert_eq!(capture_counter(&agent, "desyncs_frontend"), 0);
+    assert_eq!(capture_counter(&agent, "normalize_errors"), 0);
+    let log = agent.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+fn all(version: PgVersion) {
+    monitor_connection_is_reopened(version);
+    byte_cap_is_counted(version);
+    encrypted_sessions_are_counted(version);
+}
+
+#[test]
+fn capture_edges_pg15() {
+    if require_root("capture_edges_pg15") {
+        all(PgVersion::Pg15);
+    }
+}
+
+#[test]
+fn capture_edges_pg18() {
+    if require_root("capture_edges_pg18") {
+        all(PgVersion::Pg18);
+    }
+}
