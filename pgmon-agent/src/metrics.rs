@@ -258,21 +258,21 @@ impl Collector for SharedCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.shared;
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(&mut e, "pgmon_capture_events", "Records the kernel submitted to the ring buffer", ld(&s.events))?;
-        counter(&mut e, "pgmon_capture_dropped", "Records lost because the ring buffer was full", ld(&s.dropped))?;
-        counter(&mut e, "pgmon_capture_dropped_bytes", "Payload bytes lost with dropped records", ld(&s.dropped_bytes))?;
-        counter(&mut e, "pgmon_capture_truncated", "Socket calls longer than capture.max_bytes_per_call, cut", ld(&s.truncated))?;
-        counter(&mut e, "pgmon_capture_truncated_bytes", "Bytes not copied because of capture.max_bytes_per_call", ld(&s.truncated_bytes))?;
-        counter(&mut e, "pgmon_capture_probe_errors", "Kernel probe failures (user-memory reads, map updates)", ld(&s.probe_errors))?;
-        gauge(&mut e, "pgmon_tracked_backends", "Processes of the tracked cluster the kernel programs follow", ld(&s.tracked_backends) as i64)?;
-        counter(&mut e, "pgmon_statement_cache_hits", "Statement texts answered from the cache", ld(&s.statement_cache_hits))?;
-        counter(&mut e, "pgmon_statement_cache_misses", "Statement texts normalized by libpg_query", ld(&s.statement_cache_misses))?;
-        gauge(&mut e, "pgmon_statement_cache_entries", "Entries in the statement cache", ld(&s.statement_cache_entries) as i64)?;
-        counter(&mut e, "pgmon_normalize_errors", "Statements libpg_query could not parse", ld(&s.normalize_errors))?;
+        counter(&mut e, "pgmon_capture_events", "Records the kernel submitted to the ring buffer.", ld(&s.events))?;
+        counter(&mut e, "pgmon_capture_dropped", "Records lost because the ring buffer was full.", ld(&s.dropped))?;
+        counter(&mut e, "pgmon_capture_dropped_bytes", "Payload bytes lost with dropped records.", ld(&s.dropped_bytes))?;
+        counter(&mut e, "pgmon_capture_truncated", "Socket calls longer than capture.max_bytes_per_call, cut.", ld(&s.truncated))?;
+        counter(&mut e, "pgmon_capture_truncated_bytes", "Bytes not copied because of capture.max_bytes_per_call.", ld(&s.truncated_bytes))?;
+        counter(&mut e, "pgmon_capture_probe_errors", "Kernel probe failures (user-memory reads, map updates).", ld(&s.probe_errors))?;
+        gauge(&mut e, "pgmon_tracked_backends", "Processes of the tracked cluster the kernel programs follow.", ld(&s.tracked_backends) as i64)?;
+        counter(&mut e, "pgmon_statement_cache_hits", "Statement texts answered from the cache.", ld(&s.statement_cache_hits))?;
+        counter(&mut e, "pgmon_statement_cache_misses", "Statement texts normalized by libpg_query.", ld(&s.statement_cache_misses))?;
+        gauge(&mut e, "pgmon_statement_cache_entries", "Entries in the statement cache.", ld(&s.statement_cache_entries) as i64)?;
+        counter(&mut e, "pgmon_normalize_errors", "Statements libpg_query could not parse.", ld(&s.normalize_errors))?;
         {
             let mut m = e.encode_descriptor(
                 "pgmon_probe_info",
-                "The kernel hook family in use (cost_rank 0 is the cheapest pgmon knows)",
+                "The kernel hook family in use (cost_rank 0 is the cheapest pgmon knows).",
                 None,
                 MetricType::Gauge,
             )?;
@@ -284,7 +284,7 @@ impl Collector for SharedCollector {
             let top = s.top_statements.lock().map(|t| t.clone()).unwrap_or_default();
             let mut m = e.encode_descriptor(
                 "pgmon_statement_calls",
-                "Executions of the top-K fingerprints (query.top_k_fingerprints), all roles",
+                "Executions of the top-K fingerprints (query.top_k_fingerprints), all roles.",
                 None,
                 MetricType::Counter,
             )?;
@@ -294,10 +294,10 @@ impl Collector for SharedCollector {
             }
         }
         if let Some((rss, cpu)) = process_usage() {
-            gauge(&mut e, "process_resident_memory_bytes", "Resident memory of the agent", rss as i64)?;
+            gauge(&mut e, "process_resident_memory_bytes", "Resident memory of the agent.", rss as i64)?;
             let m = e.encode_descriptor(
                 "process_cpu_seconds",
-                "User and system CPU time of the agent",
+                "User and system CPU time of the agent.",
                 None,
                 MetricType::Counter,
             )?;

@@ -151,8 +151,9 @@ impl Capture {
                     break;
                 }
                 Err(e) => {
-                    tracing::info!(hook = family.name(), error = %error_chain(&e), "hook family refused, trying the next");
-                    refused.push((family, error_chain(&e)));
+                    let full = error_chain(&e);
+                    tracing::info!(hook = family.name(), error = %full, "hook family refused, trying the next");
+                    refused.push((family, short_reason(&full)));
                 }
             }
         }
@@ -290,6 +291,14 @@ fn raise_memlock_limit() {
     if rc != 0 {
         tracing::debug!("setrlimit(RLIMIT_MEMLOCK) failed; fine on Linux ≥ 5.11");
     }
+}
+
+/// The first line of a kernel refusal, without aya's empty "Verifier output" tail: what
+/// `status` shows (the log keeps the whole verifier output).
+fn short_reason(full: &str) -> String {
+    let first = full.lines().next().unwrap_or(full);
+    let cut = first.find(". Verifier output").map_or(first, |i| &first[..i]);
+    cut.replace("the BPF_PROG_LOAD syscall returned ", "BPF_PROG_LOAD: ")
 }
 
 /// "a: b: c" from an error and its sources.
