@@ -45,12 +45,9 @@ pub struct CaptureStatus {
     pub hook_cost_rank: usize,
     /// Cheaper families the kernel refused, with its reason.
     pub refused_hooks: Vec<RefusedHook>,
-    pub events: u64,
-    pub dropped: u64,
-    pub dropped_bytes: u64,
-    pub truncated: u64,
-    pub truncated_bytes: u64,
-    pub probe_errors: u64,
+    /// The kernel's counters: records, drops, truncations, probe errors, forks.
+    #[serde(flatten)]
+    pub kernel: crate::capture::KernelCounters,
     pub desyncs_frontend: u64,
     pub desyncs_backend: u64,
     pub unattributed_queries: u64,

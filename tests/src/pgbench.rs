@@ -124,15 +124,7 @@ impl Cluster {
     pub fn pgbench_init(&self, user: &str, db: &str, scale: u32) -> Result<()> {
         let mut cmd = self.pgbench_cmd(user, Transport::Unix);
         cmd.args(["-i", "-q", "-s", &scale.to_string(), db]);
-        let out = output(&mut cmd)?;
-        if !out.status.success() {
-            bail!(
-                "`{}` failed ({})\n{}",
-                describe(&cmd),
-                out.status,
-                format_output(&out)
-            );
-        }
+        run_ok(&mut cmd)?;
         Ok(())
     }
 
@@ -167,15 +159,7 @@ impl Cluster {
     /// when pgbench exits non-zero (e.g. an aborted client) or the report is not parseable.
     pub fn pgbench(&self, run: &PgbenchRun) -> Result<PgbenchResult> {
         let mut cmd = self.pgbench_command(run)?;
-        let out = output(&mut cmd)?;
-        if !out.status.success() {
-            bail!(
-                "`{}` failed ({})\n{}",
-                describe(&cmd),
-                out.status,
-                format_output(&out)
-            );
-        }
+        let out = run_ok(&mut cmd)?;
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -294,4 +278,14 @@ mod tests {
         assert_eq!(timed.expected_transactions(), None);
         assert_eq!(Protocol::Prepared.as_arg(), "prepared");
     }
+}
+
+/// Runs `cmd` to completion; fails with the command line, its status and its whole output
+/// unless it exits 0.
+fn run_ok(cmd: &mut Command) -> Result<std::process::Output> {
+    let out = output(cmd)?;
+    if !out.status.success() {
+        bail!("`{}` failed ({})\n{}", describe(cmd), out.status, format_output(&out));
+    }
+    Ok(out)
 }

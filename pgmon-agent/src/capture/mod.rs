@@ -51,7 +51,7 @@ impl<'a> Record<'a> {
 }
 
 /// Sums of the kernel's per-CPU counters (`pgmon_common::counter`).
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct KernelCounters {
     pub events: u64,
     pub dropped: u64,

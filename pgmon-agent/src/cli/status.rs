@@ -78,7 +78,12 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(
         o,
         "          {} records, {} dropped ({} B), {} truncated ({} B), {} probe errors",
-        c.events, c.dropped, c.dropped_bytes, c.truncated, c.truncated_bytes, c.probe_errors
+        c.kernel.events,
+        c.kernel.dropped,
+        c.kernel.dropped_bytes,
+        c.kernel.truncated,
+        c.kernel.truncated_bytes,
+        c.kernel.probe_errors
     );
     let _ = writeln!(
         o,

@@ -317,12 +317,7 @@ impl Pipeline {
                     .iter()
                     .map(|(f, e)| RefusedHook { hook: f.name().to_owned(), error: e.clone() })
                     .collect(),
-                events: k.events,
-                dropped: k.dropped,
-                dropped_bytes: k.dropped_bytes,
-                truncated: k.truncated,
-                truncated_bytes: k.truncated_bytes,
-                probe_errors: k.probe_errors,
+                kernel: k,
                 desyncs_frontend: c.desyncs_frontend,
                 desyncs_backend: c.desyncs_backend,
                 unattributed_queries: c.unattributed,
