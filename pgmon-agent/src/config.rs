@@ -55,17 +55,17 @@ pub enum HookChoice {
     Auto,
     /// `fexit/__sys_recvfrom` + `fexit/__sys_sendto` only.
     Fexit,
-    /// `raw_tp/sys_enter` + `raw_tp/sys_exit` only.
-    RawTracepoint,
     /// `tracepoint/syscalls/sys_{enter,exit}_{recvfrom,sendto}` only.
     Tracepoint,
+    /// `raw_tp/sys_enter` + `raw_tp/sys_exit` only.
+    RawTracepoint,
 }
 
 /// Kernel capture settings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
-    /// Hook family: `auto` (default), `fexit`, `raw_tracepoint` or `tracepoint`.
+    /// Hook family: `auto` (default), `fexit`, `tracepoint` or `raw_tracepoint`.
     pub hooks: HookChoice,
     /// Size of the ring buffer shared with the kernel, bytes; a power of two, at least
     /// 1 MiB. Default 16 MiB: ~32 000 small records, ~1 s of pgbench at the highest rate
