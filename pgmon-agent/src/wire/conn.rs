@@ -1,6 +1,7 @@
 //! One connection: two framed streams, the startup phase, and the session behind them.
 
 use super::frame::{Item, Msg, Reader};
+use super::responses::Handled;
 use super::session::Session;
 use super::startup::{self, Packet};
 use super::{DesyncReason, Direction, Encryption, ErrorContext, Limits, Phase, Sink, body};
@@ -47,6 +48,10 @@ enum Action {
     Cancel,
     /// The byte read as an answer to SSLRequest is the start of a typed message.
     Refeed,
+    /// The backend's first bytes on a connection picked up mid-stream: try framing them.
+    First,
+    /// A trial ended with the backend still framed: usual framing limits from here.
+    Settled,
 }
 
 impl<S: Clone> Default for Connection<S> {
@@ -76,9 +81,13 @@ impl<S: Clone> Connection<S> {
 
     /// A connection opened before the capture began: no startup packet will be seen, and
     /// both streams may start in the middle of a message. The frontend resumes at the first
-    /// chunk that starts with plausible messages, the backend after the first chunk that ends
-    /// with ReadyForQuery; executions are reported from the first ReadyForQuery that leaves
-    /// no earlier request unanswered. Default [`Limits`].
+    /// chunk that starts with plausible messages. If the backend sends nothing before that,
+    /// its first bytes are taken for the answer to what the frontend sent, on trial: the
+    /// executions are reported if that answer matches up to its ReadyForQuery (the usual
+    /// case: an idle session whose client sends its next request). Otherwise the backend
+    /// resumes after the first chunk that ends with ReadyForQuery, and executions are
+    /// reported from the first ReadyForQuery that leaves no earlier request unanswered.
+    /// Default [`Limits`].
     pub fn new_mid_stream() -> Self {
         Self::mid_stream_with_limits(Limits::default())
     }
@@ -89,6 +98,7 @@ impl<S: Clone> Connection<S> {
         let mut be = Reader::new(Direction::Backend, limits.max_message);
         fe.resync();
         be.resync();
+        be.watch_first_bytes();
         Connection {
             fe,
             be,
@@ -145,6 +155,10 @@ impl<S: Clone> Connection<S> {
         if self.fe.is_off() {
             return;
         }
+        // What was lost may have been the backend's first bytes, or what the first request
+        // answers: no trial.
+        self.be.forget_first();
+        self.st.sess.abandon_trial(sink);
         for (dir, reader) in [
             (Direction::Frontend, &mut self.fe),
             (Direction::Backend, &mut self.be),
@@ -174,7 +188,8 @@ impl<S: Clone> Connection<S> {
     }
 
     /// Whether executions are being reported: `false` while the connection resynchronises
-    /// after a desync or after being picked up mid-stream.
+    /// after a desync or after being picked up mid-stream (also during a trial, whose
+    /// reports are held until its ReadyForQuery).
     pub fn is_synchronized(&self) -> bool {
         !self.st.sess.quarantined && !self.fe.is_resyncing() && !self.be.is_resyncing()
     }
@@ -208,15 +223,55 @@ impl<S: Clone> Connection<S> {
                 self.fe.off();
                 self.be.off();
             }
+            Action::First => self.first_backend_bytes(),
+            Action::Settled => self.be.end_trial(),
+        }
+    }
+
+    /// The backend's first bytes on a connection picked up mid-stream: frame them on trial if
+    /// the frontend has queued a request (see `trial.rs`).
+    #[cold]
+    #[inline(never)]
+    fn first_backend_bytes(&mut self) {
+        if self.st.phase == Phase::Ready && self.st.sess.begin_trial() {
+            self.be.begin_trial();
+        }
+    }
+
+    /// A desync during a trial: held errors go out as unmatched; a backend that does not
+    /// frame fails the trial ([`DesyncReason::Tentative`]). Returns the reason to count.
+    #[cold]
+    #[inline(never)]
+    fn end_trial_at_desync<K: Sink<Stmt = S>>(
+        &mut self,
+        dir: Direction,
+        reason: DesyncReason,
+        sink: &mut K,
+    ) -> DesyncReason {
+        self.st.sess.abandon_trial(sink);
+        match reason {
+            DesyncReason::UnknownType | DesyncReason::BadLength | DesyncReason::Malformed
+                if dir == Direction::Backend =>
+            {
+                DesyncReason::Tentative
+            }
+            _ => reason,
         }
     }
 
     /// Counts a desync; framing desyncs resynchronise their stream; all drop the pending
-    /// responses.
+    /// responses. During a trial, the backend's framing was never confirmed: it resynchronises
+    /// too, and a backend that does not frame counts as a failed trial.
     fn desync<K: Sink<Stmt = S>>(&mut self, dir: Direction, reason: DesyncReason, sink: &mut K) {
         if self.is_ignored() {
             return;
         }
+        let trial = self.st.sess.in_trial();
+        let reason = if trial {
+            self.end_trial_at_desync(dir, reason, sink)
+        } else {
+            reason
+        };
         sink.desync(dir, reason);
         let framing = !matches!(
             reason,
@@ -228,7 +283,11 @@ impl<S: Clone> Connection<S> {
                 Direction::Backend => self.be.resync(),
             }
         }
-        self.st.lost_sync(!(framing && dir == Direction::Backend));
+        if trial {
+            self.be.resync();
+        }
+        let backend_intact = !(trial || (framing && dir == Direction::Backend));
+        self.st.lost_sync(backend_intact);
     }
 }
 
@@ -277,7 +336,7 @@ impl<S: Clone> State<S> {
                 Action::Encrypted(self.negotiating.unwrap_or(Encryption::DirectTls))
             }
             Item::Desync(reason) => Action::Desync(Direction::Frontend, reason),
-            Item::Reply(_) => Action::None,
+            Item::Reply(_) | Item::First => Action::None,
         }
     }
 
@@ -325,13 +384,15 @@ impl<S: Clone> State<S> {
             },
             Item::Tls => Action::None,
             Item::Desync(reason) => Action::Desync(Direction::Backend, reason),
+            Item::First => Action::First,
         }
     }
 
     fn backend_msg<K: Sink<Stmt = S>>(&mut self, m: &Msg<'_>, ts: u64, sink: &mut K) -> Action {
         match self.phase {
             Phase::Ready => match self.sess.backend(m, ts, sink) {
-                Ok(()) => Action::None,
+                Ok(Handled::Done) => Action::None,
+                Ok(Handled::Settled) => Action::Settled,
                 Err(reason) => Action::Desync(Direction::Backend, reason),
             },
             Phase::Startup | Phase::Authenticating => {

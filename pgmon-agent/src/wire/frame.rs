@@ -71,7 +71,38 @@ static FRONTEND: [Kind; 256] = {
 };
 
 /// Backend message types (§54.7).
-static BACKEND: [Kind; 256] = {
+static BACKEND: [Kind; 256] = backend_kinds();
+
+/// The longest backend message accepted while a mid-stream connection's backend framing is on
+/// trial (16 MiB). A backend stream picked up in the middle of a message is read from an
+/// arbitrary byte, and text taken for a header gives a length word of tens or hundreds of
+/// MiB (a first length byte of 0x20–0x7e): without this bound it would make the reader skip
+/// that much of the stream before anything could be checked. A genuine longer message (a
+/// DataRow holding a large value) only costs the trial.
+const TRIAL_MAX: u32 = 16 << 20;
+/// The longest CommandComplete accepted on trial: a command tag is a few words and a count.
+const TRIAL_TAG_MAX: u32 = 4 + 1024;
+
+/// Backend message types while the framing is on trial ([`Reader::begin_trial`]): as
+/// [`BACKEND`], with lengths bounded by [`TRIAL_MAX`], and without the messages that only
+/// the startup sends (Authentication, BackendKeyData, NegotiateProtocolVersion).
+static TRIAL: [Kind; 256] = {
+    let mut t = backend_kinds();
+    let mut i = 0;
+    while i < 256 {
+        if t[i].max > TRIAL_MAX {
+            t[i].max = TRIAL_MAX;
+        }
+        i += 1;
+    }
+    t[b'C' as usize].max = TRIAL_TAG_MAX;
+    t[b'R' as usize] = UNKNOWN;
+    t[b'K' as usize] = UNKNOWN;
+    t[b'v' as usize] = UNKNOWN;
+    t
+};
+
+const fn backend_kinds() -> [Kind; 256] {
     let mut t = [UNKNOWN; 256];
     t[b'R' as usize] = kind(8, MAX_LEN, 0); // Authentication*
     t[b'S' as usize] = kind(6, MAX_LEN, ALL); // ParameterStatus: name\0 value\0
@@ -98,7 +129,7 @@ static BACKEND: [Kind; 256] = {
     t[b'A' as usize] = kind(10, MAX_LEN, 0); // NotificationResponse
     t[b'v' as usize] = kind(12, MAX_LEN, 0); // NegotiateProtocolVersion
     t
-};
+}
 
 /// One framed message. `ty` is 0 for an untyped startup-phase packet, whose body then starts
 /// with its Int32 code.
@@ -126,6 +157,9 @@ pub(super) enum Item<'a> {
     Tls,
     /// The stream is not what it should be; the reader is now resynchronising.
     Desync(DesyncReason),
+    /// The first bytes of a resynchronising stream whose reader was told to
+    /// [`watch_first_bytes`](Reader::watch_first_bytes); nothing is consumed. Once only.
+    First,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -144,6 +178,11 @@ enum Mode {
 pub(super) struct Reader {
     dir: Direction,
     mode: Mode,
+    /// The message types of this direction ([`TRIAL`] while the backend framing is on trial).
+    table: &'static [Kind; 256],
+    /// Hand out the next bytes as [`Item::First`]
+    /// (see [`watch_first_bytes`](Self::watch_first_bytes)).
+    first: bool,
     /// `false` while a startup-phase packet (no type byte) is expected.
     typed: bool,
     hdr: [u8; 5],
@@ -165,6 +204,8 @@ impl Reader {
         Reader {
             dir,
             mode: Mode::Header,
+            table: kinds(dir),
+            first: false,
             typed: true,
             hdr: [0; 5],
             hdr_len: 0,
@@ -217,10 +258,40 @@ impl Reader {
         self.buf.capacity()
     }
 
+    /// While resynchronising, hand out the first bytes seen as [`Item::First`] before anything
+    /// else (a connection picked up mid-stream decides there whether to try framing them).
+    /// Forgotten once bytes come, or at [`gap`](Self::gap) or [`forget_first`](Self::forget_first).
+    pub fn watch_first_bytes(&mut self) {
+        self.first = true;
+    }
+
+    /// Bytes of this stream went by unseen: the next ones are not the first.
+    pub fn forget_first(&mut self) {
+        self.first = false;
+    }
+
+    /// Frame the stream from here, from a resynchronising state, as if at a message boundary,
+    /// with the stricter backend table [`TRIAL`] until [`end_trial`](Self::end_trial) or
+    /// [`resync`](Self::resync).
+    pub fn begin_trial(&mut self) {
+        if self.mode == Mode::Resync {
+            self.mode = Mode::Header;
+            self.table = &TRIAL;
+            self.hdr_len = 0;
+            self.tail_len = 0;
+        }
+    }
+
+    /// The framing is no longer on trial: the usual table again.
+    pub fn end_trial(&mut self) {
+        self.table = kinds(self.dir);
+    }
+
     /// Drop any partial message and look for a boundary (typed messages only).
     pub fn resync(&mut self) {
         if self.mode != Mode::Off {
             self.mode = Mode::Resync;
+            self.table = kinds(self.dir);
             self.typed = true;
             self.hdr_len = 0;
             self.tail_len = 0;
@@ -237,6 +308,7 @@ impl Reader {
             _ if n == 0 => Ok(()),
             Mode::Resync => {
                 self.tail_len = 0;
+                self.first = false;
                 Ok(())
             }
             Mode::Body if self.got >= self.keep && u64::from(self.len - self.got) >= n => {
@@ -262,6 +334,10 @@ impl Reader {
                     *pos += 1;
                     self.mode = Mode::Header;
                     return Some(Item::Reply(b));
+                }
+                Mode::Resync if self.first && *pos < bytes.len() => {
+                    self.first = false;
+                    return Some(Item::First);
                 }
                 Mode::Resync => match self.dir {
                     Direction::Frontend => {
@@ -378,11 +454,7 @@ impl Reader {
         }
         let (ty, word, k) = if self.typed {
             let word = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
-            let table = match self.dir {
-                Direction::Frontend => &FRONTEND,
-                Direction::Backend => &BACKEND,
-            };
-            let k = table[usize::from(h[0])];
+            let k = self.table[usize::from(h[0])];
             if !k.known {
                 return Some(self.fail(DesyncReason::UnknownType, bytes, pos));
             }
@@ -431,6 +503,14 @@ impl Reader {
         t[from_tail..from_tail + from_chunk].copy_from_slice(&chunk[chunk.len() - from_chunk..]);
         self.tail = t;
         self.tail_len = (from_tail + from_chunk) as u8;
+    }
+}
+
+/// The message types of a direction.
+fn kinds(dir: Direction) -> &'static [Kind; 256] {
+    match dir {
+        Direction::Frontend => &FRONTEND,
+        Direction::Backend => &BACKEND,
     }
 }
 

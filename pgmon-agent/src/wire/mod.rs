@@ -21,10 +21,15 @@
 //!   way counted once as [`DesyncReason::StatementCount`].
 //! - A FunctionCall is matched (its error is reported as [`ErrorContext::FunctionCall`]) but
 //!   not reported as a completion: it has no statement.
-//! - After a desync, or on a connection picked up mid-stream, nothing is reported until a
-//!   ReadyForQuery leaves no earlier request unanswered; a client that keeps pipelining
-//!   through that moment may have a few executions attributed one request off until its
-//!   pipeline drains (the stream alone cannot tell).
+//! - On a connection picked up mid-stream, the first request seen is matched on trial: its
+//!   executions are reported if the backend's answer matches it exactly up to its
+//!   ReadyForQuery, and the connection is then synchronized; an answer that shows an older
+//!   request fails the trial ([`DesyncReason::Tentative`]). See `trial.rs` for what a
+//!   pipelining client can still make it get wrong.
+//! - After a desync, or a failed trial, nothing is reported until a ReadyForQuery leaves no
+//!   earlier request unanswered; a client that keeps pipelining through that moment may
+//!   have a few executions attributed one request off until its pipeline drains (the
+//!   stream alone cannot tell).
 //!
 //! References are to the PostgreSQL 18 documentation, chapter 54 "Frontend/Backend Protocol":
 //! §54.2 Message Flow (54.2.1 Start-up, 54.2.2 Simple Query, 54.2.3 Extended Query,
@@ -40,6 +45,7 @@ mod frame;
 mod responses;
 mod session;
 mod startup;
+mod trial;
 
 #[cfg(test)]
 mod tests;
@@ -157,7 +163,7 @@ pub enum ErrorContext {
     /// 25P03).
     Idle,
     /// The parser could not tell: the connection is resynchronising after a desync, or was
-    /// picked up mid-stream.
+    /// picked up mid-stream (also an error held by a trial that failed).
     Unmatched,
 }
 
@@ -203,6 +209,11 @@ pub enum DesyncReason {
     UnexpectedMessage,
     /// More requests outstanding than the configured limit ([`Limits::max_pending`]).
     QueueOverflow,
+    /// On a connection picked up mid-stream ([`Connection::new_mid_stream`]), the backend's
+    /// first messages did not answer the first request the frontend was seen to send: they
+    /// belong to a request sent before the capture began (or began in the middle of a
+    /// message). That request's executions are not reported; the connection resynchronises.
+    Tentative,
     /// An Execute of a portal the parser does not know, or one bound to a statement it does
     /// not know (typically a connection picked up mid-stream, whose Parse was never seen).
     /// The execution is still reported, through [`Sink::unattributed`].
@@ -228,6 +239,7 @@ impl DesyncReason {
             DesyncReason::Lost => "lost",
             DesyncReason::UnexpectedMessage => "unexpected_message",
             DesyncReason::QueueOverflow => "queue_overflow",
+            DesyncReason::Tentative => "tentative",
             DesyncReason::UnknownPortal => "unknown_portal",
             DesyncReason::StatementCount => "statement_count",
             DesyncReason::TooManyNames => "too_many_names",

@@ -6,37 +6,50 @@ use super::frame::Msg;
 use super::session::{Pending, ReadyKind, Session, Target};
 use super::{Completion, DesyncReason, Direction, ErrorContext, Outcome, Sink};
 
+/// What a backend message did besides its reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Handled {
+    Done,
+    /// A trial ended (confirmed, or failed with the backend still framed): the backend is
+    /// framed with the usual limits from here.
+    Settled,
+}
+
 impl<S: Clone> Session<S> {
     /// Handles one backend message after startup. `Err(UnexpectedMessage)`: the message does
     /// not answer the front request (the caller drops the FIFO); `Err(Malformed)`: the
-    /// stream itself is damaged.
+    /// stream itself is damaged; `Ok(Settled)`: a trial ended (see [`super::trial`]).
+    /// Messages of a quarantined connection go through the trial's code only, so that a
+    /// synchronized connection pays nothing for it.
     pub fn backend<K: Sink<Stmt = S>>(
         &mut self,
         m: &Msg<'_>,
         ts: u64,
         sink: &mut K,
-    ) -> Result<(), DesyncReason> {
+    ) -> Result<Handled, DesyncReason> {
         match m.ty {
             b'S' => {
                 if let Some((name, value)) = body::parameter_status(m.body) {
                     sink.parameter_status(name, value);
                 }
-                Ok(())
+                Ok(Handled::Done)
             }
             // Asynchronous or startup-only messages: they answer nothing (§54.2.7).
-            b'N' | b'A' | b'K' | b'R' | b'v' => Ok(()),
+            b'N' | b'A' | b'K' | b'R' | b'v' => Ok(Handled::Done),
             b'Z' => self.ready(m.body, sink),
-            b'E' => {
-                self.error(m.body, ts, sink);
-                Ok(())
-            }
-            _ if self.quarantined => Ok(()),
-            _ => self.response(m.ty, m.body, ts, sink),
+            b'E' => Ok(self.error(m.body, ts, sink)),
+            _ if self.quarantined => match self.trial {
+                None => Ok(Handled::Done),
+                Some(_) => Ok(self.trial_response(m.ty, m.body, ts, sink)),
+            },
+            _ => self
+                .response(m.ty, m.body, ts, sink)
+                .map(|()| Handled::Done),
         }
     }
 
     /// Any response but ReadyForQuery and ErrorResponse.
-    fn response<K: Sink<Stmt = S>>(
+    pub(super) fn response<K: Sink<Stmt = S>>(
         &mut self,
         ty: u8,
         body: &[u8],
@@ -169,20 +182,34 @@ impl<S: Clone> Session<S> {
 
     /// ReadyForQuery: answers the oldest pending Sync, Query or FunctionCall; anything older
     /// still pending went unanswered.
-    fn ready<K: Sink<Stmt = S>>(&mut self, body: &[u8], sink: &mut K) -> Result<(), DesyncReason> {
+    fn ready<K: Sink<Stmt = S>>(
+        &mut self,
+        body: &[u8],
+        sink: &mut K,
+    ) -> Result<Handled, DesyncReason> {
         let status = match body {
             [s @ (b'I' | b'T' | b'E')] => *s,
             _ => return Err(DesyncReason::Malformed),
         };
         self.copy_in = false;
-        if self.quarantined && self.owed > 0 {
-            // The answer to a request dropped by the desync.
-            self.owed -= 1;
-            self.quarantined = self.owed > 0 || self.readies > 0;
-            if status == b'I' {
-                self.end_transaction(Some(0));
+        let mut handled = Handled::Done;
+        if self.quarantined {
+            if self.trial.is_some() {
+                if !self.trial_ready_fits() {
+                    return Ok(self.trial_failed(b'Z', sink));
+                }
+                // Confirmed: the held reports go out, and the Ready is popped as usual.
+                self.trial_confirmed(sink);
+                handled = Handled::Settled;
+            } else if self.owed > 0 {
+                // The answer to a request dropped by the desync.
+                self.owed -= 1;
+                self.quarantined = self.owed > 0 || self.readies > 0;
+                if status == b'I' {
+                    self.end_transaction(Some(0));
+                }
+                return Ok(Handled::Done);
             }
-            return Ok(());
         }
         let mut seq = None;
         let mut unanswered = false;
@@ -218,22 +245,37 @@ impl<S: Clone> Session<S> {
         if status == b'I' {
             self.end_transaction(seq);
         }
-        Ok(())
+        Ok(handled)
     }
 
     /// ErrorResponse (§54.2.2, §54.2.3): fails the front request; in the extended protocol
     /// the server then discards messages up to the next Sync, in a Query the remaining
     /// statements.
-    fn error<K: Sink<Stmt = S>>(&mut self, body: &[u8], ts: u64, sink: &mut K) {
+    fn error<K: Sink<Stmt = S>>(&mut self, body: &[u8], ts: u64, sink: &mut K) -> Handled {
         let sqlstate = body::sqlstate(body);
         self.copy_in = false;
         if self.quarantined {
+            if self.trial.is_some() {
+                return self.trial_error(sqlstate, ts, sink);
+            }
             sink.error(sqlstate, ErrorContext::Unmatched);
-            return;
+            return Handled::Done;
         }
+        let ctx = self.fail_front(sqlstate, ts, sink);
+        sink.error(sqlstate, ctx);
+        Handled::Done
+    }
+
+    /// What an ErrorResponse does to the front request; returns where it arrived.
+    pub(super) fn fail_front<K: Sink<Stmt = S>>(
+        &mut self,
+        sqlstate: [u8; 5],
+        ts: u64,
+        sink: &mut K,
+    ) -> ErrorContext {
         self.skip_markers();
         let failed = Outcome::Error { sqlstate };
-        let ctx = match self.queue.front() {
+        match self.queue.front() {
             None => ErrorContext::Idle,
             Some(Pending::Ready {
                 kind: ReadyKind::Sync,
@@ -283,8 +325,7 @@ impl<S: Clone> Session<S> {
                 self.drop_to_sync();
                 ctx
             }
-        };
-        sink.error(sqlstate, ctx);
+        }
     }
 
     /// After an error in the extended protocol the server discards every message up to the
@@ -306,7 +347,7 @@ impl<S: Clone> Session<S> {
     }
 
     /// Drops CopyEnd markers at the front: they answer nothing.
-    fn skip_markers(&mut self) {
+    pub(super) fn skip_markers(&mut self) {
         while matches!(self.queue.front(), Some(Pending::CopyEnd)) {
             self.queue.pop_front();
         }

@@ -11,6 +11,7 @@ use ahash::AHashMap;
 
 use super::body;
 use super::frame::Msg;
+use super::trial::Trial;
 use super::{DesyncReason, Direction, Limits, Sink};
 
 /// What an execution will be attributed to.
@@ -99,8 +100,13 @@ pub(super) struct Session<S> {
     /// read: Sync and Flush are swallowed by the copy (§54.2.6).
     pub(super) copy_in: bool,
     /// Responses cannot be trusted to match `queue` (after a desync, or mid-stream): nothing
-    /// is reported until a ReadyForQuery leaves no Sync/Query pending.
+    /// is reported until a ReadyForQuery leaves no Sync/Query pending, or until a trial
+    /// confirms the queue.
     pub(super) quarantined: bool,
+    /// A mid-stream connection matching the backend's first responses against `queue` before
+    /// it trusts them (only while `quarantined`; see [`super::trial`]). Boxed: it is rare and
+    /// short-lived, and every connection carries the field.
+    pub(super) trial: Option<Box<Trial<S>>>,
     /// ReadyForQuery messages still owed for requests dropped by a desync that left the
     /// backend stream intact; they come before those of the requests in `queue`.
     pub(super) owed: usize,
@@ -123,6 +129,7 @@ impl<S: Clone> Session<S> {
             ignore_till_sync: false,
             copy_in: false,
             quarantined,
+            trial: None,
             owed: 0,
             last_end: 0,
             scratch: Vec::new(),
@@ -144,6 +151,7 @@ impl<S: Clone> Session<S> {
         self.ignore_till_sync = false;
         self.copy_in = false;
         self.quarantined = true;
+        self.trial = None;
     }
 
     /// Handles one typed frontend message. `Err` means the message is malformed.
