@@ -49,12 +49,15 @@ pub struct ClusterConfig {
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum HookChoice {
-    /// The cheapest family the kernel accepts, in the order fexit, tracepoint,
+    /// The cheapest family the kernel accepts, in the order fexit, tp_btf, tracepoint,
     /// raw_tracepoint (default).
     #[default]
     Auto,
     /// `fexit/__sys_recvfrom` + `fexit/__sys_sendto` only.
     Fexit,
+    /// `tp_btf/sys_exit` only.
+    #[serde(rename = "tp_btf")]
+    TpBtf,
     /// `tracepoint/syscalls/sys_{enter,exit}_{recvfrom,sendto}` only.
     Tracepoint,
     /// `raw_tp/sys_enter` + `raw_tp/sys_exit` only.
@@ -65,7 +68,7 @@ pub enum HookChoice {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
-    /// Hook family: `auto` (default), `fexit`, `tracepoint` or `raw_tracepoint`.
+    /// Hook family: `auto` (default), `fexit`, `tp_btf`, `tracepoint` or `raw_tracepoint`.
     pub hooks: HookChoice,
     /// Size of the ring buffer shared with the kernel, bytes; a power of two, at least
     /// 1 MiB. Default 16 MiB: ~32 000 small records, ~1 s of pgbench at the highest rate

@@ -9,9 +9,9 @@
 //! Probe families, one file each under `probes/`, cheapest first:
 //! - `fexit`: `fexit/__sys_recvfrom` and `fexit/__sys_sendto` (one program per call, args and
 //!   return value together; refused with EPERM on some hosts),
+//! - `btf_tp`: `tp_btf/sys_exit` alone, arguments read from the typed `pt_regs`,
 //! - `syscall_tp`: `tracepoint/syscalls/sys_{enter,exit}_{recvfrom,sendto}`,
-//! - `raw_tp`: `raw_tp/sys_enter` + `raw_tp/sys_exit` filtered on the syscall number (runs
-//!   on every syscall of the host: the most expensive, measured).
+//! - `raw_tp`: `raw_tp/sys_exit` alone, arguments read with `bpf_probe_read_kernel`.
 //!
 //! `lifecycle` (fork and exit of tracked processes) is shared by all families.
 #![no_std]

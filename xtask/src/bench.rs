@@ -57,11 +57,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     measure(&crate::util::agent_release_binary(), args)
 }
 
-/// A way of running pgbench: without the agent, or with it on one hook family.
+/// A way of running pgbench: without the agent, with it on one hook family, or with it
+/// attached to another cluster (the hooks run for every syscall on the host, but nothing
+/// of the measured cluster is copied: the floor no work inside the programs can remove).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
     Detached,
     Attached(&'static str),
+    OtherCluster,
 }
 
 impl Mode {
@@ -69,11 +72,18 @@ impl Mode {
         match self {
             Mode::Detached => "detached",
             Mode::Attached(h) => h,
+            Mode::OtherCluster => "auto, on another cluster",
         }
     }
 }
 
-const MODES: [Mode; 3] = [Mode::Detached, Mode::Attached("tracepoint"), Mode::Attached("raw_tracepoint")];
+const MODES: [Mode; 5] = [
+    Mode::Detached,
+    Mode::Attached("tp_btf"),
+    Mode::Attached("tracepoint"),
+    Mode::Attached("raw_tracepoint"),
+    Mode::OtherCluster,
+];
 
 /// One overhead sample.
 struct Sample {
@@ -113,6 +123,7 @@ fn proc_usage(pid: u32) -> Option<(u64, u64)> {
 
 fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     let cluster = Cluster::start(PgVersion::Pg15, ClusterOptions { max_connections: 100, ..ClusterOptions::default() })?;
+    let other = Cluster::start(PgVersion::Pg15, ClusterOptions::default())?;
     cluster.create_role_with_db("bench")?;
     cluster.pgbench_init("bench", "bench", 10)?;
     let mut report = String::new();
@@ -136,7 +147,7 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
                 order.reverse();
             }
             for mode in order {
-                let s = overhead_run(binary, &cluster, transport, round, mode, args.duration)?;
+                let s = overhead_run(binary, &cluster, &other, transport, round, mode, args.duration)?;
                 eprintln!(
                     "bench: {transport:?} round {round} {:<15} {:>9.0} tps{}",
                     mode.name(),
@@ -252,6 +263,7 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
 fn overhead_run(
     binary: &Path,
     cluster: &Cluster,
+    other: &Cluster,
     transport: Transport,
     round: usize,
     mode: Mode,
@@ -272,9 +284,13 @@ fn overhead_run(
             let r = cluster.pgbench(&run)?;
             Ok(Sample { transport, round, mode, tps: r.tps, agent_cpu: None, agent_rss: None })
         }
-        Mode::Attached(hook) => {
+        Mode::Attached(_) | Mode::OtherCluster => {
+            let (target, hook) = match mode {
+                Mode::Attached(hook) => (cluster, hook),
+                _ => (other, "auto"),
+            };
             let port = free_port();
-            let mut agent = Agent::start(binary, &agent_config(cluster, port, hook), format!("127.0.0.1:{port}"))?;
+            let mut agent = Agent::start(binary, &agent_config(target, port, hook), format!("127.0.0.1:{port}"))?;
             let before = proc_usage(agent.pid()).context("agent /proc stat")?;
             let r = cluster.pgbench(&run)?;
             let after = proc_usage(agent.pid()).context("agent /proc stat")?;

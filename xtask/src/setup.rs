@@ -29,6 +29,8 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql-15",
     "postgresql-contrib-15",
     "postgresql-client-15",
+    // The TLS test makes a self-signed certificate for its cluster.
+    "openssl",
 ];
 
 const CREATECLUSTER_CONF: &str = "/etc/postgresql-common/createcluster.conf";

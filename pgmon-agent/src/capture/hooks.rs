@@ -4,7 +4,7 @@
 
 use aya::{
     Btf, Ebpf,
-    programs::{FExit, ProgramError, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, FExit, ProgramError, RawTracePoint, TracePoint},
 };
 
 use crate::config::HookChoice;
@@ -17,23 +17,33 @@ pub enum HookFamily {
     /// of any process, arguments and return value together. Needs BTF and BPF
     /// trampolines (Linux ≥ 5.5; refused with EPERM on some hardened kernels).
     Fexit,
+    /// `tp_btf/sys_exit`: one program run per syscall exit of any process, reading the
+    /// syscall number and arguments from the typed `pt_regs` (no helper calls, no map
+    /// entry between entry and exit). Needs BTF (Linux ≥ 5.5).
+    TpBtf,
     /// `tracepoint/syscalls/sys_{enter,exit}_{recvfrom,sendto}`: runs only for those
     /// syscalls (needs CONFIG_FTRACE_SYSCALLS); a hash-map entry carries the arguments from
     /// entry to exit.
     Tracepoint,
-    /// `raw_tp/sys_enter` + `raw_tp/sys_exit`: two program runs per syscall of any process,
-    /// filtered on the syscall number; a hash-map entry carries the arguments across.
+    /// `raw_tp/sys_exit`: one program run per syscall exit of any process, untyped, so the
+    /// syscall number and arguments are read with `bpf_probe_read_kernel`.
     RawTracepoint,
 }
 
 impl HookFamily {
-    /// All families, cheapest first. fexit is first because it does strictly less work per
-    /// call where it is allowed. Tracepoints come before raw tracepoints by measurement
-    /// (`cargo xtask bench`, bench/): `pgbench -S -c 2 -j 2` kept ~1.0× its detached TPS
-    /// with `tracepoint/syscalls/*`, ~0.65× with `raw_tp/sys_{enter,exit}`, whose programs
-    /// run on every syscall of every process on the host.
-    pub const BY_COST: [HookFamily; 3] =
-        [HookFamily::Fexit, HookFamily::Tracepoint, HookFamily::RawTracepoint];
+    /// All families, cheapest first. fexit does the least work per call where BPF
+    /// trampolines are allowed. Among the rest, `tp_btf` runs one program per syscall exit
+    /// with plain loads; `tracepoint` runs two per captured call plus perf's record set-up;
+    /// `raw_tracepoint` reads through helpers. Measured by `cargo xtask bench` (bench/,
+    /// `pgbench -S -c 2 -j 2`, 5 rounds, medians of attached ÷ detached): unix 0.860 /
+    /// 0.844 / 0.888, TCP 0.920 / 0.890 / 0.891: within the noise of each other, so the
+    /// order follows the work done.
+    pub const BY_COST: [HookFamily; 4] = [
+        HookFamily::Fexit,
+        HookFamily::TpBtf,
+        HookFamily::Tracepoint,
+        HookFamily::RawTracepoint,
+    ];
 
     /// Rank in [`Self::BY_COST`], 0 = cheapest; exported as a label of `pgmon_probe_info`.
     pub fn cost_rank(self) -> usize {
@@ -44,6 +54,7 @@ impl HookFamily {
     pub fn name(self) -> &'static str {
         match self {
             HookFamily::Fexit => "fexit",
+            HookFamily::TpBtf => "tp_btf",
             HookFamily::RawTracepoint => "raw_tracepoint",
             HookFamily::Tracepoint => "tracepoint",
         }
@@ -53,7 +64,8 @@ impl HookFamily {
     pub fn programs(self) -> &'static [&'static str] {
         match self {
             HookFamily::Fexit => &["pgmon_fexit_recvfrom", "pgmon_fexit_sendto"],
-            HookFamily::RawTracepoint => &["pgmon_raw_sys_enter", "pgmon_raw_sys_exit"],
+            HookFamily::TpBtf => &["pgmon_btf_sys_exit"],
+            HookFamily::RawTracepoint => &["pgmon_raw_sys_exit"],
             HookFamily::Tracepoint => &[
                 "pgmon_tp_enter_recvfrom",
                 "pgmon_tp_exit_recvfrom",
@@ -68,6 +80,7 @@ impl HookFamily {
         match choice {
             HookChoice::Auto => &Self::BY_COST,
             HookChoice::Fexit => &[HookFamily::Fexit],
+            HookChoice::TpBtf => &[HookFamily::TpBtf],
             HookChoice::RawTracepoint => &[HookFamily::RawTracepoint],
             HookChoice::Tracepoint => &[HookFamily::Tracepoint],
         }
@@ -83,6 +96,7 @@ impl HookFamily {
                     // Unloading a program that never loaded fails harmlessly.
                     let _ = match program {
                         aya::programs::Program::FExit(p) => p.unload(),
+                        aya::programs::Program::BtfTracePoint(p) => p.unload(),
                         aya::programs::Program::RawTracePoint(p) => p.unload(),
                         aya::programs::Program::TracePoint(p) => p.unload(),
                         _ => Ok(()),
@@ -106,14 +120,18 @@ impl HookFamily {
                     p.attach().map_err(|e| HookError::program(name, e))?;
                 }
             }
+            HookFamily::TpBtf => {
+                let btf = Btf::from_sys_fs().map_err(|e| HookError::Btf(e.to_string()))?;
+                let name = "pgmon_btf_sys_exit";
+                let p: &mut BtfTracePoint = program(ebpf, name)?;
+                p.load("sys_exit", &btf).map_err(|e| HookError::program(name, e))?;
+                p.attach().map_err(|e| HookError::program(name, e))?;
+            }
             HookFamily::RawTracepoint => {
-                for (name, tp) in
-                    [("pgmon_raw_sys_enter", "sys_enter"), ("pgmon_raw_sys_exit", "sys_exit")]
-                {
-                    let p: &mut RawTracePoint = program(ebpf, name)?;
-                    p.load().map_err(|e| HookError::program(name, e))?;
-                    p.attach(tp).map_err(|e| HookError::program(name, e))?;
-                }
+                let name = "pgmon_raw_sys_exit";
+                let p: &mut RawTracePoint = program(ebpf, name)?;
+                p.load().map_err(|e| HookError::program(name, e))?;
+                p.attach("sys_exit").map_err(|e| HookError::program(name, e))?;
             }
             HookFamily::Tracepoint => {
                 for (name, tp) in [
@@ -182,7 +200,7 @@ mod tests {
     #[test]
     fn auto_tries_every_family_cheapest_first() {
         let c = HookFamily::candidates(HookChoice::Auto);
-        assert_eq!(c.len(), 3);
+        assert_eq!(c.len(), 4);
         assert!(c.windows(2).all(|w| w[0].cost_rank() < w[1].cost_rank()));
         assert_eq!(HookFamily::candidates(HookChoice::Tracepoint), [HookFamily::Tracepoint]);
     }

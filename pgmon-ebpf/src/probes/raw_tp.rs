@@ -1,7 +1,9 @@
-//! Raw syscall tracepoints: `raw_tp/sys_enter` and `raw_tp/sys_exit`, filtered on the
-//! syscall number (x86_64: `recvfrom` = 45, `sendto` = 44, arch/x86/entry/syscalls/
-//! syscall_64.tbl). They run for every syscall on the host, but skip the perf-record
-//! set-up of `tracepoint/syscalls/*`.
+//! `raw_tp/sys_exit`: a raw tracepoint at every syscall's exit, filtered on the syscall
+//! number read from its `pt_regs` (x86_64: `orig_ax`; the arguments are still in `di`/`si`
+//! at exit). Untyped, so every read goes through `bpf_probe_read_kernel`; the fallback
+//! where BTF-typed tracepoints are not available.
+//!
+//! Syscall numbers from arch/x86/entry/syscalls/syscall_64.tbl.
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -11,14 +13,23 @@ use aya_ebpf::{
 };
 use pgmon_common::{counter, kind};
 
-use crate::{bump, call_enter, call_exit, emit::emit_call, is_tracked};
+use crate::{bump, emit::emit_call, is_tracked};
 
-const NR_SENDTO: i64 = 44;
-const NR_RECVFROM: i64 = 45;
+const NR_SENDTO: u64 = 44;
+const NR_RECVFROM: u64 = 45;
 
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn pgmon_raw_sys_enter(ctx: RawTracePointContext) -> u32 {
-    let nr: i64 = ctx.arg(1);
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn pgmon_raw_sys_exit(ctx: RawTracePointContext) -> u32 {
+    let ret: i64 = ctx.arg(1);
+    if ret <= 0 {
+        return 0;
+    }
+    let regs: *const pt_regs = ctx.arg(0);
+    // SAFETY: kernel pointer from the tracepoint, read with bpf_probe_read_kernel.
+    let Ok(nr) = (unsafe { bpf_probe_read_kernel(&raw const (*regs).orig_rax) }) else {
+        bump(counter::PROBE_ERRORS, 1);
+        return 0;
+    };
     let kind = match nr {
         NR_RECVFROM => kind::RECV,
         NR_SENDTO => kind::SEND,
@@ -28,8 +39,7 @@ pub fn pgmon_raw_sys_enter(ctx: RawTracePointContext) -> u32 {
     if !is_tracked(pid) {
         return 0;
     }
-    let regs: *const pt_regs = ctx.arg(0);
-    // SAFETY: kernel pointer from the tracepoint, read with bpf_probe_read_kernel.
+    // SAFETY: as above.
     let (fd, buf) = unsafe {
         match (
             bpf_probe_read_kernel(&raw const (*regs).rdi),
@@ -42,17 +52,6 @@ pub fn pgmon_raw_sys_enter(ctx: RawTracePointContext) -> u32 {
             }
         }
     };
-    call_enter(pid, kind, fd as u32, buf);
-    0
-}
-
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn pgmon_raw_sys_exit(ctx: RawTracePointContext) -> u32 {
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some((kind, fd, buf)) = call_exit(pid) else {
-        return 0;
-    };
-    let ret: i64 = ctx.arg(1);
-    emit_call(kind, pid, fd, buf, ret);
+    emit_call(kind, pid, fd as u32, buf, ret);
     0
 }
