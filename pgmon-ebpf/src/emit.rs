@@ -7,10 +7,10 @@ use aya_ebpf::{
 use pgmon_common::{
     CHUNK_BYTES, CONFIG_MAX_BYTES_PER_CALL, CONFIG_WAKEUP_BYTES, EventHeader, LargeRecord,
     MAX_BYTES_PER_CALL, MAX_CHUNKS_PER_CALL, MIN_BYTES_PER_CALL, SMALL_CHUNK_BYTES, SmallRecord,
-    TAIL_BYTES, counter, flags,
+    TAIL_BYTES, TrackedProcess, counter, flags,
 };
 
-use crate::{EVENTS, TRACKED, bump, config};
+use crate::{EVENTS, bump, config};
 
 /// Smallest power of two above each payload size, minus one.
 const SMALL_MASK: usize = SMALL_CHUNK_BYTES.next_power_of_two() - 1;
@@ -21,8 +21,7 @@ const _: () = assert!(SMALL_MASK >= SMALL_CHUNK_BYTES && LARGE_MASK >= CHUNK_BYT
 /// A wakeup per record halves pgbench TPS on 2 cores (DESIGN.md, measured); the agent
 /// drains on a short timer instead.
 #[inline(always)]
-fn wakeup_flag() -> u64 {
-    let threshold = config(CONFIG_WAKEUP_BYTES) as u64;
+fn wakeup_flag(threshold: u64) -> u64 {
     if threshold != 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) > threshold {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
@@ -32,26 +31,21 @@ fn wakeup_flag() -> u64 {
 
 /// Takes (and clears) the backend's "a record was lost" mark.
 #[inline(always)]
-fn take_lost(pid: u32) -> u32 {
-    match TRACKED.get_ptr_mut(pid) {
-        Some(p) => {
-            // SAFETY: map value pointer, valid for this program run.
-            let f = unsafe { (*p).flags };
-            if f & flags::LOST_BEFORE != 0 {
-                unsafe { (*p).flags = f & !flags::LOST_BEFORE };
-            }
-            f & flags::LOST_BEFORE
+fn take_lost(tracked: *mut TrackedProcess) -> u32 {
+    // SAFETY: `tracked` is this backend's TRACKED value, valid for this program run.
+    unsafe {
+        let f = (*tracked).flags;
+        if f & flags::LOST_BEFORE != 0 {
+            (*tracked).flags = f & !flags::LOST_BEFORE;
         }
-        None => 0,
+        f & flags::LOST_BEFORE
     }
 }
 
 #[inline(always)]
-fn mark_lost(pid: u32) {
-    if let Some(p) = TRACKED.get_ptr_mut(pid) {
-        // SAFETY: map value pointer, valid for this program run.
-        unsafe { (*p).flags |= flags::LOST_BEFORE };
-    }
+fn mark_lost(tracked: *mut TrackedProcess) {
+    // SAFETY: as in `take_lost`.
+    unsafe { (*tracked).flags |= flags::LOST_BEFORE };
 }
 
 /// Emits a record with no payload (fork, exit).
@@ -70,7 +64,7 @@ pub fn emit_marker(kind: u32, pid: u32) {
                     ..EventHeader::default()
                 };
             }
-            entry.submit(wakeup_flag());
+            entry.submit(wakeup_flag(config(CONFIG_WAKEUP_BYTES) as u64));
             bump(counter::EVENTS, 1);
         }
         None => bump(counter::DROPPED, 1),
@@ -84,8 +78,10 @@ pub fn emit_marker(kind: u32, pid: u32) {
 /// [`TAIL_BYTES`]: a backend's reply ends with CommandComplete and ReadyForQuery, so the
 /// agent still sees each query end even when a large result is cut; the bytes in between
 /// are skipped by length inside the DataRows that hold them.
+///
+/// `tracked` is the backend's `TRACKED` value, which the caller has already looked up.
 #[inline(always)]
-pub fn emit_call(kind: u32, pid: u32, fd: u32, buf: u64, ret: i64) {
+pub fn emit_call(kind: u32, pid: u32, tracked: *mut TrackedProcess, fd: u32, buf: u64, ret: i64) {
     if ret <= 0 {
         return;
     }
@@ -99,8 +95,9 @@ pub fn emit_call(kind: u32, pid: u32, fd: u32, buf: u64, ret: i64) {
     }
     let truncated = call_bytes > cap;
     let head_total = if truncated { cap - TAIL_BYTES } else { call_bytes };
+    let wake = config(CONFIG_WAKEUP_BYTES) as u64;
     let ts_ns = unsafe { bpf_ktime_get_ns() };
-    let mut lost = take_lost(pid);
+    let mut lost = take_lost(tracked);
 
     let mut i = 0u32;
     while i < MAX_CHUNKS_PER_CALL {
@@ -115,11 +112,11 @@ pub fn emit_call(kind: u32, pid: u32, fd: u32, buf: u64, ret: i64) {
         let header = EventHeader { ts_ns, kind, pid, fd, len, call_bytes, offset, flags: f, _pad: 0 };
         let src = (buf + offset as u64) as *const core::ffi::c_void;
         let outcome = if (len as usize) <= SMALL_CHUNK_BYTES {
-            emit_small(header, src, len)
+            emit_small(header, src, len, wake)
         } else {
-            emit_large(header, src, len)
+            emit_large(header, src, len, wake)
         };
-        if !submitted(outcome, pid, rest) {
+        if !submitted(outcome, tracked, rest) {
             return;
         }
         lost = 0;
@@ -141,26 +138,26 @@ pub fn emit_call(kind: u32, pid: u32, fd: u32, buf: u64, ret: i64) {
             _pad: 0,
         };
         let src = (buf + offset as u64) as *const core::ffi::c_void;
-        let outcome = emit_small(header, src, TAIL_BYTES);
-        submitted(outcome, pid, TAIL_BYTES);
+        let outcome = emit_small(header, src, TAIL_BYTES, wake);
+        submitted(outcome, tracked, TAIL_BYTES);
     }
 }
 
 /// Counts a chunk that was not submitted and marks the stream as having a hole; returns
 /// whether it was submitted.
 #[inline(always)]
-fn submitted(outcome: Outcome, pid: u32, rest: u32) -> bool {
+fn submitted(outcome: Outcome, tracked: *mut TrackedProcess, rest: u32) -> bool {
     match outcome {
         Outcome::Submitted => true,
         Outcome::RingFull => {
             bump(counter::DROPPED, 1);
             bump(counter::DROPPED_BYTES, rest as u64);
-            mark_lost(pid);
+            mark_lost(tracked);
             false
         }
         Outcome::ReadFailed => {
             bump(counter::PROBE_ERRORS, 1);
-            mark_lost(pid);
+            mark_lost(tracked);
             false
         }
     }
@@ -177,7 +174,7 @@ enum Outcome {
 }
 
 #[inline(always)]
-fn emit_small(header: EventHeader, src: *const core::ffi::c_void, len: u32) -> Outcome {
+fn emit_small(header: EventHeader, src: *const core::ffi::c_void, len: u32, wake: u64) -> Outcome {
     let Some(mut entry) = EVENTS.reserve::<SmallRecord>(0) else {
         return Outcome::RingFull;
     };
@@ -200,13 +197,13 @@ fn emit_small(header: EventHeader, src: *const core::ffi::c_void, len: u32) -> O
         entry.discard(0);
         return Outcome::ReadFailed;
     }
-    entry.submit(wakeup_flag());
+    entry.submit(wakeup_flag(wake));
     bump(counter::EVENTS, 1);
     Outcome::Submitted
 }
 
 #[inline(always)]
-fn emit_large(header: EventHeader, src: *const core::ffi::c_void, len: u32) -> Outcome {
+fn emit_large(header: EventHeader, src: *const core::ffi::c_void, len: u32, wake: u64) -> Outcome {
     let Some(mut entry) = EVENTS.reserve::<LargeRecord>(0) else {
         return Outcome::RingFull;
     };
@@ -225,7 +222,7 @@ fn emit_large(header: EventHeader, src: *const core::ffi::c_void, len: u32) -> O
         entry.discard(0);
         return Outcome::ReadFailed;
     }
-    entry.submit(wakeup_flag());
+    entry.submit(wakeup_flag(wake));
     bump(counter::EVENTS, 1);
     Outcome::Submitted
 }

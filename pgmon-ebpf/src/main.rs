@@ -58,29 +58,28 @@ fn config(idx: u32) -> u32 {
     CONFIG.get(idx).copied().unwrap_or(0)
 }
 
-/// Whether `pid` is a backend of the tracked cluster.
+/// `pid`'s TRACKED value if it is a backend of the tracked cluster.
 #[inline(always)]
-fn is_tracked(pid: u32) -> bool {
-    TRACKED.get_ptr(pid).is_some()
+fn tracked(pid: u32) -> Option<*mut TrackedProcess> {
+    TRACKED.get_ptr_mut(pid)
 }
 
 /// Syscall entry of a tracked backend: remembers the call's arguments in its `TRACKED`
-/// entry. Returns without a map write for every other process.
+/// value `p` (from [`tracked`]).
 #[inline(always)]
-fn call_enter(pid: u32, kind: u32, fd: u32, buf: u64) {
-    if let Some(p) = TRACKED.get_ptr_mut(pid) {
-        // SAFETY: map value pointer, valid for this program run.
-        unsafe {
-            (*p).inflight_buf = buf;
-            (*p).inflight_fd = fd;
-            (*p).inflight_kind = kind;
-        }
+fn call_enter(p: *mut TrackedProcess, kind: u32, fd: u32, buf: u64) {
+    // SAFETY: map value pointer, valid for this program run.
+    unsafe {
+        (*p).inflight_buf = buf;
+        (*p).inflight_fd = fd;
+        (*p).inflight_kind = kind;
     }
 }
 
-/// Syscall exit: takes the arguments saved by [`call_enter`] (kind, fd, buf), if any.
+/// Syscall exit: takes the arguments saved by [`call_enter`] (kind, fd, buf) and the
+/// backend's TRACKED value, if a call is in flight.
 #[inline(always)]
-fn call_exit(pid: u32) -> Option<(u32, u32, u64)> {
+fn call_exit(pid: u32) -> Option<(u32, u32, u64, *mut TrackedProcess)> {
     let p = TRACKED.get_ptr_mut(pid)?;
     // SAFETY: map value pointer, valid for this program run.
     unsafe {
@@ -89,7 +88,7 @@ fn call_exit(pid: u32) -> Option<(u32, u32, u64)> {
             return None;
         }
         (*p).inflight_kind = 0;
-        Some((kind, (*p).inflight_fd, (*p).inflight_buf))
+        Some((kind, (*p).inflight_fd, (*p).inflight_buf, p))
     }
 }
 

@@ -176,7 +176,46 @@ fn encrypted_sessions_are_counted(version: PgVersion) {
     assert!(!log.contains("panicked"), "{log}");
 }
 
+/// Every hook family, pinned in the config, counts pgbench exactly and says which hook it
+/// is; a family the kernel refuses makes the agent exit with the kernel's reason.
+fn every_hook_family_counts_exactly(version: PgVersion) {
+    let cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
+    cluster.create_role_with_db("gina").expect("role");
+    cluster.pgbench_init("gina", "gina", 1).expect("pgbench -i");
+    let fp = fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = $1");
+    for hook in ["fexit", "tp_btf", "tracepoint", "raw_tracepoint"] {
+        let port = free_port();
+        let yaml = config(&cluster, port, "").replace("hooks: auto", &format!("hooks: {hook}"));
+        let agent = match Agent::start(&agent_binary().expect("binary"), &yaml, format!("127.0.0.1:{port}")) {
+            Ok(a) => a,
+            Err(e) => {
+                let text = format!("{e:#}");
+                assert!(text.contains("no hook family could be attached"), "{hook}: {text}");
+                eprintln!("SKIP {version:?} hook {hook}: refused by this kernel: {}", text.lines().last().unwrap_or(""));
+                continue;
+            }
+        };
+        let status = agent.status_json().expect("status");
+        assert_eq!(status["capture"]["hook"], hook);
+        let before = calls(&agent, "gina", &fp);
+        let run = pgmon_tests::PgbenchRun {
+            clients: 2,
+            jobs: 2,
+            transactions: Some(300),
+            select_only: true,
+            no_vacuum: true,
+            ..pgmon_tests::PgbenchRun::new("gina", "gina")
+        };
+        let tx = cluster.pgbench(&run).expect("pgbench").transactions_processed;
+        let seen = wait_calls(&agent, "gina", &fp, before + tx, Duration::from_secs(15)) - before;
+        eprintln!("{version:?} hook {hook}: pgbench {tx}, pgmon {seen}");
+        assert_eq!(seen, tx, "{version:?} hook {hook}");
+        assert_eq!(capture_counter(&agent, "dropped"), 0);
+    }
+}
+
 fn all(version: PgVersion) {
+    every_hook_family_counts_exactly(version);
     monitor_connection_is_reopened(version);
     byte_cap_is_counted(version);
     encrypted_sessions_are_counted(version);

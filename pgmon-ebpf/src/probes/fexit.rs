@@ -5,7 +5,7 @@
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::fexit, programs::FExitContext};
 use pgmon_common::kind;
 
-use crate::{emit::emit_call, is_tracked};
+use crate::{emit::emit_call, tracked};
 
 #[fexit(function = "__sys_recvfrom")]
 pub fn pgmon_fexit_recvfrom(ctx: FExitContext) -> u32 {
@@ -20,15 +20,15 @@ pub fn pgmon_fexit_sendto(ctx: FExitContext) -> u32 {
 #[inline(always)]
 fn on_exit(ctx: &FExitContext, kind: u32) -> u32 {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !is_tracked(pid) {
+    let Some(tracked) = tracked(pid) else {
         return 0;
-    }
+    };
     // __sys_recvfrom(int fd, void __user *ubuf, size_t size, unsigned int flags, ...)
     // __sys_sendto(int fd, void __user *buff, size_t len, unsigned int flags, ...)
     let fd: i32 = ctx.arg(0);
     let buf: u64 = ctx.arg(1);
     // Both take 6 arguments; the return value follows them in the trampoline context.
     let ret: i64 = ctx.arg(6);
-    emit_call(kind, pid, fd as u32, buf, ret as i32 as i64);
+    emit_call(kind, pid, tracked, fd as u32, buf, ret as i32 as i64);
     0
 }

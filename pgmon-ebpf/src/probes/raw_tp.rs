@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use pgmon_common::{counter, kind};
 
-use crate::{bump, emit::emit_call, is_tracked};
+use crate::{bump, emit::emit_call, tracked};
 
 const NR_SENDTO: u64 = 44;
 const NR_RECVFROM: u64 = 45;
@@ -36,9 +36,9 @@ pub fn pgmon_raw_sys_exit(ctx: RawTracePointContext) -> u32 {
         _ => return 0,
     };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !is_tracked(pid) {
+    let Some(tracked) = tracked(pid) else {
         return 0;
-    }
+    };
     // SAFETY: as above.
     let (fd, buf) = unsafe {
         match (
@@ -52,6 +52,6 @@ pub fn pgmon_raw_sys_exit(ctx: RawTracePointContext) -> u32 {
             }
         }
     };
-    emit_call(kind, pid, fd as u32, buf, ret);
+    emit_call(kind, pid, tracked, fd as u32, buf, ret);
     0
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use pgmon_common::{counter, kind};
 
-use crate::{bump, call_enter, call_exit, emit::emit_call, is_tracked};
+use crate::{bump, call_enter, call_exit, emit::emit_call, tracked};
 
 const ARG0: usize = 16;
 const ARG1: usize = 24;
@@ -45,25 +45,25 @@ fn on_enter(ctx: &TracePointContext, kind: u32) -> u32 {
 #[inline(always)]
 fn try_enter(ctx: &TracePointContext, kind: u32) -> Result<(), i64> {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !is_tracked(pid) {
+    let Some(p) = tracked(pid) else {
         return Ok(());
-    }
+    };
     // SAFETY: reads of the tracepoint record through bpf_probe_read.
     let fd: u64 = unsafe { ctx.read_at(ARG0) }.map_err(i64::from)?;
     let buf: u64 = unsafe { ctx.read_at(ARG1) }.map_err(i64::from)?;
-    call_enter(pid, kind, fd as u32, buf);
+    call_enter(p, kind, fd as u32, buf);
     Ok(())
 }
 
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext) -> u32 {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some((kind, fd, buf)) = call_exit(pid) else {
+    let Some((kind, fd, buf, tracked)) = call_exit(pid) else {
         return 0;
     };
     // SAFETY: read of the tracepoint record through bpf_probe_read.
     match unsafe { ctx.read_at::<i64>(RET) } {
-        Ok(ret) => emit_call(kind, pid, fd, buf, ret),
+        Ok(ret) => emit_call(kind, pid, tracked, fd, buf, ret),
         Err(_) => bump(counter::PROBE_ERRORS, 1),
     }
     0
