@@ -16,7 +16,11 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: build scripts are single-threaded at this point.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
     aya_build::build_ebpf(
-        [Package { name: "pgmon-ebpf", root_dir: root, ..Default::default() }],
+        [Package {
+            name: "pgmon-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         Toolchain::Custom("stable"),
     )
 }

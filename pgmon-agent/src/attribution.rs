@@ -46,8 +46,8 @@ pub enum AttributionError {
 /// Parses `conninfo` and forces `application_name = 'pgmon'`, which keeps the agent's own
 /// sessions out of the captured traffic.
 pub fn monitor_config(conninfo: &str) -> Result<tokio_postgres::Config, AttributionError> {
-    let mut config =
-        tokio_postgres::Config::from_str(conninfo).map_err(AttributionError::BadConnectionString)?;
+    let mut config = tokio_postgres::Config::from_str(conninfo)
+        .map_err(AttributionError::BadConnectionString)?;
     config.application_name("pgmon");
     config.connect_timeout(Duration::from_secs(5));
     Ok(config)
@@ -125,7 +125,13 @@ pub async fn serve(
                     }
                     for pid in &pids {
                         let identity = found.remove(pid);
-                        if answers.send(Answer { pid: *pid as u32, identity }).is_err() {
+                        if answers
+                            .send(Answer {
+                                pid: *pid as u32,
+                                identity,
+                            })
+                            .is_err()
+                        {
                             return; // the capture thread is gone: shutting down
                         }
                     }

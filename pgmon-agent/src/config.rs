@@ -150,7 +150,9 @@ impl Default for QueryConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8181)) }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8181)),
+        }
     }
 }
 
@@ -178,14 +180,20 @@ pub enum ConfigError {
     },
     /// Parsed, but a value is out of range.
     #[error("{path}: {field}: {message}")]
-    Invalid { path: PathBuf, field: &'static str, message: String },
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        message: String,
+    },
 }
 
 impl Config {
     /// Reads and validates the policy file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
@@ -198,10 +206,15 @@ impl Config {
                 p => p,
             };
             let inner = e.into_inner();
-            let (line, column) =
-                inner.location().map_or((0, 0), |l| (l.line(), l.column()));
+            let (line, column) = inner.location().map_or((0, 0), |l| (l.line(), l.column()));
             let message = strip_path(&strip_location(&inner.to_string()), &field);
-            ConfigError::Parse { path: path.to_owned(), line, column, field, message }
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                field,
+                message,
+            }
         })?;
         config.validate(path)?;
         Ok(config)
@@ -224,7 +237,12 @@ impl Config {
         if !per_call.contains(&c.max_bytes_per_call) {
             return Err(invalid(
                 "capture.max_bytes_per_call",
-                format!("{} is outside {}..={}", c.max_bytes_per_call, per_call.start(), per_call.end()),
+                format!(
+                    "{} is outside {}..={}",
+                    c.max_bytes_per_call,
+                    per_call.start(),
+                    per_call.end()
+                ),
             ));
         }
         if !(1..=1000).contains(&c.drain_interval_ms) {
@@ -297,7 +315,8 @@ mod tests {
 
     #[test]
     fn unknown_field_names_file_line_and_field() {
-        let text = "cluster:\n  data_directory: /d\ncapture:\n  hooks: auto\n  ring_bufer_bytes: 4\n";
+        let text =
+            "cluster:\n  data_directory: /d\ncapture:\n  hooks: auto\n  ring_bufer_bytes: 4\n";
         let e = parse(text).unwrap_err().to_string();
         assert!(
             e.starts_with("pgmon.yaml:5:3: capture.ring_bufer_bytes: unknown field `ring_bufer_bytes`, expected one of `hooks`"),
@@ -309,7 +328,10 @@ mod tests {
     fn wrong_type_names_the_field() {
         let text = "cluster:\n  data_directory: /d\ncapture:\n  drain_interval_ms: soon\n";
         let e = parse(text).unwrap_err().to_string();
-        assert!(e.starts_with("pgmon.yaml:4:22: capture.drain_interval_ms: invalid type"), "{e}");
+        assert!(
+            e.starts_with("pgmon.yaml:4:22: capture.drain_interval_ms: invalid type"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -322,9 +344,14 @@ mod tests {
 
     #[test]
     fn missing_required_field() {
-        let e = parse("cluster:\n  connection: x\n").unwrap_err().to_string();
+        let e = parse("cluster:\n  connection: x\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing field `data_directory`"), "{e}");
-        assert!(e.starts_with("pgmon.yaml:2:3: cluster: missing field"), "{e}");
+        assert!(
+            e.starts_with("pgmon.yaml:2:3: cluster: missing field"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -52,13 +52,20 @@ pub async fn serve(listener: TcpListener, endpoint: Endpoint) {
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(hyper::header::CONTENT_TYPE, content_type.parse().expect("static"));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        content_type.parse().expect("static"),
+    );
     r
 }
 
 async fn handle(ep: Endpoint, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET {
-        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into()));
+        return Ok(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        ));
     }
     Ok(match req.uri().path() {
         "/metrics" => text(
@@ -75,14 +82,21 @@ async fn handle(ep: Endpoint, req: Request<Incoming>) -> Result<Response<Full<By
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
-                    format!("capture thread has not drained for {} ms\n", now.saturating_sub(last)),
+                    format!(
+                        "capture thread has not drained for {} ms\n",
+                        now.saturating_sub(last)
+                    ),
                 )
             }
         }
         "/api/v1/status" => {
             let (tx, rx) = oneshot::channel();
             if ep.status.send(tx).is_err() {
-                return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "capture stopped\n".into()));
+                return Ok(text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "capture stopped\n".into(),
+                ));
             }
             match tokio::time::timeout(Duration::from_secs(5), rx).await {
                 Ok(Ok(status)) => text(
@@ -90,10 +104,18 @@ async fn handle(ep: Endpoint, req: Request<Incoming>) -> Result<Response<Full<By
                     "application/json",
                     serde_json::to_string_pretty(&status).unwrap_or_default(),
                 ),
-                _ => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "capture thread busy\n".into()),
+                _ => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "capture thread busy\n".into(),
+                ),
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "text/plain", "try /metrics, /healthz, /api/v1/status\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /metrics, /healthz, /api/v1/status\n".into(),
+        ),
     })
 }
 

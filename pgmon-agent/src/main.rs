@@ -8,7 +8,11 @@ fn main() -> std::process::ExitCode {
         Command::Run { config } => run::run(config),
         Command::Status { addr, json, role } => status::status(*addr, *json, role.as_deref()),
         Command::CheckConfig { file } => check_config::check_config(file),
-        Command::Record { config, out, seconds } => record::record(config, out, *seconds),
+        Command::Record {
+            config,
+            out,
+            seconds,
+        } => record::record(config, out, *seconds),
         Command::Replay { file, passes, cold } => replay::replay(file, *passes, *cold),
     };
     match result {

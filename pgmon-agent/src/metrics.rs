@@ -99,7 +99,9 @@ pub struct Metrics {
 
 fn duration_histogram() -> Histogram {
     // 50 µs … ~100 s, ×2.5 per bucket: pgbench -S on loopback sits around 0.1–0.5 ms.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.5, 17))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.00005, 2.5, 17,
+    ))
 }
 
 impl Metrics {
@@ -107,10 +109,9 @@ impl Metrics {
     pub fn new(hook: &str, cost_rank: usize) -> Arc<Self> {
         let mut registry = Registry::default();
         let queries = Family::<RoleDbLabels, Counter>::default();
-        let duration =
-            Family::<RoleDbLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                duration_histogram as fn() -> Histogram,
-            );
+        let duration = Family::<RoleDbLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
         let errors = Family::<ErrorLabels, Counter>::default();
         let connections = Family::<RoleDbLabels, Gauge>::default();
         let desyncs = Family::<DesyncLabels, Counter>::default();
@@ -194,7 +195,10 @@ impl Metrics {
 
     /// Handles for one (role, database).
     pub fn role_db(&self, role: &str, database: &str) -> RoleDbHandles {
-        let l = RoleDbLabels { role: role.to_owned(), database: database.to_owned() };
+        let l = RoleDbLabels {
+            role: role.to_owned(),
+            database: database.to_owned(),
+        };
         RoleDbHandles {
             queries: self.queries.get_or_create(&l).clone(),
             duration: self.duration.get_or_create(&l).clone(),
@@ -214,7 +218,9 @@ impl Metrics {
 
     /// Counts one desynchronisation of `direction` (`frontend` or `backend`) for `reason`.
     pub fn desync(&self, direction: &'static str, reason: &'static str) {
-        self.desyncs.get_or_create(&DesyncLabels { direction, reason }).inc();
+        self.desyncs
+            .get_or_create(&DesyncLabels { direction, reason })
+            .inc();
     }
 
     /// The exposition text (OpenMetrics text format, which Prometheus scrapes natively).
@@ -258,17 +264,72 @@ impl Collector for SharedCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.shared;
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(&mut e, "pgmon_capture_events", "Records the kernel submitted to the ring buffer.", ld(&s.events))?;
-        counter(&mut e, "pgmon_capture_dropped", "Records lost because the ring buffer was full.", ld(&s.dropped))?;
-        counter(&mut e, "pgmon_capture_dropped_bytes", "Payload bytes lost with dropped records.", ld(&s.dropped_bytes))?;
-        counter(&mut e, "pgmon_capture_truncated", "Socket calls longer than capture.max_bytes_per_call, cut.", ld(&s.truncated))?;
-        counter(&mut e, "pgmon_capture_truncated_bytes", "Bytes not copied because of capture.max_bytes_per_call.", ld(&s.truncated_bytes))?;
-        counter(&mut e, "pgmon_capture_probe_errors", "Kernel probe failures (user-memory reads, map updates).", ld(&s.probe_errors))?;
-        gauge(&mut e, "pgmon_tracked_backends", "Processes of the tracked cluster the kernel programs follow.", ld(&s.tracked_backends) as i64)?;
-        counter(&mut e, "pgmon_statement_cache_hits", "Statement texts answered from the cache.", ld(&s.statement_cache_hits))?;
-        counter(&mut e, "pgmon_statement_cache_misses", "Statement texts normalized by libpg_query.", ld(&s.statement_cache_misses))?;
-        gauge(&mut e, "pgmon_statement_cache_entries", "Entries in the statement cache.", ld(&s.statement_cache_entries) as i64)?;
-        counter(&mut e, "pgmon_normalize_errors", "Statements libpg_query could not parse.", ld(&s.normalize_errors))?;
+        counter(
+            &mut e,
+            "pgmon_capture_events",
+            "Records the kernel submitted to the ring buffer.",
+            ld(&s.events),
+        )?;
+        counter(
+            &mut e,
+            "pgmon_capture_dropped",
+            "Records lost because the ring buffer was full.",
+            ld(&s.dropped),
+        )?;
+        counter(
+            &mut e,
+            "pgmon_capture_dropped_bytes",
+            "Payload bytes lost with dropped records.",
+            ld(&s.dropped_bytes),
+        )?;
+        counter(
+            &mut e,
+            "pgmon_capture_truncated",
+            "Socket calls longer than capture.max_bytes_per_call, cut.",
+            ld(&s.truncated),
+        )?;
+        counter(
+            &mut e,
+            "pgmon_capture_truncated_bytes",
+            "Bytes not copied because of capture.max_bytes_per_call.",
+            ld(&s.truncated_bytes),
+        )?;
+        counter(
+            &mut e,
+            "pgmon_capture_probe_errors",
+            "Kernel probe failures (user-memory reads, map updates).",
+            ld(&s.probe_errors),
+        )?;
+        gauge(
+            &mut e,
+            "pgmon_tracked_backends",
+            "Processes of the tracked cluster the kernel programs follow.",
+            ld(&s.tracked_backends) as i64,
+        )?;
+        counter(
+            &mut e,
+            "pgmon_statement_cache_hits",
+            "Statement texts answered from the cache.",
+            ld(&s.statement_cache_hits),
+        )?;
+        counter(
+            &mut e,
+            "pgmon_statement_cache_misses",
+            "Statement texts normalized by libpg_query.",
+            ld(&s.statement_cache_misses),
+        )?;
+        gauge(
+            &mut e,
+            "pgmon_statement_cache_entries",
+            "Entries in the statement cache.",
+            ld(&s.statement_cache_entries) as i64,
+        )?;
+        counter(
+            &mut e,
+            "pgmon_normalize_errors",
+            "Statements libpg_query could not parse.",
+            ld(&s.normalize_errors),
+        )?;
         {
             let mut m = e.encode_descriptor(
                 "pgmon_probe_info",
@@ -281,7 +342,11 @@ impl Collector for SharedCollector {
             ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
         }
         {
-            let top = s.top_statements.lock().map(|t| t.clone()).unwrap_or_default();
+            let top = s
+                .top_statements
+                .lock()
+                .map(|t| t.clone())
+                .unwrap_or_default();
             let mut m = e.encode_descriptor(
                 "pgmon_statement_calls",
                 "Executions of the top-K fingerprints (query.top_k_fingerprints), all roles.",
@@ -294,7 +359,12 @@ impl Collector for SharedCollector {
             }
         }
         if let Some((rss, cpu)) = process_usage() {
-            gauge(&mut e, "process_resident_memory_bytes", "Resident memory of the agent.", rss as i64)?;
+            gauge(
+                &mut e,
+                "process_resident_memory_bytes",
+                "Resident memory of the agent.",
+                rss as i64,
+            )?;
             let m = e.encode_descriptor(
                 "process_cpu_seconds",
                 "User and system CPU time of the agent.",

@@ -85,7 +85,11 @@ pub fn emit_call(kind: u32, pid: u32, tracked: *mut TrackedProcess, fd: u32, buf
     if ret <= 0 {
         return;
     }
-    let call_bytes = if ret > u32::MAX as i64 { u32::MAX } else { ret as u32 };
+    let call_bytes = if ret > u32::MAX as i64 {
+        u32::MAX
+    } else {
+        ret as u32
+    };
     let mut cap = config(CONFIG_MAX_BYTES_PER_CALL);
     if cap == 0 || cap > MAX_BYTES_PER_CALL {
         cap = MAX_BYTES_PER_CALL;
@@ -94,7 +98,11 @@ pub fn emit_call(kind: u32, pid: u32, tracked: *mut TrackedProcess, fd: u32, buf
         cap = MIN_BYTES_PER_CALL;
     }
     let truncated = call_bytes > cap;
-    let head_total = if truncated { cap - TAIL_BYTES } else { call_bytes };
+    let head_total = if truncated {
+        cap - TAIL_BYTES
+    } else {
+        call_bytes
+    };
     let wake = config(CONFIG_WAKEUP_BYTES) as u64;
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let mut lost = take_lost(tracked);
@@ -106,10 +114,24 @@ pub fn emit_call(kind: u32, pid: u32, tracked: *mut TrackedProcess, fd: u32, buf
             break;
         }
         let rest = head_total - offset;
-        let len = if rest > CHUNK_BYTES as u32 { CHUNK_BYTES as u32 } else { rest };
+        let len = if rest > CHUNK_BYTES as u32 {
+            CHUNK_BYTES as u32
+        } else {
+            rest
+        };
         let last = !truncated && offset + len >= head_total;
         let f = lost | if last { flags::LAST_CHUNK } else { 0 };
-        let header = EventHeader { ts_ns, kind, pid, fd, len, call_bytes, offset, flags: f, _pad: 0 };
+        let header = EventHeader {
+            ts_ns,
+            kind,
+            pid,
+            fd,
+            len,
+            call_bytes,
+            offset,
+            flags: f,
+            _pad: 0,
+        };
         let src = (buf + offset as u64) as *const core::ffi::c_void;
         let outcome = if (len as usize) <= SMALL_CHUNK_BYTES {
             emit_small(header, src, len, wake)

@@ -285,7 +285,12 @@ mod tests {
 fn run_ok(cmd: &mut Command) -> Result<std::process::Output> {
     let out = output(cmd)?;
     if !out.status.success() {
-        bail!("`{}` failed ({})\n{}", describe(cmd), out.status, format_output(&out));
+        bail!(
+            "`{}` failed ({})\n{}",
+            describe(cmd),
+            out.status,
+            format_output(&out)
+        );
     }
     Ok(out)
 }

@@ -19,7 +19,12 @@ use pgmon_tests::{
 const PGBENCH_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
 
 fn fingerprint(sql: &str) -> String {
-    format!("{:016x}", pg_query::fingerprint(sql, 0, 0).expect("test SQL parses").value)
+    format!(
+        "{:016x}",
+        pg_query::fingerprint(sql, 0, 0)
+            .expect("test SQL parses")
+            .value
+    )
 }
 
 fn agent_config(cluster: &Cluster, port: u16) -> String {
@@ -35,7 +40,9 @@ fn agent_config(cluster: &Cluster, port: u16) -> String {
 /// Calls of `fp` charged to `role`, and the role's total queries, from /api/v1/status.
 fn counts(agent: &Agent, role: &str, fp: &str) -> (u64, u64) {
     let status = agent.status_json().expect("status");
-    let Some(r) = status["roles"].as_array().and_then(|rs| rs.iter().find(|r| r["role"] == role))
+    let Some(r) = status["roles"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["role"] == role))
     else {
         return (0, 0);
     };
@@ -83,16 +90,26 @@ fn suite(version: PgVersion) {
     for role in ["alice", "bob", "carol"] {
         cluster.create_role_with_db(role).expect("role");
     }
-    cluster.pgbench_init("alice", "alice", 1).expect("pgbench -i alice");
-    cluster.pgbench_init("bob", "bob", 1).expect("pgbench -i bob");
+    cluster
+        .pgbench_init("alice", "alice", 1)
+        .expect("pgbench -i alice");
+    cluster
+        .pgbench_init("bob", "bob", 1)
+        .expect("pgbench -i bob");
 
     // A connection opened before the agent starts: its StartupMessage is never seen.
-    let mut held = cluster.hold_session("carol", "carol", Transport::Tcp).expect("held session");
+    let mut held = cluster
+        .hold_session("carol", "carol", Transport::Tcp)
+        .expect("held session");
     held.run("SELECT 1").expect("held session works");
 
     let port = free_port();
-    let mut agent = Agent::start(&binary, &agent_config(&cluster, port), format!("127.0.0.1:{port}"))
-        .expect("agent starts");
+    let mut agent = Agent::start(
+        &binary,
+        &agent_config(&cluster, port),
+        format!("127.0.0.1:{port}"),
+    )
+    .expect("agent starts");
     let mut f = Failures(Vec::new());
     let fp_select = fingerprint(PGBENCH_SELECT);
 
@@ -103,7 +120,11 @@ fn suite(version: PgVersion) {
             .map(|&p| (p, false))
             .chain([(Protocol::Simple, true), (Protocol::Prepared, true)]);
         for (protocol, connect_per_tx) in runs {
-            let label = format!("{version:?} {transport:?} -M {} {}", protocol.as_arg(), if connect_per_tx { "-C" } else { "" });
+            let label = format!(
+                "{version:?} {transport:?} -M {} {}",
+                protocol.as_arg(),
+                if connect_per_tx { "-C" } else { "" }
+            );
             cluster.pg_stat_statements_reset().expect("pss reset");
             let before = counts(&agent, "alice", &fp_select).0;
             let run = PgbenchRun {
@@ -127,15 +148,24 @@ fn suite(version: PgVersion) {
                 .map(|(_, c)| c)
                 .sum();
             eprintln!("{label}: pgbench {expected} tx, pgmon {seen}, pg_stat_statements {pss}");
-            f.check(expected > 0, || format!("{label}: pgbench processed nothing"));
-            f.check(seen == expected, || format!("{label}: pgmon counted {seen}, pgbench {expected}"));
-            f.check(pss == expected, || format!("{label}: pg_stat_statements {pss}, pgbench {expected}"));
+            f.check(expected > 0, || {
+                format!("{label}: pgbench processed nothing")
+            });
+            f.check(seen == expected, || {
+                format!("{label}: pgmon counted {seen}, pgbench {expected}")
+            });
+            f.check(pss == expected, || {
+                format!("{label}: pg_stat_statements {pss}, pgbench {expected}")
+            });
         }
     }
 
     // 2. Two roles at once, over different transports.
     {
-        let (a0, b0) = (counts(&agent, "alice", &fp_select).0, counts(&agent, "bob", &fp_select).0);
+        let (a0, b0) = (
+            counts(&agent, "alice", &fp_select).0,
+            counts(&agent, "bob", &fp_select).0,
+        );
         let run = |user: &str, transport| PgbenchRun {
             transport,
             clients: 2,
@@ -149,11 +179,16 @@ fn suite(version: PgVersion) {
             let b = s.spawn(|| cluster.pgbench(&run("bob", Transport::Unix)));
             (a.join().expect("thread"), b.join().expect("thread"))
         });
-        let (ea, eb) = (ra.expect("pgbench alice").transactions_processed, rb.expect("pgbench bob").transactions_processed);
+        let (ea, eb) = (
+            ra.expect("pgbench alice").transactions_processed,
+            rb.expect("pgbench bob").transactions_processed,
+        );
         let sa = wait_calls(&agent, "alice", &fp_select, a0 + ea) - a0;
         let sb = wait_calls(&agent, "bob", &fp_select, b0 + eb) - b0;
         eprintln!("{version:?} two roles: alice {sa}/{ea}, bob {sb}/{eb}");
-        f.check(sa == ea && sb == eb, || format!("{version:?} two roles at once: alice {sa}/{ea}, bob {sb}/{eb}"));
+        f.check(sa == ea && sb == eb, || {
+            format!("{version:?} two roles at once: alice {sa}/{ea}, bob {sb}/{eb}")
+        });
     }
 
     // 3. The connection opened before the agent: attributed via pg_stat_activity.
@@ -167,25 +202,45 @@ fn suite(version: PgVersion) {
         f.check(seen == 5, || format!("{version:?} pre-existing connection: carol's query counted {seen} times, expected 5"));
         let status = agent.status_json().expect("status");
         let late = status["capture"]["late_attributions"].as_u64().unwrap_or(0);
-        f.check(late >= 1, || format!("{version:?} pre-existing connection: late_attributions = {late}"));
+        f.check(late >= 1, || {
+            format!("{version:?} pre-existing connection: late_attributions = {late}")
+        });
     }
 
     // 4. A 100 KiB query is captured whole: the agent saw every byte of it (its recorded
     //    length), and the alias after the literal, which makes its fingerprint unique.
     {
-        let sql = format!("SELECT length('{}') AS pgmon_hundred_kib_query", "x".repeat(100 * 1024));
-        cluster.psql("alice", "alice", Transport::Unix, &sql).expect("long query");
+        let sql = format!(
+            "SELECT length('{}') AS pgmon_hundred_kib_query",
+            "x".repeat(100 * 1024)
+        );
+        cluster
+            .psql("alice", "alice", Transport::Unix, &sql)
+            .expect("long query");
         let fp = fingerprint(&sql);
         let seen = wait_calls(&agent, "alice", &fp, 1);
-        f.check(seen == 1, || format!("{version:?} 100 KiB query: fingerprint {fp} counted {seen} times"));
+        f.check(seen == 1, || {
+            format!("{version:?} 100 KiB query: fingerprint {fp} counted {seen} times")
+        });
         let status = agent.status_json().expect("status");
         let bytes = status["roles"]
             .as_array()
             .and_then(|rs| rs.iter().find(|r| r["role"] == "alice"))
-            .and_then(|r| r["fingerprints"].as_array()?.iter().find(|x| x["fingerprint"] == fp.as_str()).cloned())
+            .and_then(|r| {
+                r["fingerprints"]
+                    .as_array()?
+                    .iter()
+                    .find(|x| x["fingerprint"] == fp.as_str())
+                    .cloned()
+            })
             .and_then(|x| x["text_bytes"].as_u64())
             .unwrap_or(0);
-        f.check(bytes == sql.len() as u64, || format!("{version:?} 100 KiB query: agent saw {bytes} bytes of {}", sql.len()));
+        f.check(bytes == sql.len() as u64, || {
+            format!(
+                "{version:?} 100 KiB query: agent saw {bytes} bytes of {}",
+                sql.len()
+            )
+        });
     }
 
     // 5. Another cluster on the same host is not captured.
@@ -195,38 +250,71 @@ fn suite(version: PgVersion) {
         other.pgbench_init("alice", "alice", 1).expect("pgbench -i");
         let before = counts(&agent, "alice", &fp_select).0;
         let status0 = agent.status_json().expect("status");
-        let total0: u64 = status0["roles"].as_array().map_or(0, |r| r.iter().map(|r| r["queries"].as_u64().unwrap_or(0)).sum());
-        let run = PgbenchRun { transactions: Some(300), select_only: true, ..PgbenchRun::new("alice", "alice") };
+        let total0: u64 = status0["roles"].as_array().map_or(0, |r| {
+            r.iter().map(|r| r["queries"].as_u64().unwrap_or(0)).sum()
+        });
+        let run = PgbenchRun {
+            transactions: Some(300),
+            select_only: true,
+            ..PgbenchRun::new("alice", "alice")
+        };
         other.pgbench(&run).expect("pgbench on the other cluster");
         thread::sleep(Duration::from_millis(500));
         let after = counts(&agent, "alice", &fp_select).0;
-        f.check(after == before, || format!("{version:?} other cluster: alice's count moved {before} → {after}"));
+        f.check(after == before, || {
+            format!("{version:?} other cluster: alice's count moved {before} → {after}")
+        });
         let status1 = agent.status_json().expect("status");
-        let total1: u64 = status1["roles"].as_array().map_or(0, |r| r.iter().map(|r| r["queries"].as_u64().unwrap_or(0)).sum());
+        let total1: u64 = status1["roles"].as_array().map_or(0, |r| {
+            r.iter().map(|r| r["queries"].as_u64().unwrap_or(0)).sum()
+        });
         // Only our own status polls (none: they are HTTP, not SQL) could move the total.
-        f.check(total1 == total0, || format!("{version:?} other cluster: total queries moved {total0} → {total1}"));
+        f.check(total1 == total0, || {
+            format!("{version:?} other cluster: total queries moved {total0} → {total1}")
+        });
     }
 
     // 6. Capture health after all of it: nothing lost, nothing misparsed.
     let status = agent.status_json().expect("status");
     let c = &status["capture"];
     eprintln!("{version:?} capture: {c}");
-    for key in ["dropped", "probe_errors", "desyncs_frontend", "desyncs_backend", "unattributed_queries"] {
+    for key in [
+        "dropped",
+        "probe_errors",
+        "desyncs_frontend",
+        "desyncs_backend",
+        "unattributed_queries",
+    ] {
         let v = c[key].as_u64().unwrap_or(u64::MAX);
-        f.check(v == 0, || format!("{version:?} capture.{key} = {v}, expected 0"));
+        f.check(v == 0, || {
+            format!("{version:?} capture.{key} = {v}, expected 0")
+        });
     }
     let metrics = agent.metrics_text().expect("metrics");
-    for needle in ["pgmon_queries_total{role=\"alice\"", "pgmon_probe_info{hook=", "pgmon_query_duration_seconds_bucket"] {
-        f.check(metrics.contains(needle), || format!("{version:?} /metrics lacks {needle}"));
+    for needle in [
+        "pgmon_queries_total{role=\"alice\"",
+        "pgmon_probe_info{hook=",
+        "pgmon_query_duration_seconds_bucket",
+    ] {
+        f.check(metrics.contains(needle), || {
+            format!("{version:?} /metrics lacks {needle}")
+        });
     }
 
     // 7. SIGTERM detaches and exits 0.
     held.close();
     let exit = agent.stop().expect("agent stops");
-    f.check(exit.success(), || format!("{version:?} agent exit status {exit}"));
+    f.check(exit.success(), || {
+        format!("{version:?} agent exit status {exit}")
+    });
 
     if !f.0.is_empty() {
-        panic!("{} failure(s):\n{}\nagent log tail:\n{}", f.0.len(), f.0.join("\n"), tail(&agent.log(), 30));
+        panic!(
+            "{} failure(s):\n{}\nagent log tail:\n{}",
+            f.0.len(),
+            f.0.join("\n"),
+            tail(&agent.log(), 30)
+        );
     }
 }
 

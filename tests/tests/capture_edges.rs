@@ -14,7 +14,12 @@ use pgmon_tests::{
 };
 
 fn fingerprint(sql: &str) -> String {
-    format!("{:016x}", pg_query::fingerprint(sql, 0, 0).expect("test SQL parses").value)
+    format!(
+        "{:016x}",
+        pg_query::fingerprint(sql, 0, 0)
+            .expect("test SQL parses")
+            .value
+    )
 }
 
 fn config(cluster: &Cluster, port: u16, capture: &str) -> String {
@@ -32,7 +37,13 @@ fn calls(agent: &Agent, role: &str, fp: &str) -> u64 {
     status["roles"]
         .as_array()
         .and_then(|rs| rs.iter().find(|r| r["role"] == role))
-        .and_then(|r| r["fingerprints"].as_array()?.iter().find(|f| f["fingerprint"] == fp).cloned())
+        .and_then(|r| {
+            r["fingerprints"]
+                .as_array()?
+                .iter()
+                .find(|f| f["fingerprint"] == fp)
+                .cloned()
+        })
         .and_then(|f| f["calls"].as_u64())
         .unwrap_or(0)
 }
@@ -49,7 +60,9 @@ fn wait_calls(agent: &Agent, role: &str, fp: &str, target: u64, within: Duration
 }
 
 fn capture_counter(agent: &Agent, key: &str) -> u64 {
-    agent.status_json().expect("status")["capture"][key].as_u64().unwrap_or(u64::MAX)
+    agent.status_json().expect("status")["capture"][key]
+        .as_u64()
+        .unwrap_or(u64::MAX)
 }
 
 /// A lost monitor connection is reopened (with backoff) and a lookup asked while it was
@@ -58,11 +71,19 @@ fn monitor_connection_is_reopened(version: PgVersion) {
     let cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
     cluster.create_role_with_db("carol").expect("role");
     cluster.create_role_with_db("dave").expect("role");
-    let mut carol = cluster.hold_session("carol", "carol", Transport::Unix).expect("session");
-    let mut dave = cluster.hold_session("dave", "dave", Transport::Tcp).expect("session");
+    let mut carol = cluster
+        .hold_session("carol", "carol", Transport::Unix)
+        .expect("session");
+    let mut dave = cluster
+        .hold_session("dave", "dave", Transport::Tcp)
+        .expect("session");
     let port = free_port();
-    let agent = Agent::start(&agent_binary().expect("binary"), &config(&cluster, port, ""), format!("127.0.0.1:{port}"))
-        .expect("agent");
+    let agent = Agent::start(
+        &agent_binary().expect("binary"),
+        &config(&cluster, port, ""),
+        format!("127.0.0.1:{port}"),
+    )
+    .expect("agent");
 
     // Carol's first query makes the agent open its monitor connection.
     let sql_c = "SELECT 'carol' AS who";
@@ -70,7 +91,11 @@ fn monitor_connection_is_reopened(version: PgVersion) {
         carol.run(sql_c).expect("carol");
     }
     let fp_c = fingerprint(sql_c);
-    assert_eq!(wait_calls(&agent, "carol", &fp_c, 3, Duration::from_secs(15)), 3, "carol before the cut");
+    assert_eq!(
+        wait_calls(&agent, "carol", &fp_c, 3, Duration::from_secs(15)),
+        3,
+        "carol before the cut"
+    );
 
     // Cut the agent's monitor connection, then make it look dave up.
     let killed = cluster
@@ -83,7 +108,12 @@ fn monitor_connection_is_reopened(version: PgVersion) {
     }
     let fp_d = fingerprint(sql_d);
     let seen = wait_calls(&agent, "dave", &fp_d, 3, Duration::from_secs(30));
-    assert_eq!(seen, 3, "dave after the monitor connection was cut; agent log:\n{}", tail(&agent.log(), 20));
+    assert_eq!(
+        seen,
+        3,
+        "dave after the monitor connection was cut; agent log:\n{}",
+        tail(&agent.log(), 20)
+    );
     assert_eq!(capture_counter(&agent, "late_attributions"), 2);
     assert_eq!(capture_counter(&agent, "unattributed_queries"), 0);
 }
@@ -103,18 +133,48 @@ fn byte_cap_is_counted(version: PgVersion) {
     let big = "SELECT repeat('x', 200000) AS big";
     let small = "SELECT 1 AS after_the_big_one";
     for _ in 0..3 {
-        cluster.psql("erin", "erin", Transport::Unix, big).expect("big");
-        cluster.psql("erin", "erin", Transport::Unix, small).expect("small");
+        cluster
+            .psql("erin", "erin", Transport::Unix, big)
+            .expect("big");
+        cluster
+            .psql("erin", "erin", Transport::Unix, small)
+            .expect("small");
     }
-    assert_eq!(wait_calls(&agent, "erin", &fingerprint(big), 3, Duration::from_secs(15)), 3);
-    assert_eq!(wait_calls(&agent, "erin", &fingerprint(small), 3, Duration::from_secs(15)), 3);
+    assert_eq!(
+        wait_calls(
+            &agent,
+            "erin",
+            &fingerprint(big),
+            3,
+            Duration::from_secs(15)
+        ),
+        3
+    );
+    assert_eq!(
+        wait_calls(
+            &agent,
+            "erin",
+            &fingerprint(small),
+            3,
+            Duration::from_secs(15)
+        ),
+        3
+    );
     let truncated = capture_counter(&agent, "truncated");
     assert!(truncated >= 3, "truncated = {truncated}");
     // 200 kB per reply, sent in 8 KiB calls of which 1 KiB each is kept.
     assert!(capture_counter(&agent, "truncated_bytes") >= 3 * 150_000);
-    assert_eq!(capture_counter(&agent, "desyncs_backend"), 0, "log:\n{}", tail(&agent.log(), 20));
+    assert_eq!(
+        capture_counter(&agent, "desyncs_backend"),
+        0,
+        "log:\n{}",
+        tail(&agent.log(), 20)
+    );
     let metrics = agent.metrics_text().expect("metrics");
-    assert!(metrics.contains("pgmon_capture_truncated_total "), "{metrics}");
+    assert!(
+        metrics.contains("pgmon_capture_truncated_total "),
+        "{metrics}"
+    );
 }
 
 /// TLS sessions are counted as encrypted and never parsed; plain sessions still are.
@@ -124,18 +184,34 @@ fn encrypted_sessions_are_counted(version: PgVersion) {
     let dir = cluster.base_dir();
     let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
         .arg(&key)
         .arg("-out")
         .arg(&crt)
         .output()
         .expect("openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pg = pgmon_tests::postgres_user().expect("postgres user");
     for f in [&crt, &key] {
         std::os::unix::fs::chown(f, Some(pg.uid), Some(pg.gid)).expect("chown");
     }
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
     // ALTER SYSTEM cannot run in the transaction block that one -c with several
     // statements makes: one call each.
     for setting in [
@@ -145,27 +221,53 @@ fn encrypted_sessions_are_counted(version: PgVersion) {
     ] {
         cluster.psql_admin(&setting).expect("ssl settings");
     }
-    cluster.psql_admin("SELECT pg_reload_conf()").expect("reload");
+    cluster
+        .psql_admin("SELECT pg_reload_conf()")
+        .expect("reload");
     thread::sleep(Duration::from_millis(500));
 
     let port = free_port();
-    let agent = Agent::start(&agent_binary().expect("binary"), &config(&cluster, port, ""), format!("127.0.0.1:{port}"))
-        .expect("agent");
+    let agent = Agent::start(
+        &agent_binary().expect("binary"),
+        &config(&cluster, port, ""),
+        format!("127.0.0.1:{port}"),
+    )
+    .expect("agent");
     let run = |sslmode: &str, sql: &str| {
         let out = Command::new(pgmon_tests::PSQL)
             .args(["-X", "-At", "-c", sql])
-            .arg(format!("host=127.0.0.1 port={} user=frank dbname=frank sslmode={sslmode}", cluster.port()))
+            .arg(format!(
+                "host=127.0.0.1 port={} user=frank dbname=frank sslmode={sslmode}",
+                cluster.port()
+            ))
             .output()
             .expect("psql");
-        assert!(out.status.success(), "psql sslmode={sslmode}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql sslmode={sslmode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     let secret = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
     assert_eq!(run("require", secret), "t", "the session really used TLS");
     let plain = "SELECT 'plain' AS session";
     assert_eq!(run("disable", plain), "plain");
-    assert_eq!(wait_calls(&agent, "frank", &fingerprint(plain), 1, Duration::from_secs(15)), 1);
-    assert_eq!(calls(&agent, "frank", &fingerprint(secret)), 0, "a TLS session's query was parsed");
+    assert_eq!(
+        wait_calls(
+            &agent,
+            "frank",
+            &fingerprint(plain),
+            1,
+            Duration::from_secs(15)
+        ),
+        1
+    );
+    assert_eq!(
+        calls(&agent, "frank", &fingerprint(secret)),
+        0,
+        "a TLS session's query was parsed"
+    );
     let m = agent.metrics_text().expect("metrics");
     assert!(m.contains("pgmon_encrypted_sessions"), "{m}");
     // The TLS session has ended: the gauge is back to 0, and nothing was misparsed.
@@ -186,12 +288,22 @@ fn every_hook_family_counts_exactly(version: PgVersion) {
     for hook in ["fexit", "tp_btf", "tracepoint", "raw_tracepoint"] {
         let port = free_port();
         let yaml = config(&cluster, port, "").replace("hooks: auto", &format!("hooks: {hook}"));
-        let agent = match Agent::start(&agent_binary().expect("binary"), &yaml, format!("127.0.0.1:{port}")) {
+        let agent = match Agent::start(
+            &agent_binary().expect("binary"),
+            &yaml,
+            format!("127.0.0.1:{port}"),
+        ) {
             Ok(a) => a,
             Err(e) => {
                 let text = format!("{e:#}");
-                assert!(text.contains("no hook family could be attached"), "{hook}: {text}");
-                eprintln!("SKIP {version:?} hook {hook}: refused by this kernel: {}", text.lines().last().unwrap_or(""));
+                assert!(
+                    text.contains("no hook family could be attached"),
+                    "{hook}: {text}"
+                );
+                eprintln!(
+                    "SKIP {version:?} hook {hook}: refused by this kernel: {}",
+                    text.lines().last().unwrap_or("")
+                );
                 continue;
             }
         };
@@ -206,7 +318,10 @@ fn every_hook_family_counts_exactly(version: PgVersion) {
             no_vacuum: true,
             ..pgmon_tests::PgbenchRun::new("gina", "gina")
         };
-        let tx = cluster.pgbench(&run).expect("pgbench").transactions_processed;
+        let tx = cluster
+            .pgbench(&run)
+            .expect("pgbench")
+            .transactions_processed;
         let seen = wait_calls(&agent, "gina", &fp, before + tx, Duration::from_secs(15)) - before;
         eprintln!("{version:?} hook {hook}: pgbench {tx}, pgmon {seen}");
         assert_eq!(seen, tx, "{version:?} hook {hook}");

@@ -102,7 +102,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn agent_config(cluster: &Cluster, port: u16, hook: &str) -> String {
@@ -118,11 +122,20 @@ fn proc_usage(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
     // After the comm: state is f[0]; utime = field 14 → f[11], stime → f[12], rss = 24 → f[21].
-    Some((f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?, f.get(21)?.parse().ok()?))
+    Some((
+        f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+        f.get(21)?.parse().ok()?,
+    ))
 }
 
 fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
-    let cluster = Cluster::start(PgVersion::Pg15, ClusterOptions { max_connections: 100, ..ClusterOptions::default() })?;
+    let cluster = Cluster::start(
+        PgVersion::Pg15,
+        ClusterOptions {
+            max_connections: 100,
+            ..ClusterOptions::default()
+        },
+    )?;
     let other = Cluster::start(PgVersion::Pg15, ClusterOptions::default())?;
     cluster.create_role_with_db("bench")?;
     cluster.pgbench_init("bench", "bench", 10)?;
@@ -147,22 +160,38 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
                 order.reverse();
             }
             for mode in order {
-                let s = overhead_run(binary, &cluster, &other, transport, round, mode, args.duration)?;
+                let s = overhead_run(
+                    binary,
+                    &cluster,
+                    &other,
+                    transport,
+                    round,
+                    mode,
+                    args.duration,
+                )?;
                 eprintln!(
                     "bench: {transport:?} round {round} {:<15} {:>9.0} tps{}",
                     mode.name(),
                     s.tps,
-                    s.agent_cpu.map_or(String::new(), |c| format!(", agent {:.1}% CPU", c * 100.0))
+                    s.agent_cpu
+                        .map_or(String::new(), |c| format!(", agent {:.1}% CPU", c * 100.0))
                 );
                 samples.push(s);
             }
         }
     }
-    let _ = writeln!(report, "## Overhead\n\n| transport | mode | median TPS | median ratio | ratios | agent CPU (median, % of a core) | agent RSS (median, MiB) |\n|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        report,
+        "## Overhead\n\n| transport | mode | median TPS | median ratio | ratios | agent CPU (median, % of a core) | agent RSS (median, MiB) |\n|---|---|---|---|---|---|---|"
+    );
     let mut json_overhead = Vec::new();
     for transport in [Transport::Unix, Transport::Tcp] {
         for mode in MODES {
-            let of = |m: Mode| samples.iter().filter(move |s| s.transport == transport && s.mode == m);
+            let of = |m: Mode| {
+                samples
+                    .iter()
+                    .filter(move |s| s.transport == transport && s.mode == m)
+            };
             let tps = median(of(mode).map(|s| s.tps).collect());
             let ratios: Vec<f64> = of(mode)
                 .filter_map(|s| {
@@ -171,17 +200,41 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
                 })
                 .collect();
             let cpu = median(of(mode).filter_map(|s| s.agent_cpu).collect());
-            let rss = median(of(mode).filter_map(|s| s.agent_rss.map(|r| r as f64 / (1 << 20) as f64)).collect());
-            let list = ratios.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(" ");
+            let rss = median(
+                of(mode)
+                    .filter_map(|s| s.agent_rss.map(|r| r as f64 / (1 << 20) as f64))
+                    .collect(),
+            );
+            let list = ratios
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ");
             let ratio = median(ratios.clone());
             let _ = writeln!(
                 report,
                 "| {transport:?} | {} | {tps:.0} | {} | {} | {} | {} |",
                 mode.name(),
-                if mode == Mode::Detached { "1".into() } else { format!("{ratio:.3}") },
-                if mode == Mode::Detached { "".into() } else { list },
-                if cpu.is_nan() { "".into() } else { format!("{:.1}", cpu * 100.0) },
-                if rss.is_nan() { "".into() } else { format!("{rss:.1}") },
+                if mode == Mode::Detached {
+                    "1".into()
+                } else {
+                    format!("{ratio:.3}")
+                },
+                if mode == Mode::Detached {
+                    "".into()
+                } else {
+                    list
+                },
+                if cpu.is_nan() {
+                    "".into()
+                } else {
+                    format!("{:.1}", cpu * 100.0)
+                },
+                if rss.is_nan() {
+                    "".into()
+                } else {
+                    format!("{rss:.1}")
+                },
             );
             json_overhead.push(serde_json::json!({
                 "transport": format!("{transport:?}"), "mode": mode.name(), "median_tps": tps,
@@ -193,13 +246,23 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     }
 
     // 2. Completeness under stress.
-    let _ = writeln!(report, "\n## Completeness under stress (agent on `auto`)\n\n| run | pgbench transactions | pgmon count | loss | kernel drops | desyncs |\n|---|---|---|---|---|---|");
+    let _ = writeln!(
+        report,
+        "\n## Completeness under stress (agent on `auto`)\n\n| run | pgbench transactions | pgmon count | loss | kernel drops | desyncs |\n|---|---|---|---|---|---|"
+    );
     let mut json_stress = Vec::new();
     for protocol in [Protocol::Simple, Protocol::Prepared] {
         let (tx, seen, drops, desyncs) = stress_run(binary, &cluster, protocol, args.duration)?;
         let loss = tx as i64 - seen as i64;
-        eprintln!("bench: stress -c 16 -M {}: pgbench {tx}, pgmon {seen}, loss {loss}, drops {drops}", protocol.as_arg());
-        let _ = writeln!(report, "| `pgbench -S -c 16 -j 2 -M {}` | {tx} | {seen} | {loss} | {drops} | {desyncs} |", protocol.as_arg());
+        eprintln!(
+            "bench: stress -c 16 -M {}: pgbench {tx}, pgmon {seen}, loss {loss}, drops {drops}",
+            protocol.as_arg()
+        );
+        let _ = writeln!(
+            report,
+            "| `pgbench -S -c 16 -j 2 -M {}` | {tx} | {seen} | {loss} | {drops} | {desyncs} |",
+            protocol.as_arg()
+        );
         json_stress.push(serde_json::json!({"protocol": protocol.as_arg(), "transactions": tx, "pgmon": seen, "loss": loss, "drops": drops, "desyncs": desyncs}));
     }
 
@@ -229,11 +292,24 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
         let out = Command::new(pgmon_tests::PSQL)
             .args(["-X", "-q", "-h"])
             .arg(cluster.socket_dir())
-            .args(["-p", &cluster.port().to_string(), "-U", "bench", "-d", "bench", "-o", "/dev/null", "-f"])
+            .args([
+                "-p",
+                &cluster.port().to_string(),
+                "-U",
+                "bench",
+                "-d",
+                "bench",
+                "-o",
+                "/dev/null",
+                "-f",
+            ])
             .arg(&corpus)
             .output()?;
         if !out.status.success() {
-            bail!("psql -f corpus failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "psql -f corpus failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     })?;
@@ -245,8 +321,12 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
         "\n## Pipeline throughput, one core, no kernel (`pgmon-agent replay`)\n\n| corpus | queries | queries/s | records/s |\n|---|---|---|---|\n\
          | pgbench -S simple+extended+prepared (statement-cache hits) | {} | {:.0} | {:.0} |\n\
          | 3000 distinct statements (libpg_query misses, cold cache) | {} | {:.0} | {:.0} |\n\nHits are {:.0}× faster than misses. Target for hits: ≥ 500 000 queries/s.\n",
-        hits["queries"], qps(&hits), hits["records_per_second"].as_f64().unwrap_or(0.0),
-        misses["queries"], qps(&misses), misses["records_per_second"].as_f64().unwrap_or(0.0),
+        hits["queries"],
+        qps(&hits),
+        hits["records_per_second"].as_f64().unwrap_or(0.0),
+        misses["queries"],
+        qps(&misses),
+        misses["records_per_second"].as_f64().unwrap_or(0.0),
         qps(&hits) / qps(&misses).max(1.0),
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -255,8 +335,14 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("REPORT.md"), &report)?;
     let json = serde_json::json!({"overhead": json_overhead, "stress": json_stress, "replay": {"hits": hits, "misses": misses}});
-    std::fs::write(out_dir.join("report.json"), serde_json::to_string_pretty(&json)?)?;
-    println!("{report}\nwritten to {}", out_dir.join("REPORT.md").display());
+    std::fs::write(
+        out_dir.join("report.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    println!(
+        "{report}\nwritten to {}",
+        out_dir.join("REPORT.md").display()
+    );
     Ok(())
 }
 
@@ -282,7 +368,14 @@ fn overhead_run(
     match mode {
         Mode::Detached => {
             let r = cluster.pgbench(&run)?;
-            Ok(Sample { transport, round, mode, tps: r.tps, agent_cpu: None, agent_rss: None })
+            Ok(Sample {
+                transport,
+                round,
+                mode,
+                tps: r.tps,
+                agent_cpu: None,
+                agent_rss: None,
+            })
         }
         Mode::Attached(_) | Mode::OtherCluster => {
             let (target, hook) = match mode {
@@ -290,31 +383,65 @@ fn overhead_run(
                 _ => (other, "auto"),
             };
             let port = free_port();
-            let mut agent = Agent::start(binary, &agent_config(target, port, hook), format!("127.0.0.1:{port}"))?;
+            let mut agent = Agent::start(
+                binary,
+                &agent_config(target, port, hook),
+                format!("127.0.0.1:{port}"),
+            )?;
             let before = proc_usage(agent.pid()).context("agent /proc stat")?;
             let r = cluster.pgbench(&run)?;
             let after = proc_usage(agent.pid()).context("agent /proc stat")?;
             agent.stop()?;
             // SAFETY: sysconf is always safe to call.
-            let (hz, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK) as f64, libc::sysconf(libc::_SC_PAGESIZE) as u64) };
+            let (hz, page) = unsafe {
+                (
+                    libc::sysconf(libc::_SC_CLK_TCK) as f64,
+                    libc::sysconf(libc::_SC_PAGESIZE) as u64,
+                )
+            };
             let cpu = (after.0 - before.0) as f64 / hz / duration as f64;
-            Ok(Sample { transport, round, mode, tps: r.tps, agent_cpu: Some(cpu), agent_rss: Some(after.1 * page) })
+            Ok(Sample {
+                transport,
+                round,
+                mode,
+                tps: r.tps,
+                agent_cpu: Some(cpu),
+                agent_rss: Some(after.1 * page),
+            })
         }
     }
 }
 
 /// Runs 16 clients with the agent attached; returns (pgbench transactions, pgmon's count of
 /// the statement, kernel drops, desyncs).
-fn stress_run(binary: &Path, cluster: &Cluster, protocol: Protocol, duration: u64) -> Result<(u64, u64, u64, u64)> {
+fn stress_run(
+    binary: &Path,
+    cluster: &Cluster,
+    protocol: Protocol,
+    duration: u64,
+) -> Result<(u64, u64, u64, u64)> {
     let port = free_port();
-    let mut agent = Agent::start(binary, &agent_config(cluster, port, "auto"), format!("127.0.0.1:{port}"))?;
-    let fp = format!("{:016x}", pg_query_fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = $1")?);
+    let mut agent = Agent::start(
+        binary,
+        &agent_config(cluster, port, "auto"),
+        format!("127.0.0.1:{port}"),
+    )?;
+    let fp = format!(
+        "{:016x}",
+        pg_query_fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = $1")?
+    );
     let count = |agent: &Agent| -> Result<u64> {
         let s = agent.status_json()?;
         Ok(s["roles"]
             .as_array()
             .and_then(|rs| rs.iter().find(|r| r["role"] == "bench"))
-            .and_then(|r| r["fingerprints"].as_array()?.iter().find(|f| f["fingerprint"] == fp.as_str()).cloned())
+            .and_then(|r| {
+                r["fingerprints"]
+                    .as_array()?
+                    .iter()
+                    .find(|f| f["fingerprint"] == fp.as_str())
+                    .cloned()
+            })
             .and_then(|f| f["calls"].as_u64())
             .unwrap_or(0))
     };
@@ -333,7 +460,8 @@ fn stress_run(binary: &Path, cluster: &Cluster, protocol: Protocol, duration: u6
     let seen = count(&agent)? - before;
     let s = agent.status_json()?;
     let drops = s["capture"]["dropped"].as_u64().unwrap_or(0);
-    let desyncs = s["capture"]["desyncs_frontend"].as_u64().unwrap_or(0) + s["capture"]["desyncs_backend"].as_u64().unwrap_or(0);
+    let desyncs = s["capture"]["desyncs_frontend"].as_u64().unwrap_or(0)
+        + s["capture"]["desyncs_backend"].as_u64().unwrap_or(0);
     agent.stop()?;
     Ok((r.transactions_processed, seen, drops, desyncs))
 }
@@ -341,11 +469,18 @@ fn stress_run(binary: &Path, cluster: &Cluster, protocol: Protocol, duration: u6
 /// The fingerprint pgmon gives `sql`, computed by the agent binary's own library would be
 /// ideal; the test crate's `pg_query` gives the same value.
 fn pg_query_fingerprint(sql: &str) -> Result<u64> {
-    Ok(pg_query::fingerprint(sql, 0, 0).with_context(|| format!("fingerprint of {sql}"))?.value)
+    Ok(pg_query::fingerprint(sql, 0, 0)
+        .with_context(|| format!("fingerprint of {sql}"))?
+        .value)
 }
 
 /// Records the capture of `workload` into `out` with `pgmon-agent record`.
-fn record(binary: &Path, cluster: &Cluster, out: &Path, workload: impl FnOnce() -> Result<()>) -> Result<()> {
+fn record(
+    binary: &Path,
+    cluster: &Cluster,
+    out: &Path,
+    workload: impl FnOnce() -> Result<()>,
+) -> Result<()> {
     let dir = tempdir()?;
     let config = dir.join("record.yaml");
     std::fs::write(&config, agent_config(cluster, free_port(), "auto"))?;
@@ -376,9 +511,16 @@ fn record(binary: &Path, cluster: &Cluster, out: &Path, workload: impl FnOnce() 
 }
 
 fn replay(binary: &Path, file: &Path, args: &[&str]) -> Result<serde_json::Value> {
-    let out = Command::new(binary).arg("replay").arg(file).args(args).output()?;
+    let out = Command::new(binary)
+        .arg("replay")
+        .arg(file)
+        .args(args)
+        .output()?;
     if !out.status.success() {
-        bail!("pgmon-agent replay failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "pgmon-agent replay failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(serde_json::from_slice(&out.stdout)?)
 }
@@ -389,11 +531,23 @@ fn miss_corpus(n: usize) -> String {
     let mut s = String::new();
     for i in 0..n {
         let q = match i % 6 {
-            0 => format!("SELECT a.aid AS c{i}, a.abalance FROM pgbench_accounts a WHERE a.aid = {i};"),
-            1 => format!("SELECT b.bid AS c{i}, count(*) FROM pgbench_branches b JOIN pgbench_accounts a ON a.bid = b.bid WHERE a.aid < {} GROUP BY b.bid;", i % 50),
-            2 => format!("WITH t{i} AS (SELECT tid, tbalance FROM pgbench_tellers WHERE bid = 1) SELECT sum(tbalance) FROM t{i};"),
-            3 => format!("SELECT aid, rank() OVER (ORDER BY abalance DESC) AS r{i} FROM pgbench_accounts WHERE aid BETWEEN {i} AND {};", i + 5),
-            4 => format!("UPDATE pgbench_tellers AS u{i} SET tbalance = tbalance WHERE tid = -{i};"),
+            0 => format!(
+                "SELECT a.aid AS c{i}, a.abalance FROM pgbench_accounts a WHERE a.aid = {i};"
+            ),
+            1 => format!(
+                "SELECT b.bid AS c{i}, count(*) FROM pgbench_branches b JOIN pgbench_accounts a ON a.bid = b.bid WHERE a.aid < {} GROUP BY b.bid;",
+                i % 50
+            ),
+            2 => format!(
+                "WITH t{i} AS (SELECT tid, tbalance FROM pgbench_tellers WHERE bid = 1) SELECT sum(tbalance) FROM t{i};"
+            ),
+            3 => format!(
+                "SELECT aid, rank() OVER (ORDER BY abalance DESC) AS r{i} FROM pgbench_accounts WHERE aid BETWEEN {i} AND {};",
+                i + 5
+            ),
+            4 => {
+                format!("UPDATE pgbench_tellers AS u{i} SET tbalance = tbalance WHERE tid = -{i};")
+            }
             _ => format!("DELETE FROM pgbench_history AS h{i} WHERE tid = -{i} AND mtime < now();"),
         };
         s.push_str(&q);
@@ -403,7 +557,11 @@ fn miss_corpus(n: usize) -> String {
 }
 
 fn tempdir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("pgmon-bench-{}-{}", std::process::id(), free_port()));
+    let dir = std::env::temp_dir().join(format!(
+        "pgmon-bench-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

@@ -36,8 +36,10 @@ pub enum ClusterError {
 /// checks that the process exists.
 pub fn postmaster_pid(data_directory: &Path) -> Result<u32, ClusterError> {
     let path = data_directory.join("postmaster.pid");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|source| ClusterError::PidFile { path: path.clone(), source })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ClusterError::PidFile {
+        path: path.clone(),
+        source,
+    })?;
     let pid: u32 = text
         .lines()
         .next()
@@ -87,7 +89,8 @@ pub fn ensure_tracefs() -> Result<(), ClusterError> {
 /// file (it moved when `parent_comm` became `__data_loc` in Linux 6.x).
 pub fn fork_child_pid_offset() -> Result<u32, ClusterError> {
     let path = format!("{TRACEFS}/events/sched/sched_process_fork/format");
-    let text = std::fs::read_to_string(&path).map_err(|_| ClusterError::ForkFormat(path.clone()))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|_| ClusterError::ForkFormat(path.clone()))?;
     parse_field_offset(&text, "child_pid").ok_or(ClusterError::ForkFormat(path))
 }
 

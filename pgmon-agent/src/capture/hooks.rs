@@ -47,7 +47,10 @@ impl HookFamily {
 
     /// Rank in [`Self::BY_COST`], 0 = cheapest; exported as a label of `pgmon_probe_info`.
     pub fn cost_rank(self) -> usize {
-        Self::BY_COST.iter().position(|&f| f == self).unwrap_or(usize::MAX)
+        Self::BY_COST
+            .iter()
+            .position(|&f| f == self)
+            .unwrap_or(usize::MAX)
     }
 
     /// Name used in `status`, logs and the `hook` label of `pgmon_probe_info`.
@@ -116,7 +119,8 @@ impl HookFamily {
                     ("pgmon_fexit_sendto", "__sys_sendto"),
                 ] {
                     let p: &mut FExit = program(ebpf, name)?;
-                    p.load(function, &btf).map_err(|e| HookError::program(name, e))?;
+                    p.load(function, &btf)
+                        .map_err(|e| HookError::program(name, e))?;
                     p.attach().map_err(|e| HookError::program(name, e))?;
                 }
             }
@@ -124,14 +128,16 @@ impl HookFamily {
                 let btf = Btf::from_sys_fs().map_err(|e| HookError::Btf(e.to_string()))?;
                 let name = "pgmon_btf_sys_exit";
                 let p: &mut BtfTracePoint = program(ebpf, name)?;
-                p.load("sys_exit", &btf).map_err(|e| HookError::program(name, e))?;
+                p.load("sys_exit", &btf)
+                    .map_err(|e| HookError::program(name, e))?;
                 p.attach().map_err(|e| HookError::program(name, e))?;
             }
             HookFamily::RawTracepoint => {
                 let name = "pgmon_raw_sys_exit";
                 let p: &mut RawTracePoint = program(ebpf, name)?;
                 p.load().map_err(|e| HookError::program(name, e))?;
-                p.attach("sys_exit").map_err(|e| HookError::program(name, e))?;
+                p.attach("sys_exit")
+                    .map_err(|e| HookError::program(name, e))?;
             }
             HookFamily::Tracepoint => {
                 for (name, tp) in [
@@ -157,7 +163,8 @@ pub fn attach_tracepoint(
 ) -> Result<(), HookError> {
     let p: &mut TracePoint = program(ebpf, program_name)?;
     p.load().map_err(|e| HookError::program(program_name, e))?;
-    p.attach(category, name).map_err(|e| HookError::program(program_name, e))?;
+    p.attach(category, name)
+        .map_err(|e| HookError::program(program_name, e))?;
     Ok(())
 }
 
@@ -202,6 +209,9 @@ mod tests {
         let c = HookFamily::candidates(HookChoice::Auto);
         assert_eq!(c.len(), 4);
         assert!(c.windows(2).all(|w| w[0].cost_rank() < w[1].cost_rank()));
-        assert_eq!(HookFamily::candidates(HookChoice::Tracepoint), [HookFamily::Tracepoint]);
+        assert_eq!(
+            HookFamily::candidates(HookChoice::Tracepoint),
+            [HookFamily::Tracepoint]
+        );
     }
 }

@@ -121,13 +121,14 @@ impl Capture {
             .load(EBPF_OBJECT)
             .map_err(CaptureError::Load)?;
 
-        let mut config: Array<MapData, u32> = Array::try_from(
-            ebpf.take_map("CONFIG").ok_or(CaptureError::Map {
+        let mut config: Array<MapData, u32> =
+            Array::try_from(ebpf.take_map("CONFIG").ok_or(CaptureError::Map {
                 name: "CONFIG",
-                source: aya::maps::MapError::InvalidName { name: "CONFIG".into() },
-            })?,
-        )
-        .map_err(map_err("CONFIG"))?;
+                source: aya::maps::MapError::InvalidName {
+                    name: "CONFIG".into(),
+                },
+            })?)
+            .map_err(map_err("CONFIG"))?;
         for (idx, value) in [
             (CONFIG_POSTMASTER_PID, postmaster),
             (CONFIG_MAX_BYTES_PER_CALL, cfg.max_bytes_per_call),
@@ -168,8 +169,7 @@ impl Capture {
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?).map_err(map_err("EVENTS"))?;
         let counters =
             PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_err("COUNTERS"))?;
-        let tracked =
-            HashMap::try_from(take(&mut ebpf, "TRACKED")?).map_err(map_err("TRACKED"))?;
+        let tracked = HashMap::try_from(take(&mut ebpf, "TRACKED")?).map_err(map_err("TRACKED"))?;
 
         let mut capture = Capture {
             _ebpf: ebpf,
@@ -241,7 +241,10 @@ impl Capture {
     /// Sums the per-CPU counters.
     pub fn counters(&self) -> KernelCounters {
         let sum = |idx: u32| -> u64 {
-            self.counters.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
+            self.counters
+                .get(&idx, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
         };
         KernelCounters {
             events: sum(counter::EVENTS),
@@ -285,7 +288,10 @@ impl Capture {
 /// Lets the kernel charge map memory on kernels older than 5.11 (memcg accounting makes
 /// this a no-op on newer ones).
 fn raise_memlock_limit() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain setrlimit call with a valid struct.
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
     if rc != 0 {
@@ -297,7 +303,9 @@ fn raise_memlock_limit() {
 /// `status` shows (the log keeps the whole verifier output).
 fn short_reason(full: &str) -> String {
     let first = full.lines().next().unwrap_or(full);
-    let cut = first.find(". Verifier output").map_or(first, |i| &first[..i]);
+    let cut = first
+        .find(". Verifier output")
+        .map_or(first, |i| &first[..i]);
     cut.replace("the BPF_PROG_LOAD syscall returned ", "BPF_PROG_LOAD: ")
 }
 

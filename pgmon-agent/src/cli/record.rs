@@ -19,7 +19,8 @@ use crate::{capture::Capture, config::Config};
 pub fn record(config_path: &Path, out: &Path, seconds: u64) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let mut capture = Capture::attach(&config.capture, &config.cluster.data_directory)?;
-    let file = std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let file =
+        std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let hsize = std::mem::size_of::<EventHeader>();
     let (mut records, mut bytes) = (0u64, 0u64);
@@ -33,9 +34,8 @@ pub fn record(config_path: &Path, out: &Path, seconds: u64) -> anyhow::Result<()
         capture.drain(|r| {
             let len = hsize + r.data.len();
             // SAFETY: EventHeader is plain old data.
-            let header = unsafe {
-                std::slice::from_raw_parts((&raw const r.header).cast::<u8>(), hsize)
-            };
+            let header =
+                unsafe { std::slice::from_raw_parts((&raw const r.header).cast::<u8>(), hsize) };
             let res = w
                 .write_all(&(len as u32).to_le_bytes())
                 .and_then(|()| w.write_all(header))
@@ -52,7 +52,10 @@ pub fn record(config_path: &Path, out: &Path, seconds: u64) -> anyhow::Result<()
     }
     w.flush()?;
     let k = capture.counters();
-    println!("recorded {records} records, {bytes} bytes; kernel dropped {}, truncated {}", k.dropped, k.truncated);
+    println!(
+        "recorded {records} records, {bytes} bytes; kernel dropped {}, truncated {}",
+        k.dropped, k.truncated
+    );
     Ok(())
 }
 
@@ -64,9 +67,9 @@ pub fn read_capture(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     while i + 4 <= data.len() {
         let len = u32::from_le_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]) as usize;
         i += 4;
-        let rec = data
-            .get(i..i + len)
-            .with_context(|| format!("{}: record at byte {} is cut short", path.display(), i - 4))?;
+        let rec = data.get(i..i + len).with_context(|| {
+            format!("{}: record at byte {} is cut short", path.display(), i - 4)
+        })?;
         out.push(rec.to_vec());
         i += len;
     }

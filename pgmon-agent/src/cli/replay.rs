@@ -21,7 +21,10 @@ pub fn replay(file: &Path, passes: u32, cold: bool) -> anyhow::Result<()> {
         .iter()
         .map(|r| Record::decode(r).context("undecodable record in capture file"))
         .collect::<anyhow::Result<_>>()?;
-    let config = Config::parse(Path::new("(replay)"), "cluster:\n  data_directory: /nonexistent\n")?;
+    let config = Config::parse(
+        Path::new("(replay)"),
+        "cluster:\n  data_directory: /nonexistent\n",
+    )?;
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let metrics = Metrics::new("replay", 0);
     let mut pipeline = Pipeline::new(&config, metrics.clone(), tx.clone());

@@ -71,10 +71,19 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let last_drain_ms = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
 
-    runtime.spawn(attribution::serve(monitor, lookup_rx, answer_tx, metrics.clone()));
+    runtime.spawn(attribution::serve(
+        monitor,
+        lookup_rx,
+        answer_tx,
+        metrics.clone(),
+    ));
     runtime.spawn(http::serve(
         listener,
-        Endpoint { metrics: metrics.clone(), status: status_tx, last_drain_ms: last_drain_ms.clone() },
+        Endpoint {
+            metrics: metrics.clone(),
+            status: status_tx,
+            last_drain_ms: last_drain_ms.clone(),
+        },
     ));
     tracing::info!(listen = %config.metrics.listen, "serving /metrics, /healthz, /api/v1/status");
 
@@ -82,10 +91,20 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let stop = stop.clone();
         let config = config.clone();
         let metrics = metrics.clone();
-        std::thread::Builder::new().name("pgmon-capture".into()).spawn(move || {
-            let mut pipeline = Pipeline::new(&config, metrics, lookup_tx);
-            capture_loop(capture, &mut pipeline, &config, &stop, &answer_rx, &status_rx, &last_drain_ms);
-        })?
+        std::thread::Builder::new()
+            .name("pgmon-capture".into())
+            .spawn(move || {
+                let mut pipeline = Pipeline::new(&config, metrics, lookup_tx);
+                capture_loop(
+                    capture,
+                    &mut pipeline,
+                    &config,
+                    &stop,
+                    &answer_rx,
+                    &status_rx,
+                    &last_drain_ms,
+                );
+            })?
     };
 
     runtime.block_on(async {
@@ -102,7 +121,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         Ok::<_, std::io::Error>(())
     })?;
     stop.store(true, Ordering::Relaxed);
-    capture_thread.join().map_err(|_| anyhow::anyhow!("capture thread panicked"))?;
+    capture_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("capture thread panicked"))?;
     runtime.shutdown_timeout(Duration::from_secs(2));
     tracing::info!("probes detached; exiting");
     Ok(())
@@ -148,7 +169,10 @@ fn capture_loop(
             if let Ok(pid) = cluster::postmaster_pid(&config.cluster.data_directory)
                 && capture.retarget(pid)
             {
-                tracing::warn!(postmaster = pid, "postmaster restarted; following the new one");
+                tracing::warn!(
+                    postmaster = pid,
+                    "postmaster restarted; following the new one"
+                );
                 pipeline.set_preexisting(capture.preexisting());
             }
         }

@@ -16,11 +16,15 @@ pub fn status(addr: SocketAddr, json: bool, role: Option<&str>) -> anyhow::Resul
         println!("{body}");
         return Ok(());
     }
-    let status: Status = serde_json::from_str(&body).context("agent answered with unexpected JSON")?;
+    let status: Status =
+        serde_json::from_str(&body).context("agent answered with unexpected JSON")?;
     match role {
         Some(name) => {
             let Some(r) = status.roles.iter().find(|r| r.role == name) else {
-                bail!("role {name:?} has no captured traffic (roles seen: {})", status.roles.len());
+                bail!(
+                    "role {name:?} has no captured traffic (roles seen: {})",
+                    status.roles.len()
+                );
             };
             print!("{}", render_role(r));
         }
@@ -30,14 +34,18 @@ pub fn status(addr: SocketAddr, json: bool, role: Option<&str>) -> anyhow::Resul
 }
 
 fn fetch(addr: SocketAddr) -> anyhow::Result<String> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
         let uri: hyper::Uri = format!("http://{addr}/api/v1/status").parse()?;
         let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri))
             .await
             .with_context(|| format!("no answer from the agent at {addr} within 10 s"))?
-            .with_context(|| format!("cannot reach the agent at {addr} (is `pgmon-agent run` running?)"))?;
+            .with_context(|| {
+                format!("cannot reach the agent at {addr} (is `pgmon-agent run` running?)")
+            })?;
         let code = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
@@ -68,9 +76,16 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(
         o,
         "cluster   {} (postmaster {}), {} processes tracked, {} client connections",
-        s.cluster.data_directory, s.cluster.postmaster_pid, s.cluster.tracked_processes, s.cluster.connections
+        s.cluster.data_directory,
+        s.cluster.postmaster_pid,
+        s.cluster.tracked_processes,
+        s.cluster.connections
     );
-    let _ = write!(o, "capture   hook {} (cost rank {})", c.hook, c.hook_cost_rank);
+    let _ = write!(
+        o,
+        "capture   hook {} (cost rank {})",
+        c.hook, c.hook_cost_rank
+    );
     for r in &c.refused_hooks {
         let _ = write!(o, "; {} refused: {}", r.hook, r.error);
     }
@@ -88,12 +103,19 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(
         o,
         "          desyncs {} frontend / {} backend, {} unattributed queries, {} encrypted sessions, {} oversized messages",
-        c.desyncs_frontend, c.desyncs_backend, c.unattributed_queries, c.encrypted_sessions, c.oversized_messages
+        c.desyncs_frontend,
+        c.desyncs_backend,
+        c.unattributed_queries,
+        c.encrypted_sessions,
+        c.oversized_messages
     );
     let _ = writeln!(
         o,
         "          statement cache: {} entries, {} hits, {} misses, {} not parsable",
-        c.statement_cache_entries, c.statement_cache_hits, c.statement_cache_misses, c.normalize_errors
+        c.statement_cache_entries,
+        c.statement_cache_hits,
+        c.statement_cache_misses,
+        c.normalize_errors
     );
     let _ = writeln!(o);
     let _ = writeln!(
@@ -142,13 +164,25 @@ fn render_role(r: &RoleStatus) -> String {
 fn render_role_top(r: &RoleStatus, k: usize) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "top fingerprints of {}:", r.role);
-    let _ = writeln!(o, "  {:<16} {:>10} {:>7} {:>9}  normalized text", "fingerprint", "calls", "errors", "mean ms");
+    let _ = writeln!(
+        o,
+        "  {:<16} {:>10} {:>7} {:>9}  normalized text",
+        "fingerprint", "calls", "errors", "mean ms"
+    );
     for f in r.fingerprints.iter().take(k) {
-        let mut text: String = f.normalized.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut text: String = f
+            .normalized
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         if text.chars().count() > 90 {
             text = text.chars().take(87).collect::<String>() + "...";
         }
-        let _ = writeln!(o, "  {:<16} {:>10} {:>7} {:>9.3}  {}", f.fingerprint, f.calls, f.errors, f.mean_ms, text);
+        let _ = writeln!(
+            o,
+            "  {:<16} {:>10} {:>7} {:>9.3}  {}",
+            f.fingerprint, f.calls, f.errors, f.mean_ms, text
+        );
     }
     o
 }

@@ -17,7 +17,10 @@ use crate::{
     metrics::Metrics,
     query::{Normalizer, Stmt, fingerprint_hex},
     status::{AgentStatus, CaptureStatus, ClusterStatus, RefusedHook, Status},
-    wire::{self, Completion, DesyncReason, Direction, Encryption, ErrorContext, Limits, Outcome, Replication, Startup},
+    wire::{
+        self, Completion, DesyncReason, Direction, Encryption, ErrorContext, Limits, Outcome,
+        Replication, Startup,
+    },
 };
 use stats::{RoleDbId, Stats};
 
@@ -161,7 +164,10 @@ impl Pipeline {
             Some(c) => c,
             None => {
                 backend.fds.push(h.fd);
-                let limits = Limits { max_message: self.max_message_bytes, ..Limits::default() };
+                let limits = Limits {
+                    max_message: self.max_message_bytes,
+                    ..Limits::default()
+                };
                 let c = if backend.fresh {
                     wire::Connection::with_limits(limits)
                 } else {
@@ -171,7 +177,10 @@ impl Pipeline {
                     }
                     wire::Connection::mid_stream_with_limits(limits)
                 };
-                self.conns.entry(key).or_insert(Conn { wire: c, next_offset: [0, 0] })
+                self.conns.entry(key).or_insert(Conn {
+                    wire: c,
+                    next_offset: [0, 0],
+                })
             }
         };
         let mut sink = ConnSink {
@@ -189,7 +198,11 @@ impl Pipeline {
         // A record at offset 0 starts a new call; a later one continues the call, and a jump
         // past where the previous record ended is what the kernel skipped (a truncated call
         // keeps its head and its tail).
-        let expected = if h.offset == 0 { 0 } else { conn.next_offset[dir] };
+        let expected = if h.offset == 0 {
+            0
+        } else {
+            conn.next_offset[dir]
+        };
         let skipped = u64::from(h.offset.saturating_sub(expected));
         conn.next_offset[dir] = h.offset.saturating_add(h.len);
         // Bytes after the last record of a call that were not copied.
@@ -272,11 +285,13 @@ impl Pipeline {
         s.truncated.store(k.truncated, Relaxed);
         s.truncated_bytes.store(k.truncated_bytes, Relaxed);
         s.probe_errors.store(k.probe_errors, Relaxed);
-        s.tracked_backends.store(capture.tracked_count() as u64, Relaxed);
+        s.tracked_backends
+            .store(capture.tracked_count() as u64, Relaxed);
         let n = self.normalizer.stats();
         s.statement_cache_hits.store(n.hits, Relaxed);
         s.statement_cache_misses.store(n.misses, Relaxed);
-        s.statement_cache_entries.store(self.normalizer.cached() as u64, Relaxed);
+        s.statement_cache_entries
+            .store(self.normalizer.cached() as u64, Relaxed);
         s.normalize_errors.store(n.errors, Relaxed);
         let top = self
             .stats
@@ -315,7 +330,10 @@ impl Pipeline {
                 refused_hooks: capture
                     .refused()
                     .iter()
-                    .map(|(f, e)| RefusedHook { hook: f.name().to_owned(), error: e.clone() })
+                    .map(|(f, e)| RefusedHook {
+                        hook: f.name().to_owned(),
+                        error: e.clone(),
+                    })
                     .collect(),
                 kernel: k,
                 desyncs_frontend: c.desyncs_frontend,
@@ -336,7 +354,12 @@ impl Pipeline {
 
 impl Backend {
     fn new(fresh: bool) -> Self {
-        Self { identity: Identity::AwaitStartup, fresh, encrypted: false, fds: Vec::new() }
+        Self {
+            identity: Identity::AwaitStartup,
+            fresh,
+            encrypted: false,
+            fds: Vec::new(),
+        }
     }
 }
 

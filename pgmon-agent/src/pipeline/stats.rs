@@ -107,12 +107,20 @@ impl Stats {
         r.queries += 1;
         r.handles.queries.inc();
         r.handles.duration.observe(duration_ns as f64 / 1e9);
-        let _ = r.latency_us.record((duration_ns / 1000).clamp(1, MAX_LATENCY_US));
+        let _ = r
+            .latency_us
+            .record((duration_ns / 1000).clamp(1, MAX_LATENCY_US));
         let failed = u64::from(error.is_some());
         if let Some(sqlstate) = error {
             Self::count_error(&self.metrics, r, sqlstate);
         }
-        bump(&mut r.fingerprints, self.per_role_cap, stmt, duration_ns, failed);
+        bump(
+            &mut r.fingerprints,
+            self.per_role_cap,
+            stmt,
+            duration_ns,
+            failed,
+        );
         bump(&mut self.global, self.global_cap, stmt, duration_ns, failed);
     }
 
@@ -179,7 +187,12 @@ fn bump(
     }
     map.insert(
         stmt.fingerprint,
-        FingerprintCounters { stmt: stmt.clone(), calls: 1, errors: failed, total_ns: duration_ns },
+        FingerprintCounters {
+            stmt: stmt.clone(),
+            calls: 1,
+            errors: failed,
+            total_ns: duration_ns,
+        },
     );
 }
 
@@ -225,7 +238,9 @@ impl RoleStatus {
         for r in dbs {
             let _ = hist.add(&r.latency_us);
             for (class, n) in &r.errors_by_class {
-                *errors_by_class.entry(String::from_utf8_lossy(class).into_owned()).or_default() += n;
+                *errors_by_class
+                    .entry(String::from_utf8_lossy(class).into_owned())
+                    .or_default() += n;
             }
             for (fp, c) in &r.fingerprints {
                 let e = fps.entry(*fp).or_insert_with(|| FingerprintCounters {
@@ -245,12 +260,20 @@ impl RoleStatus {
                 fingerprint: fingerprint_hex(fp),
                 calls: c.calls,
                 errors: c.errors,
-                mean_ms: if c.calls == 0 { 0.0 } else { c.total_ns as f64 / c.calls as f64 / 1e6 },
+                mean_ms: if c.calls == 0 {
+                    0.0
+                } else {
+                    c.total_ns as f64 / c.calls as f64 / 1e6
+                },
                 text_bytes: c.stmt.text_bytes,
                 normalized: c.stmt.normalized.to_string(),
             })
             .collect();
-        fingerprints.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.fingerprint.cmp(&b.fingerprint)));
+        fingerprints.sort_by(|a, b| {
+            b.calls
+                .cmp(&a.calls)
+                .then(a.fingerprint.cmp(&b.fingerprint))
+        });
         let q = |p: f64| (!hist.is_empty()).then(|| hist.value_at_quantile(p) as f64 / 1000.0);
         let mut databases: Vec<String> = dbs.iter().map(|r| r.database.to_string()).collect();
         databases.sort();

@@ -184,7 +184,11 @@ mod tests {
     fn simple_query_with_several_statements() {
         let mut n = Normalizer::new(100, 4096);
         let mut out = Vec::new();
-        n.prepare(b"BEGIN; SELECT 1 FROM t WHERE a = 5; ; COMMIT;", true, &mut out);
+        n.prepare(
+            b"BEGIN; SELECT 1 FROM t WHERE a = 5; ; COMMIT;",
+            true,
+            &mut out,
+        );
         let texts: Vec<_> = out.iter().map(|s| &*s.normalized).collect();
         assert_eq!(texts, ["BEGIN", "SELECT $1 FROM t WHERE a = $2", "COMMIT"]);
         assert_eq!(n.stats().misses, 1);
@@ -194,11 +198,20 @@ mod tests {
     fn second_literal_hits_the_cache_with_the_same_fingerprint() {
         let mut n = Normalizer::new(100, 4096);
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        n.prepare(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1;", true, &mut a);
-        n.prepare(b"SELECT abalance FROM pgbench_accounts WHERE aid = 99;", true, &mut b);
+        n.prepare(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 1;",
+            true,
+            &mut a,
+        );
+        n.prepare(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 99;",
+            true,
+            &mut b,
+        );
         assert_eq!(n.stats().hits, 1);
         assert_eq!(a[0].fingerprint, b[0].fingerprint);
-        let direct = pg_query::fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = $1", 0, 0);
+        let direct =
+            pg_query::fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = $1", 0, 0);
         assert_eq!(a[0].fingerprint, direct.unwrap().value);
     }
 

@@ -102,7 +102,8 @@ pub fn shape(text: &[u8], out: &mut Vec<u8>) -> Option<u64> {
 
 /// Whether the previous output byte continues an identifier (so a digit or `$` belongs to it).
 fn prev_is_ident(out: &[u8]) -> bool {
-    out.last().is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80)
+    out.last()
+        .is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80)
 }
 
 /// `E'…'`: the output ends in a lone `e`/`E` that is not the tail of a longer identifier.
@@ -150,7 +151,8 @@ fn skip_quoted_identifier(text: &[u8], mut i: usize) -> Option<usize> {
 /// Skips `$tag$ … $tag$` (tag possibly empty) starting at the first `$`.
 fn skip_dollar_quoted(text: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
-    while j < text.len() && (text[j].is_ascii_alphanumeric() || text[j] == b'_' || text[j] >= 0x80) {
+    while j < text.len() && (text[j].is_ascii_alphanumeric() || text[j] == b'_' || text[j] >= 0x80)
+    {
         j += 1;
     }
     if text.get(j) != Some(&b'$') {
@@ -219,20 +221,28 @@ mod tests {
             s("SELECT abalance FROM pgbench_accounts WHERE aid = 123;").unwrap(),
             "SELECT abalance FROM pgbench_accounts WHERE aid = ?;"
         );
-        assert_eq!(s("select 'it''s', E'a\\'b', 1.5e-3, .5, 0x1F, 1_000").unwrap(), "select ?, E?, ?, ?, ?, ?");
+        assert_eq!(
+            s("select 'it''s', E'a\\'b', 1.5e-3, .5, 0x1F, 1_000").unwrap(),
+            "select ?, E?, ?, ?, ?, ?"
+        );
         assert_eq!(s("select $$a;'b$$, $fn$x$fn$").unwrap(), "select ?, ?");
     }
 
     #[test]
     fn identifiers_parameters_and_quoted_names_are_kept() {
-        assert_eq!(s("SELECT t1.c2, \"Weird 'x' 1\" FROM t1 WHERE a = $1").unwrap(),
-            "SELECT t1.c2, \"Weird 'x' 1\" FROM t1 WHERE a = $1");
+        assert_eq!(
+            s("SELECT t1.c2, \"Weird 'x' 1\" FROM t1 WHERE a = $1").unwrap(),
+            "SELECT t1.c2, \"Weird 'x' 1\" FROM t1 WHERE a = $1"
+        );
         assert_eq!(s("select a$1 from x").unwrap(), "select a$1 from x");
     }
 
     #[test]
     fn comments_and_whitespace_collapse() {
-        assert_eq!(s("  SELECT  1 -- one\n /* two /* nested */ */ ,\t2 ").unwrap(), "SELECT ? , ?");
+        assert_eq!(
+            s("  SELECT  1 -- one\n /* two /* nested */ */ ,\t2 ").unwrap(),
+            "SELECT ? , ?"
+        );
     }
 
     #[test]
@@ -247,9 +257,18 @@ mod tests {
     fn same_shape_same_fingerprint() {
         // The property the cache relies on, checked against libpg_query itself.
         let pairs = [
-            ("SELECT * FROM t WHERE a = 1 AND b = 'x'", "SELECT * FROM t WHERE a = 22 AND b = 'yy'"),
-            ("SELECT * FROM t ORDER BY 1 LIMIT 10", "SELECT * FROM t ORDER BY 2 LIMIT 99"),
-            ("SELECT interval '1 day', date '2020-01-01'", "SELECT interval '2 days', date '2021-02-02'"),
+            (
+                "SELECT * FROM t WHERE a = 1 AND b = 'x'",
+                "SELECT * FROM t WHERE a = 22 AND b = 'yy'",
+            ),
+            (
+                "SELECT * FROM t ORDER BY 1 LIMIT 10",
+                "SELECT * FROM t ORDER BY 2 LIMIT 99",
+            ),
+            (
+                "SELECT interval '1 day', date '2020-01-01'",
+                "SELECT interval '2 days', date '2021-02-02'",
+            ),
         ];
         for (a, b) in pairs {
             let fa = pg_query::fingerprint(a, 0, 0).unwrap().value;

@@ -6,6 +6,7 @@ mod copy;
 mod enc;
 mod extended;
 mod midstream;
+mod midstream_older;
 mod pipeline;
 mod prop;
 mod robust;
