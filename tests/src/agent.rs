@@ -262,6 +262,53 @@ impl Agent {
     }
 }
 
+/// Reading what the agent counted, from `/api/v1/status`.
+impl Agent {
+    /// Calls of fingerprint `fp` (16 hex digits, see [`crate::fingerprint`]) charged to
+    /// `role`; 0 when the role or the fingerprint is absent.
+    pub fn fingerprint_calls(&self, role: &str, fp: &str) -> Result<u64> {
+        let status = self.status_json()?;
+        Ok(status["roles"]
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r["role"] == role))
+            .and_then(|r| {
+                r["fingerprints"]
+                    .as_array()?
+                    .iter()
+                    .find(|f| f["fingerprint"] == fp)
+                    .cloned()
+            })
+            .and_then(|f| f["calls"].as_u64())
+            .unwrap_or(0))
+    }
+
+    /// Polls [`Agent::fingerprint_calls`] every 100 ms until it reaches `target` or `within`
+    /// passes, then reads it once more 200 ms later, so a late straggler shows as an
+    /// overcount rather than hiding; returns that last value.
+    pub fn wait_fingerprint_calls(
+        &self,
+        role: &str,
+        fp: &str,
+        target: u64,
+        within: Duration,
+    ) -> Result<u64> {
+        let deadline = Instant::now() + within;
+        while self.fingerprint_calls(role, fp)? < target && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        self.fingerprint_calls(role, fp)
+    }
+
+    /// The capture-health counter `key` of the status (`dropped`, `desyncs_backend`, …).
+    pub fn capture_counter(&self, key: &str) -> Result<u64> {
+        let status = self.status_json()?;
+        status["capture"][key]
+            .as_u64()
+            .with_context(|| format!("status has no capture.{key}: {}", status["capture"]))
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Err(e) = self.stop() {

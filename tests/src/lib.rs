@@ -110,6 +110,14 @@ impl std::fmt::Display for PgVersion {
     }
 }
 
+/// libpg_query's fingerprint of `sql` as 16 hex digits: the same function the agent uses,
+/// so a test can find a statement in the agent's status. Panics if `sql` does not parse.
+pub fn fingerprint(sql: &str) -> String {
+    let fp =
+        pg_query::fingerprint(sql, 0, 0).unwrap_or_else(|e| panic!("{sql:?} does not parse: {e}"));
+    format!("{:016x}", fp.value)
+}
+
 /// True when running as root (effective uid 0). Otherwise prints
 /// `SKIP <test>: needs root (loads eBPF programs, runs clusters as postgres)` and returns
 /// false, so a test can `if !require_root("name") { return; }`.

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::PGBENCH;
 use crate::cluster::{Cluster, Transport};
-use crate::proc::{clean_pg_env, describe, format_output, output};
+use crate::proc::{clean_pg_env, describe, run_ok};
 
 /// pgbench's `-M` query protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -278,19 +278,4 @@ mod tests {
         assert_eq!(timed.expected_transactions(), None);
         assert_eq!(Protocol::Prepared.as_arg(), "prepared");
     }
-}
-
-/// Runs `cmd` to completion; fails with the command line, its status and its whole output
-/// unless it exits 0.
-fn run_ok(cmd: &mut Command) -> Result<std::process::Output> {
-    let out = output(cmd)?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed ({})\n{}",
-            describe(cmd),
-            out.status,
-            format_output(&out)
-        );
-    }
-    Ok(out)
 }

@@ -140,9 +140,9 @@ pub(crate) fn format_output(out: &Output) -> String {
     s
 }
 
-/// Runs `cmd`; on success returns its stdout, on failure an error carrying the command line,
-/// the exit status and both output streams.
-pub(crate) fn run_checked(cmd: &mut Command) -> Result<String> {
+/// Runs `cmd` to completion; fails with the command line, its exit status and both output
+/// streams unless it exits 0.
+pub(crate) fn run_ok(cmd: &mut Command) -> Result<std::process::Output> {
     let out = output(cmd)?;
     if !out.status.success() {
         bail!(
@@ -152,7 +152,13 @@ pub(crate) fn run_checked(cmd: &mut Command) -> Result<String> {
             format_output(&out)
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out)
+}
+
+/// Runs `cmd`; on success returns its stdout, on failure an error carrying the command line,
+/// the exit status and both output streams.
+pub(crate) fn run_checked(cmd: &mut Command) -> Result<String> {
+    Ok(String::from_utf8_lossy(&run_ok(cmd)?.stdout).into_owned())
 }
 
 /// Sends `sig` to `pid`; false if the process does not exist (or pid is not positive).

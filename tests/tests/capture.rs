@@ -5,27 +5,15 @@
 //! panics at the end with all of them (and the agent's log tail), so one run shows the
 //! whole picture. They need root and skip with a reason otherwise.
 
-use std::{
-    thread,
-    time::{Duration, Instant},
-};
+use std::{thread, time::Duration};
 
 use pgmon_tests::{
     Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol, Transport, agent_binary,
-    free_port, require_root, tail,
+    fingerprint, free_port, require_root, tail,
 };
 
 /// pgbench's `-S` statement as pg_stat_statements normalizes it.
 const PGBENCH_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
-
-fn fingerprint(sql: &str) -> String {
-    format!(
-        "{:016x}",
-        pg_query::fingerprint(sql, 0, 0)
-            .expect("test SQL parses")
-            .value
-    )
-}
 
 fn agent_config(cluster: &Cluster, port: u16) -> String {
     format!(
@@ -37,35 +25,17 @@ fn agent_config(cluster: &Cluster, port: u16) -> String {
     )
 }
 
-/// Calls of `fp` charged to `role`, and the role's total queries, from /api/v1/status.
-fn counts(agent: &Agent, role: &str, fp: &str) -> (u64, u64) {
-    let status = agent.status_json().expect("status");
-    let Some(r) = status["roles"]
-        .as_array()
-        .and_then(|rs| rs.iter().find(|r| r["role"] == role))
-    else {
-        return (0, 0);
-    };
-    let calls = r["fingerprints"]
-        .as_array()
-        .and_then(|fs| fs.iter().find(|f| f["fingerprint"] == fp))
-        .map_or(0, |f| f["calls"].as_u64().unwrap_or(0));
-    (calls, r["queries"].as_u64().unwrap_or(0))
+/// Calls of `fp` charged to `role` (the status is exact as of the agent's last drain).
+fn calls(agent: &Agent, role: &str, fp: &str) -> u64 {
+    agent.fingerprint_calls(role, fp).expect("status")
 }
 
-/// Polls until `role`'s calls of `fp` reach `target` (the pipeline drains every 5 ms, the
-/// status is exact as of the last drain), or 15 s pass; returns the last value.
+/// Waits up to 15 s for `role`'s calls of `fp` to reach `target` (the pipeline drains
+/// every 5 ms); returns the last value, read again 200 ms later to catch overcounts.
 fn wait_calls(agent: &Agent, role: &str, fp: &str, target: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (calls, _) = counts(agent, role, fp);
-        if calls >= target || Instant::now() > deadline {
-            // Let a late straggler show up as an overcount rather than hide.
-            thread::sleep(Duration::from_millis(200));
-            return counts(agent, role, fp).0;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+    agent
+        .wait_fingerprint_calls(role, fp, target, Duration::from_secs(15))
+        .expect("status")
 }
 
 struct Failures(Vec<String>);
@@ -126,7 +96,7 @@ fn suite(version: PgVersion) {
                 if connect_per_tx { "-C" } else { "" }
             );
             cluster.pg_stat_statements_reset().expect("pss reset");
-            let before = counts(&agent, "alice", &fp_select).0;
+            let before = calls(&agent, "alice", &fp_select);
             let run = PgbenchRun {
                 transport,
                 clients: 2,
@@ -163,8 +133,8 @@ fn suite(version: PgVersion) {
     // 2. Two roles at once, over different transports.
     {
         let (a0, b0) = (
-            counts(&agent, "alice", &fp_select).0,
-            counts(&agent, "bob", &fp_select).0,
+            calls(&agent, "alice", &fp_select),
+            calls(&agent, "bob", &fp_select),
         );
         let run = |user: &str, transport| PgbenchRun {
             transport,
@@ -248,7 +218,7 @@ fn suite(version: PgVersion) {
         let other = Cluster::start(version, ClusterOptions::default()).expect("second cluster");
         other.create_role_with_db("alice").expect("role");
         other.pgbench_init("alice", "alice", 1).expect("pgbench -i");
-        let before = counts(&agent, "alice", &fp_select).0;
+        let before = calls(&agent, "alice", &fp_select);
         let status0 = agent.status_json().expect("status");
         let total0: u64 = status0["roles"].as_array().map_or(0, |r| {
             r.iter().map(|r| r["queries"].as_u64().unwrap_or(0)).sum()
@@ -260,7 +230,7 @@ fn suite(version: PgVersion) {
         };
         other.pgbench(&run).expect("pgbench on the other cluster");
         thread::sleep(Duration::from_millis(500));
-        let after = counts(&agent, "alice", &fp_select).0;
+        let after = calls(&agent, "alice", &fp_select);
         f.check(after == before, || {
             format!("{version:?} other cluster: alice's count moved {before} → {after}")
         });

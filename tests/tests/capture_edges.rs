@@ -2,25 +2,12 @@
 //! (retried, state resynced), a configured byte cap (truncation counted, stream kept), and
 //! encrypted sessions (counted, never parsed). Real kernel, real agent, real clusters.
 
-use std::{
-    process::Command,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{process::Command, thread, time::Duration};
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, PgVersion, Transport, agent_binary, free_port, require_root,
-    tail,
+    Agent, Cluster, ClusterOptions, PgVersion, Transport, agent_binary, fingerprint, free_port,
+    require_root, tail,
 };
-
-fn fingerprint(sql: &str) -> String {
-    format!(
-        "{:016x}",
-        pg_query::fingerprint(sql, 0, 0)
-            .expect("test SQL parses")
-            .value
-    )
-}
 
 fn config(cluster: &Cluster, port: u16, capture: &str) -> String {
     format!(
@@ -33,36 +20,17 @@ fn config(cluster: &Cluster, port: u16, capture: &str) -> String {
 }
 
 fn calls(agent: &Agent, role: &str, fp: &str) -> u64 {
-    let status = agent.status_json().expect("status");
-    status["roles"]
-        .as_array()
-        .and_then(|rs| rs.iter().find(|r| r["role"] == role))
-        .and_then(|r| {
-            r["fingerprints"]
-                .as_array()?
-                .iter()
-                .find(|f| f["fingerprint"] == fp)
-                .cloned()
-        })
-        .and_then(|f| f["calls"].as_u64())
-        .unwrap_or(0)
+    agent.fingerprint_calls(role, fp).expect("status")
 }
 
 fn wait_calls(agent: &Agent, role: &str, fp: &str, target: u64, within: Duration) -> u64 {
-    let deadline = Instant::now() + within;
-    loop {
-        let n = calls(agent, role, fp);
-        if n >= target || Instant::now() > deadline {
-            return n;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+    agent
+        .wait_fingerprint_calls(role, fp, target, within)
+        .expect("status")
 }
 
 fn capture_counter(agent: &Agent, key: &str) -> u64 {
-    agent.status_json().expect("status")["capture"][key]
-        .as_u64()
-        .unwrap_or(u64::MAX)
+    agent.capture_counter(key).expect("status")
 }
 
 /// A lost monitor connection is reopened (with backoff) and a lookup asked while it was

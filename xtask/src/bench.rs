@@ -426,25 +426,8 @@ fn stress_run(
         &agent_config(cluster, port, "auto"),
         format!("127.0.0.1:{port}"),
     )?;
-    let fp = format!(
-        "{:016x}",
-        pg_query_fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = $1")?
-    );
-    let count = |agent: &Agent| -> Result<u64> {
-        let s = agent.status_json()?;
-        Ok(s["roles"]
-            .as_array()
-            .and_then(|rs| rs.iter().find(|r| r["role"] == "bench"))
-            .and_then(|r| {
-                r["fingerprints"]
-                    .as_array()?
-                    .iter()
-                    .find(|f| f["fingerprint"] == fp.as_str())
-                    .cloned()
-            })
-            .and_then(|f| f["calls"].as_u64())
-            .unwrap_or(0))
-    };
+    let fp = pgmon_tests::fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = $1");
+    let count = |agent: &Agent| agent.fingerprint_calls("bench", &fp);
     let before = count(&agent)?;
     let r = cluster.pgbench(&PgbenchRun {
         clients: 16,
@@ -464,14 +447,6 @@ fn stress_run(
         + s["capture"]["desyncs_backend"].as_u64().unwrap_or(0);
     agent.stop()?;
     Ok((r.transactions_processed, seen, drops, desyncs))
-}
-
-/// The fingerprint pgmon gives `sql`, computed by the agent binary's own library would be
-/// ideal; the test crate's `pg_query` gives the same value.
-fn pg_query_fingerprint(sql: &str) -> Result<u64> {
-    Ok(pg_query::fingerprint(sql, 0, 0)
-        .with_context(|| format!("fingerprint of {sql}"))?
-        .value)
 }
 
 /// Records the capture of `workload` into `out` with `pgmon-agent record`.

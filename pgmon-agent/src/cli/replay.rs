@@ -7,7 +7,7 @@
 //! distinct statement is a libpg_query miss; without it the cache is warmed by one
 //! unmeasured pass first, so the measured passes are hits.
 
-use std::{path::Path, sync::Arc, time::Instant};
+use std::{path::Path, time::Instant};
 
 use anyhow::Context as _;
 
@@ -26,8 +26,7 @@ pub fn replay(file: &Path, passes: u32, cold: bool) -> anyhow::Result<()> {
         "cluster:\n  data_directory: /nonexistent\n",
     )?;
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let metrics = Metrics::new("replay", 0);
-    let mut pipeline = Pipeline::new(&config, metrics.clone(), tx.clone());
+    let mut pipeline = Pipeline::new(&config, Metrics::new("replay", 0), tx.clone());
     if !cold {
         for r in &records {
             pipeline.on_record(r);
@@ -50,7 +49,6 @@ pub fn replay(file: &Path, passes: u32, cold: bool) -> anyhow::Result<()> {
         queries += pipeline.total_queries() - before;
     }
     let n = records.len() as u64 * u64::from(passes.max(1));
-    let _ = Arc::strong_count(&metrics);
     println!(
         "{}",
         serde_json::json!({

@@ -142,12 +142,8 @@ impl Pipeline {
         }
         match b.identity {
             Identity::Known(id) => self.stats.connection(id, -1),
-            Identity::Pending(_) => {
-                // Its answer will find no backend; keep the completions honest.
-                if let Identity::Pending(p) = b.identity {
-                    self.unattributed(p.len() as u64);
-                }
-            }
+            // Its answer will find no backend: what waited for it is unattributed.
+            Identity::Pending(p) => self.unattributed(p.len() as u64),
             _ => {}
         }
     }
@@ -379,10 +375,10 @@ impl wire::Sink for ConnSink<'_> {
         self.normalizer.prepare(text, simple, out);
     }
 
-    fn truncated(&mut self, _prefix: &[u8], len: usize, simple: bool, out: &mut Vec<Stmt>) {
+    fn truncated(&mut self, _prefix: &[u8], len: usize, _simple: bool, out: &mut Vec<Stmt>) {
         self.counters.oversized += 1;
         self.metrics.oversized_messages.inc();
-        out.push(self.normalizer.oversized(len, simple));
+        out.push(self.normalizer.oversized(len));
     }
 
     fn startup(&mut self, s: &Startup<'_>) {

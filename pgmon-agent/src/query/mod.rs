@@ -153,8 +153,7 @@ impl Normalizer {
     /// The statement recorded for a `Q`/`Parse` longer than `capture.max_message_bytes`
     /// (`len` bytes): its text was not reassembled, so it has no fingerprint; its executions
     /// are still counted.
-    pub fn oversized(&mut self, len: usize, simple: bool) -> Stmt {
-        let _ = simple;
+    pub fn oversized(&mut self, len: usize) -> Stmt {
         Arc::new(StatementInfo {
             fingerprint: 0,
             normalized: format!("(message of {len} bytes, over capture.max_message_bytes)").into(),

@@ -3,19 +3,13 @@
 //! the tracepoint's second argument), and with BTF the program reads them directly, without
 //! a helper call. No entry program and no map entry between entry and exit: the cheapest
 //! hook measured where fentry/fexit are refused.
-//!
-//! Syscall numbers from arch/x86/entry/syscalls/syscall_64.tbl.
 
 use aya_ebpf::{
     bindings::pt_regs, helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use pgmon_common::kind;
 
 use crate::{emit::emit_call, tracked};
-
-const NR_SENDTO: u64 = 44;
-const NR_RECVFROM: u64 = 45;
 
 #[btf_tracepoint(function = "sys_exit")]
 pub fn pgmon_btf_sys_exit(ctx: BtfTracePointContext) -> u32 {
@@ -27,10 +21,8 @@ pub fn pgmon_btf_sys_exit(ctx: BtfTracePointContext) -> u32 {
     // SAFETY: `regs` is the tracepoint's typed (PTR_TO_BTF_ID) argument; the verifier
     // checks these loads against the kernel's BTF layout of struct pt_regs.
     let nr = unsafe { (*regs).orig_rax };
-    let kind = match nr {
-        NR_RECVFROM => kind::RECV,
-        NR_SENDTO => kind::SEND,
-        _ => return 0,
+    let Some(kind) = super::socket_call_kind(nr) else {
+        return 0;
     };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Some(tracked) = tracked(pid) else {

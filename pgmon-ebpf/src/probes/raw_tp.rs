@@ -2,8 +2,6 @@
 //! number read from its `pt_regs` (x86_64: `orig_ax`; the arguments are still in `di`/`si`
 //! at exit). Untyped, so every read goes through `bpf_probe_read_kernel`; the fallback
 //! where BTF-typed tracepoints are not available.
-//!
-//! Syscall numbers from arch/x86/entry/syscalls/syscall_64.tbl.
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -11,12 +9,9 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use pgmon_common::{counter, kind};
+use pgmon_common::counter;
 
 use crate::{bump, emit::emit_call, tracked};
-
-const NR_SENDTO: u64 = 44;
-const NR_RECVFROM: u64 = 45;
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn pgmon_raw_sys_exit(ctx: RawTracePointContext) -> u32 {
@@ -30,10 +25,8 @@ pub fn pgmon_raw_sys_exit(ctx: RawTracePointContext) -> u32 {
         bump(counter::PROBE_ERRORS, 1);
         return 0;
     };
-    let kind = match nr {
-        NR_RECVFROM => kind::RECV,
-        NR_SENDTO => kind::SEND,
-        _ => return 0,
+    let Some(kind) = super::socket_call_kind(nr) else {
+        return 0;
     };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Some(tracked) = tracked(pid) else {
