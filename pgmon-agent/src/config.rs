@@ -26,6 +26,12 @@ pub struct Config {
     /// The HTTP endpoint (`/metrics`, `/healthz`, `/api/v1/status`).
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Generic-plan cost estimates (the cost worker).
+    #[serde(default)]
+    pub cost: crate::cost::CostConfig,
+    /// Per-role query-cost budgets and the escalation ladder.
+    #[serde(default)]
+    pub budgets: crate::budget::policy::BudgetPolicy,
 }
 
 /// Which cluster pgmon watches, and how it reaches it.
@@ -185,7 +191,7 @@ pub enum ConfigError {
     #[error("{path}: {field}: {message}")]
     Invalid {
         path: PathBuf,
-        field: &'static str,
+        field: String,
         message: String,
     },
 }
@@ -224,9 +230,9 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field, message: String| ConfigError::Invalid {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
             path: path.to_owned(),
-            field,
+            field: field.to_owned(),
             message,
         };
         let c = &self.capture;
@@ -265,6 +271,16 @@ impl Config {
                 "query.top_k_fingerprints",
                 "is larger than query.max_fingerprints".to_owned(),
             ));
+        }
+        if let Err((field, message)) = self.budgets.compile() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                field,
+                message,
+            });
+        }
+        if !(self.cost.default_cost >= 0.0 && self.cost.default_cost.is_finite()) {
+            return Err(invalid("cost.default_cost", "must be ≥ 0".to_owned()));
         }
         if self.cluster.data_directory.as_os_str().is_empty() {
             return Err(invalid("cluster.data_directory", "is empty".to_owned()));

@@ -1,9 +1,11 @@
 //! pgmon's host agent as a library: the pure parts (wire, query) and the parts that touch
 //! the kernel or the database (capture, attribution), wired together by `cli::run`.
 pub mod attribution;
+pub mod budget;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod cost;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;

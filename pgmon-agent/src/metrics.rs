@@ -95,6 +95,10 @@ pub struct Metrics {
     pub db_connect_errors: Counter,
     /// Values published by the capture thread.
     pub shared: Arc<Shared>,
+    /// `pgmon_cost_*`.
+    pub cost: crate::cost::CostMetrics,
+    /// `pgmon_role_budget_*`, `pgmon_enforcement_actions_total`.
+    pub budget: crate::budget::metrics::BudgetMetrics,
 }
 
 fn duration_histogram() -> Histogram {
@@ -177,8 +181,12 @@ impl Metrics {
             hook: hook.to_owned(),
             cost_rank,
         }));
+        let cost = crate::cost::CostMetrics::register(&mut registry);
+        let budget = crate::budget::metrics::BudgetMetrics::register(&mut registry);
         Arc::new(Self {
             registry,
+            cost,
+            budget,
             queries,
             duration,
             errors,

@@ -13,6 +13,9 @@ pub struct Status {
     pub capture: CaptureStatus,
     /// Every role seen, most queries first.
     pub roles: Vec<RoleStatus>,
+    /// Budgeted roles, highest utilisation first (empty when budgets are off).
+    #[serde(default)]
+    pub budgets: Vec<crate::budget::BudgetStatus>,
 }
 
 /// The agent process.

@@ -20,10 +20,16 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     attribution,
+    budget::{
+        Budgets, Channels,
+        enforce::{self, Enforcer},
+    },
     capture::{Capture, cluster},
     config::Config,
+    cost::{Costs, worker::Worker},
     http::{self, Endpoint, StatusRequest},
     metrics::Metrics,
+    pipeline::BudgetLink,
     pipeline::Pipeline,
 };
 
@@ -71,6 +77,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let last_drain_ms = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
 
+    let budget_link = start_budgets(&config, &runtime, &monitor, &metrics)?;
     runtime.spawn(attribution::serve(
         monitor,
         lookup_rx,
@@ -95,6 +102,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             .name("pgmon-capture".into())
             .spawn(move || {
                 let mut pipeline = Pipeline::new(&config, metrics, lookup_tx);
+                if let Some(link) = budget_link {
+                    pipeline = pipeline.with_budgets(link);
+                }
                 capture_loop(
                     capture,
                     &mut pipeline,
@@ -129,6 +139,83 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// When `budgets.enabled`: loads the persisted ledgers and steps, starts the cost worker
+/// and the enforcer on `runtime`, and returns what the capture thread needs.
+fn start_budgets(
+    config: &Config,
+    runtime: &tokio::runtime::Runtime,
+    monitor: &tokio_postgres::Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<BudgetLink>> {
+    if !config.budgets.enabled {
+        return Ok(None);
+    }
+    let policy = config
+        .budgets
+        .compile()
+        .map_err(|(field, message)| anyhow::anyhow!("{field}: {message}"))?;
+    let costs = Costs::new(&config.cost);
+    let (request_tx, request_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (answer_tx, answer_rx) = std::sync::mpsc::channel();
+    let (enforcer_tx, enforcer_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (protected_tx, protected_rx) = std::sync::mpsc::channel();
+    if config.cost.enabled {
+        let conninfo = config
+            .cost
+            .connection
+            .as_deref()
+            .unwrap_or(&config.cluster.connection);
+        let worker = Worker::new(
+            attribution::monitor_config(conninfo)?,
+            config.cost.clone(),
+            costs.clone(),
+            metrics.cost.clone(),
+        );
+        runtime.spawn(worker.serve(request_rx, answer_tx));
+    }
+    let persisted = runtime.block_on(async {
+        match tokio::time::timeout(Duration::from_secs(10), enforce::load(monitor)).await {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::warn!("database unreachable for 10 s: budgets start empty");
+                Default::default()
+            }
+        }
+    });
+    tracing::info!(
+        mode = ?config.budgets.mode,
+        restored_steps = persisted.steps.len(),
+        restored_ledgers = persisted.buckets.len(),
+        "budgets on"
+    );
+    runtime.spawn(
+        Enforcer {
+            config: monitor.clone(),
+            mode: config.budgets.mode,
+            ladder: config.budgets.ladder.clone(),
+            metrics: metrics.budget.clone(),
+        }
+        .serve(enforcer_rx, protected_tx),
+    );
+    let budgets = Budgets::new(
+        policy,
+        &config.cost,
+        costs,
+        Channels {
+            cost_requests: request_tx,
+            enforcer: enforcer_tx,
+        },
+        metrics.cost.clone(),
+        metrics.budget.clone(),
+        persisted,
+    );
+    Ok(Some(BudgetLink {
+        budgets,
+        cost_answers: answer_rx,
+        protected: protected_rx,
+    }))
+}
+
 /// Drains the ring buffer every `capture.drain_interval_ms` (or sooner when the kernel
 /// wakes us), answers status requests, applies attribution answers, publishes counters,
 /// and follows a restarted postmaster. Returns when `stop` is set; dropping `capture`
@@ -150,6 +237,7 @@ fn capture_loop(
     while !stop.load(Ordering::Relaxed) {
         capture.wait(interval);
         let (_, bad) = capture.drain(|record| pipeline.on_record(&record));
+        pipeline.tick();
         if bad > 0 {
             tracing::warn!(records = bad, "undecodable ring-buffer records");
         }

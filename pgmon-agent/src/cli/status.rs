@@ -136,6 +136,26 @@ pub fn render(s: &Status) -> String {
             r.databases.join(",")
         );
     }
+    if !s.budgets.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "{:<20} {:<12} {:>12} {:>12} {:>6}  step (why)",
+            "budget role", "tier", "spend", "budget", "util"
+        );
+        for b in &s.budgets {
+            let step = match (b.step, b.step_at, b.connection_limit) {
+                (Some(a), Some(at), Some(l)) => format!("{a:?} {l} (utilisation ≥ {at})"),
+                (Some(a), Some(at), None) => format!("{a:?} (utilisation ≥ {at})"),
+                _ => "-".to_owned(),
+            };
+            let _ = writeln!(
+                o,
+                "{:<20} {:<12} {:>12.1} {:>12.1} {:>6.2}  {step}",
+                b.role, b.tier, b.spend, b.budget, b.utilisation
+            );
+        }
+    }
     for r in &s.roles {
         let _ = writeln!(o);
         o.push_str(&render_role_top(r, 5));

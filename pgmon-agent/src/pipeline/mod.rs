@@ -12,8 +12,10 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::{
     attribution::Answer,
+    budget::Budgets,
     capture::{Capture, Record},
     config::Config,
+    cost::CostAnswer,
     metrics::Metrics,
     query::{Normalizer, Stmt, fingerprint_hex},
     status::{AgentStatus, CaptureStatus, ClusterStatus, RefusedHook, Status},
@@ -71,8 +73,21 @@ struct Counters {
     late_attributions: u64,
 }
 
+/// The budgets and the channels that feed them (when `budgets.enabled`).
+pub struct BudgetLink {
+    pub budgets: Budgets,
+    /// Estimates from the cost worker.
+    pub cost_answers: std::sync::mpsc::Receiver<CostAnswer>,
+    /// Superuser and replication roles, from the enforcer.
+    pub protected: std::sync::mpsc::Receiver<std::collections::HashSet<String>>,
+}
+
 /// The capture-thread pipeline.
 pub struct Pipeline {
+    budget: Option<BudgetLink>,
+    /// Wall clock at the last [`Pipeline::tick`], unix ms (what budgets are charged at).
+    now_ms: u64,
+    last_snapshot_ms: u64,
     conns: HashMap<(u32, u32), Conn, ahash::RandomState>,
     backends: HashMap<u32, Backend, ahash::RandomState>,
     preexisting: std::collections::HashSet<u32>,
@@ -90,6 +105,9 @@ impl Pipeline {
     /// lookups on `lookups`.
     pub fn new(config: &Config, metrics: Arc<Metrics>, lookups: UnboundedSender<u32>) -> Self {
         Self {
+            budget: None,
+            now_ms: crate::http::now_ms(),
+            last_snapshot_ms: 0,
             conns: HashMap::default(),
             backends: HashMap::default(),
             preexisting: Default::default(),
@@ -108,6 +126,36 @@ impl Pipeline {
             top_k: config.query.top_k_fingerprints,
             counters: Counters::default(),
         }
+    }
+
+    /// Charges completed statements to `link`'s budgets from now on.
+    pub fn with_budgets(mut self, link: BudgetLink) -> Self {
+        self.budget = Some(link);
+        self
+    }
+
+    /// Called after each drain: reads the clock, applies cost estimates and the protected
+    /// roles, re-evaluates the ladder, and once a second sends the changed ledgers.
+    pub fn tick(&mut self) {
+        self.now_ms = crate::http::now_ms();
+        let Some(link) = &mut self.budget else {
+            return;
+        };
+        while let Ok(a) = link.cost_answers.try_recv() {
+            link.budgets.on_cost(a);
+        }
+        while let Ok(p) = link.protected.try_recv() {
+            link.budgets.set_protected(p);
+        }
+        link.budgets.evaluate(self.now_ms);
+        if self.now_ms.saturating_sub(self.last_snapshot_ms) >= 1000 {
+            link.budgets.snapshot();
+            self.last_snapshot_ms = self.now_ms;
+        }
+        self.metrics
+            .cost
+            .entries
+            .set(link.budgets.cost_entries() as i64);
     }
 
     /// Pids that were running when the capture attached: their connections start
@@ -180,6 +228,8 @@ impl Pipeline {
             }
         };
         let mut sink = ConnSink {
+            budgets: self.budget.as_mut().map(|l| &mut l.budgets),
+            now_ms: self.now_ms,
             backend,
             normalizer: &mut self.normalizer,
             stats: &mut self.stats,
@@ -250,6 +300,10 @@ impl Pipeline {
                 self.metrics.attributed_late.inc();
                 for (stmt, dur, err) in pending {
                     self.stats.record(rd, &stmt, dur, err);
+                    if let Some(link) = &mut self.budget {
+                        let (r, d) = self.stats.names(rd);
+                        link.budgets.charge(self.now_ms, r, d, &stmt, dur);
+                    }
                 }
             }
             None => {
@@ -344,6 +398,11 @@ impl Pipeline {
                 normalize_errors: n.errors,
             },
             roles: self.stats.roles(),
+            budgets: self
+                .budget
+                .as_ref()
+                .map(|l| l.budgets.status(self.now_ms))
+                .unwrap_or_default(),
         }
     }
 }
@@ -361,6 +420,8 @@ impl Backend {
 
 /// The [`wire::Sink`] of one connection: charges what the parser reports.
 struct ConnSink<'a> {
+    budgets: Option<&'a mut Budgets>,
+    now_ms: u64,
     backend: &'a mut Backend,
     normalizer: &'a mut Normalizer,
     stats: &'a mut Stats,
@@ -414,7 +475,13 @@ impl wire::Sink for ConnSink<'_> {
             _ => None,
         };
         match &mut self.backend.identity {
-            Identity::Known(id) => self.stats.record(*id, &c.stmt, duration, error),
+            Identity::Known(id) => {
+                self.stats.record(*id, &c.stmt, duration, error);
+                if let Some(b) = self.budgets.as_deref_mut() {
+                    let (r, d) = self.stats.names(*id);
+                    b.charge(self.now_ms, r, d, &c.stmt, duration);
+                }
+            }
             Identity::Pending(p) if p.len() < MAX_PENDING => p.push((c.stmt, duration, error)),
             Identity::Ignored => {}
             Identity::Pending(_) | Identity::AwaitStartup | Identity::Unknown => {

@@ -93,6 +93,12 @@ impl Stats {
         id
     }
 
+    /// The role and database of `id`.
+    pub fn names(&self, id: RoleDbId) -> (&Arc<str>, &Arc<str>) {
+        let r = &self.role_dbs[id];
+        (&r.role, &r.database)
+    }
+
     /// A connection of `id` opened (+1) or closed (-1).
     pub fn connection(&mut self, id: RoleDbId, delta: i64) {
         let r = &mut self.role_dbs[id];

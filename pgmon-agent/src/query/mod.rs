@@ -21,6 +21,8 @@ pub struct StatementInfo {
     /// unparsable statement, a marker saying so (the raw text is never kept: it may hold
     /// secrets).
     pub normalized: Arc<str>,
+    /// `normalized` was cut at `query.max_text_chars` (it can no longer be planned).
+    pub normalized_truncated: bool,
     /// Length of the statement's text as sent, bytes.
     pub text_bytes: u32,
     /// The text could not be parsed by libpg_query.
@@ -128,12 +130,17 @@ impl Normalizer {
         let fp = pg_query::fingerprint(text, 0, 0);
         let norm = pg_query::normalize(text);
         match (fp, norm) {
-            (Ok(fp), Ok(norm)) => Arc::new(StatementInfo {
-                fingerprint: fp.value,
-                normalized: truncate_chars(norm.trim(), self.max_text_chars).into(),
-                text_bytes: text.len().try_into().unwrap_or(u32::MAX),
-                parse_error: false,
-            }),
+            (Ok(fp), Ok(norm)) => {
+                let full = norm.trim();
+                let kept = truncate_chars(full, self.max_text_chars);
+                Arc::new(StatementInfo {
+                    fingerprint: fp.value,
+                    normalized_truncated: kept.len() < full.len(),
+                    normalized: kept.into(),
+                    text_bytes: text.len().try_into().unwrap_or(u32::MAX),
+                    parse_error: false,
+                })
+            }
             _ => self.unparsable(text),
         }
     }
@@ -143,6 +150,7 @@ impl Normalizer {
         Arc::new(StatementInfo {
             fingerprint: 0,
             normalized: "(not parsable by libpg_query)".into(),
+            normalized_truncated: false,
             text_bytes: text.len().try_into().unwrap_or(u32::MAX),
             parse_error: true,
         })
@@ -157,6 +165,7 @@ impl Normalizer {
         Arc::new(StatementInfo {
             fingerprint: 0,
             normalized: format!("(message of {len} bytes, over capture.max_message_bytes)").into(),
+            normalized_truncated: false,
             text_bytes: len.try_into().unwrap_or(u32::MAX),
             parse_error: false,
         })

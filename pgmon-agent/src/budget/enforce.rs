@@ -1,0 +1,292 @@
+//! Applies ladder decisions through pgmon's SECURITY DEFINER functions
+//! (`sql/002_enforcement.sql`: `pgmon.set_connection_limit`, `pgmon.lock_role`,
+//! `pgmon.restore_role`, which refuse superusers, replication roles and the exempt list
+//! themselves), writes the audit row of every action and undo, and persists steps and
+//! ledgers (`pgmon.budget_state`, `pgmon.budget_ledger`) so a restart loses neither.
+//!
+//! A lost connection is reopened with exponential backoff (0.5 s doubling to 30 s); the
+//! decision in hand is applied once it is back.
+
+use std::{collections::HashSet, time::Duration};
+
+use backon::{ExponentialBuilder, Retryable};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_postgres::{Client, NoTls};
+
+use super::{
+    Decision, Persisted, ToEnforcer,
+    metrics::BudgetMetrics,
+    policy::{ActionKind, Mode, Step},
+};
+
+/// What a step leaves in the catalog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Effect {
+    Original,
+    Limit(i32),
+    Locked,
+}
+
+fn effect(ladder: &[Step], step: Option<usize>) -> Effect {
+    match step.map(|i| &ladder[i]) {
+        Some(Step {
+            action: ActionKind::ConnectionLimit,
+            limit: Some(l),
+            ..
+        }) => Effect::Limit(*l),
+        Some(Step {
+            action: ActionKind::Lock,
+            ..
+        }) => Effect::Locked,
+        _ => Effect::Original,
+    }
+}
+
+/// The SQL calls (function, argument) that move a role from one step to another, with the
+/// action name of each.
+fn calls(ladder: &[Step], d: &Decision) -> Vec<(&'static str, &'static str, Option<i32>)> {
+    let (from, to) = (effect(ladder, d.from), effect(ladder, d.to));
+    if from == to {
+        return Vec::new();
+    }
+    let restore = ("restore", "SELECT pgmon.restore_role($1)::text", None);
+    match to {
+        Effect::Original => vec![restore],
+        Effect::Limit(l) => {
+            let set = (
+                "connection_limit",
+                "SELECT pgmon.set_connection_limit($1, $2)::text",
+                Some(l),
+            );
+            if from == Effect::Locked {
+                vec![restore, set]
+            } else {
+                vec![set]
+            }
+        }
+        Effect::Locked => vec![("lock", "SELECT pgmon.lock_role($1)::text", None)],
+    }
+}
+
+async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+async fn connect_with_backoff(config: &tokio_postgres::Config) -> Client {
+    let connect_once = || connect(config);
+    let retried = connect_once
+        .retry(
+            ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(Duration::from_secs(30))
+                .with_jitter()
+                .without_max_times(),
+        )
+        .notify(
+            |e, wait| tracing::warn!(error = %e, retry_in = ?wait, "enforcement connection failed"),
+        )
+        .await;
+    retried.expect("retries without limit")
+}
+
+/// Loads persisted steps and the last day's ledger buckets; an absent schema (SQL not
+/// installed) gives an empty state and a warning.
+pub async fn load(config: &tokio_postgres::Config) -> Persisted {
+    let client = connect_with_backoff(config).await;
+    let mut p = Persisted::default();
+    match client
+        .query("SELECT role::text, step FROM pgmon.budget_state", &[])
+        .await
+    {
+        Ok(rows) => {
+            for r in rows {
+                p.steps.insert(r.get(0), r.get::<_, i32>(1).max(0) as usize);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "pgmon.budget_state unreadable (is sql/002_enforcement.sql installed?); starting with empty budgets");
+            return p;
+        }
+    }
+    if let Ok(rows) = client
+        .query(
+            "SELECT role::text, extract(epoch FROM bucket_start)::float8, spend \
+             FROM pgmon.budget_ledger WHERE bucket_start > now() - interval '1 day'",
+            &[],
+        )
+        .await
+    {
+        for r in rows {
+            p.buckets
+                .entry(r.get(0))
+                .or_default()
+                .push((r.get::<_, f64>(1) as u64, r.get(2)));
+        }
+    }
+    p
+}
+
+/// Superusers and replication roles (`pg_roles`): never charged, never touched.
+pub async fn protected_roles(client: &Client) -> Result<HashSet<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT rolname::text FROM pg_roles WHERE rolsuper OR rolreplication",
+            &[],
+        )
+        .await?;
+    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+}
+
+/// The enforcement task.
+pub struct Enforcer {
+    pub config: tokio_postgres::Config,
+    pub mode: Mode,
+    pub ladder: Vec<Step>,
+    pub metrics: BudgetMetrics,
+}
+
+impl Enforcer {
+    /// Serves until `rx` closes. Sends the protected-role set to `protected` at start and
+    /// every minute.
+    pub async fn serve(
+        self,
+        mut rx: UnboundedReceiver<ToEnforcer>,
+        protected: std::sync::mpsc::Sender<HashSet<String>>,
+    ) {
+        let mut client = connect_with_backoff(&self.config).await;
+        let mut refresh = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = refresh.tick() => {
+                    match protected_roles(&client).await {
+                        Ok(set) => { let _ = protected.send(set); }
+                        Err(e) => tracing::warn!(error = %e, "pg_roles lookup failed"),
+                    }
+                }
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { return };
+                    loop {
+                        if client.is_closed() {
+                            client = connect_with_backoff(&self.config).await;
+                        }
+                        match self.handle(&client, &msg).await {
+                            Err(e) if e.as_db_error().is_none() => {
+                                tracing::warn!(error = %e, "enforcement connection lost; retrying");
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "budget persistence failed");
+                                break;
+                            }
+                            Ok(()) => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, client: &Client, msg: &ToEnforcer) -> Result<(), tokio_postgres::Error> {
+        match msg {
+            ToEnforcer::Decision(d) => self.apply(client, d).await,
+            ToEnforcer::Ledgers(ledgers) => {
+                let (mut roles, mut secs, mut spends) = (Vec::new(), Vec::new(), Vec::new());
+                for (role, _tier, buckets) in ledgers {
+                    for (sec, v) in buckets {
+                        roles.push(role.to_string());
+                        secs.push(*sec as f64);
+                        spends.push(*v);
+                    }
+                }
+                client
+                    .execute(
+                        "INSERT INTO pgmon.budget_ledger (role, bucket_start, spend) \
+                         SELECT r, to_timestamp(s), v FROM unnest($1::text[], $2::float8[], $3::float8[]) AS u(r, s, v) \
+                         ON CONFLICT (role, bucket_start) DO UPDATE SET spend = EXCLUDED.spend",
+                        &[&roles, &secs, &spends],
+                    )
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn apply(&self, client: &Client, d: &Decision) -> Result<(), tokio_postgres::Error> {
+        let step_name = |s: Option<usize>| match s.map(|i| &self.ladder[i]) {
+            None => "none".to_owned(),
+            Some(st) => match st.limit {
+                Some(l) => format!("{:?}({l}) at {}", st.action, st.at),
+                None => format!("{:?} at {}", st.action, st.at),
+            },
+        };
+        let to_name = step_name(d.to);
+        let mut outcomes: Vec<(&'static str, String)> = Vec::new();
+        let going_up = d.to.unwrap_or(0) > d.from.unwrap_or(0) || d.from.is_none();
+        if d.to
+            .is_some_and(|i| self.ladder[i].action == ActionKind::Warn)
+            && going_up
+        {
+            outcomes.push(("warn", "logged".to_owned()));
+            self.metrics.action("warn", "applied");
+        }
+        for (action, sql, limit) in calls(&self.ladder, d) {
+            let result = if self.mode == Mode::Observe {
+                self.metrics.action(action, "observed");
+                "observed (mode: observe)".to_owned()
+            } else {
+                let role = d.role.to_string();
+                let r = match limit {
+                    Some(l) => client.query_one(sql, &[&role, &l]).await,
+                    None => client.query_one(sql, &[&role]).await,
+                };
+                match r {
+                    Ok(row) => {
+                        self.metrics.action(action, "applied");
+                        format!(
+                            "applied: {}",
+                            row.get::<_, Option<String>>(0).unwrap_or_default()
+                        )
+                    }
+                    Err(e) if e.as_db_error().is_some() => {
+                        let refused = e.code().is_some_and(|c| c.code() == "42501");
+                        self.metrics
+                            .action(action, if refused { "refused" } else { "failed" });
+                        format!("{}: {e}", if refused { "refused" } else { "failed" })
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            outcomes.push((action, result));
+        }
+        for (action, result) in &outcomes {
+            tracing::warn!(role = %d.role, tier = %d.tier, from = %step_name(d.from), to = %to_name, utilisation = d.utilisation, spend = d.spend, action, result = %result, "budget step");
+            client
+                .execute(
+                    "INSERT INTO pgmon.audit (role, source, step, utilisation, action, result) \
+                     VALUES ($1, 'budget', $2, $3, $4, $5)",
+                    &[&d.role.as_ref(), &to_name, &d.utilisation, action, result],
+                )
+                .await?;
+        }
+        match d.to {
+            Some(step) => client
+                .execute(
+                    "INSERT INTO pgmon.budget_state (role, tier, step) VALUES ($1, $2, $3) \
+                     ON CONFLICT (role) DO UPDATE SET tier = EXCLUDED.tier, step = EXCLUDED.step, updated_at = now()",
+                    &[&d.role.as_ref(), &d.tier, &(step as i32)],
+                )
+                .await?,
+            None => client
+                .execute(
+                    "DELETE FROM pgmon.budget_state WHERE role = $1",
+                    &[&d.role.as_ref()],
+                )
+                .await?,
+        };
+        Ok(())
+    }
+}

@@ -1,0 +1,74 @@
+//! A role's spend over a rolling window, in one-second buckets. Pure; time is passed in
+//! (unix milliseconds), so tests drive it with an injected clock.
+
+use std::collections::VecDeque;
+
+/// Spend per unix second, oldest first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ledger {
+    buckets: VecDeque<(u64, f64)>,
+}
+
+impl Ledger {
+    /// Adds `amount` at `now_ms`.
+    pub fn charge(&mut self, now_ms: u64, amount: f64) {
+        self.charge_second(now_ms / 1000, amount);
+    }
+
+    /// Adds `amount` to the bucket of unix second `sec` (a correction may land in an
+    /// older bucket; one that has left every window is dropped by [`Self::prune`]).
+    pub fn charge_second(&mut self, sec: u64, amount: f64) {
+        match self.buckets.iter_mut().rev().find(|(s, _)| *s <= sec) {
+            Some((s, v)) if *s == sec => *v += amount,
+            _ => {
+                let at = self.buckets.partition_point(|(s, _)| *s < sec);
+                self.buckets.insert(at, (sec, amount));
+            }
+        }
+    }
+
+    /// Spend in the `window_s` seconds ending at `now_ms` (the current second included).
+    pub fn spend(&self, now_ms: u64, window_s: u64) -> f64 {
+        let now = now_ms / 1000;
+        let from = now.saturating_sub(window_s.saturating_sub(1));
+        self.buckets
+            .iter()
+            .filter(|(s, _)| *s >= from && *s <= now)
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Drops buckets older than the window.
+    pub fn prune(&mut self, now_ms: u64, window_s: u64) {
+        let from = (now_ms / 1000).saturating_sub(window_s.saturating_sub(1));
+        while self.buckets.front().is_some_and(|(s, _)| *s < from) {
+            self.buckets.pop_front();
+        }
+    }
+
+    /// The buckets, oldest first (persisted by the agent).
+    pub fn buckets(&self) -> impl Iterator<Item = (u64, f64)> + '_ {
+        self.buckets.iter().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rolling_window() {
+        let mut l = Ledger::default();
+        l.charge(10_000, 5.0);
+        l.charge(10_500, 1.0);
+        l.charge(12_000, 2.0);
+        assert_eq!(l.spend(12_000, 3), 8.0);
+        assert_eq!(l.spend(12_999, 2), 2.0);
+        assert_eq!(l.spend(13_000, 3), 2.0);
+        l.charge_second(11, 4.0); // a late correction
+        assert_eq!(l.spend(12_000, 3), 12.0);
+        l.prune(14_000, 3);
+        assert_eq!(l.buckets().count(), 1);
+        assert_eq!(l.spend(60_000, 3), 0.0);
+    }
+}

@@ -1,0 +1,372 @@
+//! Per-role query-cost budgets: charge each execution to its role's ledger, compute
+//! utilisation over the tier's rolling window, and decide the ladder step.
+//!
+//! [`Budgets`] lives on the capture thread and never blocks: decisions and ledger snapshots
+//! go to the [`enforce`] task, which applies them (or only audits them in observe mode) and
+//! persists them in pgmon's schema. Time is passed in (unix ms), so the decisions are
+//! tested with an injected clock.
+
+pub mod enforce;
+pub mod ledger;
+pub mod metrics;
+pub mod policy;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::{
+    cost::{CostAnswer, CostMetrics, CostRequest, Costs},
+    query::Stmt,
+};
+use ledger::Ledger;
+use metrics::BudgetMetrics;
+use policy::{ActionKind, Compiled, Unit};
+
+/// A change of a role's ladder step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub role: Arc<str>,
+    pub tier: String,
+    /// Step applied before (index into the ladder), `None` = none.
+    pub from: Option<usize>,
+    /// Step to apply now.
+    pub to: Option<usize>,
+    pub utilisation: f64,
+    pub spend: f64,
+    /// When it was decided, unix ms.
+    pub at_ms: u64,
+}
+
+/// What the capture thread sends to the enforcer.
+#[derive(Clone, Debug)]
+pub enum ToEnforcer {
+    Decision(Decision),
+    /// Ledgers changed since the last snapshot.
+    Ledgers(Vec<LedgerSnapshot>),
+}
+
+/// One role's ledger: (role, tier, buckets as (unix second, spend)).
+pub type LedgerSnapshot = (Arc<str>, String, Vec<(u64, f64)>);
+
+/// A role's persisted state, loaded at start.
+#[derive(Clone, Debug, Default)]
+pub struct Persisted {
+    pub steps: HashMap<String, usize>,
+    pub buckets: HashMap<String, Vec<(u64, f64)>>,
+}
+
+struct RoleBudget {
+    tier: String,
+    ledger: Ledger,
+    step: Option<usize>,
+    /// Charged since the last evaluation.
+    dirty: bool,
+    /// Charged since the last ledger snapshot.
+    unsaved: bool,
+}
+
+/// Per-role budgets on the capture thread.
+pub struct Budgets {
+    policy: Compiled,
+    roles: HashMap<Arc<str>, RoleBudget>,
+    /// Roles that have no budget (no tier, or exempt).
+    unbudgeted: HashSet<Arc<str>>,
+    /// Superusers and replication roles, from the catalog.
+    protected: HashSet<String>,
+    costs: Costs,
+    cost_enabled: bool,
+    default_cost: f64,
+    requests: UnboundedSender<CostRequest>,
+    max_pending: usize,
+    /// Fingerprints sent to the worker, with the default charges to correct:
+    /// (role, unix second, executions).
+    awaiting: HashMap<u64, Vec<(Arc<str>, u64, u32)>>,
+    out: UnboundedSender<ToEnforcer>,
+    cost_metrics: CostMetrics,
+    metrics: BudgetMetrics,
+}
+
+/// Where the budgets send their work.
+pub struct Channels {
+    pub cost_requests: UnboundedSender<CostRequest>,
+    pub enforcer: UnboundedSender<ToEnforcer>,
+}
+
+impl Budgets {
+    /// Budgets under `policy`, seeded with `persisted` state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        policy: Compiled,
+        cost: &crate::cost::CostConfig,
+        costs: Costs,
+        channels: Channels,
+        cost_metrics: CostMetrics,
+        metrics: BudgetMetrics,
+        persisted: Persisted,
+    ) -> Self {
+        let mut b = Self {
+            policy,
+            roles: HashMap::new(),
+            unbudgeted: HashSet::new(),
+            protected: HashSet::new(),
+            costs,
+            cost_enabled: cost.enabled,
+            default_cost: cost.default_cost,
+            requests: channels.cost_requests,
+            max_pending: cost.max_pending,
+            awaiting: HashMap::new(),
+            out: channels.enforcer,
+            cost_metrics,
+            metrics,
+        };
+        for (role, buckets) in persisted.buckets {
+            let role: Arc<str> = role.into();
+            if let Some(r) = b.role(&role) {
+                for (sec, v) in buckets {
+                    r.ledger.charge_second(sec, v);
+                }
+            }
+        }
+        for (role, step) in persisted.steps {
+            let role: Arc<str> = role.into();
+            let n = b.policy.policy.ladder.len();
+            if let Some(r) = b.role(&role) {
+                r.step = Some(step.min(n.saturating_sub(1)));
+                r.dirty = true;
+            }
+        }
+        b
+    }
+
+    /// Replaces the set of superuser and replication roles (from `pg_roles`).
+    pub fn set_protected(&mut self, roles: HashSet<String>) {
+        self.protected = roles;
+        self.unbudgeted.clear();
+        let protected = &self.protected;
+        let policy = &self.policy;
+        self.roles.retain(|role, _| {
+            policy
+                .tier_of(role, protected.contains(role.as_ref()))
+                .is_some()
+        });
+    }
+
+    fn role(&mut self, role: &Arc<str>) -> Option<&mut RoleBudget> {
+        if self.unbudgeted.contains(role) {
+            return None;
+        }
+        if !self.roles.contains_key(role) {
+            let Some(tier) = self
+                .policy
+                .tier_of(role, self.protected.contains(role.as_ref()))
+            else {
+                self.unbudgeted.insert(role.clone());
+                return None;
+            };
+            let tier = tier.to_owned();
+            self.roles.insert(
+                role.clone(),
+                RoleBudget {
+                    tier,
+                    ledger: Ledger::default(),
+                    step: None,
+                    dirty: false,
+                    unsaved: false,
+                },
+            );
+        }
+        self.roles.get_mut(role)
+    }
+
+    /// Charges one execution of `stmt` by `role` in `database` that took `duration_ns`.
+    pub fn charge(
+        &mut self,
+        now_ms: u64,
+        role: &Arc<str>,
+        database: &Arc<str>,
+        stmt: &Stmt,
+        duration_ns: u64,
+    ) {
+        let Some(unit) = self
+            .role(role)
+            .map(|r| r.tier.clone())
+            .and_then(|t| self.policy.policy.tiers.get(&t).map(|t| t.unit))
+        else {
+            return;
+        };
+        let amount = match unit {
+            Unit::ExecSeconds => duration_ns as f64 / 1e9,
+            Unit::PlanCost => self.plan_cost(now_ms, role, database, stmt),
+        };
+        if let Some(r) = self.roles.get_mut(role) {
+            r.ledger.charge(now_ms, amount);
+            r.dirty = true;
+            r.unsaved = true;
+        }
+    }
+
+    fn plan_cost(&mut self, now_ms: u64, role: &Arc<str>, database: &Arc<str>, stmt: &Stmt) -> f64 {
+        if !self.cost_enabled || stmt.fingerprint == 0 {
+            return self.default_cost;
+        }
+        match self.costs.get(stmt.fingerprint) {
+            Some(cost) => {
+                self.cost_metrics.hits.inc();
+                cost.unwrap_or(self.default_cost)
+            }
+            None => {
+                self.cost_metrics.misses.inc();
+                let sec = now_ms / 1000;
+                let room = self.awaiting.len() < self.max_pending;
+                match self.awaiting.get_mut(&stmt.fingerprint) {
+                    Some(list) => match list.last_mut() {
+                        Some((r, s, n)) if r == role && *s == sec => *n += 1,
+                        _ => list.push((role.clone(), sec, 1)),
+                    },
+                    None if room => {
+                        let req = CostRequest {
+                            fingerprint: stmt.fingerprint,
+                            normalized: stmt.normalized.clone(),
+                            truncated: stmt.normalized_truncated,
+                            role: role.clone(),
+                            database: database.clone(),
+                        };
+                        if self.requests.send(req).is_ok() {
+                            self.awaiting
+                                .insert(stmt.fingerprint, vec![(role.clone(), sec, 1)]);
+                        }
+                    }
+                    None => self.cost_metrics.error("queue_full"),
+                }
+                self.default_cost
+            }
+        }
+    }
+
+    /// Corrects the default charged for a fingerprint whose estimate has arrived.
+    pub fn on_cost(&mut self, answer: CostAnswer) {
+        let Some(list) = self.awaiting.remove(&answer.fingerprint) else {
+            return;
+        };
+        let Some(cost) = answer.cost else {
+            return; // not costable: the default stands
+        };
+        let delta = cost - self.default_cost;
+        for (role, sec, n) in list {
+            if let Some(r) = self.roles.get_mut(&role) {
+                r.ledger.charge_second(sec, delta * f64::from(n));
+                r.dirty = true;
+                r.unsaved = true;
+            }
+        }
+    }
+
+    /// Recomputes utilisation for every role charged since the last call and every role
+    /// on a step (whose utilisation falls as the window moves); sends the step changes.
+    pub fn evaluate(&mut self, now_ms: u64) {
+        let ladder = &self.policy.policy.ladder;
+        for (role, r) in self.roles.iter_mut() {
+            if !r.dirty && r.step.is_none() {
+                continue;
+            }
+            r.dirty = false;
+            let Some(tier) = self.policy.policy.tiers.get(&r.tier) else {
+                continue;
+            };
+            r.ledger.prune(now_ms, tier.window_seconds);
+            let spend = r.ledger.spend(now_ms, tier.window_seconds);
+            let utilisation = (spend - tier.burst).max(0.0) / tier.budget;
+            let step = ladder.iter().rposition(|s| utilisation >= s.at);
+            self.metrics
+                .observe(role, &r.tier, spend, tier.budget, utilisation);
+            if step != r.step {
+                let d = Decision {
+                    role: role.clone(),
+                    tier: r.tier.clone(),
+                    from: r.step,
+                    to: step,
+                    utilisation,
+                    spend,
+                    at_ms: now_ms,
+                };
+                r.step = step;
+                r.unsaved = true;
+                let _ = self.out.send(ToEnforcer::Decision(d));
+            }
+        }
+    }
+
+    /// Sends the ledgers changed since the last call (the enforcer persists them).
+    pub fn snapshot(&mut self) {
+        let changed: Vec<_> = self
+            .roles
+            .iter_mut()
+            .filter(|(_, r)| r.unsaved)
+            .map(|(role, r)| {
+                r.unsaved = false;
+                (role.clone(), r.tier.clone(), r.ledger.buckets().collect())
+            })
+            .collect();
+        if !changed.is_empty() {
+            let _ = self.out.send(ToEnforcer::Ledgers(changed));
+        }
+    }
+
+    /// Fingerprints in the cost cache.
+    pub fn cost_entries(&self) -> u64 {
+        self.costs.entries()
+    }
+
+    /// Each budgeted role: (role, tier, spend, budget, utilisation, step action).
+    pub fn status(&self, now_ms: u64) -> Vec<BudgetStatus> {
+        let ladder = &self.policy.policy.ladder;
+        let mut v: Vec<_> = self
+            .roles
+            .iter()
+            .filter_map(|(role, r)| {
+                let t = self.policy.policy.tiers.get(&r.tier)?;
+                let spend = r.ledger.spend(now_ms, t.window_seconds);
+                let utilisation = (spend - t.burst).max(0.0) / t.budget;
+                let step = r.step.map(|i| &ladder[i]);
+                Some(BudgetStatus {
+                    role: role.to_string(),
+                    tier: r.tier.clone(),
+                    unit: t.unit,
+                    spend,
+                    budget: t.budget,
+                    window_seconds: t.window_seconds,
+                    utilisation,
+                    step: step.map(|s| s.action),
+                    step_at: step.map(|s| s.at),
+                    connection_limit: step.and_then(|s| s.limit),
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| b.utilisation.total_cmp(&a.utilisation));
+        v
+    }
+}
+
+/// One role's budget in `status`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct BudgetStatus {
+    pub role: String,
+    pub tier: String,
+    pub unit: Unit,
+    pub spend: f64,
+    pub budget: f64,
+    pub window_seconds: u64,
+    pub utilisation: f64,
+    /// The ladder step applied (`None`: under every step).
+    pub step: Option<ActionKind>,
+    /// The utilisation at which that step applies: the reason it is applied.
+    pub step_at: Option<f64>,
+    pub connection_limit: Option<i32>,
+}
+
+#[cfg(test)]
+mod tests;

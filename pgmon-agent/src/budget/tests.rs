@@ -1,0 +1,172 @@
+//! The ladder with an injected clock: up step by step, down as the window moves on.
+
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+use super::*;
+use crate::{
+    cost::{CostConfig, CostMetrics},
+    query::StatementInfo,
+};
+
+fn stmt(fp: u64) -> Stmt {
+    Arc::new(StatementInfo {
+        fingerprint: fp,
+        normalized: "SELECT $1".into(),
+        normalized_truncated: false,
+        text_bytes: 8,
+        parse_error: false,
+    })
+}
+
+fn budgets(
+    yaml: &str,
+) -> (
+    Budgets,
+    UnboundedReceiver<CostRequest>,
+    UnboundedReceiver<ToEnforcer>,
+) {
+    let policy: policy::BudgetPolicy = yaml_serde::from_str(yaml).unwrap();
+    let cost = CostConfig::default();
+    let (req_tx, req_rx) = unbounded_channel();
+    let (out_tx, out_rx) = unbounded_channel();
+    let mut registry = Registry::default();
+    let b = Budgets::new(
+        policy.compile().unwrap(),
+        &cost,
+        Costs::new(&cost),
+        Channels {
+            cost_requests: req_tx,
+            enforcer: out_tx,
+        },
+        CostMetrics::register(&mut registry),
+        BudgetMetrics::register(&mut registry),
+        Persisted::default(),
+    );
+    (b, req_rx, out_rx)
+}
+
+fn decisions(rx: &mut UnboundedReceiver<ToEnforcer>) -> Vec<(Option<usize>, Option<usize>)> {
+    let mut v = Vec::new();
+    while let Ok(m) = rx.try_recv() {
+        if let ToEnforcer::Decision(d) = m {
+            v.push((d.from, d.to));
+        }
+    }
+    v
+}
+
+const POLICY: &str = "enabled: true\n\
+    tiers:\n  free: {budget: 10, unit: exec_seconds, window_seconds: 10}\n\
+    default_tier: free\nexempt: [boss]\n";
+
+#[test]
+fn climbs_and_descends_the_ladder() {
+    let (mut b, _req, mut out) = budgets(POLICY);
+    let heavy: Arc<str> = "heavy".into();
+    let light: Arc<str> = "light".into();
+    let db: Arc<str> = "db".into();
+    let s = stmt(1);
+    let t0 = 1_000_000;
+    // 1 s of execution per query: utilisation 0.1 per query.
+    for i in 0..7 {
+        b.charge(t0 + i * 10, &heavy, &db, &s, 1_000_000_000);
+    }
+    b.charge(t0, &light, &db, &s, 1_000_000);
+    b.evaluate(t0 + 100);
+    assert!(decisions(&mut out).is_empty(), "0.7 is under every step");
+    b.charge(t0 + 200, &heavy, &db, &s, 1_000_000_000);
+    b.evaluate(t0 + 300);
+    assert_eq!(decisions(&mut out), [(None, Some(0))], "0.8 → warn");
+    for _ in 0..2 {
+        b.charge(t0 + 400, &heavy, &db, &s, 1_000_000_000);
+    }
+    b.evaluate(t0 + 500);
+    assert_eq!(decisions(&mut out), [(Some(0), Some(1))], "1.0 → limit 5");
+    for _ in 0..10 {
+        b.charge(t0 + 600, &heavy, &db, &s, 1_000_000_000);
+    }
+    b.evaluate(t0 + 700);
+    assert_eq!(decisions(&mut out), [(Some(1), Some(3))], "2.0 → lock");
+    // The window moves past every charge: back to no step in one decision.
+    b.evaluate(t0 + 11_000);
+    assert_eq!(decisions(&mut out), [(Some(3), None)]);
+    // The light role never moved.
+    let st = b.status(t0 + 11_000);
+    assert!(st.iter().all(|r| r.step.is_none()));
+}
+
+#[test]
+fn exempt_and_protected_roles_are_never_charged() {
+    let (mut b, _req, mut out) = budgets(POLICY);
+    b.set_protected(["su".to_owned()].into());
+    let db: Arc<str> = "db".into();
+    for role in ["boss", "su", "pgmon", "pg_monitor"] {
+        let r: Arc<str> = role.into();
+        for _ in 0..100 {
+            b.charge(1_000, &r, &db, &stmt(1), 10_000_000_000);
+        }
+    }
+    b.evaluate(2_000);
+    assert!(decisions(&mut out).is_empty());
+    assert!(b.status(2_000).is_empty());
+}
+
+#[test]
+fn default_charge_is_corrected_when_the_estimate_arrives() {
+    let (mut b, mut req, _out) = budgets(
+        "enabled: true\ntiers:\n  free: {budget: 100000, window_seconds: 60}\ndefault_tier: free\n",
+    );
+    let role: Arc<str> = "t".into();
+    let db: Arc<str> = "db".into();
+    for _ in 0..3 {
+        b.charge(5_000, &role, &db, &stmt(42), 1);
+    }
+    // One request for three misses of one fingerprint.
+    assert_eq!(req.try_recv().unwrap().fingerprint, 42);
+    assert!(req.try_recv().is_err());
+    assert_eq!(b.status(5_000)[0].spend, 3000.0);
+    b.costs.insert(42, Some(8.5));
+    b.on_cost(CostAnswer {
+        fingerprint: 42,
+        cost: Some(8.5),
+    });
+    assert_eq!(b.status(5_000)[0].spend, 25.5);
+    b.charge(6_000, &role, &db, &stmt(42), 1);
+    assert_eq!(b.status(6_000)[0].spend, 34.0, "a hit charges the estimate");
+}
+
+#[test]
+fn steps_survive_a_restart() {
+    let policy: policy::BudgetPolicy = yaml_serde::from_str(POLICY).unwrap();
+    let cost = CostConfig::default();
+    let (req_tx, _req_rx) = unbounded_channel();
+    let (out_tx, mut out_rx) = unbounded_channel();
+    let mut registry = Registry::default();
+    let persisted = Persisted {
+        steps: [("heavy".to_owned(), 3)].into(),
+        buckets: [("heavy".to_owned(), vec![(1_000, 25.0)])].into(),
+    };
+    let mut b = Budgets::new(
+        policy.compile().unwrap(),
+        &cost,
+        Costs::new(&cost),
+        Channels {
+            cost_requests: req_tx,
+            enforcer: out_tx,
+        },
+        CostMetrics::register(&mut registry),
+        BudgetMetrics::register(&mut registry),
+        persisted,
+    );
+    b.evaluate(1_000_500);
+    assert!(
+        decisions(&mut out_rx).is_empty(),
+        "still at 2.5: stays locked"
+    );
+    assert_eq!(b.status(1_000_500)[0].spend, 25.0);
+    b.evaluate(1_020_000);
+    assert_eq!(decisions(&mut out_rx), [(Some(3), None)]);
+}

@@ -1,0 +1,358 @@
+-- pgmon's enforcement schema: the agent's state tables and the only functions through
+-- which the (non-superuser) role pgmon may limit, lock and restore a tenant role.
+-- Idempotent; run after sql/001_roles.sql, once per database the agent connects to, as a
+-- superuser:  psql -U postgres -v ON_ERROR_STOP=1 -f sql/002_enforcement.sql
+-- Everything happens in one transaction: a failed run leaves nothing half-installed, and no
+-- function is ever visible while PUBLIC can still execute it.
+-- Removed by sql/uninstall.sql.
+BEGIN;
+
+-- Preconditions. Any failure aborts the transaction, so the rest of the file does nothing.
+DO $$
+DECLARE
+    schema_owner name;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'pgmon') THEN
+        RAISE EXCEPTION 'role pgmon does not exist: run sql/001_roles.sql first'
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+        RAISE EXCEPTION 'sql/002_enforcement.sql must be run by a superuser, not %', current_user
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    -- The functions below run as their owner; a schema owned by anyone but a superuser
+    -- could have its tables or functions swapped underneath them.
+    SELECT r.rolname INTO schema_owner
+      FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
+     WHERE n.nspname = 'pgmon' AND NOT r.rolsuper;
+    IF FOUND THEN
+        RAISE EXCEPTION 'schema pgmon exists and is owned by % (not a superuser); drop it first',
+            schema_owner USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$$;
+
+CREATE SCHEMA IF NOT EXISTS pgmon;
+GRANT USAGE ON SCHEMA pgmon TO pgmon;
+
+-- Which of the sql/ files are installed here (001 makes only a role, so it leaves no row).
+CREATE TABLE IF NOT EXISTS pgmon.schema_version (
+    version      int PRIMARY KEY,
+    installed_at timestamptz DEFAULT now()
+);
+INSERT INTO pgmon.schema_version (version) VALUES (2) ON CONFLICT (version) DO NOTHING;
+GRANT SELECT ON pgmon.schema_version TO pgmon;
+
+-- Roles the policy leaves alone; the functions below refuse them too.
+CREATE TABLE IF NOT EXISTS pgmon.exempt_roles (
+    rolname name PRIMARY KEY
+);
+GRANT SELECT, INSERT, DELETE ON pgmon.exempt_roles TO pgmon;
+
+-- A role's settings before pgmon first changed them; restore_role puts them back.
+-- Written only by the functions below: pgmon may read it, never forge it.
+CREATE TABLE IF NOT EXISTS pgmon.role_original (
+    rolname      name PRIMARY KEY,
+    rolconnlimit int NOT NULL,
+    rolcanlogin  boolean NOT NULL,
+    saved_at     timestamptz NOT NULL DEFAULT now()
+);
+GRANT SELECT ON pgmon.role_original TO pgmon;
+
+-- What the agent did and why; append-only for pgmon.
+CREATE TABLE IF NOT EXISTS pgmon.audit (
+    id          bigserial PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT now(),
+    role        name NOT NULL,
+    source      text NOT NULL,              -- 'budget' or 'storage'
+    step        text NOT NULL,
+    utilisation double precision,
+    action      text NOT NULL,
+    result      text NOT NULL
+);
+GRANT SELECT, INSERT ON pgmon.audit TO pgmon;
+GRANT USAGE ON SEQUENCE pgmon.audit_id_seq TO pgmon;
+
+-- The agent's persisted budget ledgers and the step it applied to each role.
+CREATE TABLE IF NOT EXISTS pgmon.budget_state (
+    role       name PRIMARY KEY,
+    tier       text NOT NULL,
+    step       int NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS pgmon.budget_ledger (
+    role         name NOT NULL,
+    bucket_start timestamptz NOT NULL,
+    spend        double precision NOT NULL,
+    PRIMARY KEY (role, bucket_start)
+);
+GRANT SELECT, INSERT, UPDATE, DELETE ON pgmon.budget_state, pgmon.budget_ledger TO pgmon;
+
+-- Functions. Following PostgreSQL docs, "CREATE FUNCTION", section "Writing SECURITY
+-- DEFINER Functions Safely": each one pins search_path to pg_catalog with pg_temp last
+-- (so every object is schema-qualified or from pg_catalog), and EXECUTE is revoked from
+-- PUBLIC in the same transaction that creates it, then granted to pgmon alone.
+-- They run as the installing superuser, which is why every one of them checks its target.
+
+-- Raises insufficient_privilege (42501) unless pgmon may limit or lock `target`.
+CREATE OR REPLACE FUNCTION pgmon.check_enforceable(target name)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+    why text;
+BEGIN
+    IF target IS NULL THEN
+        RAISE EXCEPTION 'pgmon refuses to enforce on a NULL role'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    SELECT rolsuper, rolreplication, rolbypassrls INTO r
+      FROM pg_catalog.pg_roles WHERE rolname = target;
+    IF NOT FOUND THEN
+        why := 'it does not exist';
+    ELSIF r.rolsuper THEN
+        why := 'it is a superuser';
+    ELSIF r.rolreplication THEN
+        why := 'it has REPLICATION';
+    ELSIF r.rolbypassrls THEN
+        why := 'it has BYPASSRLS';
+    ELSIF starts_with(target, 'pg_') THEN
+        -- Reserved for predefined roles (PostgreSQL docs, "Predefined Roles").
+        why := 'names starting with pg_ are reserved for predefined roles';
+    ELSIF starts_with(target, 'pgmon') THEN
+        why := 'it is pgmon''s own role or named like it';
+    ELSIF pg_catalog.pg_has_role(target, 'pgmon', 'MEMBER')
+       OR pg_catalog.pg_has_role('pgmon', target, 'MEMBER') THEN
+        why := 'it is a member of pgmon or pgmon is a member of it';
+    ELSIF EXISTS (SELECT FROM pgmon.exempt_roles e WHERE e.rolname = target) THEN
+        why := 'it is listed in pgmon.exempt_roles';
+    ELSIF target = current_user THEN
+        -- Inside a SECURITY DEFINER function current_user is the function's owner.
+        why := 'it owns pgmon''s functions';
+    ELSIF target = session_user THEN
+        why := 'it is the session user';
+    END IF;
+    IF why IS NOT NULL THEN
+        RAISE EXCEPTION 'pgmon refuses to enforce on role "%": %', target, why
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$$;
+
+-- Internal: signals up to `batch` of target's client backends, newest first, sparing its
+-- `keep` oldest and the pids in `skip` (already tried). `tried` is every pid it called
+-- pg_terminate_backend on, `signalled` those for which the call returned true.
+-- Not SECURITY DEFINER and not granted: only the functions below call it, as its owner.
+CREATE OR REPLACE FUNCTION pgmon.signal_backends(
+    target name, keep int, batch int, skip int[],
+    OUT tried int[], OUT signalled int[])
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    victim int;
+BEGIN
+    tried := '{}';
+    signalled := '{}';
+    -- pg_stat_activity is read once per transaction and then cached; look again.
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
+    FOR victim IN
+        SELECT v.pid FROM (
+            SELECT a.pid, a.backend_start
+              FROM pg_catalog.pg_stat_activity a
+             WHERE a.usename = target
+               AND a.backend_type = 'client backend'
+               AND a.pid <> pg_catalog.pg_backend_pid()
+             ORDER BY a.backend_start, a.pid
+            OFFSET keep
+        ) v
+         WHERE v.pid <> ALL (skip)
+         ORDER BY v.backend_start DESC, v.pid DESC
+         LIMIT batch
+    LOOP
+        tried := tried || victim;
+        -- Server Signaling Functions (PostgreSQL docs): true once SIGTERM is sent; false
+        -- with a warning when the process has already gone.
+        IF pg_catalog.pg_terminate_backend(victim) THEN
+            signalled := signalled || victim;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Internal: waits (at most 2 s) until the given backends have left pg_stat_activity, so
+-- that what the caller sees next no longer counts them; warns about any still there.
+CREATE OR REPLACE FUNCTION pgmon.await_exit(pids int[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    deadline timestamptz := pg_catalog.clock_timestamp() + interval '2 seconds';
+    left_over int;
+BEGIN
+    IF cardinality(pids) = 0 THEN
+        RETURN;
+    END IF;
+    LOOP
+        PERFORM pg_catalog.pg_stat_clear_snapshot();
+        SELECT count(*) INTO left_over
+          FROM pg_catalog.pg_stat_activity WHERE pid = ANY (pids);
+        EXIT WHEN left_over = 0;
+        IF pg_catalog.clock_timestamp() > deadline THEN
+            RAISE WARNING 'pgmon: % of % terminated backends still running after 2 s',
+                left_over, cardinality(pids);
+            EXIT;
+        END IF;
+        PERFORM pg_catalog.pg_sleep(0.01);
+    END LOOP;
+END
+$$;
+
+-- Terminates target's client backends beyond its `keep` oldest, newest first, at most
+-- `batch` of them; returns how many pg_terminate_backend calls returned true.
+CREATE OR REPLACE FUNCTION pgmon.terminate_backends(target name, keep int DEFAULT 0,
+                                                    batch int DEFAULT 100)
+RETURNS int
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s record;
+BEGIN
+    PERFORM pgmon.check_enforceable(target);
+    IF keep IS NULL OR keep < 0 OR batch IS NULL OR batch < 1 THEN
+        RAISE EXCEPTION 'pgmon.terminate_backends: need keep >= 0 and batch >= 1 (got %, %)',
+            keep, batch USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO s FROM pgmon.signal_backends(target, keep, batch, '{}');
+    PERFORM pgmon.await_exit(s.signalled);
+    RETURN cardinality(s.signalled);
+END
+$$;
+
+-- Internal: terminates, batch after batch of 100, all of target's client backends beyond
+-- its `keep` oldest; returns how many were signalled. Each pid is tried once.
+CREATE OR REPLACE FUNCTION pgmon.terminate_all_beyond(target name, keep int)
+RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s record;
+    tried int[] := '{}';
+    done int[] := '{}';
+BEGIN
+    LOOP
+        SELECT * INTO s FROM pgmon.signal_backends(target, keep, 100, tried);
+        EXIT WHEN cardinality(s.tried) = 0;
+        tried := tried || s.tried;
+        done := done || s.signalled;
+    END LOOP;
+    PERFORM pgmon.await_exit(done);
+    RETURN cardinality(done);
+END
+$$;
+
+-- Lowers (or raises) target's connection limit and terminates its newest client backends
+-- so that at most `lim` remain (none when lim is -1, i.e. no limit). The role's settings
+-- before pgmon's first change are kept in pgmon.role_original. The new limit only applies
+-- to later logins (PostgreSQL docs, "CREATE ROLE", CONNECTION LIMIT), and only once this
+-- transaction commits, hence the terminations. Returns the number terminated.
+CREATE OR REPLACE FUNCTION pgmon.set_connection_limit(target name, lim int)
+RETURNS int
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pgmon.check_enforceable(target);
+    IF lim IS NULL OR lim < -1 THEN
+        RAISE EXCEPTION 'pgmon.set_connection_limit: need lim >= -1 (got %)', lim
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO pgmon.role_original (rolname, rolconnlimit, rolcanlogin)
+    SELECT rolname, rolconnlimit, rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = target
+    ON CONFLICT (rolname) DO NOTHING;
+    EXECUTE format('ALTER ROLE %I CONNECTION LIMIT %s', target, lim);
+    IF lim = -1 THEN
+        RETURN 0;
+    END IF;
+    RETURN pgmon.terminate_all_beyond(target, lim);
+END
+$$;
+
+-- Makes target NOLOGIN and terminates all its client backends (NOLOGIN alone does not end
+-- existing sessions). Saves the original settings like set_connection_limit. Returns the
+-- number terminated.
+CREATE OR REPLACE FUNCTION pgmon.lock_role(target name)
+RETURNS int
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pgmon.check_enforceable(target);
+    INSERT INTO pgmon.role_original (rolname, rolconnlimit, rolcanlogin)
+    SELECT rolname, rolconnlimit, rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = target
+    ON CONFLICT (rolname) DO NOTHING;
+    EXECUTE format('ALTER ROLE %I NOLOGIN', target);
+    RETURN pgmon.terminate_all_beyond(target, 0);
+END
+$$;
+
+-- Puts back the connection limit and LOGIN/NOLOGIN saved in pgmon.role_original and
+-- forgets them: 'restored', or 'nothing to restore' when pgmon never changed the role (or
+-- it has since been dropped). Restoring only returns settings pgmon itself took away, so
+-- it skips check_enforceable (a role exempted after being locked can still be restored);
+-- it refuses superusers all the same.
+CREATE OR REPLACE FUNCTION pgmon.restore_role(target name)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    saved record;
+    is_super boolean;
+BEGIN
+    SELECT rolsuper INTO is_super FROM pg_catalog.pg_roles WHERE rolname = target;
+    IF is_super THEN
+        RAISE EXCEPTION 'pgmon refuses to restore role "%": it is a superuser', target
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    DELETE FROM pgmon.role_original WHERE rolname = target
+    RETURNING rolconnlimit, rolcanlogin INTO saved;
+    IF NOT FOUND THEN
+        RETURN 'nothing to restore';
+    END IF;
+    IF is_super IS NULL THEN
+        RAISE NOTICE 'pgmon: role "%" no longer exists; forgot its saved settings', target;
+        RETURN 'nothing to restore';
+    END IF;
+    EXECUTE format('ALTER ROLE %I %s CONNECTION LIMIT %s', target,
+                   CASE WHEN saved.rolcanlogin THEN 'LOGIN' ELSE 'NOLOGIN' END,
+                   saved.rolconnlimit);
+    RETURN 'restored';
+END
+$$;
+
+REVOKE ALL ON FUNCTION pgmon.check_enforceable(name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgmon.signal_backends(name, int, int, int[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgmon.await_exit(int[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgmon.terminate_backends(name, int, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgmon.terminate_all_beyond(name, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgmon.set_connection_limit(name, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgmon.lock_role(name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgmon.restore_role(name) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgmon.check_enforceable(name) TO pgmon;
+GRANT EXECUTE ON FUNCTION pgmon.terminate_backends(name, int, int) TO pgmon;
+GRANT EXECUTE ON FUNCTION pgmon.set_connection_limit(name, int) TO pgmon;
+GRANT EXECUTE ON FUNCTION pgmon.lock_role(name) TO pgmon;
+GRANT EXECUTE ON FUNCTION pgmon.restore_role(name) TO pgmon;
+
+COMMIT;

@@ -1,0 +1,34 @@
+-- Removes what sql/002_enforcement.sql installed: first gives every role pgmon changed its
+-- saved connection limit and LOGIN/NOLOGIN back (pgmon.restore_role), then drops schema pgmon.
+-- Idempotent (does nothing once the schema is gone); run in each database 002 was installed
+-- in, as a superuser:  psql -U postgres -v ON_ERROR_STOP=1 -f sql/uninstall.sql
+-- The role pgmon (sql/001_roles.sql) is left alone: it is cluster-wide and may still own
+-- objects elsewhere. Drop it by hand, after REASSIGN OWNED BY pgmon TO postgres and
+-- DROP OWNED BY pgmon in every database, with DROP ROLE pgmon.
+BEGIN;
+
+DO $$
+DECLARE
+    r record;
+BEGIN
+    IF to_regclass('pgmon.role_original') IS NULL
+       OR to_regprocedure('pgmon.restore_role(name)') IS NULL THEN
+        RETURN;
+    END IF;
+    FOR r IN SELECT * FROM pgmon.role_original ORDER BY rolname LOOP
+        BEGIN
+            RAISE NOTICE 'pgmon: %: %', r.rolname, pgmon.restore_role(r.rolname);
+        EXCEPTION WHEN insufficient_privilege THEN
+            -- restore_role refuses superusers (a role made superuser after pgmon changed
+            -- it): say what its settings were rather than change a superuser blindly.
+            RAISE WARNING 'pgmon: % not restored (%); its saved settings were: ALTER ROLE % % CONNECTION LIMIT %',
+                r.rolname, SQLERRM, quote_ident(r.rolname),
+                CASE WHEN r.rolcanlogin THEN 'LOGIN' ELSE 'NOLOGIN' END, r.rolconnlimit;
+        END;
+    END LOOP;
+END
+$$;
+
+DROP SCHEMA IF EXISTS pgmon CASCADE;
+
+COMMIT;
