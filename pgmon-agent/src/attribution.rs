@@ -53,7 +53,8 @@ pub fn monitor_config(conninfo: &str) -> Result<tokio_postgres::Config, Attribut
     Ok(config)
 }
 
-async fn connect(config: &tokio_postgres::Config) -> Result<Client, AttributionError> {
+/// Opens one session with `config` (its connection task spawned on the runtime).
+pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, AttributionError> {
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {

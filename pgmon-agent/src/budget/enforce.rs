@@ -11,7 +11,7 @@ use std::{collections::HashSet, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{
     Decision, Persisted, ToEnforcer,
@@ -68,16 +68,8 @@ fn calls(ladder: &[Step], d: &Decision) -> Vec<(&'static str, &'static str, Opti
     }
 }
 
-async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
-
 async fn connect_with_backoff(config: &tokio_postgres::Config) -> Client {
-    let connect_once = || connect(config);
+    let connect_once = || crate::attribution::connect(config);
     let retried = connect_once
         .retry(
             ExponentialBuilder::new()

@@ -61,6 +61,8 @@ pub struct Persisted {
 
 struct RoleBudget {
     tier: String,
+    /// The tier's unit, kept here so charging needs no tier lookup.
+    unit: Unit,
     ledger: Ledger,
     step: Option<usize>,
     /// Charged since the last evaluation.
@@ -167,11 +169,18 @@ impl Budgets {
                 self.unbudgeted.insert(role.clone());
                 return None;
             };
+            let unit = self
+                .policy
+                .policy
+                .tiers
+                .get(tier)
+                .map_or(Unit::PlanCost, |t| t.unit);
             let tier = tier.to_owned();
             self.roles.insert(
                 role.clone(),
                 RoleBudget {
                     tier,
+                    unit,
                     ledger: Ledger::default(),
                     step: None,
                     dirty: false,
@@ -191,11 +200,7 @@ impl Budgets {
         stmt: &Stmt,
         duration_ns: u64,
     ) {
-        let Some(unit) = self
-            .role(role)
-            .map(|r| r.tier.clone())
-            .and_then(|t| self.policy.policy.tiers.get(&t).map(|t| t.unit))
-        else {
+        let Some(unit) = self.role(role).map(|r| r.unit) else {
             return;
         };
         let amount = match unit {
