@@ -16,6 +16,7 @@ use std::{
     sync::Arc,
 };
 
+use ahash::AHashMap;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::{
@@ -74,7 +75,7 @@ struct RoleBudget {
 /// Per-role budgets on the capture thread.
 pub struct Budgets {
     policy: Compiled,
-    roles: HashMap<Arc<str>, RoleBudget>,
+    roles: AHashMap<Arc<str>, RoleBudget>,
     /// Roles that have no budget (no tier, or exempt).
     unbudgeted: HashSet<Arc<str>>,
     /// Superusers and replication roles, from the catalog.
@@ -112,7 +113,7 @@ impl Budgets {
     ) -> Self {
         let mut b = Self {
             policy,
-            roles: HashMap::new(),
+            roles: AHashMap::new(),
             unbudgeted: HashSet::new(),
             protected: HashSet::new(),
             costs,

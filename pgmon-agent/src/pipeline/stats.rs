@@ -7,6 +7,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use ahash::AHashMap;
 use serde::Serialize;
 
 use crate::{
@@ -40,7 +41,7 @@ pub struct RoleDb {
     /// Executions whose completion was seen, durations in microseconds.
     latency_us: hdrhistogram::Histogram<u64>,
     pub connections: i64,
-    fingerprints: HashMap<u64, FingerprintCounters>,
+    fingerprints: AHashMap<u64, FingerprintCounters>,
     handles: RoleDbHandles,
 }
 
@@ -48,7 +49,7 @@ pub struct RoleDb {
 pub struct Stats {
     index: HashMap<(Arc<str>, Arc<str>), usize>,
     role_dbs: Vec<RoleDb>,
-    global: HashMap<u64, FingerprintCounters>,
+    global: AHashMap<u64, FingerprintCounters>,
     per_role_cap: usize,
     global_cap: usize,
     metrics: Arc<Metrics>,
@@ -63,7 +64,7 @@ impl Stats {
         Self {
             index: HashMap::new(),
             role_dbs: Vec::new(),
-            global: HashMap::new(),
+            global: AHashMap::new(),
             per_role_cap: per_role_cap.max(1),
             global_cap: global_cap.max(1),
             metrics,
@@ -87,7 +88,7 @@ impl Stats {
             latency_us: hdrhistogram::Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
                 .expect("constant bounds are valid"),
             connections: 0,
-            fingerprints: HashMap::new(),
+            fingerprints: AHashMap::new(),
         });
         self.index.insert((role, database), id);
         id
@@ -173,7 +174,7 @@ impl Stats {
 }
 
 fn bump(
-    map: &mut HashMap<u64, FingerprintCounters>,
+    map: &mut AHashMap<u64, FingerprintCounters>,
     cap: usize,
     stmt: &Stmt,
     duration_ns: u64,
