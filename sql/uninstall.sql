@@ -1,5 +1,6 @@
--- Removes what sql/002_enforcement.sql installed: first gives every role pgmon changed its
--- saved connection limit and LOGIN/NOLOGIN back (pgmon.restore_role), then drops schema pgmon.
+-- Removes what sql/002_enforcement.sql and 003_ddl_notify.sql installed: first gives every
+-- role pgmon changed its saved connection limit and LOGIN/NOLOGIN back (pgmon.restore_role),
+-- then drops schema pgmon (and with its functions, the event triggers of 003).
 -- Idempotent (does nothing once the schema is gone); run in each database 002 was installed
 -- in, as a superuser:  psql -U postgres -v ON_ERROR_STOP=1 -f sql/uninstall.sql
 -- The role pgmon (sql/001_roles.sql) is left alone: it is cluster-wide and may still own

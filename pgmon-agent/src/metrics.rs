@@ -70,8 +70,23 @@ pub struct Shared {
     pub statement_cache_misses: AtomicU64,
     pub statement_cache_entries: AtomicU64,
     pub normalize_errors: AtomicU64,
-    /// (fingerprint hex, calls), most called first, at most `top_k_fingerprints`.
-    pub top_statements: Mutex<Vec<(String, u64)>>,
+    /// The most called fingerprints, most called first, at most `top_k_fingerprints`.
+    pub top_statements: Mutex<Vec<TopStatement>>,
+}
+
+/// One of the most called fingerprints, as exported.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TopStatement {
+    /// 16 hex digits.
+    pub fingerprint: String,
+    /// Executions completed, all roles.
+    pub calls: u64,
+    /// Their summed execution time (request to completion on the wire), seconds.
+    pub exec_seconds: f64,
+    /// Generic-plan total cost per execution, planner units, when costed.
+    pub plan_cost: Option<f64>,
+    /// `plan_cost ÷ mean execution seconds`, when both are known.
+    pub cost_per_second: Option<f64>,
 }
 
 /// Every metric family, and the registry that exports them.
@@ -361,9 +376,43 @@ impl Collector for SharedCollector {
                 None,
                 MetricType::Counter,
             )?;
-            for (fp, calls) in &top {
-                let labels = [("fingerprint", fp.as_str())];
-                ConstCounter::new(*calls).encode(m.encode_family(&labels)?)?;
+            for t in &top {
+                let labels = [("fingerprint", t.fingerprint.as_str())];
+                ConstCounter::new(t.calls).encode(m.encode_family(&labels)?)?;
+            }
+            let mut m = e.encode_descriptor(
+                "pgmon_statement_exec_seconds",
+                "Summed execution time of the top-K fingerprints (request to completion on the wire).",
+                None,
+                MetricType::Counter,
+            )?;
+            for t in &top {
+                let labels = [("fingerprint", t.fingerprint.as_str())];
+                ConstCounter::new(t.exec_seconds).encode(m.encode_family(&labels)?)?;
+            }
+            let mut m = e.encode_descriptor(
+                "pgmon_statement_plan_cost",
+                "Generic-plan total cost of one execution of a top-K fingerprint, planner units (costed ones only).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for t in &top {
+                if let Some(c) = t.plan_cost {
+                    let labels = [("fingerprint", t.fingerprint.as_str())];
+                    ConstGauge::new(c).encode(m.encode_family(&labels)?)?;
+                }
+            }
+            let mut m = e.encode_descriptor(
+                "pgmon_statement_cost_per_second",
+                "Estimated cost per measured second of a top-K fingerprint: plan cost / mean execution seconds. An outlier is a fingerprint whose estimate misleads.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for t in &top {
+                if let Some(r) = t.cost_per_second {
+                    let labels = [("fingerprint", t.fingerprint.as_str())];
+                    ConstGauge::new(r).encode(m.encode_family(&labels)?)?;
+                }
             }
         }
         if let Some((rss, cpu)) = process_usage() {
@@ -405,13 +454,22 @@ mod tests {
         h.queries.inc();
         h.duration.observe(0.001);
         m.query_error("alice", "shop", *b"22");
-        *m.shared.top_statements.lock().unwrap() = vec![("00ff00ff00ff00ff".into(), 7)];
+        *m.shared.top_statements.lock().unwrap() = vec![TopStatement {
+            fingerprint: "00ff00ff00ff00ff".into(),
+            calls: 7,
+            exec_seconds: 0.5,
+            plan_cost: Some(35.0),
+            cost_per_second: Some(490.0),
+        }];
         let text = m.encode();
         for needle in [
             "pgmon_queries_total{role=\"alice\",database=\"shop\"} 1",
             "pgmon_query_duration_seconds_count{role=\"alice\",database=\"shop\"} 1",
             "pgmon_query_errors_total{role=\"alice\",database=\"shop\",sqlstate_class=\"22\"} 1",
             "pgmon_statement_calls_total{fingerprint=\"00ff00ff00ff00ff\"} 7",
+            "pgmon_statement_exec_seconds_total{fingerprint=\"00ff00ff00ff00ff\"} 0.5",
+            "pgmon_statement_plan_cost{fingerprint=\"00ff00ff00ff00ff\"} 35.0",
+            "pgmon_statement_cost_per_second{fingerprint=\"00ff00ff00ff00ff\"} 490.0",
             "pgmon_probe_info{hook=\"tracepoint\",cost_rank=\"2\"} 1",
             "pgmon_capture_dropped_total 0",
             "process_resident_memory_bytes ",

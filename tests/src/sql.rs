@@ -119,6 +119,32 @@ impl Cluster {
         parse_pss_json(&out).with_context(|| format!("unexpected pg_stat_statements output: {out}"))
     }
 
+    /// The server's total cost of the generic plan of `sql` (whose constants are `$1` …
+    /// `$params`), planned as `user` in `db`: `EXPLAIN (GENERIC_PLAN, FORMAT JSON)` on
+    /// PostgreSQL 16+, and on 15 `PREPARE` + `EXPLAIN EXECUTE` with every parameter NULL
+    /// under `plan_cache_mode = force_generic_plan` (what the agent's cost worker does).
+    pub fn generic_plan_cost(&self, user: &str, db: &str, sql: &str, params: usize) -> Result<f64> {
+        let script = if self.version().major() >= 16 {
+            format!("EXPLAIN (GENERIC_PLAN, FORMAT JSON) {sql}")
+        } else {
+            let args = if params == 0 {
+                String::new()
+            } else {
+                format!("({})", vec!["NULL"; params].join(", "))
+            };
+            format!(
+                "SET plan_cache_mode = force_generic_plan; PREPARE p AS {sql}; \
+                 EXPLAIN (FORMAT JSON) EXECUTE p{args}"
+            )
+        };
+        let out = self.psql(user, db, Transport::Unix, &script)?;
+        let v: serde_json::Value = serde_json::from_str(out.trim())
+            .with_context(|| format!("EXPLAIN did not answer JSON: {out}"))?;
+        v[0]["Plan"]["Total Cost"]
+            .as_f64()
+            .with_context(|| format!("no Total Cost in {out}"))
+    }
+
     /// Sum of `calls` over [`Cluster::pss_calls`].
     pub fn pss_total_calls(&self, user: &str, query_like: &str) -> Result<u64> {
         Ok(self

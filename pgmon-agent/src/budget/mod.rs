@@ -327,6 +327,19 @@ impl Budgets {
         self.costs.entries()
     }
 
+    /// What is known of `fingerprint`'s cost, for status and metrics (not counted as a
+    /// cache hit or miss).
+    pub fn cost_of(&self, fingerprint: u64) -> CostKnown {
+        if !self.cost_enabled {
+            return CostKnown::Disabled;
+        }
+        match self.costs.get(fingerprint) {
+            Some(Some(c)) => CostKnown::Costed(c),
+            Some(None) => CostKnown::NotCostable,
+            None => CostKnown::Pending,
+        }
+    }
+
     /// Each budgeted role: (role, tier, spend, budget, utilisation, step action).
     pub fn status(&self, now_ms: u64) -> Vec<BudgetStatus> {
         let ladder = &self.policy.policy.ladder;
@@ -355,6 +368,19 @@ impl Budgets {
         v.sort_by(|a, b| b.utilisation.total_cmp(&a.utilisation));
         v
     }
+}
+
+/// What the agent knows of one fingerprint's cost.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CostKnown {
+    /// Total cost of its generic plan, planner units.
+    Costed(f64),
+    /// The worker could not cost it (its reason is counted); the default is charged.
+    NotCostable,
+    /// Not estimated yet (or expired from the cache).
+    Pending,
+    /// `cost.enabled: false`.
+    Disabled,
 }
 
 /// One role's budget in `status`.

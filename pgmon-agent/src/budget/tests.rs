@@ -128,7 +128,7 @@ fn default_charge_is_corrected_when_the_estimate_arrives() {
     assert_eq!(req.try_recv().unwrap().fingerprint, 42);
     assert!(req.try_recv().is_err());
     assert_eq!(b.status(5_000)[0].spend, 3000.0);
-    b.costs.insert(42, Some(8.5));
+    b.costs.insert(42, Some(8.5), &"db".into(), &[]);
     b.on_cost(CostAnswer {
         fingerprint: 42,
         cost: Some(8.5),

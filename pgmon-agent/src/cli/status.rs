@@ -7,12 +7,15 @@ use anyhow::{Context as _, bail};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
-use crate::status::{RoleStatus, Status};
+use crate::{
+    budget::BudgetStatus,
+    status::{FingerprintStatus, RoleStatus, Status},
+};
 
 /// Fetches and prints the status of the agent at `addr`.
 pub fn status(addr: SocketAddr, json: bool, role: Option<&str>) -> anyhow::Result<()> {
     let body = fetch(addr)?;
-    if json {
+    if json && role.is_none() {
         println!("{body}");
         return Ok(());
     }
@@ -26,11 +29,30 @@ pub fn status(addr: SocketAddr, json: bool, role: Option<&str>) -> anyhow::Resul
                     status.roles.len()
                 );
             };
-            print!("{}", render_role(r));
+            let mut r = r.clone();
+            by_expense(&mut r.fingerprints);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                let budget = status.budgets.iter().find(|b| b.role == name);
+                print!("{}", render_role(&r, budget));
+            }
         }
         None => print!("{}", render(&status)),
     }
     Ok(())
+}
+
+/// Most expensive first: by `total_cost` (calls × plan cost), then, for fingerprints not
+/// costed, by summed execution time.
+fn by_expense(fps: &mut [FingerprintStatus]) {
+    fps.sort_by(|a, b| {
+        let cost = |f: &FingerprintStatus| f.total_cost.unwrap_or(-1.0);
+        cost(b)
+            .total_cmp(&cost(a))
+            .then(b.total_ms().total_cmp(&a.total_ms()))
+            .then(a.fingerprint.cmp(&b.fingerprint))
+    });
 }
 
 fn fetch(addr: SocketAddr) -> anyhow::Result<String> {
@@ -163,7 +185,7 @@ pub fn render(s: &Status) -> String {
     o
 }
 
-fn render_role(r: &RoleStatus) -> String {
+fn render_role(r: &RoleStatus, budget: Option<&BudgetStatus>) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -177,8 +199,59 @@ fn render_role(r: &RoleStatus) -> String {
         ms(r.p99_ms),
         r.databases.join(",")
     );
-    o.push_str(&render_role_top(r, usize::MAX));
+    if let Some(b) = budget {
+        let _ = writeln!(
+            o,
+            "budget: tier {}, spend {:.1} of {:.1} {:?} per {} s (utilisation {:.2}), step {}",
+            b.tier,
+            b.spend,
+            b.budget,
+            b.unit,
+            b.window_seconds,
+            b.utilisation,
+            b.step.map_or_else(|| "-".to_owned(), |s| format!("{s:?}"))
+        );
+    }
+    let _ = writeln!(
+        o,
+        "most expensive fingerprints (cost = generic-plan total cost per execution, planner units):"
+    );
+    let _ = writeln!(
+        o,
+        "  {:<16} {:>10} {:>12} {:>14} {:>9} {:>12}  normalized text",
+        "fingerprint", "calls", "cost", "total cost", "mean ms", "cost/s"
+    );
+    for f in &r.fingerprints {
+        let cost = match (f.plan_cost, f.cost_state.as_str()) {
+            (Some(c), _) => format!("{c:.2}"),
+            (None, "not_costable") => "n/a".to_owned(),
+            (None, "pending") => "pending".to_owned(),
+            _ => "-".to_owned(),
+        };
+        let opt =
+            |v: Option<f64>, p: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.p$}"));
+        let _ = writeln!(
+            o,
+            "  {:<16} {:>10} {:>12} {:>14} {:>9.3} {:>12}  {}",
+            f.fingerprint,
+            f.calls,
+            cost,
+            opt(f.total_cost, 1),
+            f.mean_ms,
+            opt(f.cost_per_second, 0),
+            one_line(&f.normalized)
+        );
+    }
     o
+}
+
+/// `text` on one line, at most 90 characters.
+fn one_line(text: &str) -> String {
+    let mut t: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if t.chars().count() > 90 {
+        t = t.chars().take(87).collect::<String>() + "...";
+    }
+    t
 }
 
 fn render_role_top(r: &RoleStatus, k: usize) -> String {
@@ -190,18 +263,14 @@ fn render_role_top(r: &RoleStatus, k: usize) -> String {
         "fingerprint", "calls", "errors", "mean ms"
     );
     for f in r.fingerprints.iter().take(k) {
-        let mut text: String = f
-            .normalized
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        if text.chars().count() > 90 {
-            text = text.chars().take(87).collect::<String>() + "...";
-        }
         let _ = writeln!(
             o,
             "  {:<16} {:>10} {:>7} {:>9.3}  {}",
-            f.fingerprint, f.calls, f.errors, f.mean_ms, text
+            f.fingerprint,
+            f.calls,
+            f.errors,
+            f.mean_ms,
+            one_line(&f.normalized)
         );
     }
     o

@@ -84,11 +84,24 @@ pub struct CostAnswer {
     pub cost: Option<f64>,
 }
 
+/// One cached estimate.
+#[derive(Clone, Debug)]
+struct Entry {
+    /// Generic-plan total cost; `None`: not costable.
+    cost: Option<f64>,
+    /// The database it was planned in.
+    database: Arc<str>,
+    /// Names (without schema) of the relations the statement reads or writes, as
+    /// libpg_query reports them: DDL on any of them forgets the entry.
+    relations: Box<[Box<str>]>,
+}
+
 /// The shared cache: fingerprint → generic-plan total cost (or `None`: not costable, the
-/// default applies). Size-bounded and expiring (`moka`).
+/// default applies). Size-bounded and expiring (`moka`); DDL on a relation a statement
+/// uses forgets its entry ([`Costs::forget_relation`], driven by `sql/003_ddl_notify.sql`).
 #[derive(Clone)]
 pub struct Costs {
-    cache: moka::sync::Cache<u64, Option<f64>>,
+    cache: moka::sync::Cache<u64, Entry>,
 }
 
 impl Costs {
@@ -98,6 +111,7 @@ impl Costs {
             cache: moka::sync::Cache::builder()
                 .max_capacity(config.cache_entries)
                 .time_to_live(Duration::from_secs(config.cache_ttl_seconds.max(1)))
+                .support_invalidation_closures()
                 .build(),
         }
     }
@@ -105,17 +119,46 @@ impl Costs {
     /// `Some(Some(cost))` when costed, `Some(None)` when known not to be costable, `None`
     /// when unknown (ask the worker).
     pub fn get(&self, fingerprint: u64) -> Option<Option<f64>> {
-        self.cache.get(&fingerprint)
+        self.cache.get(&fingerprint).map(|e| e.cost)
     }
 
-    /// Records the worker's answer.
-    pub fn insert(&self, fingerprint: u64, cost: Option<f64>) {
-        self.cache.insert(fingerprint, cost);
+    /// Records the worker's answer for a statement planned in `database` over `relations`.
+    pub fn insert(
+        &self,
+        fingerprint: u64,
+        cost: Option<f64>,
+        database: &Arc<str>,
+        relations: &[String],
+    ) {
+        let relations = relations
+            .iter()
+            .map(|r| r.rsplit('.').next().unwrap_or(r).into())
+            .collect();
+        self.cache.insert(
+            fingerprint,
+            Entry {
+                cost,
+                database: database.clone(),
+                relations,
+            },
+        );
     }
 
-    /// Forgets one fingerprint (its relations changed).
-    pub fn invalidate(&self, fingerprint: u64) {
-        self.cache.invalidate(&fingerprint);
+    /// Forgets every estimate made in `database` that uses a relation named `relation`
+    /// (without schema; several schemas may hold one, and forgetting too much only costs
+    /// an EXPLAIN), or every estimate made there when `relation` is `*`.
+    pub fn forget_relation(&self, database: &str, relation: &str) {
+        let (database, relation): (Arc<str>, Box<str>) = (database.into(), relation.into());
+        let all = &*relation == "*";
+        let forgotten = self.cache.invalidate_entries_if(move |_, e| {
+            e.database == database && (all || e.relations.contains(&relation))
+        });
+        if let Err(e) = forgotten {
+            // Only when the builder lacks support_invalidation_closures: fall back to
+            // forgetting everything rather than keep stale estimates.
+            tracing::warn!(error = %e, "cost cache: predicate invalidation refused; clearing it");
+            self.cache.invalidate_all();
+        }
     }
 
     /// Entries now (approximate, moka's count).
@@ -145,6 +188,8 @@ pub struct CostMetrics {
     pub estimated: Counter,
     /// Time of one estimate (round trips to the server), seconds.
     pub estimate_seconds: Histogram,
+    /// DDL notifications acted on (and sessions lost, which forget a database's estimates).
+    pub invalidations: Counter,
 }
 
 impl CostMetrics {
@@ -156,6 +201,7 @@ impl CostMetrics {
             entries: Gauge::default(),
             errors: Family::default(),
             estimated: Counter::default(),
+            invalidations: Counter::default(),
             estimate_seconds: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.5, 12),
             ),
@@ -186,6 +232,11 @@ impl CostMetrics {
             m.estimated.clone(),
         );
         registry.register(
+            "pgmon_cost_cache_invalidations",
+            "Times the cost cache forgot estimates: a DDL notification (sql/003_ddl_notify.sql) or a lost worker session",
+            m.invalidations.clone(),
+        );
+        registry.register(
             "pgmon_cost_estimate_seconds",
             "Time to make one estimate (EXPLAIN round trips)",
             m.estimate_seconds.clone(),
@@ -196,5 +247,28 @@ impl CostMetrics {
     /// Counts a fingerprint not costed for `reason`.
     pub fn error(&self, reason: &'static str) {
         self.errors.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ddl_forgets_the_estimates_that_use_the_relation_in_its_database() {
+        let costs = Costs::new(&CostConfig::default());
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        costs.insert(1, Some(10.0), &a, &["public.items".into()]);
+        costs.insert(2, Some(20.0), &a, &["orders".into(), "lineitem".into()]);
+        costs.insert(3, Some(30.0), &b, &["items".into()]);
+        costs.insert(4, None, &a, &[]);
+        costs.forget_relation("a", "items");
+        assert_eq!(costs.get(1), None, "schema-qualified name matched");
+        assert_eq!(costs.get(2), Some(Some(20.0)));
+        assert_eq!(costs.get(3), Some(Some(30.0)), "other database untouched");
+        assert_eq!(costs.get(4), Some(None));
+        costs.forget_relation("a", "*");
+        assert_eq!((costs.get(2), costs.get(4)), (None, None));
+        assert_eq!(costs.get(3), Some(Some(30.0)));
     }
 }

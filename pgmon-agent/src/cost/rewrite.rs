@@ -50,6 +50,9 @@ pub struct Costable {
     pub text: String,
     /// Highest `$n` in `text` (0 when there are none).
     pub params: usize,
+    /// The relations it reads or writes, as written (`schema.name` or `name`; CTE names
+    /// excluded), from libpg_query.
+    pub relations: Vec<String>,
 }
 
 /// Decides whether `normalized` may be costed and rewrites it for EXPLAIN. Only a single
@@ -85,7 +88,12 @@ pub fn costable(normalized: &str) -> Result<Costable, Refusal> {
         return Err(Refusal::Utility);
     }
     let params = max_param(&text);
-    Ok(Costable { text, params })
+    let relations = parsed.tables();
+    Ok(Costable {
+        text,
+        params,
+        relations,
+    })
 }
 
 static TYPED_LITERAL: LazyLock<Regex> = LazyLock::new(|| {

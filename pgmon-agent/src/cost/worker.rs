@@ -20,7 +20,7 @@ use std::{
 };
 
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
 use super::{
     CostAnswer, CostConfig, CostMetrics, CostRequest, Costs,
@@ -87,8 +87,9 @@ impl Worker {
         answers: Sender<CostAnswer>,
     ) {
         while let Some(req) = requests.recv().await {
-            let cost = self.estimate(&req).await;
-            self.costs.insert(req.fingerprint, cost);
+            let (cost, relations) = self.estimate(&req).await;
+            self.costs
+                .insert(req.fingerprint, cost, &req.database, &relations);
             self.metrics.entries.set(self.costs.entries() as i64);
             let answer = CostAnswer {
                 fingerprint: req.fingerprint,
@@ -100,21 +101,27 @@ impl Worker {
         }
     }
 
-    /// The generic-plan total cost of `req`, or `None` (reason counted).
-    pub async fn estimate(&mut self, req: &CostRequest) -> Option<f64> {
+    /// The generic-plan total cost of `req`, or `None` (reason counted), with the
+    /// relations the statement uses (empty when it was refused before parsing them).
+    pub async fn estimate(&mut self, req: &CostRequest) -> (Option<f64>, Vec<String>) {
         if req.truncated {
             self.metrics.error(rewrite::Refusal::Truncated.as_str());
-            return None;
+            return (None, Vec::new());
         }
         let costable = match rewrite::costable(&req.normalized) {
             Ok(c) => c,
             Err(r) => {
                 self.metrics.error(r.as_str());
-                return None;
+                return (None, Vec::new());
             }
         };
+        let cost = self.estimate_costable(req, &costable).await;
+        (cost, costable.relations)
+    }
+
+    async fn estimate_costable(&mut self, req: &CostRequest, costable: &Costable) -> Option<f64> {
         let started = Instant::now();
-        let result = self.plan(req, &costable).await;
+        let result = self.plan(req, costable).await;
         self.metrics
             .estimate_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -152,9 +159,30 @@ impl Worker {
             config.dbname(database.as_ref());
             config.application_name("pgmon");
             let (client, connection) = config.connect(NoTls).await?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
+            tokio::spawn(listen(
+                connection,
+                self.costs.clone(),
+                database.clone(),
+                self.metrics.invalidations.clone(),
+            ));
+            client
+                .batch_execute(&format!("LISTEN {DDL_CHANNEL}"))
+                .await?;
+            let installed: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT FROM pg_event_trigger \
+                     WHERE evtname = 'pgmon_ddl_end' AND evtenabled <> 'D')",
+                    &[],
+                )
+                .await?
+                .get(0);
+            if !installed {
+                tracing::warn!(
+                    database = %database,
+                    ttl_seconds = self.config.cache_ttl_seconds,
+                    "sql/003_ddl_notify.sql is not installed here: cost estimates follow DDL only when they expire"
+                );
+            }
             let version = client
                 .query_one("SELECT current_setting('server_version_num')::int", &[])
                 .await?
@@ -198,6 +226,38 @@ impl Worker {
             other => other,
         }
     }
+}
+
+/// The channel `sql/003_ddl_notify.sql` notifies after DDL; the payload is a relation
+/// name without schema, or `*`.
+pub const DDL_CHANNEL: &str = "pgmon_ddl";
+
+/// Drives one worker session's connection and acts on its DDL notifications: each makes
+/// the cache forget the estimates that used the relation. When the session ends, DDL can
+/// no longer be heard there, so every estimate made in that database is forgotten too;
+/// the next request opens a new session, which listens again.
+async fn listen<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    costs: Costs,
+    database: Arc<str>,
+    invalidations: prometheus_client::metrics::counter::Counter,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(n))) if n.channel() == DDL_CHANNEL => {
+                tracing::debug!(database = %database, relation = n.payload(), "DDL: forgetting its cost estimates");
+                costs.forget_relation(&database, n.payload());
+                invalidations.inc();
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
+    }
+    costs.forget_relation(&database, "*");
+    invalidations.inc();
 }
 
 /// The transaction every estimate runs in.

@@ -12,11 +12,11 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::{
     attribution::Answer,
-    budget::Budgets,
+    budget::{Budgets, CostKnown},
     capture::{Capture, Record},
     config::Config,
     cost::CostAnswer,
-    metrics::Metrics,
+    metrics::{Metrics, TopStatement},
     query::{Normalizer, Stmt, fingerprint_hex},
     status::{AgentStatus, CaptureStatus, ClusterStatus, RefusedHook, Status},
     wire::{
@@ -347,11 +347,31 @@ impl Pipeline {
             .stats
             .top_fingerprints(self.top_k)
             .into_iter()
-            .map(|(fp, calls)| (fingerprint_hex(fp), calls))
+            .map(|(fp, calls, total_ns)| {
+                let plan_cost = match self.cost_of(fp) {
+                    CostKnown::Costed(c) => Some(c),
+                    _ => None,
+                };
+                TopStatement {
+                    fingerprint: fingerprint_hex(fp),
+                    calls,
+                    exec_seconds: total_ns as f64 / 1e9,
+                    plan_cost,
+                    cost_per_second: stats::cost_per_second(plan_cost, calls, total_ns),
+                }
+            })
             .collect();
         if let Ok(mut t) = s.top_statements.lock() {
             *t = top;
         }
+    }
+
+    /// What is known of a fingerprint's cost (`Disabled` when budgets are off: nothing
+    /// asks for estimates then).
+    fn cost_of(&self, fingerprint: u64) -> CostKnown {
+        self.budget
+            .as_ref()
+            .map_or(CostKnown::Disabled, |l| l.budgets.cost_of(fingerprint))
     }
 
     /// The status document.
@@ -397,7 +417,7 @@ impl Pipeline {
                 statement_cache_entries: self.normalizer.cached() as u64,
                 normalize_errors: n.errors,
             },
-            roles: self.stats.roles(),
+            roles: self.stats.roles(&|fp| self.cost_of(fp)),
             budgets: self
                 .budget
                 .as_ref()

@@ -11,6 +11,7 @@ use ahash::AHashMap;
 use serde::Serialize;
 
 use crate::{
+    budget::CostKnown,
     metrics::{Metrics, RoleDbHandles},
     query::{Stmt, fingerprint_hex},
 };
@@ -150,23 +151,29 @@ impl Stats {
         self.role_dbs.iter().map(|r| r.queries).sum()
     }
 
-    /// The `k` most called fingerprints across all roles: (fingerprint, calls).
-    pub fn top_fingerprints(&self, k: usize) -> Vec<(u64, u64)> {
-        let mut v: Vec<_> = self.global.iter().map(|(&fp, c)| (fp, c.calls)).collect();
+    /// The `k` most called fingerprints across all roles: (fingerprint, calls, summed
+    /// execution time in nanoseconds).
+    pub fn top_fingerprints(&self, k: usize) -> Vec<(u64, u64, u64)> {
+        let mut v: Vec<_> = self
+            .global
+            .iter()
+            .map(|(&fp, c)| (fp, c.calls, c.total_ns))
+            .collect();
         v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(k);
         v
     }
 
-    /// A serializable view of every role (aggregated over its databases), most queries first.
-    pub fn roles(&self) -> Vec<RoleStatus> {
+    /// A serializable view of every role (aggregated over its databases), most queries
+    /// first; `cost_of` says what is known of each fingerprint's cost.
+    pub fn roles(&self, cost_of: &dyn Fn(u64) -> CostKnown) -> Vec<RoleStatus> {
         let mut by_role: HashMap<&str, Vec<&RoleDb>> = HashMap::new();
         for r in &self.role_dbs {
             by_role.entry(&r.role).or_default().push(r);
         }
         let mut out: Vec<RoleStatus> = by_role
             .into_iter()
-            .map(|(role, dbs)| RoleStatus::from_parts(role, &dbs))
+            .map(|(role, dbs)| RoleStatus::from_parts(role, &dbs, cost_of))
             .collect();
         out.sort_by(|a, b| b.queries.cmp(&a.queries).then(a.role.cmp(&b.role)));
         out
@@ -234,10 +241,38 @@ pub struct FingerprintStatus {
     pub text_bytes: u32,
     /// Normalized text (constants as `$n`).
     pub normalized: String,
+    /// What is known of its cost: `costed`, `not_costable` (charged `cost.default_cost`),
+    /// `pending`, or `disabled` (`cost.enabled: false` or budgets off).
+    #[serde(default)]
+    pub cost_state: String,
+    /// Total cost of its generic plan, per execution, planner units (PostgreSQL docs,
+    /// section 19.7.2); null unless costed.
+    #[serde(default)]
+    pub plan_cost: Option<f64>,
+    /// `calls × plan_cost`: what its executions cost in all, planner units.
+    #[serde(default)]
+    pub total_cost: Option<f64>,
+    /// `plan_cost ÷ mean execution seconds`: planner units per second of measured time.
+    /// A fingerprint far from the others here is one whose estimate misleads.
+    #[serde(default)]
+    pub cost_per_second: Option<f64>,
+}
+
+impl FingerprintStatus {
+    /// Summed execution time, milliseconds.
+    pub fn total_ms(&self) -> f64 {
+        self.mean_ms * self.calls as f64
+    }
+}
+
+/// `plan_cost ÷ mean seconds`, when both are known and the time is not zero.
+pub fn cost_per_second(plan_cost: Option<f64>, calls: u64, total_ns: u64) -> Option<f64> {
+    let cost = plan_cost?;
+    (calls > 0 && total_ns > 0).then(|| cost / (total_ns as f64 / 1e9 / calls as f64))
 }
 
 impl RoleStatus {
-    fn from_parts(role: &str, dbs: &[&RoleDb]) -> Self {
+    fn from_parts(role: &str, dbs: &[&RoleDb], cost_of: &dyn Fn(u64) -> CostKnown) -> Self {
         let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)
             .expect("constant bounds are valid");
         let mut fps: HashMap<u64, FingerprintCounters> = HashMap::new();
@@ -263,17 +298,30 @@ impl RoleStatus {
         }
         let mut fingerprints: Vec<FingerprintStatus> = fps
             .into_iter()
-            .map(|(fp, c)| FingerprintStatus {
-                fingerprint: fingerprint_hex(fp),
-                calls: c.calls,
-                errors: c.errors,
-                mean_ms: if c.calls == 0 {
-                    0.0
-                } else {
-                    c.total_ns as f64 / c.calls as f64 / 1e6
-                },
-                text_bytes: c.stmt.text_bytes,
-                normalized: c.stmt.normalized.to_string(),
+            .map(|(fp, c)| {
+                let known = cost_of(fp);
+                let (cost_state, plan_cost) = match known {
+                    CostKnown::Costed(v) => ("costed", Some(v)),
+                    CostKnown::NotCostable => ("not_costable", None),
+                    CostKnown::Pending => ("pending", None),
+                    CostKnown::Disabled => ("disabled", None),
+                };
+                FingerprintStatus {
+                    fingerprint: fingerprint_hex(fp),
+                    calls: c.calls,
+                    errors: c.errors,
+                    mean_ms: if c.calls == 0 {
+                        0.0
+                    } else {
+                        c.total_ns as f64 / c.calls as f64 / 1e6
+                    },
+                    text_bytes: c.stmt.text_bytes,
+                    normalized: c.stmt.normalized.to_string(),
+                    cost_state: cost_state.to_owned(),
+                    plan_cost,
+                    total_cost: plan_cost.map(|v| v * c.calls as f64),
+                    cost_per_second: cost_per_second(plan_cost, c.calls, c.total_ns),
+                }
             })
             .collect();
         fingerprints.sort_by(|a, b| {
