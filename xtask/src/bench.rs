@@ -12,6 +12,8 @@
 //!    replay`): statement-cache hits; and a corpus of distinct statements, each a
 //!    libpg_query miss.
 //! 4. The agent's RSS and CPU during the overhead runs.
+//! 5. Budgets ([`crate::bench_budget`]): enforcement latency, the cost worker's rate, and the
+//!    overhead and cost-cache hit ratio with budgets on.
 
 use std::{
     fmt::Write as _,
@@ -41,6 +43,9 @@ pub struct BenchArgs {
     /// Rounds of the overhead comparison per transport.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Trials of the enforcement-latency measurement.
+    #[arg(long, default_value_t = 40)]
+    trials: usize,
 }
 
 /// Setup, build, then [`measure`].
@@ -64,6 +69,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 enum Mode {
     Detached,
     Attached(&'static str),
+    /// `auto`, with budgets on (observe) for the pgbench role: every query charged, costed.
+    Budgets,
     OtherCluster,
 }
 
@@ -72,17 +79,17 @@ impl Mode {
         match self {
             Mode::Detached => "detached",
             Mode::Attached(h) => h,
+            Mode::Budgets => "auto, budgets on",
             Mode::OtherCluster => "auto, on another cluster",
         }
     }
 }
 
-const MODES: [Mode; 6] = [
+const MODES: [Mode; 5] = [
     Mode::Detached,
     Mode::Attached("tp_btf_sock"),
     Mode::Attached("tp_btf"),
-    Mode::Attached("tracepoint"),
-    Mode::Attached("raw_tracepoint"),
+    Mode::Budgets,
     Mode::OtherCluster,
 ];
 
@@ -95,6 +102,8 @@ struct Sample {
     /// Agent CPU, fraction of one core, and resident memory at the end (attached only).
     agent_cpu: Option<f64>,
     agent_rss: Option<u64>,
+    /// Cost-cache hit ratio over the run (budgets on only).
+    hit_ratio: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -140,6 +149,7 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     let other = Cluster::start(PgVersion::Pg15, ClusterOptions::default())?;
     cluster.create_role_with_db("bench")?;
     cluster.pgbench_init("bench", "bench", 10)?;
+    crate::bench_budget::install_sql(&cluster)?;
     let mut report = String::new();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let _ = writeln!(
@@ -330,12 +340,45 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
         misses["records_per_second"].as_f64().unwrap_or(0.0),
         qps(&hits) / qps(&misses).max(1.0),
     );
+
+    // 5. Budgets.
+    let hit_ratios: Vec<f64> = samples.iter().filter_map(|s| s.hit_ratio).collect();
+    let latencies = crate::bench_budget::enforcement_latency(binary, &cluster, args.trials)?;
+    let q = |p| crate::bench_budget::quantile(&latencies, p);
+    eprintln!(
+        "bench: enforcement latency p50 {:.1} ms, p99 {:.1} ms",
+        q(0.5),
+        q(0.99)
+    );
+    let worker_corpus = dir.join("worker.sql");
+    std::fs::write(&worker_corpus, miss_corpus(1000))?;
+    let (costed, rate, mean) =
+        crate::bench_budget::cost_worker_rate(binary, &cluster, &worker_corpus)?;
+    let _ = writeln!(
+        report,
+        "\n## Budgets\n\n| figure | value | target |\n|---|---|---|\n\
+         | enforcement latency, crossing query's result → `NOLOGIN` and no backend left ({} trials) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | p99 < 1 s |\n\
+         | cost worker: distinct fingerprints settled (costed or refused) | {costed:.0} at {rate:.0}/s, {:.2} ms per EXPLAIN | |\n\
+         | cost-cache hit ratio during the pgbench runs with budgets on (median of {} runs) | {:.5} | > 0.99 |\n\n\
+         The TPS ratio with budgets on is the `auto, budgets on` row of the overhead table.\n",
+        latencies.len(),
+        q(0.5),
+        q(0.99),
+        q(1.0),
+        mean * 1000.0,
+        hit_ratios.len(),
+        median(hit_ratios.clone()),
+    );
+    let json_budgets = serde_json::json!({
+        "enforcement_latency_ms": latencies, "cost_worker": {"settled": costed, "per_second": rate, "mean_estimate_seconds": mean},
+        "hit_ratios": hit_ratios,
+    });
     let _ = std::fs::remove_dir_all(&dir);
 
     let out_dir = crate::util::workspace_root().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("REPORT.md"), &report)?;
-    let json = serde_json::json!({"overhead": json_overhead, "stress": json_stress, "replay": {"hits": hits, "misses": misses}});
+    let json = serde_json::json!({"overhead": json_overhead, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets});
     std::fs::write(
         out_dir.join("report.json"),
         serde_json::to_string_pretty(&json)?,
@@ -376,22 +419,30 @@ fn overhead_run(
                 tps: r.tps,
                 agent_cpu: None,
                 agent_rss: None,
+                hit_ratio: None,
             })
         }
-        Mode::Attached(_) | Mode::OtherCluster => {
-            let (target, hook) = match mode {
-                Mode::Attached(hook) => (cluster, hook),
-                _ => (other, "auto"),
-            };
+        Mode::Attached(_) | Mode::Budgets | Mode::OtherCluster => {
             let port = free_port();
-            let mut agent = Agent::start(
-                binary,
-                &agent_config(target, port, hook),
-                format!("127.0.0.1:{port}"),
-            )?;
+            let config = match mode {
+                Mode::Attached(hook) => agent_config(cluster, port, hook),
+                Mode::Budgets => crate::bench_budget::config(
+                    cluster,
+                    port,
+                    "auto",
+                    crate::bench_budget::OVERHEAD_BUDGETS,
+                ),
+                _ => agent_config(other, port, "auto"),
+            };
+            let mut agent = Agent::start(binary, &config, format!("127.0.0.1:{port}"))?;
             let before = proc_usage(agent.pid()).context("agent /proc stat")?;
             let r = cluster.pgbench(&run)?;
             let after = proc_usage(agent.pid()).context("agent /proc stat")?;
+            let hit_ratio = if mode == Mode::Budgets {
+                Some(crate::bench_budget::hit_ratio(&agent)?)
+            } else {
+                None
+            };
             agent.stop()?;
             // SAFETY: sysconf is always safe to call.
             let (hz, page) = unsafe {
@@ -408,6 +459,7 @@ fn overhead_run(
                 tps: r.tps,
                 agent_cpu: Some(cpu),
                 agent_rss: Some(after.1 * page),
+                hit_ratio,
             })
         }
     }

@@ -6,6 +6,7 @@
 //! - `bench`: overhead measurement (left to the lead; see `bench.rs`).
 
 mod bench;
+mod bench_budget;
 mod demo;
 mod setup;
 mod test;
