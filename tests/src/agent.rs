@@ -246,6 +246,20 @@ impl Agent {
         Ok(status)
     }
 
+    /// Kills the process with SIGKILL (no chance to clean up, as after an OOM kill) and
+    /// reaps it. Returns the exit status; idempotent like [`Agent::stop`], which (and drop)
+    /// then only return that status.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.exit {
+            return Ok(status);
+        }
+        // Child::kill sends SIGKILL on Unix.
+        self.child.kill()?;
+        let status = self.child.wait()?;
+        self.exit = Some(status);
+        Ok(status)
+    }
+
     /// Waits up to `timeout` for the process to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
         let deadline = Instant::now() + timeout;

@@ -7,6 +7,7 @@
 //! - [`Cluster::psql`], [`Cluster::pgbench`], [`Cluster::hold_session`] ([`HeldSession`]):
 //!   clients (always Debian's `/usr/bin/psql` and `/usr/bin/pgbench`, run as root).
 //! - [`Agent`]: the agent binary as a child process, with its HTTP endpoints.
+//! - [`budget`]: helpers of the query-cost budget tests (pgmon's SQL, audit rows, roles).
 //! - [`metrics`]: a small parser of the Prometheus text format for assertions.
 //!
 //! Everything here is blocking and synchronous; tests that need root call [`require_root`]
@@ -15,6 +16,7 @@
 #![warn(missing_docs)]
 
 mod agent;
+pub mod budget;
 mod cluster;
 pub mod metrics;
 mod pgbench;
