@@ -4,7 +4,6 @@
 //!
 //! Like the tests that call them, these panic with context instead of returning errors.
 
-use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -17,15 +16,10 @@ pub const HEAVY_SQL: &str = "SELECT count(*) FROM big WHERE g > 5";
 /// Runs `sql/001_roles.sql` and `sql/002_enforcement.sql` as `postgres` in database
 /// `postgres` (where the agent's config connects).
 pub fn install_sql(cluster: &Cluster) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for file in ["sql/001_roles.sql", "sql/002_enforcement.sql"] {
-        let mut cmd = cluster.psql_cmd("postgres", "postgres", Transport::Unix);
-        let out = cmd.arg("-f").arg(root.join(file)).output().expect("psql");
-        assert!(
-            out.status.success(),
-            "{file}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cluster
+            .run_sql_file("postgres", file)
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 }
 

@@ -119,6 +119,22 @@ impl Cluster {
         parse_pss_json(&out).with_context(|| format!("unexpected pg_stat_statements output: {out}"))
     }
 
+    /// Runs the SQL file `file` (relative to the workspace root, e.g.
+    /// `sql/002_enforcement.sql`) as superuser `postgres` in `db`, stopping at the first
+    /// error (`ON_ERROR_STOP`); fails with psql's stderr.
+    pub fn run_sql_file(&self, db: &str, file: &str) -> Result<()> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(file);
+        run_checked(
+            self.psql_cmd("postgres", db, Transport::Unix)
+                .arg("-f")
+                .arg(&path),
+        )
+        .with_context(|| format!("{file} in database {db}"))?;
+        Ok(())
+    }
+
     /// The server's total cost of the generic plan of `sql` (whose constants are `$1` …
     /// `$params`), planned as `user` in `db`: `EXPLAIN (GENERIC_PLAN, FORMAT JSON)` on
     /// PostgreSQL 16+, and on 15 `PREPARE` + `EXPLAIN EXECUTE` with every parameter NULL

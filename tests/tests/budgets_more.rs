@@ -228,6 +228,31 @@ fn exempt(version: PgVersion) {
             "{call}: {text}"
         );
     }
+    // The policy's exempt list is in the catalog too: the functions refuse boss.
+    let listed = cluster
+        .query_value(
+            "postgres",
+            "postgres",
+            "SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pgmon.exempt_roles",
+        )
+        .expect("exempt_roles");
+    assert_eq!(
+        listed, "boss",
+        "budgets.exempt copied into pgmon.exempt_roles"
+    );
+    let err = cluster
+        .psql(
+            "pgmon",
+            "postgres",
+            Transport::Unix,
+            "SELECT pgmon.lock_role('boss')",
+        )
+        .expect_err("lock boss");
+    assert!(
+        format!("{err:#}").contains("it is listed in pgmon.exempt_roles"),
+        "{err:#}"
+    );
+    assert_eq!(role_flags(&cluster, "boss"), "true,-1");
     assert_eq!(role_flags(&cluster, "root2"), "true,-1");
     assert_eq!(
         saved_originals(&cluster),

@@ -9,14 +9,13 @@
 //!   (`sql/003_ddl_notify.sql`'s event trigger and LISTEN).
 
 use std::{
-    path::Path,
     thread,
     time::{Duration, Instant},
 };
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, PgVersion, Transport, agent_binary, fingerprint, free_port,
-    metrics, require_root,
+    Agent, Cluster, ClusterOptions, PgVersion, Transport, agent_binary, budget::agent_config,
+    fingerprint, free_port, metrics, require_root,
 };
 
 const ROLE: &str = "tenant";
@@ -142,28 +141,22 @@ ANALYZE;
 ";
 
 fn install_sql(cluster: &Cluster, db: &str, files: &[&str]) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for file in files {
-        let mut cmd = cluster.psql_cmd("postgres", db, Transport::Unix);
-        let out = cmd.arg("-f").arg(root.join(file)).output().expect("psql");
-        assert!(
-            out.status.success(),
-            "{file} in {db}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cluster
+            .run_sql_file(db, file)
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 }
 
 fn config(cluster: &Cluster, port: u16) -> String {
-    format!(
-        "cluster:\n  data_directory: {}\n  connection: \"host={} port={} user=postgres dbname=postgres\"\n\
-         metrics:\n  listen: 127.0.0.1:{port}\n\
-         budgets:\n  enabled: true\n  mode: observe\n\
-         \x20 tiers:\n    big: {{budget: 1.0e15, window_seconds: 60}}\n\
-         \x20 roles:\n    - {{match: {ROLE}, tier: big}}\n",
-        cluster.data_dir().display(),
-        cluster.socket_dir().display(),
-        cluster.port()
+    agent_config(
+        cluster,
+        port,
+        &format!(
+            "budgets:\n  enabled: true\n  mode: observe\n\
+             \x20 tiers:\n    big: {{budget: 1.0e15, window_seconds: 60}}\n\
+             \x20 roles:\n    - {{match: {ROLE}, tier: big}}\n"
+        ),
     )
 }
 

@@ -21,16 +21,8 @@ const HEAVY: &str = "SELECT count(*) FROM lat WHERE g > 5";
 
 /// Installs pgmon's roles and enforcement schema in database `postgres` (as superuser).
 pub fn install_sql(cluster: &Cluster) -> Result<()> {
-    let root = crate::util::workspace_root();
     for file in ["sql/001_roles.sql", "sql/002_enforcement.sql"] {
-        let out = cluster
-            .psql_cmd("postgres", "postgres", Transport::Unix)
-            .arg("-f")
-            .arg(root.join(file))
-            .output()?;
-        if !out.status.success() {
-            bail!("{file}: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        cluster.run_sql_file("postgres", file)?;
     }
     Ok(())
 }

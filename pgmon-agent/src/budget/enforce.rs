@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 use super::{
     Decision, Persisted, ToEnforcer,
     metrics::BudgetMetrics,
-    policy::{ActionKind, Mode, Step},
+    policy::{ActionKind, Compiled, Mode, Step},
 };
 
 /// What a step leaves in the catalog.
@@ -133,11 +133,42 @@ pub async fn protected_roles(client: &Client) -> Result<HashSet<String>, tokio_p
     Ok(rows.into_iter().map(|r| r.get(0)).collect())
 }
 
+/// Copies the roles `budgets.exempt` names (those that exist now) into
+/// `pgmon.exempt_roles`, whose rows the SQL functions refuse, and removes the rows it no
+/// longer names. Returns how many roles are listed.
+pub async fn sync_exempt(
+    client: &Client,
+    policy: &Compiled,
+) -> Result<usize, tokio_postgres::Error> {
+    let names: Vec<String> = client
+        .query("SELECT rolname::text FROM pg_roles", &[])
+        .await?
+        .into_iter()
+        .map(|r| r.get::<_, String>(0))
+        .filter(|n| policy.listed_exempt(n))
+        .collect();
+    client
+        .execute(
+            "DELETE FROM pgmon.exempt_roles WHERE NOT (rolname::text = ANY($1))",
+            &[&names],
+        )
+        .await?;
+    client
+        .execute(
+            "INSERT INTO pgmon.exempt_roles (rolname) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+            &[&names],
+        )
+        .await?;
+    Ok(names.len())
+}
+
 /// The enforcement task.
 pub struct Enforcer {
     pub config: tokio_postgres::Config,
     pub mode: Mode,
     pub ladder: Vec<Step>,
+    /// For `budgets.exempt`, copied into `pgmon.exempt_roles` ([`sync_exempt`]).
+    pub policy: Compiled,
     pub metrics: BudgetMetrics,
 }
 
@@ -157,6 +188,9 @@ impl Enforcer {
                     match protected_roles(&client).await {
                         Ok(set) => { let _ = protected.send(set); }
                         Err(e) => tracing::warn!(error = %e, "pg_roles lookup failed"),
+                    }
+                    if let Err(e) = sync_exempt(&client, &self.policy).await {
+                        tracing::warn!(error = %e, "cannot copy budgets.exempt into pgmon.exempt_roles (is sql/002_enforcement.sql installed?)");
                     }
                 }
                 msg = rx.recv() => {

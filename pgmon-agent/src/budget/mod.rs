@@ -134,12 +134,31 @@ impl Budgets {
                 }
             }
         }
+        let n = b.policy.policy.ladder.len();
         for (role, step) in persisted.steps {
             let role: Arc<str> = role.into();
-            let n = b.policy.policy.ladder.len();
-            if let Some(r) = b.role(&role) {
-                r.step = Some(step.min(n.saturating_sub(1)));
-                r.dirty = true;
+            if n == 0 {
+                break;
+            }
+            let step = step.min(n - 1);
+            match b.role(&role) {
+                Some(r) => {
+                    r.step = Some(step);
+                    r.dirty = true;
+                }
+                // On a step under the previous policy, unbudgeted (exempt, or no tier) under
+                // this one: nothing will ever undo the step, so undo it now.
+                None => {
+                    let _ = b.out.send(ToEnforcer::Decision(Decision {
+                        role,
+                        tier: String::new(),
+                        from: Some(step),
+                        to: None,
+                        utilisation: 0.0,
+                        spend: 0.0,
+                        at_ms: crate::http::now_ms(),
+                    }));
+                }
             }
         }
         b

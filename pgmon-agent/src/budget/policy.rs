@@ -233,6 +233,14 @@ impl Compiled {
     }
 }
 
+impl Compiled {
+    /// Whether `budgets.exempt` names `role` (by name or glob). The enforcer copies the
+    /// roles it names into `pgmon.exempt_roles`, so the SQL functions refuse them too.
+    pub fn listed_exempt(&self, role: &str) -> bool {
+        self.exempt.iter().any(|g| g.is_match(role))
+    }
+}
+
 /// pgmon's own roles, and PostgreSQL's predefined roles.
 pub fn always_exempt(role: &str) -> bool {
     role.starts_with("pgmon") || role.starts_with("pg_")

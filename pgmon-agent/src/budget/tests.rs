@@ -28,6 +28,18 @@ fn budgets(
     UnboundedReceiver<CostRequest>,
     UnboundedReceiver<ToEnforcer>,
 ) {
+    budgets_with(yaml, Persisted::default())
+}
+
+/// Budgets under `yaml` restarted from `persisted`.
+fn budgets_with(
+    yaml: &str,
+    persisted: Persisted,
+) -> (
+    Budgets,
+    UnboundedReceiver<CostRequest>,
+    UnboundedReceiver<ToEnforcer>,
+) {
     let policy: policy::BudgetPolicy = yaml_serde::from_str(yaml).unwrap();
     let cost = CostConfig::default();
     let (req_tx, req_rx) = unbounded_channel();
@@ -43,7 +55,7 @@ fn budgets(
         },
         CostMetrics::register(&mut registry),
         BudgetMetrics::register(&mut registry),
-        Persisted::default(),
+        persisted,
     );
     (b, req_rx, out_rx)
 }
@@ -140,27 +152,11 @@ fn default_charge_is_corrected_when_the_estimate_arrives() {
 
 #[test]
 fn steps_survive_a_restart() {
-    let policy: policy::BudgetPolicy = yaml_serde::from_str(POLICY).unwrap();
-    let cost = CostConfig::default();
-    let (req_tx, _req_rx) = unbounded_channel();
-    let (out_tx, mut out_rx) = unbounded_channel();
-    let mut registry = Registry::default();
     let persisted = Persisted {
         steps: [("heavy".to_owned(), 3)].into(),
         buckets: [("heavy".to_owned(), vec![(1_000, 25.0)])].into(),
     };
-    let mut b = Budgets::new(
-        policy.compile().unwrap(),
-        &cost,
-        Costs::new(&cost),
-        Channels {
-            cost_requests: req_tx,
-            enforcer: out_tx,
-        },
-        CostMetrics::register(&mut registry),
-        BudgetMetrics::register(&mut registry),
-        persisted,
-    );
+    let (mut b, _req, mut out_rx) = budgets_with(POLICY, persisted);
     b.evaluate(1_000_500);
     assert!(
         decisions(&mut out_rx).is_empty(),
@@ -169,4 +165,15 @@ fn steps_survive_a_restart() {
     assert_eq!(b.status(1_000_500)[0].spend, 25.0);
     b.evaluate(1_020_000);
     assert_eq!(decisions(&mut out_rx), [(Some(3), None)]);
+}
+
+#[test]
+fn a_step_of_a_role_the_policy_now_exempts_is_undone_at_start() {
+    let persisted = Persisted {
+        steps: [("boss".to_owned(), 3)].into(),
+        buckets: Default::default(),
+    };
+    let (b, _req, mut out) = budgets_with(POLICY, persisted);
+    assert_eq!(decisions(&mut out), [(Some(3), None)]);
+    assert!(b.status(1_000_000).is_empty(), "boss has no budget");
 }

@@ -193,6 +193,7 @@ fn start_budgets(
             config: monitor.clone(),
             mode: config.budgets.mode,
             ladder: config.budgets.ladder.clone(),
+            policy: policy.clone(),
             metrics: metrics.budget.clone(),
         }
         .serve(enforcer_rx, protected_tx),
