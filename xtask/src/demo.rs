@@ -99,8 +99,25 @@ fn demo(binary: &Path, version: PgVersion, args: &DemoArgs) -> Result<()> {
         "GRANT SELECT ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO analyst",
     )?;
 
+    println!(
+        "== pgmon's SQL: sql/001_roles.sql, 002_enforcement.sql (postgres, shop), 003_ddl_notify.sql (shop)"
+    );
+    for (db, file) in [
+        ("postgres", "sql/001_roles.sql"),
+        ("postgres", "sql/002_enforcement.sql"),
+        ("shop", "sql/002_enforcement.sql"),
+        ("shop", "sql/003_ddl_notify.sql"),
+    ] {
+        cluster.run_sql_file(db, file)?;
+    }
+
+    // Budgets in observe mode: analyst's tier is small enough that its analytic queries
+    // climb the ladder, which is audited and logged but not acted on.
     let config = format!(
-        "cluster:\n  data_directory: {}\n  connection: \"{}\"\ncapture:\n  hooks: auto\nmetrics:\n  listen: {}\n",
+        "cluster:\n  data_directory: {}\n  connection: \"{}\"\ncapture:\n  hooks: auto\nmetrics:\n  listen: {}\n\
+         budgets:\n  enabled: true\n  mode: observe\n  tiers:\n    analytics: {{budget: 300000, window_seconds: 30}}\n    \
+         oltp: {{budget: 1.0e9, window_seconds: 30}}\n  roles:\n    - {{match: analyst, tier: analytics}}\n    \
+         - {{match: shop, tier: oltp}}\n",
         cluster.data_dir().display(),
         cluster.conninfo("postgres", "postgres", Transport::Unix),
         args.listen
@@ -127,18 +144,30 @@ fn demo(binary: &Path, version: PgVersion, args: &DemoArgs) -> Result<()> {
     }
 
     let mut problems = Vec::new();
-    let mut status = Command::new(binary);
-    status.args(["status", "--addr", &args.listen]);
-    println!("\n== {}", describe(&status));
-    match status.output() {
-        Ok(out) => {
-            print!("{}", String::from_utf8_lossy(&out.stdout));
-            eprint!("{}", String::from_utf8_lossy(&out.stderr));
-            if !out.status.success() {
-                problems.push(format!("`pgmon-agent status` failed ({})", out.status));
+    for extra in [&[][..], &["--role", "analyst"][..]] {
+        let mut status = Command::new(binary);
+        status.args(["status", "--addr", &args.listen]).args(extra);
+        println!("\n== {}", describe(&status));
+        match status.output() {
+            Ok(out) => {
+                print!("{}", String::from_utf8_lossy(&out.stdout));
+                eprint!("{}", String::from_utf8_lossy(&out.stderr));
+                if !out.status.success() {
+                    problems.push(format!("`{}` failed ({})", describe(&status), out.status));
+                }
             }
+            Err(e) => problems.push(format!("cannot run pgmon-agent status: {e}")),
         }
-        Err(e) => problems.push(format!("cannot run pgmon-agent status: {e}")),
+    }
+
+    println!("\n== pgmon.audit: what the budget ladder decided (mode: observe acts on nothing)");
+    match cluster.psql_admin(
+        "SELECT to_char(at, 'HH24:MI:SS') || '  ' || role || '  ' || step || '  ' || action || '  ' || result \
+         FROM pgmon.audit ORDER BY id LIMIT 20",
+    ) {
+        Ok(rows) if rows.trim().is_empty() => println!("   (no step reached)"),
+        Ok(rows) => print!("{}", indent(&rows)),
+        Err(e) => problems.push(format!("pgmon.audit: {e:#}")),
     }
 
     println!("\n== /metrics (pgmon_ lines without histogram buckets, first 40)");

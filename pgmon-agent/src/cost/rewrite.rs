@@ -27,6 +27,10 @@ pub enum Refusal {
     Truncated,
     /// The statement has no fingerprint (unparsable or over `capture.max_message_bytes`).
     NoFingerprint,
+    /// Transaction control or session state (BEGIN, COMMIT, SET, SHOW, DISCARD,
+    /// DEALLOCATE, LISTEN, NOTIFY, …): nothing to plan and no work a budget should charge,
+    /// so it costs 0 rather than the default. Not counted as an error.
+    Free,
 }
 
 impl Refusal {
@@ -38,6 +42,7 @@ impl Refusal {
             Refusal::Utility => "utility_statement",
             Refusal::Truncated => "text_truncated",
             Refusal::NoFingerprint => "no_fingerprint",
+            Refusal::Free => "free",
         }
     }
 }
@@ -82,6 +87,14 @@ pub fn costable(normalized: &str) -> Result<Costable, Refusal> {
         | NodeEnum::UpdateStmt(_)
         | NodeEnum::DeleteStmt(_)
         | NodeEnum::MergeStmt(_) => true,
+        NodeEnum::TransactionStmt(_)
+        | NodeEnum::VariableSetStmt(_)
+        | NodeEnum::VariableShowStmt(_)
+        | NodeEnum::DiscardStmt(_)
+        | NodeEnum::DeallocateStmt(_)
+        | NodeEnum::ListenStmt(_)
+        | NodeEnum::UnlistenStmt(_)
+        | NodeEnum::NotifyStmt(_) => return Err(Refusal::Free),
         _ => false,
     };
     if !ok {
@@ -207,7 +220,20 @@ mod tests {
         assert_eq!(costable("CREATE TABLE x (a int)"), Err(Refusal::Utility));
         assert_eq!(costable("SELECT * INTO x FROM t"), Err(Refusal::Utility));
         assert_eq!(costable("VACUUM t"), Err(Refusal::Utility));
-        assert_eq!(costable("BEGIN"), Err(Refusal::Utility));
+        for free in [
+            "BEGIN",
+            "END",
+            "COMMIT",
+            "ROLLBACK TO SAVEPOINT s",
+            "SET search_path = a",
+            "SHOW work_mem",
+            "DISCARD ALL",
+            "DEALLOCATE ALL",
+            "LISTEN c",
+            "NOTIFY c",
+        ] {
+            assert_eq!(costable(free), Err(Refusal::Free), "{free}");
+        }
         // Plain EXPLAIN skips the read-only check (ExecutorStart with EXEC_FLAG_EXPLAIN_ONLY).
         assert!(costable("SELECT * FROM t WHERE a = $1 FOR UPDATE").is_ok());
         assert_eq!(costable("SELEC oops"), Err(Refusal::Parse));

@@ -110,6 +110,7 @@ impl Worker {
         }
         let costable = match rewrite::costable(&req.normalized) {
             Ok(c) => c,
+            Err(rewrite::Refusal::Free) => return (Some(0.0), Vec::new()),
             Err(r) => {
                 self.metrics.error(r.as_str());
                 return (None, Vec::new());
