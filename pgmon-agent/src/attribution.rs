@@ -64,6 +64,24 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, Attribut
     Ok(client)
 }
 
+/// [`connect`], retried with exponential backoff (0.5 s doubling to 30 s, with jitter)
+/// until it succeeds; each failure is logged as `what` connection failed.
+pub async fn connect_with_backoff(config: &tokio_postgres::Config, what: &'static str) -> Client {
+    use backon::{ExponentialBuilder, Retryable};
+    let connect_once = || connect(config);
+    let retried = connect_once
+        .retry(
+            ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(Duration::from_secs(30))
+                .with_jitter()
+                .without_max_times(),
+        )
+        .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "{what} connection failed"))
+        .await;
+    retried.expect("retries without limit")
+}
+
 const LOOKUP_SQL: &str = "SELECT pid, usename::text, datname::text, application_name \
      FROM pg_stat_activity WHERE pid = ANY($1) AND usename IS NOT NULL";
 

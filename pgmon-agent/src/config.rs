@@ -32,6 +32,9 @@ pub struct Config {
     /// Per-role query-cost budgets and the escalation ladder.
     #[serde(default)]
     pub budgets: crate::budget::policy::BudgetPolicy,
+    /// The health pollers.
+    #[serde(default)]
+    pub health: crate::health::HealthConfig,
 }
 
 /// Which cluster pgmon watches, and how it reaches it.
@@ -274,6 +277,13 @@ impl Config {
                 "query.top_k_fingerprints",
                 "is larger than query.max_fingerprints".to_owned(),
             ));
+        }
+        if let Err((field, message)) = self.health.validate() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                field,
+                message,
+            });
         }
         if let Err((field, message)) = self.budgets.compile() {
             return Err(ConfigError::Invalid {

@@ -77,7 +77,13 @@ async fn handle(ep: Endpoint, req: Request<Incoming>) -> Result<Response<Full<By
             let now = now_ms();
             let last = ep.last_drain_ms.load(std::sync::atomic::Ordering::Relaxed);
             if last != 0 && now.saturating_sub(last) < 5_000 {
-                text(StatusCode::OK, "text/plain", "ok\n".into())
+                let degraded = ep.metrics.health.degraded();
+                let body = if degraded.is_empty() {
+                    "ok\n".to_owned()
+                } else {
+                    format!("ok, degraded: {}\n", degraded.join(", "))
+                };
+                text(StatusCode::OK, "text/plain", body)
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,

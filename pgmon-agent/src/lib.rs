@@ -6,6 +6,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod cost;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;

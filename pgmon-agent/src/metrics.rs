@@ -114,6 +114,8 @@ pub struct Metrics {
     pub cost: crate::cost::CostMetrics,
     /// `pgmon_role_budget_*`, `pgmon_enforcement_actions_total`.
     pub budget: crate::budget::metrics::BudgetMetrics,
+    /// What the health loops last read (exported at scrape time).
+    pub health: crate::health::Board,
 }
 
 fn duration_histogram() -> Histogram {
@@ -198,8 +200,11 @@ impl Metrics {
         }));
         let cost = crate::cost::CostMetrics::register(&mut registry);
         let budget = crate::budget::metrics::BudgetMetrics::register(&mut registry);
+        let health = crate::health::Board::default();
+        registry.register_collector(health.collector());
         Arc::new(Self {
             registry,
+            health,
             cost,
             budget,
             queries,

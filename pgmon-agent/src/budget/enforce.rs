@@ -9,9 +9,10 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use backon::{ExponentialBuilder, Retryable};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_postgres::Client;
+
+use crate::attribution::connect_with_backoff;
 
 use super::{
     Decision, Persisted, ToEnforcer,
@@ -68,27 +69,10 @@ fn calls(ladder: &[Step], d: &Decision) -> Vec<(&'static str, &'static str, Opti
     }
 }
 
-async fn connect_with_backoff(config: &tokio_postgres::Config) -> Client {
-    let connect_once = || crate::attribution::connect(config);
-    let retried = connect_once
-        .retry(
-            ExponentialBuilder::new()
-                .with_min_delay(Duration::from_millis(500))
-                .with_max_delay(Duration::from_secs(30))
-                .with_jitter()
-                .without_max_times(),
-        )
-        .notify(
-            |e, wait| tracing::warn!(error = %e, retry_in = ?wait, "enforcement connection failed"),
-        )
-        .await;
-    retried.expect("retries without limit")
-}
-
 /// Loads persisted steps and the last day's ledger buckets; an absent schema (SQL not
 /// installed) gives an empty state and a warning.
 pub async fn load(config: &tokio_postgres::Config) -> Persisted {
-    let client = connect_with_backoff(config).await;
+    let client = connect_with_backoff(config, "enforcement").await;
     let mut p = Persisted::default();
     match client
         .query("SELECT role::text, step FROM pgmon.budget_state", &[])
@@ -180,7 +164,7 @@ impl Enforcer {
         mut rx: UnboundedReceiver<ToEnforcer>,
         protected: std::sync::mpsc::Sender<HashSet<String>>,
     ) {
-        let mut client = connect_with_backoff(&self.config).await;
+        let mut client = connect_with_backoff(&self.config, "enforcement").await;
         let mut refresh = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
@@ -197,7 +181,7 @@ impl Enforcer {
                     let Some(msg) = msg else { return };
                     loop {
                         if client.is_closed() {
-                            client = connect_with_backoff(&self.config).await;
+                            client = connect_with_backoff(&self.config, "enforcement").await;
                         }
                         match self.handle(&client, &msg).await {
                             Err(e) if e.as_db_error().is_none() => {

@@ -78,6 +78,9 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
 
     let budget_link = start_budgets(&config, &runtime, &monitor, &metrics)?;
+    if config.health.enabled {
+        crate::health::start(&runtime, &config.health, &monitor, &metrics.health);
+    }
     runtime.spawn(attribution::serve(
         monitor,
         lookup_rx,

@@ -1,0 +1,228 @@
+//! What the health loops last saw, kept for `/metrics` and `/healthz`: each loop replaces
+//! its own families wholesale after each run, so a relation or standby that disappeared
+//! disappears from the scrape too.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+
+/// Whether a family is a gauge or a counter (exported with `_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// One sample: its labels (name, value) and its value.
+pub type Sample = (Vec<(&'static str, String)>, f64);
+
+/// One metric family as a loop read it: name, help, type and its samples.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub samples: Vec<Sample>,
+}
+
+impl Family {
+    /// An empty family.
+    pub fn new(name: &'static str, help: &'static str, kind: Kind) -> Self {
+        Self {
+            name,
+            help,
+            kind,
+            samples: Vec::new(),
+        }
+    }
+
+    /// Adds one sample.
+    pub fn push(&mut self, labels: Vec<(&'static str, String)>, value: f64) -> &mut Self {
+        self.samples.push((labels, value));
+        self
+    }
+
+    /// A family with one unlabelled sample.
+    pub fn single(name: &'static str, help: &'static str, kind: Kind, value: f64) -> Self {
+        let mut f = Self::new(name, help, kind);
+        f.push(Vec::new(), value);
+        f
+    }
+}
+
+/// How one loop fared on its last run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoopState {
+    /// Seconds the last run took.
+    pub duration_seconds: f64,
+    /// The last run succeeded.
+    pub success: bool,
+    /// Runs that failed since start.
+    pub errors: u64,
+    /// The last run took longer than the loop's budget.
+    pub over_budget: bool,
+    /// The loop's budget, seconds.
+    pub budget_seconds: f64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    families: BTreeMap<&'static str, Vec<Family>>,
+    loops: BTreeMap<&'static str, LoopState>,
+}
+
+/// The shared board: written by the loops, read at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct Board {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Board {
+    /// Replaces `loop_name`'s families with `families` (a failed run keeps the old ones).
+    pub fn publish(&self, loop_name: &'static str, families: Vec<Family>) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.families.insert(loop_name, families);
+        }
+    }
+
+    /// Records how a run of `loop_name` went.
+    pub fn record(&self, loop_name: &'static str, state: LoopState) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.loops.insert(loop_name, state);
+        }
+    }
+
+    /// The state of every loop that ran at least once.
+    pub fn loops(&self) -> BTreeMap<&'static str, LoopState> {
+        self.inner
+            .lock()
+            .map(|i| i.loops.clone())
+            .unwrap_or_default()
+    }
+
+    /// Loops whose last run exceeded their budget: `name (1.3 s > 1 s budget)`.
+    pub fn degraded(&self) -> Vec<String> {
+        self.loops()
+            .into_iter()
+            .filter(|(_, s)| s.over_budget)
+            .map(|(n, s)| {
+                format!(
+                    "{n} ({:.2} s > {} s budget)",
+                    s.duration_seconds, s.budget_seconds
+                )
+            })
+            .collect()
+    }
+
+    /// The value of `name` with exactly `labels`, if a loop published it (for tests and
+    /// `status`).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let i = self.inner.lock().ok()?;
+        i.families
+            .values()
+            .flatten()
+            .filter(|f| f.name == name)
+            .flat_map(|f| f.samples.iter())
+            .find(|(l, _)| {
+                l.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, v)| *v)
+    }
+
+    /// A collector for the registry.
+    pub fn collector(&self) -> Box<dyn Collector> {
+        Box::new(BoardCollector(self.clone()))
+    }
+}
+
+#[derive(Debug)]
+struct BoardCollector(Board);
+
+impl Collector for BoardCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(inner) = self.0.inner.lock() else {
+            return Ok(());
+        };
+        // Families of one name from several loops are merged under one descriptor.
+        let mut by_name: BTreeMap<&str, (&Family, Vec<&Sample>)> = BTreeMap::new();
+        for f in inner.families.values().flatten() {
+            by_name
+                .entry(f.name)
+                .or_insert_with(|| (f, Vec::new()))
+                .1
+                .extend(f.samples.iter());
+        }
+        for (name, (f, samples)) in by_name {
+            let t = match f.kind {
+                Kind::Gauge => MetricType::Gauge,
+                Kind::Counter => MetricType::Counter,
+            };
+            let mut m = e.encode_descriptor(name, f.help, None, t)?;
+            if let [(labels, v)] = samples.as_slice()
+                && labels.is_empty()
+            {
+                // No `{}` after the name of an unlabelled sample.
+                match f.kind {
+                    Kind::Gauge => ConstGauge::new(*v).encode(m)?,
+                    Kind::Counter => ConstCounter::new(*v).encode(m)?,
+                }
+                continue;
+            }
+            for (labels, v) in samples {
+                let labels: Vec<(&str, &str)> =
+                    labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let enc = m.encode_family(&labels)?;
+                match f.kind {
+                    Kind::Gauge => ConstGauge::new(*v).encode(enc)?,
+                    Kind::Counter => ConstCounter::new(*v).encode(enc)?,
+                }
+            }
+        }
+        let loops = [
+            (
+                "pgmon_scrape_duration_seconds",
+                "Seconds the last run of each health loop took.",
+                MetricType::Gauge,
+            ),
+            (
+                "pgmon_last_scrape_success",
+                "1 when the last run of the health loop succeeded.",
+                MetricType::Gauge,
+            ),
+            (
+                "pgmon_errors",
+                "Failed runs of each health loop since the agent started.",
+                MetricType::Counter,
+            ),
+            (
+                "pgmon_loop_over_budget",
+                "1 when the last run of the health loop exceeded its time budget (degraded).",
+                MetricType::Gauge,
+            ),
+        ];
+        for (i, (name, help, t)) in loops.into_iter().enumerate() {
+            let mut m = e.encode_descriptor(name, help, None, t)?;
+            for (loop_name, s) in &inner.loops {
+                let labels = [("loop", *loop_name)];
+                let enc = m.encode_family(&labels)?;
+                match i {
+                    0 => ConstGauge::new(s.duration_seconds).encode(enc)?,
+                    1 => ConstGauge::new(i64::from(s.success)).encode(enc)?,
+                    2 => ConstCounter::new(s.errors).encode(enc)?,
+                    _ => ConstGauge::new(i64::from(s.over_budget)).encode(enc)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}

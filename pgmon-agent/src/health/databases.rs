@@ -1,0 +1,229 @@
+//! The loops that look inside each database: every 10 minutes the largest relations, dead
+//! tuples, vacuum/analyze freshness, never-scanned indexes and partitions (statistics views,
+//! PostgreSQL docs, section 27.2.19–27.2.20, are per database, so each database gets its own
+//! short session); every hour the transaction-ID wraparound age of each database and its
+//! oldest relation (docs, section 24.1.5 "Preventing Transaction ID Wraparound Failures").
+
+use tokio_postgres::{Client, Config};
+
+use super::board::{Family, Kind};
+
+/// Databases that accept connections, largest first: (name, bytes).
+const DATABASES: &str = "SELECT datname::text, pg_database_size(oid)::float8 FROM pg_database \
+     WHERE datallowconn AND NOT datistemplate ORDER BY 2 DESC";
+
+const WRAPAROUND: &str = "SELECT datname::text, age(datfrozenxid)::float8, mxid_age(datminmxid)::float8 \
+     FROM pg_database WHERE datallowconn";
+
+const RELATIONS: &str = "SELECT n.nspname || '.' || c.relname, pg_total_relation_size(c.oid)::float8 \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+       AND n.nspname NOT LIKE 'pg_toast%' \
+     ORDER BY 2 DESC LIMIT $1";
+
+const DEAD: &str = "SELECT schemaname || '.' || relname, n_dead_tup::float8, \
+     (n_dead_tup::float8 / greatest(n_live_tup + n_dead_tup, 1)) \
+     FROM pg_stat_user_tables WHERE n_dead_tup > 0 ORDER BY n_dead_tup DESC LIMIT $1";
+
+const FRESHNESS: &str = "SELECT \
+     coalesce(max(extract(epoch FROM now() - greatest(last_vacuum, last_autovacuum))), 0)::float8, \
+     coalesce(max(extract(epoch FROM now() - greatest(last_analyze, last_autoanalyze))), 0)::float8, \
+     count(*) FILTER (WHERE last_analyze IS NULL AND last_autoanalyze IS NULL AND n_live_tup > 0)::float8 \
+     FROM pg_stat_user_tables";
+
+const UNUSED_INDEXES: &str = "SELECT s.schemaname || '.' || s.indexrelname, pg_relation_size(s.indexrelid)::float8 \
+     FROM pg_stat_user_indexes s JOIN pg_index i ON i.indexrelid = s.indexrelid \
+     WHERE s.idx_scan = 0 AND NOT i.indisunique AND NOT i.indisprimary \
+     ORDER BY 2 DESC LIMIT $1";
+
+const PARTITIONS: &str = "SELECT n.nspname || '.' || c.relname, count(*)::float8 \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     JOIN pg_inherits i ON i.inhparent = c.oid \
+     WHERE c.relkind = 'p' GROUP BY 1 ORDER BY 2 DESC LIMIT $1";
+
+const OLDEST_RELATION: &str = "SELECT coalesce(max(age(relfrozenxid)), 0)::float8 FROM pg_class \
+     WHERE relkind IN ('r', 'm', 't')";
+
+/// The 10-minute loop: one short session per database (at most `max_databases`, largest
+/// first), each reading the top `top_n` of every per-relation family.
+pub async fn slow(
+    client: &Client,
+    monitor: &Config,
+    top_n: usize,
+    max_databases: usize,
+    setup: &str,
+) -> anyhow::Result<Vec<Family>> {
+    let mut size = Family::new(
+        "pg_database_size_bytes",
+        "Size of each database, bytes.",
+        Kind::Gauge,
+    );
+    let mut names = Vec::new();
+    for r in client.query(DATABASES, &[]).await? {
+        let db: String = r.get(0);
+        size.push(vec![("datname", db.clone())], r.get(1));
+        names.push(db);
+    }
+    let mut f = PerDatabase::new();
+    let top = top_n as i64;
+    for db in names.into_iter().take(max_databases) {
+        let mut config = monitor.clone();
+        config.dbname(&db);
+        let c = match crate::attribution::connect(&config).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(database = %db, error = %e, "health: cannot connect; skipped this round");
+                continue;
+            }
+        };
+        c.batch_execute(setup).await?;
+        let d = || ("datname", db.clone());
+        for r in c.query(RELATIONS, &[&top]).await? {
+            f.relation_size
+                .push(vec![d(), ("relation", r.get(0))], r.get(1));
+        }
+        for r in c.query(DEAD, &[&top]).await? {
+            let rel: String = r.get(0);
+            f.dead.push(vec![d(), ("relation", rel.clone())], r.get(1));
+            f.dead_ratio.push(vec![d(), ("relation", rel)], r.get(2));
+        }
+        let r = c.query_one(FRESHNESS, &[]).await?;
+        f.vacuum_age.push(vec![d()], r.get(0));
+        f.analyze_age.push(vec![d()], r.get(1));
+        f.never_analyzed.push(vec![d()], r.get(2));
+        for r in c.query(UNUSED_INDEXES, &[&top]).await? {
+            f.unused_index
+                .push(vec![d(), ("index", r.get(0))], r.get(1));
+        }
+        for r in c.query(PARTITIONS, &[&top]).await? {
+            f.partitions
+                .push(vec![d(), ("relation", r.get(0))], r.get(1));
+        }
+    }
+    let mut out = vec![size];
+    out.extend(f.into_families());
+    Ok(out)
+}
+
+/// The hourly loop: wraparound age of every database, and of the oldest relation in each
+/// (one short session per database, at most `max_databases`).
+pub async fn hourly(
+    client: &Client,
+    monitor: &Config,
+    max_databases: usize,
+    setup: &str,
+) -> anyhow::Result<Vec<Family>> {
+    let mut xid = Family::new(
+        "pgmon_database_xid_age",
+        "age(datfrozenxid): transactions since the database was last fully frozen. Wraparound protection stops writes near 2^31.",
+        Kind::Gauge,
+    );
+    let mut mxid = Family::new(
+        "pgmon_database_mxid_age",
+        "mxid_age(datminmxid): multixacts since the database was last fully frozen.",
+        Kind::Gauge,
+    );
+    let mut used = Family::new(
+        "pgmon_database_wraparound_ratio",
+        "age(datfrozenxid) / 2^31: how far the database is toward transaction ID wraparound.",
+        Kind::Gauge,
+    );
+    let mut dbs = Vec::new();
+    for r in client.query(WRAPAROUND, &[]).await? {
+        let db: String = r.get(0);
+        let age: f64 = r.get(1);
+        xid.push(vec![("datname", db.clone())], age);
+        mxid.push(vec![("datname", db.clone())], r.get(2));
+        used.push(vec![("datname", db.clone())], age / 2_147_483_648.0);
+        dbs.push((age, db));
+    }
+    dbs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut oldest = Family::new(
+        "pgmon_relation_xid_age_max",
+        "Largest age(relfrozenxid) of a relation in each database: the next one an anti-wraparound vacuum must reach.",
+        Kind::Gauge,
+    );
+    for (_, db) in dbs.into_iter().take(max_databases) {
+        let mut config = monitor.clone();
+        config.dbname(&db);
+        let Ok(c) = crate::attribution::connect(&config).await else {
+            continue;
+        };
+        c.batch_execute(setup).await?;
+        let r = c.query_one(OLDEST_RELATION, &[]).await?;
+        oldest.push(vec![("datname", db)], r.get(0));
+    }
+    Ok(vec![xid, mxid, used, oldest])
+}
+
+/// The per-relation families of the 10-minute loop.
+struct PerDatabase {
+    relation_size: Family,
+    dead: Family,
+    dead_ratio: Family,
+    vacuum_age: Family,
+    analyze_age: Family,
+    never_analyzed: Family,
+    unused_index: Family,
+    partitions: Family,
+}
+
+impl PerDatabase {
+    fn new() -> Self {
+        Self {
+            relation_size: Family::new(
+                "pgmon_relation_size_bytes",
+                "Largest relations (table + indexes + TOAST), top-N per database, bytes.",
+                Kind::Gauge,
+            ),
+            dead: Family::new(
+                "pgmon_relation_dead_tuples",
+                "Relations with the most dead tuples, top-N per database.",
+                Kind::Gauge,
+            ),
+            dead_ratio: Family::new(
+                "pgmon_relation_dead_ratio",
+                "Dead / (live + dead) tuples of the same relations.",
+                Kind::Gauge,
+            ),
+            vacuum_age: Family::new(
+                "pgmon_vacuum_age_max_seconds",
+                "Longest time since a table of the database was last vacuumed (manual or auto), seconds.",
+                Kind::Gauge,
+            ),
+            analyze_age: Family::new(
+                "pgmon_analyze_age_max_seconds",
+                "Longest time since a table of the database was last analyzed, seconds.",
+                Kind::Gauge,
+            ),
+            never_analyzed: Family::new(
+                "pgmon_never_analyzed_tables",
+                "Tables with rows that were never analyzed (the planner guesses their statistics).",
+                Kind::Gauge,
+            ),
+            unused_index: Family::new(
+                "pgmon_unused_index_bytes",
+                "Indexes never scanned since statistics were reset (not unique, not primary key), top-N per database by size, bytes.",
+                Kind::Gauge,
+            ),
+            partitions: Family::new(
+                "pgmon_partitions",
+                "Partitions of each partitioned table, top-N per database.",
+                Kind::Gauge,
+            ),
+        }
+    }
+
+    fn into_families(self) -> Vec<Family> {
+        vec![
+            self.relation_size,
+            self.dead,
+            self.dead_ratio,
+            self.vacuum_age,
+            self.analyze_age,
+            self.never_analyzed,
+            self.unused_index,
+            self.partitions,
+        ]
+    }
+}

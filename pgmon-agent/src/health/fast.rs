@@ -1,0 +1,274 @@
+//! The 15-second loop: sessions against `max_connections`, the oldest transaction and the
+//! longest idle-in-transaction session, blocking chains, autovacuum workers and their
+//! phases, temp files. Views: PostgreSQL docs, sections 27.2.3 (`pg_stat_activity`),
+//! 27.2.17 (`pg_stat_database`), 28.4.5 (`pg_stat_progress_vacuum`), 54.12 (`pg_locks`).
+
+use std::collections::HashMap;
+
+use tokio_postgres::{Client, Statement};
+
+use super::board::{Family, Kind};
+
+const ACTIVITY: &str = "SELECT coalesce(datname, '')::text, coalesce(state, 'unknown'), count(*)::float8, \
+     coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8 \
+     FROM pg_stat_activity WHERE backend_type = 'client backend' GROUP BY 1, 2";
+
+const SETTINGS: &str = "SELECT current_setting('max_connections')::float8, \
+     current_setting('superuser_reserved_connections')::float8, \
+     current_setting('autovacuum_max_workers')::float8";
+
+const AGES: &str = "SELECT \
+     coalesce(max(extract(epoch FROM now() - xact_start)) FILTER (WHERE backend_type = 'client backend'), 0)::float8, \
+     coalesce(max(extract(epoch FROM now() - state_change)) FILTER (WHERE state LIKE 'idle in transaction%'), 0)::float8, \
+     coalesce(max(age(backend_xmin)), 0)::float8 \
+     FROM pg_stat_activity";
+
+/// Sessions waiting on a heavyweight lock, who blocks them (`pg_blocking_pids`), and since
+/// when (`pg_locks.waitstart`, PostgreSQL 14+).
+const BLOCKED: &str = "SELECT a.pid, pg_blocking_pids(a.pid), \
+     coalesce(extract(epoch FROM now() - (SELECT min(l.waitstart) FROM pg_locks l \
+                                           WHERE l.pid = a.pid AND NOT l.granted)), 0)::float8 \
+     FROM pg_stat_activity a WHERE a.wait_event_type = 'Lock'";
+
+const AUTOVACUUM: &str = "SELECT coalesce(p.phase, 'starting'), count(*)::float8 \
+     FROM pg_stat_activity a LEFT JOIN pg_stat_progress_vacuum p ON p.pid = a.pid \
+     WHERE a.backend_type = 'autovacuum worker' GROUP BY 1";
+
+const TEMP: &str = "SELECT datname::text, temp_files::float8, temp_bytes::float8, deadlocks::float8 \
+     FROM pg_stat_database WHERE datname IS NOT NULL";
+
+/// The loop's statements, prepared once per session.
+pub struct Fast {
+    activity: Statement,
+    settings: Statement,
+    ages: Statement,
+    blocked: Statement,
+    autovacuum: Statement,
+    temp: Statement,
+}
+
+impl Fast {
+    /// Prepares the statements on `client`.
+    pub async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            activity: client.prepare(ACTIVITY).await?,
+            settings: client.prepare(SETTINGS).await?,
+            ages: client.prepare(AGES).await?,
+            blocked: client.prepare(BLOCKED).await?,
+            autovacuum: client.prepare(AUTOVACUUM).await?,
+            temp: client.prepare(TEMP).await?,
+        })
+    }
+
+    /// One run.
+    pub async fn run(&self, client: &Client) -> Result<Vec<Family>, tokio_postgres::Error> {
+        let mut out = vec![Family::single(
+            "pg_up",
+            "1 when the health monitor's last 15-second query succeeded.",
+            Kind::Gauge,
+            1.0,
+        )];
+
+        let mut count = Family::new(
+            "pg_stat_activity_count",
+            "Client backends by database and state (pg_stat_activity).",
+            Kind::Gauge,
+        );
+        let mut max_tx = Family::new(
+            "pg_stat_activity_max_tx_duration",
+            "Age of the oldest transaction by database and state, seconds.",
+            Kind::Gauge,
+        );
+        let mut clients = 0.0;
+        for r in client.query(&self.activity, &[]).await? {
+            let (db, state): (String, String) = (r.get(0), r.get(1));
+            let n: f64 = r.get(2);
+            clients += n;
+            count.push(vec![("datname", db.clone()), ("state", state.clone())], n);
+            max_tx.push(vec![("datname", db), ("state", state)], r.get(3));
+        }
+        out.extend([count, max_tx]);
+
+        let s = client.query_one(&self.settings, &[]).await?;
+        let max_connections: f64 = s.get(0);
+        out.push(Family::single(
+            "pg_settings_max_connections",
+            "max_connections.",
+            Kind::Gauge,
+            max_connections,
+        ));
+        out.push(Family::single(
+            "pg_settings_superuser_reserved_connections",
+            "superuser_reserved_connections.",
+            Kind::Gauge,
+            s.get(1),
+        ));
+        out.push(Family::single(
+            "pg_settings_autovacuum_max_workers",
+            "autovacuum_max_workers.",
+            Kind::Gauge,
+            s.get(2),
+        ));
+        out.push(Family::single(
+            "pgmon_connections_used_ratio",
+            "Client backends / max_connections.",
+            Kind::Gauge,
+            clients / max_connections.max(1.0),
+        ));
+
+        let a = client.query_one(&self.ages, &[]).await?;
+        out.push(Family::single(
+            "pgmon_oldest_xact_age_seconds",
+            "Age of the oldest open transaction of a client backend, seconds.",
+            Kind::Gauge,
+            a.get(0),
+        ));
+        out.push(Family::single(
+            "pgmon_idle_in_transaction_max_seconds",
+            "Longest time a session has sat idle in transaction, seconds.",
+            Kind::Gauge,
+            a.get(1),
+        ));
+        out.push(Family::single(
+            "pgmon_backend_xmin_age",
+            "Oldest backend_xmin held by a session, in transactions (what vacuum cannot remove).",
+            Kind::Gauge,
+            a.get(2),
+        ));
+
+        let waits: Vec<(i32, Vec<i32>, f64)> = client
+            .query(&self.blocked, &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let chains = Chains::from_waits(&waits);
+        out.push(Family::single(
+            "pgmon_blocked_backends",
+            "Sessions waiting on a lock another session holds.",
+            Kind::Gauge,
+            chains.blocked as f64,
+        ));
+        out.push(Family::single(
+            "pgmon_lock_wait_max_seconds",
+            "Longest current lock wait, seconds.",
+            Kind::Gauge,
+            chains.longest_wait,
+        ));
+        out.push(Family::single(
+            "pgmon_blocking_chain_max_length",
+            "Sessions in the longest chain of blocked → blocker (0: none blocked).",
+            Kind::Gauge,
+            chains.longest_chain as f64,
+        ));
+
+        let mut av = Family::new(
+            "pgmon_autovacuum_workers",
+            "Autovacuum workers by phase (pg_stat_progress_vacuum; `starting` before the first phase).",
+            Kind::Gauge,
+        );
+        for r in client.query(&self.autovacuum, &[]).await? {
+            av.push(vec![("phase", r.get::<_, String>(0))], r.get(1));
+        }
+        out.push(av);
+
+        let mut files = Family::new(
+            "pg_stat_database_temp_files",
+            "Temporary files created by queries, by database (pg_stat_database).",
+            Kind::Counter,
+        );
+        let mut bytes = Family::new(
+            "pg_stat_database_temp_bytes",
+            "Bytes written to temporary files, by database.",
+            Kind::Counter,
+        );
+        let mut deadlocks = Family::new(
+            "pg_stat_database_deadlocks",
+            "Deadlocks detected, by database.",
+            Kind::Counter,
+        );
+        for r in client.query(&self.temp, &[]).await? {
+            let db: String = r.get(0);
+            files.push(vec![("datname", db.clone())], r.get(1));
+            bytes.push(vec![("datname", db.clone())], r.get(2));
+            deadlocks.push(vec![("datname", db)], r.get(3));
+        }
+        out.extend([files, bytes, deadlocks]);
+        Ok(out)
+    }
+}
+
+/// Blocking chains from (blocked pid, its blockers, seconds waited).
+#[derive(Debug, Default, PartialEq)]
+pub struct Chains {
+    /// Sessions that wait on at least one blocker.
+    pub blocked: usize,
+    /// Longest wait, seconds.
+    pub longest_wait: f64,
+    /// Sessions in the longest blocked → blocker → … chain (a lone blocked session and
+    /// its blocker make 2).
+    pub longest_chain: usize,
+}
+
+impl Chains {
+    /// Follows each blocked session's first blocker up to the root (cycles, which the
+    /// deadlock detector is about to break, are cut).
+    pub fn from_waits(waits: &[(i32, Vec<i32>, f64)]) -> Self {
+        let next: HashMap<i32, i32> = waits
+            .iter()
+            .filter_map(|(pid, by, _)| by.first().map(|b| (*pid, *b)))
+            .collect();
+        let mut longest_chain = 0;
+        for start in next.keys() {
+            let mut len = 1;
+            let mut at = *start;
+            while let Some(&b) = next.get(&at) {
+                len += 1;
+                at = b;
+                if at == *start || len > next.len() + 1 {
+                    break;
+                }
+            }
+            longest_chain = longest_chain.max(len);
+        }
+        Self {
+            blocked: next.len(),
+            longest_wait: waits
+                .iter()
+                .filter(|(_, by, _)| !by.is_empty())
+                .map(|w| w.2)
+                .fold(0.0, f64::max),
+            longest_chain,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_follow_blockers_to_the_root() {
+        assert_eq!(Chains::from_waits(&[]), Chains::default());
+        // 3 waits on 2, 2 waits on 1; 5 waits on 1: the longest chain is 3 → 2 → 1.
+        let c = Chains::from_waits(&[
+            (3, vec![2], 1.0),
+            (2, vec![1], 4.5),
+            (5, vec![1], 0.5),
+            (9, vec![], 7.0),
+        ]);
+        assert_eq!(
+            c,
+            Chains {
+                blocked: 3,
+                longest_wait: 4.5,
+                longest_chain: 3
+            }
+        );
+        // A cycle ends.
+        assert_eq!(
+            Chains::from_waits(&[(1, vec![2], 1.0), (2, vec![1], 1.0)]).longest_chain,
+            3
+        );
+    }
+}

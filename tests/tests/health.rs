@@ -1,0 +1,278 @@
+//! Privileged tests of the health pollers on PostgreSQL 15 and 18: each scenario is driven
+//! for real with psql sessions and the metric the loops export is asserted — a long
+//! transaction idle in transaction, a blocking chain, connections near `max_connections`,
+//! a temp-file spill, a WAL burst, a requested checkpoint (`pg_stat_bgwriter` on 15,
+//! `pg_stat_checkpointer` on 18), wraparound ages and relation sizes, and every loop's own
+//! success metric.
+
+use std::{
+    process::{Child, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use pgmon_tests::{
+    Agent, Cluster, ClusterOptions, PgVersion, Transport, agent_binary, free_port, metrics,
+    require_root,
+};
+
+const APP: &str = "app";
+
+fn config(cluster: &Cluster, port: u16) -> String {
+    format!(
+        "cluster:\n  data_directory: {}\n  connection: \"{}\"\nmetrics:\n  listen: 127.0.0.1:{port}\n\
+         health:\n  loops:\n    fast: {{interval_seconds: 1, budget_seconds: 1}}\n    \
+         medium: {{interval_seconds: 1, budget_seconds: 1}}\n    slow: {{interval_seconds: 2, budget_seconds: 2}}\n    \
+         hourly: {{interval_seconds: 2, budget_seconds: 2}}\n",
+        cluster.data_dir().display(),
+        cluster.conninfo("postgres", "postgres", Transport::Unix),
+    )
+}
+
+/// Waits until `name{labels}` (summed) satisfies `ok`; returns its value.
+fn wait_metric(
+    agent: &Agent,
+    name: &str,
+    labels: &[(&str, &str)],
+    what: &str,
+    ok: impl Fn(f64) -> bool,
+) -> f64 {
+    let t = Instant::now();
+    let mut last = f64::NAN;
+    while t.elapsed() < Duration::from_secs(20) {
+        if let Ok(m) = agent.metrics()
+            && !metrics::find(&m, name, labels).is_empty()
+        {
+            last = metrics::sum(&m, name, labels);
+            if ok(last) {
+                return last;
+            }
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{what}: {name}{labels:?} is {last} after 20 s");
+}
+
+fn value(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics::sum(&agent.metrics().expect("metrics"), name, labels)
+}
+
+/// A psql session that runs `sql` in the background (it may block on a lock).
+fn spawn_psql(cluster: &Cluster, sql: &str) -> Child {
+    cluster
+        .psql_cmd(APP, APP, Transport::Unix)
+        .arg("-c")
+        .arg(sql)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("psql")
+}
+
+fn health(version: PgVersion) {
+    let cluster = Cluster::start(
+        version,
+        ClusterOptions {
+            max_connections: 30,
+            ..ClusterOptions::default()
+        },
+    )
+    .expect("cluster");
+    cluster.create_role_with_db(APP).expect("role");
+    cluster
+        .psql(
+            APP,
+            APP,
+            Transport::Unix,
+            "CREATE TABLE t AS SELECT g, md5(g::text) AS v FROM generate_series(1, 100000) g; \
+             CREATE INDEX t_v ON t (v); ANALYZE t",
+        )
+        .expect("table");
+    let port = free_port();
+    let agent = Agent::start(
+        &agent_binary().expect("binary"),
+        &config(&cluster, port),
+        format!("127.0.0.1:{port}"),
+    )
+    .expect("agent");
+
+    // Every loop runs and succeeds; /healthz is not degraded.
+    for l in ["fast", "medium", "slow", "hourly"] {
+        wait_metric(
+            &agent,
+            "pgmon_last_scrape_success",
+            &[("loop", l)],
+            l,
+            |v| v == 1.0,
+        );
+    }
+    assert_eq!(value(&agent, "pg_up", &[]), 1.0);
+    assert_eq!(
+        value(&agent, "pg_settings_max_connections", &[]),
+        30.0,
+        "max_connections"
+    );
+
+    // A transaction left idle.
+    let mut idle = cluster
+        .hold_session(APP, APP, Transport::Unix)
+        .expect("session");
+    idle.run("BEGIN; SELECT txid_current()").expect("begin");
+    wait_metric(
+        &agent,
+        "pgmon_idle_in_transaction_max_seconds",
+        &[],
+        "idle in transaction",
+        |v| v >= 2.0,
+    );
+    assert!(value(&agent, "pgmon_oldest_xact_age_seconds", &[]) >= 2.0);
+    assert!(value(&agent, "pgmon_backend_xmin_age", &[]) >= 0.0);
+    wait_metric(
+        &agent,
+        "pg_stat_activity_count",
+        &[("datname", APP), ("state", "idle in transaction")],
+        "idle-in-transaction count",
+        |v| v == 1.0,
+    );
+
+    // A blocking chain: idle holds an exclusive lock; two sessions wait behind it.
+    idle.run("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        .expect("lock");
+    let mut waiters = vec![
+        spawn_psql(&cluster, "SELECT count(*) FROM t"),
+        spawn_psql(&cluster, "SELECT count(*) FROM t"),
+    ];
+    wait_metric(
+        &agent,
+        "pgmon_blocked_backends",
+        &[],
+        "two sessions blocked",
+        |v| v == 2.0,
+    );
+    wait_metric(
+        &agent,
+        "pgmon_lock_wait_max_seconds",
+        &[],
+        "lock wait",
+        |v| v >= 1.0,
+    );
+    assert!(value(&agent, "pgmon_blocking_chain_max_length", &[]) >= 2.0);
+    idle.run("ROLLBACK").expect("rollback");
+    for w in &mut waiters {
+        assert!(w.wait().expect("waiter").success(), "waiter finished");
+    }
+    wait_metric(&agent, "pgmon_blocked_backends", &[], "unblocked", |v| {
+        v == 0.0
+    });
+
+    // Connections near max_connections: 20 more sessions.
+    let held: Vec<_> = (0..20)
+        .map(|_| {
+            cluster
+                .hold_session(APP, APP, Transport::Unix)
+                .expect("session")
+        })
+        .collect();
+    wait_metric(
+        &agent,
+        "pgmon_connections_used_ratio",
+        &[],
+        "connections",
+        |v| v >= 21.0 / 30.0,
+    );
+    drop(held);
+
+    // A temp-file spill.
+    let before = value(
+        &agent,
+        "pg_stat_database_temp_files_total",
+        &[("datname", APP)],
+    );
+    cluster
+        .psql(
+            APP,
+            APP,
+            Transport::Unix,
+            "SET work_mem = '64kB'; SELECT count(*) FROM (SELECT g, v FROM t ORDER BY g DESC, v OFFSET 1) s",
+        )
+        .expect("spill");
+    wait_metric(
+        &agent,
+        "pg_stat_database_temp_files_total",
+        &[("datname", APP)],
+        "temp files",
+        |v| v > before,
+    );
+
+    // A WAL burst.
+    let before = value(&agent, "pgmon_wal_position_bytes_total", &[]);
+    cluster
+        .psql(
+            APP,
+            APP,
+            Transport::Unix,
+            "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 100000) g",
+        )
+        .expect("insert");
+    wait_metric(&agent, "pgmon_wal_position_bytes_total", &[], "WAL", |v| {
+        v >= before + 5.0e6
+    });
+
+    // A requested checkpoint, from whichever view this version has.
+    let before = value(&agent, "pgmon_checkpoints_total", &[("kind", "requested")]);
+    cluster.psql_admin("CHECKPOINT").expect("checkpoint");
+    wait_metric(
+        &agent,
+        "pgmon_checkpoints_total",
+        &[("kind", "requested")],
+        "checkpoint",
+        |v| v > before,
+    );
+
+    // Inside the database: relation size, wraparound ages, transactions per second.
+    wait_metric(
+        &agent,
+        "pgmon_relation_size_bytes",
+        &[("datname", APP), ("relation", "public.t")],
+        "relation size",
+        |v| v > 10.0e6,
+    );
+    wait_metric(
+        &agent,
+        "pgmon_database_xid_age",
+        &[("datname", APP)],
+        "xid age",
+        |v| v > 0.0,
+    );
+    wait_metric(
+        &agent,
+        "pgmon_relation_xid_age_max",
+        &[("datname", APP)],
+        "relation xid age",
+        |v| v > 0.0,
+    );
+    wait_metric(
+        &agent,
+        "pg_stat_statements_calls_total",
+        &[],
+        "pg_stat_statements",
+        |v| v > 0.0,
+    );
+    let (code, body) = agent.get("/healthz").expect("healthz");
+    assert_eq!(code, 200, "{body}");
+    assert!(!agent.log().contains("panicked"));
+}
+
+#[test]
+fn health_pg15() {
+    if require_root("health_pg15") {
+        health(PgVersion::Pg15);
+    }
+}
+
+#[test]
+fn health_pg18() {
+    if require_root("health_pg18") {
+        health(PgVersion::Pg18);
+    }
+}
