@@ -68,11 +68,28 @@ async fn handle(ep: Endpoint, req: Request<Incoming>) -> Result<Response<Full<By
         ));
     }
     Ok(match req.uri().path() {
-        "/metrics" => text(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            ep.metrics.encode(),
-        ),
+        "/metrics" => {
+            // Prometheus asks for OpenMetrics; anything else (curl, promtool, older
+            // scrapers) gets the classic text format 0.0.4.
+            let openmetrics = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("application/openmetrics-text"));
+            if openmetrics {
+                text(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ep.metrics.encode(),
+                )
+            } else {
+                text(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    crate::metrics::to_text_format(&ep.metrics.encode()),
+                )
+            }
+        }
         "/healthz" => {
             let now = now_ms();
             let last = ep.last_drain_ms.load(std::sync::atomic::Ordering::Relaxed);

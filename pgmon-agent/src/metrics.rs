@@ -439,6 +439,37 @@ impl Collector for SharedCollector {
     }
 }
 
+/// OpenMetrics text (what [`Metrics::encode`] writes) as the Prometheus text format 0.0.4
+/// (Prometheus docs, "Exposition formats"): a counter's `# HELP`/`# TYPE` lines name its
+/// `_total` samples, and the `# UNIT` and `# EOF` lines go. Sample lines are the same in
+/// both formats.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// (resident bytes, CPU seconds) of this process, from /proc/self/stat (proc(5)).
 pub fn process_usage() -> Option<(u64, f64)> {
     let me = procfs::process::Process::myself().ok()?;
@@ -467,6 +498,11 @@ mod tests {
             cost_per_second: Some(490.0),
         }];
         let text = m.encode();
+        let classic = to_text_format(&text);
+        assert!(classic.contains("# TYPE pgmon_capture_dropped_total counter\n"));
+        assert!(classic.contains("# HELP pgmon_capture_dropped_total "));
+        assert!(classic.contains("# TYPE process_resident_memory_bytes gauge\n"));
+        assert!(!classic.contains("# EOF"));
         for needle in [
             "pgmon_queries_total{role=\"alice\",database=\"shop\"} 1",
             "pgmon_query_duration_seconds_count{role=\"alice\",database=\"shop\"} 1",

@@ -56,6 +56,11 @@ pub const PG18_MARKER: &str = "/opt/pgmon-test/pg18/.pgmon-installed";
 /// Binaries of Debian's PostgreSQL 15 (packages `postgresql-15`, `postgresql-contrib-15`).
 pub const PG15_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 
+/// `promtool` (Prometheus's rule and exposition checker), unpacked by `cargo xtask setup`
+/// from Debian's `prometheus` package without installing it (its post-install would start
+/// a Prometheus server).
+pub const PROMTOOL: &str = "/opt/pgmon-test/promtool/usr/bin/promtool";
+
 /// Debian's `psql`; used as the client for every server version.
 pub const PSQL: &str = "/usr/bin/psql";
 

@@ -129,7 +129,7 @@ fn health(version: PgVersion) {
     assert!(value(&agent, "pgmon_backend_xmin_age", &[]) >= 0.0);
     wait_metric(
         &agent,
-        "pg_stat_activity_count",
+        "pg_stat_activity_backends",
         &[("datname", APP), ("state", "idle in transaction")],
         "idle-in-transaction count",
         |v| v == 1.0,

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
-use pgmon_tests::{PG18_BIN_DIR, PG18_MARKER, PG18_NPM_PACKAGE, PG18_NPM_VERSION, PG18_PREFIX};
+use pgmon_tests::{
+    PG18_BIN_DIR, PG18_MARKER, PG18_NPM_PACKAGE, PG18_NPM_VERSION, PG18_PREFIX, PROMTOOL,
+};
 
 use crate::util::{cargo, run_capture, run_streaming, try_capture, which};
 
@@ -50,7 +52,44 @@ pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     pg18()?;
+    promtool()?;
     tracefs()?;
+    Ok(())
+}
+
+/// `promtool` at [`PROMTOOL`]: Debian's `prometheus` package downloaded and unpacked with
+/// `dpkg-deb -x` (not installed, so no Prometheus server is set up or started).
+fn promtool() -> Result<()> {
+    let bin = Path::new(PROMTOOL);
+    if let Some(v) = try_capture(Command::new(bin).arg("--version")) {
+        ok(&format!("{}", v.lines().next().unwrap_or("promtool")));
+        return Ok(());
+    }
+    let root = bin
+        .ancestors()
+        .nth(3)
+        .expect("PROMTOOL is <root>/usr/bin/promtool");
+    let download = std::env::temp_dir().join(format!("pgmon-promtool-{}", std::process::id()));
+    std::fs::create_dir_all(&download)?;
+    // apt's sandbox user must be able to write the download directory.
+    std::fs::set_permissions(&download, std::fs::Permissions::from_mode(0o777))?;
+    run_streaming(
+        Command::new("apt-get")
+            .current_dir(&download)
+            .args(["download", "prometheus"]),
+    )?;
+    let deb = std::fs::read_dir(&download)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download prometheus left no .deb")?;
+    std::fs::create_dir_all(root)?;
+    run_streaming(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(root))?;
+    let _ = std::fs::remove_dir_all(&download);
+    let v = run_capture(Command::new(bin).arg("--version"))?;
+    ok(&format!(
+        "{} (unpacked)",
+        v.lines().next().unwrap_or("promtool")
+    ));
     Ok(())
 }
 

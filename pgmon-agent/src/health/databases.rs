@@ -28,7 +28,9 @@ const DEAD: &str = "SELECT schemaname || '.' || relname, n_dead_tup::float8, \
 const FRESHNESS: &str = "SELECT \
      coalesce(max(extract(epoch FROM now() - greatest(last_vacuum, last_autovacuum))), 0)::float8, \
      coalesce(max(extract(epoch FROM now() - greatest(last_analyze, last_autoanalyze))), 0)::float8, \
-     count(*) FILTER (WHERE last_analyze IS NULL AND last_autoanalyze IS NULL AND n_live_tup > 0)::float8 \
+     count(*) FILTER (WHERE last_analyze IS NULL AND last_autoanalyze IS NULL AND n_live_tup > 0)::float8, \
+     count(*) FILTER (WHERE n_mod_since_analyze > 0 AND coalesce(greatest(last_analyze, last_autoanalyze), \
+                            '-infinity') < now() - interval '12 hours')::float8 \
      FROM pg_stat_user_tables";
 
 const UNUSED_INDEXES: &str = "SELECT s.schemaname || '.' || s.indexrelname, pg_relation_size(s.indexrelid)::float8 \
@@ -91,6 +93,7 @@ pub async fn slow(
         f.vacuum_age.push(vec![d()], r.get(0));
         f.analyze_age.push(vec![d()], r.get(1));
         f.never_analyzed.push(vec![d()], r.get(2));
+        f.stale.push(vec![d()], r.get(3));
         for r in c.query(UNUSED_INDEXES, &[&top]).await? {
             f.unused_index
                 .push(vec![d(), ("index", r.get(0))], r.get(1));
@@ -164,6 +167,7 @@ struct PerDatabase {
     vacuum_age: Family,
     analyze_age: Family,
     never_analyzed: Family,
+    stale: Family,
     unused_index: Family,
     partitions: Family,
 }
@@ -201,6 +205,11 @@ impl PerDatabase {
                 "Tables with rows that were never analyzed (the planner guesses their statistics).",
                 Kind::Gauge,
             ),
+            stale: Family::new(
+                "pgmon_stale_statistics_tables",
+                "Tables changed since their last analyze, which is more than 12 hours old (or never happened).",
+                Kind::Gauge,
+            ),
             unused_index: Family::new(
                 "pgmon_unused_index_bytes",
                 "Indexes never scanned since statistics were reset (not unique, not primary key), top-N per database by size, bytes.",
@@ -222,6 +231,7 @@ impl PerDatabase {
             self.vacuum_age,
             self.analyze_age,
             self.never_analyzed,
+            self.stale,
             self.unused_index,
             self.partitions,
         ]

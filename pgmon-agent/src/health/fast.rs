@@ -70,7 +70,7 @@ impl Fast {
         )];
 
         let mut count = Family::new(
-            "pg_stat_activity_count",
+            "pg_stat_activity_backends",
             "Client backends by database and state (pg_stat_activity).",
             Kind::Gauge,
         );
