@@ -62,7 +62,7 @@ pub fn run() -> Result<()> {
 fn promtool() -> Result<()> {
     let bin = Path::new(PROMTOOL);
     if let Some(v) = try_capture(Command::new(bin).arg("--version")) {
-        ok(&format!("{}", v.lines().next().unwrap_or("promtool")));
+        ok(v.lines().next().unwrap_or("promtool"));
         return Ok(());
     }
     let root = bin
