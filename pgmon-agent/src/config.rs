@@ -35,6 +35,9 @@ pub struct Config {
     /// The health pollers.
     #[serde(default)]
     pub health: crate::health::HealthConfig,
+    /// The alert catalog's thresholds (used by `pgmon-agent check`).
+    #[serde(default)]
+    pub alerts: crate::cli::check::AlertThresholds,
 }
 
 /// Which cluster pgmon watches, and how it reaches it.

@@ -1,9 +1,12 @@
 //! `pgmon-agent`: dispatches the subcommands of [`pgmon_agent::cli`].
 use clap::Parser as _;
-use pgmon_agent::cli::{Cli, Command, check_config, record, replay, run, status};
+use pgmon_agent::cli::{Cli, Command, check, check_config, record, replay, run, status};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Check { config } = &cli.command {
+        return std::process::ExitCode::from(check::check(config));
+    }
     let result = match &cli.command {
         Command::Run { config } => run::run(config),
         Command::Status { addr, json, role } => status::status(*addr, *json, role.as_deref()),
@@ -14,6 +17,7 @@ fn main() -> std::process::ExitCode {
             seconds,
         } => record::record(config, out, *seconds),
         Command::Replay { file, passes, cold } => replay::replay(file, *passes, *cold),
+        Command::Check { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -263,6 +263,104 @@ fn health(version: PgVersion) {
     assert!(!agent.log().contains("panicked"));
 }
 
+/// `pgmon-agent check`, without an agent: OK on a quiet cluster, WARNING then CRITICAL as
+/// a session stays idle in transaction past the policy's thresholds, UNKNOWN once the
+/// cluster is down.
+fn check_report(version: PgVersion) {
+    let mut cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
+    cluster.create_role_with_db(APP).expect("role");
+    let dir = tempfile_dir();
+    let policy = |warn: f64, crit: f64| {
+        let path = dir.join(format!("check-{warn}-{crit}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "cluster:\n  data_directory: {}\n  connection: \"{}\"\n\
+                 alerts:\n  idle_in_transaction_seconds: {{warn: {warn}, crit: {crit}}}\n",
+                cluster.data_dir().display(),
+                cluster.conninfo("postgres", "postgres", Transport::Unix),
+            ),
+        )
+        .expect("policy");
+        path
+    };
+    let run = |path: &std::path::Path| {
+        let out = std::process::Command::new(agent_binary().expect("binary"))
+            .args(["check", "--config"])
+            .arg(path)
+            .output()
+            .expect("pgmon-agent check");
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("check prints JSON");
+        (out.status.code(), report)
+    };
+    let quiet = policy(300.0, 1800.0);
+    let (code, report) = run(&quiet);
+    assert_eq!(
+        (code, report["state"].as_str()),
+        (Some(0), Some("OK")),
+        "{report}"
+    );
+
+    let mut idle = cluster
+        .hold_session(APP, APP, Transport::Unix)
+        .expect("session");
+    idle.run("BEGIN; SELECT 1").expect("begin");
+    thread::sleep(Duration::from_millis(2500));
+    let (code, report) = run(&policy(1.0, 1000.0));
+    assert_eq!(code, Some(1), "{report}");
+    let idle_check = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "idle_in_transaction_seconds")
+        .cloned()
+        .expect("idle check");
+    assert_eq!(idle_check["state"], "WARNING", "{idle_check}");
+    assert!(idle_check["value"].as_f64().unwrap() >= 2.0);
+    let (code, report) = run(&policy(1.0, 2.0));
+    assert_eq!(
+        (code, report["state"].as_str()),
+        (Some(2), Some("CRITICAL")),
+        "{report}"
+    );
+    drop(idle);
+
+    cluster.stop().expect("stop");
+    let (code, report) = run(&quiet);
+    assert_eq!(
+        (code, report["state"].as_str()),
+        (Some(3), Some("UNKNOWN")),
+        "{report}"
+    );
+    assert!(report["error"].as_str().is_some_and(|e| !e.is_empty()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "pgmon-check-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn check_pg15() {
+    if require_root("check_pg15") {
+        check_report(PgVersion::Pg15);
+    }
+}
+
+#[test]
+fn check_pg18() {
+    if require_root("check_pg18") {
+        check_report(PgVersion::Pg18);
+    }
+}
+
 #[test]
 fn health_pg15() {
     if require_root("health_pg15") {

@@ -1,5 +1,6 @@
 //! The command line (clap). One file per subcommand; `main.rs` only dispatches.
 
+pub mod check;
 pub mod check_config;
 pub mod record;
 pub mod replay;
@@ -59,6 +60,13 @@ pub enum Command {
         /// Empty statement cache on every pass (every distinct statement misses).
         #[arg(long)]
         cold: bool,
+    },
+    /// One-shot health report of the cluster as JSON, without a running agent; exit code 0
+    /// OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios plugin convention).
+    Check {
+        /// The YAML policy file (cluster.connection and the `alerts:` thresholds).
+        #[arg(long, short, default_value = "/etc/pgmon/pgmon.yaml")]
+        config: PathBuf,
     },
     /// Check a policy file and exit 0 if it is usable, or print file:line:column: field: error.
     CheckConfig {

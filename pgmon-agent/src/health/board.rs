@@ -139,6 +139,18 @@ impl Board {
             .map(|(_, v)| *v)
     }
 
+    /// The largest sample of `name` over all its labels, with those labels.
+    pub fn max(&self, name: &str) -> Option<(Vec<(&'static str, String)>, f64)> {
+        let i = self.inner.lock().ok()?;
+        i.families
+            .values()
+            .flatten()
+            .filter(|f| f.name == name)
+            .flat_map(|f| f.samples.iter())
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .cloned()
+    }
+
     /// A collector for the registry.
     pub fn collector(&self) -> Box<dyn Collector> {
         Box::new(BoardCollector(self.clone()))

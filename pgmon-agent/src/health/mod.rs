@@ -154,6 +154,32 @@ pub fn start(
     }
 }
 
+/// One pass of the 15-second and 60-second loops and of the wraparound query, on one
+/// session, published on a fresh board (for `pgmon-agent check`, without a running agent).
+pub async fn snapshot(monitor: &tokio_postgres::Config) -> anyhow::Result<Board> {
+    let client = crate::attribution::connect(monitor).await?;
+    client
+        .batch_execute(
+            "SET statement_timeout = 10000; SET lock_timeout = 100; \
+             SET default_transaction_read_only = on",
+        )
+        .await?;
+    let version = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get::<_, i32>(0) as u32;
+    let board = Board::default();
+    let fast = fast::Fast::prepare(&client).await?;
+    board.publish("fast", fast.run(&client).await?);
+    let mut medium = medium::Medium::prepare(&client, version, 1).await?;
+    board.publish("medium", medium.run(&client).await?);
+    board.publish(
+        "hourly",
+        databases::hourly(&client, monitor, 0, "SELECT 1").await?,
+    );
+    Ok(board)
+}
+
 /// A loop's session and its prepared statements.
 enum Prepared {
     Fast(fast::Fast),

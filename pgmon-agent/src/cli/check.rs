@@ -1,0 +1,228 @@
+//! `pgmon-agent check`: a one-shot health report of the cluster as JSON, with the exit
+//! codes of Nagios plugins (Nagios Plugin Development Guidelines, "Plugin Return Codes"):
+//! 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. It needs no running agent: it opens one
+//! read-only session with `cluster.connection`, runs the 15-second and 60-second health
+//! queries and the wraparound query once, and compares them with `alerts:` in the policy.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{config::Config, health::Board};
+
+/// A warning and a critical threshold; a value at or above one is in that state.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    pub warn: f64,
+    pub crit: f64,
+}
+
+/// `alerts:` in the policy file: the catalog's thresholds (used by `check`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertThresholds {
+    /// Client backends / max_connections.
+    pub connection_saturation: Threshold,
+    /// Age of the oldest open transaction, seconds.
+    pub long_transaction_seconds: Threshold,
+    /// Longest idle-in-transaction session, seconds.
+    pub idle_in_transaction_seconds: Threshold,
+    /// Longest current lock wait, seconds.
+    pub lock_wait_seconds: Threshold,
+    /// Largest replay lag of a standby, seconds.
+    pub replication_lag_seconds: Threshold,
+    /// Largest age(datfrozenxid), transactions (wraparound protection stops writes near
+    /// 2^31; PostgreSQL docs, section 24.1.5).
+    pub wraparound_xid_age: Threshold,
+}
+
+impl Default for AlertThresholds {
+    fn default() -> Self {
+        let t = |warn, crit| Threshold { warn, crit };
+        Self {
+            connection_saturation: t(0.8, 0.95),
+            long_transaction_seconds: t(300.0, 1800.0),
+            idle_in_transaction_seconds: t(300.0, 1800.0),
+            lock_wait_seconds: t(30.0, 120.0),
+            replication_lag_seconds: t(30.0, 300.0),
+            wraparound_xid_age: t(1.5e9, 1.8e9),
+        }
+    }
+}
+
+/// A Nagios state, ordered by gravity (UNKNOWN only when nothing could be read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum State {
+    Ok,
+    Warning,
+    Critical,
+    Unknown,
+}
+
+impl State {
+    /// The plugin exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            State::Ok => 0,
+            State::Warning => 1,
+            State::Critical => 2,
+            State::Unknown => 3,
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub state: State,
+    pub value: f64,
+    pub warn: f64,
+    pub crit: f64,
+    /// What the value belongs to (a database, a standby), when it is a maximum over several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub of: Option<String>,
+}
+
+/// The report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub state: State,
+    pub checks: Vec<Check>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Compares what `board` holds with `t`.
+pub fn evaluate(board: &Board, t: &AlertThresholds) -> Report {
+    let items = [
+        (
+            "connection_saturation",
+            "pgmon_connections_used_ratio",
+            t.connection_saturation,
+        ),
+        (
+            "long_transaction_seconds",
+            "pgmon_oldest_xact_age_seconds",
+            t.long_transaction_seconds,
+        ),
+        (
+            "idle_in_transaction_seconds",
+            "pgmon_idle_in_transaction_max_seconds",
+            t.idle_in_transaction_seconds,
+        ),
+        (
+            "lock_wait_seconds",
+            "pgmon_lock_wait_max_seconds",
+            t.lock_wait_seconds,
+        ),
+        (
+            "replication_lag_seconds",
+            "pgmon_replication_lag_seconds",
+            t.replication_lag_seconds,
+        ),
+        (
+            "wraparound_xid_age",
+            "pgmon_database_xid_age",
+            t.wraparound_xid_age,
+        ),
+    ];
+    let checks: Vec<Check> = items
+        .into_iter()
+        .map(|(name, metric, th)| {
+            let (labels, value) = board.max(metric).unwrap_or_default();
+            let state = if value >= th.crit {
+                State::Critical
+            } else if value >= th.warn {
+                State::Warning
+            } else {
+                State::Ok
+            };
+            Check {
+                name,
+                state,
+                value,
+                warn: th.warn,
+                crit: th.crit,
+                of: labels.first().map(|(_, v)| v.clone()),
+            }
+        })
+        .collect();
+    Report {
+        state: checks.iter().map(|c| c.state).max().unwrap_or(State::Ok),
+        checks,
+        error: None,
+    }
+}
+
+/// Runs the check with the policy at `path`, prints the JSON report, and returns the exit
+/// code (3 when the policy or the cluster cannot be read).
+pub fn check(path: &Path) -> u8 {
+    let report = match run(path) {
+        Ok(r) => r,
+        Err(e) => Report {
+            state: State::Unknown,
+            checks: Vec::new(),
+            error: Some(format!("{e:#}")),
+        },
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    report.state.code()
+}
+
+fn run(path: &Path) -> anyhow::Result<Report> {
+    let config = Config::load(path)?;
+    let monitor = crate::attribution::monitor_config(&config.cluster.connection)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let board = rt.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            crate::health::snapshot(&monitor),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from the cluster within 30 s"))?
+    })?;
+    Ok(evaluate(&board, &config.alerts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{Family, Kind};
+
+    #[test]
+    fn the_worst_check_decides_the_state() {
+        let board = Board::default();
+        board.publish(
+            "fast",
+            vec![
+                Family::single("pgmon_connections_used_ratio", "", Kind::Gauge, 0.5),
+                Family::single(
+                    "pgmon_idle_in_transaction_max_seconds",
+                    "",
+                    Kind::Gauge,
+                    400.0,
+                ),
+            ],
+        );
+        let mut xid = Family::new("pgmon_database_xid_age", "", Kind::Gauge);
+        xid.push(vec![("datname", "a".into())], 10.0);
+        xid.push(vec![("datname", "b".into())], 1.9e9);
+        board.publish("hourly", vec![xid]);
+        let r = evaluate(&board, &AlertThresholds::default());
+        assert_eq!(r.state, State::Critical);
+        let by = |n: &str| r.checks.iter().find(|c| c.name == n).unwrap();
+        assert_eq!(by("connection_saturation").state, State::Ok);
+        assert_eq!(by("idle_in_transaction_seconds").state, State::Warning);
+        let w = by("wraparound_xid_age");
+        assert_eq!((w.state, w.of.as_deref()), (State::Critical, Some("b")));
+        assert_eq!(r.state.code(), 2);
+    }
+}
