@@ -35,6 +35,9 @@ pub struct Config {
     /// The health pollers.
     #[serde(default)]
     pub health: crate::health::HealthConfig,
+    /// Opt-in session cleanup (idle in transaction, long statements, lock blockers).
+    #[serde(default)]
+    pub cleanup: crate::cleanup::CleanupConfig,
     /// The alert catalog's thresholds (used by `pgmon-agent check`).
     #[serde(default)]
     pub alerts: crate::cli::check::AlertThresholds,
@@ -280,6 +283,13 @@ impl Config {
                 "query.top_k_fingerprints",
                 "is larger than query.max_fingerprints".to_owned(),
             ));
+        }
+        if let Err((field, message)) = self.cleanup.compile().map(|_| ()) {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                field,
+                message,
+            });
         }
         if let Err((field, message)) = self.health.validate() {
             return Err(ConfigError::Invalid {

@@ -3,6 +3,7 @@
 pub mod attribution;
 pub mod budget;
 pub mod capture;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod cost;

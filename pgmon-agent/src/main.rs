@@ -1,6 +1,6 @@
 //! `pgmon-agent`: dispatches the subcommands of [`pgmon_agent::cli`].
 use clap::Parser as _;
-use pgmon_agent::cli::{Cli, Command, check, check_config, record, replay, run, status};
+use pgmon_agent::cli::{Cli, Command, check, check_config, emergency, record, replay, run, status};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -18,6 +18,7 @@ fn main() -> std::process::ExitCode {
         } => record::record(config, out, *seconds),
         Command::Replay { file, passes, cold } => replay::replay(file, *passes, *cold),
         Command::Check { .. } => unreachable!("handled above"),
+        Command::Emergency { config, yes } => emergency::emergency(config, *yes),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

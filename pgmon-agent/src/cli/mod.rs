@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod check_config;
+pub mod emergency;
 pub mod record;
 pub mod replay;
 pub mod run;
@@ -67,6 +68,18 @@ pub enum Command {
         /// The YAML policy file (cluster.connection and the `alerts:` thresholds).
         #[arg(long, short, default_value = "/etc/pgmon/pgmon.yaml")]
         config: PathBuf,
+    },
+    /// Terminate every non-essential client backend now (never superusers, replication
+    /// roles, pgmon's own or exempt roles; never autovacuum or walsenders). Asks for
+    /// confirmation on a terminal; `--yes` skips it (required without a terminal).
+    /// SIGUSR1 to a running agent does the same.
+    Emergency {
+        /// The YAML policy file (cluster.connection).
+        #[arg(long, short, default_value = "/etc/pgmon/pgmon.yaml")]
+        config: PathBuf,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
     },
     /// Check a policy file and exit 0 if it is usable, or print file:line:column: field: error.
     CheckConfig {

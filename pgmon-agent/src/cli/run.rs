@@ -81,6 +81,19 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     if config.health.enabled {
         crate::health::start(&runtime, &config.health, &monitor, &metrics.health);
     }
+    if config.cleanup.enabled {
+        let policy = config
+            .cleanup
+            .compile()
+            .map_err(|(field, message)| anyhow::anyhow!("{field}: {message}"))?;
+        tracing::info!(mode = ?policy.config.mode, "session cleanup on");
+        runtime.spawn(crate::cleanup::serve(
+            policy,
+            monitor.clone(),
+            metrics.budget.clone(),
+        ));
+    }
+    runtime.spawn(crate::cli::emergency::on_sigusr1(monitor.clone()));
     runtime.spawn(attribution::serve(
         monitor,
         lookup_rx,

@@ -1,0 +1,404 @@
+//! Opt-in session cleanup: every `cleanup.interval_seconds` the agent reads
+//! `pg_stat_activity` once and
+//! - terminates sessions idle in transaction longer than `idle_in_transaction_seconds`,
+//! - cancels statements running longer than `statement_seconds` (or the first matching
+//!   `statement_seconds_by_role` rule),
+//! - terminates the session at the head of a lock wait longer than `lock_wait_seconds`,
+//!
+//! through pgmon's SECURITY DEFINER functions of `sql/005_sessions.sql`, which refuse
+//! superusers, replication roles, pgmon's own roles and `pgmon.exempt_roles` themselves and
+//! act only if the session is still the one seen. Roles in `cleanup.exempt` are skipped
+//! here. `mode: observe` audits and logs what it would do and does nothing. Every action
+//! is an audit row (`source = 'cleanup'`) and one structured log line.
+
+use std::{collections::HashSet, time::Duration, time::SystemTime};
+
+use globset::{Glob, GlobMatcher};
+use serde::Deserialize;
+use tokio_postgres::Client;
+
+use crate::budget::{metrics::BudgetMetrics, policy::Mode};
+
+/// `cleanup:` in the policy file. Off by default; each rule is off until given a limit.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CleanupConfig {
+    pub enabled: bool,
+    /// `observe` (audit and log only) or `enforce`.
+    pub mode: Mode,
+    /// Seconds between two looks at `pg_stat_activity`.
+    pub interval_seconds: u64,
+    /// Terminate a session idle in transaction longer than this, seconds.
+    pub idle_in_transaction_seconds: Option<f64>,
+    /// Cancel a statement running longer than this, seconds.
+    pub statement_seconds: Option<f64>,
+    /// Per-role statement limits (name or glob, first match wins) before the default.
+    pub statement_seconds_by_role: Vec<RoleLimit>,
+    /// Terminate the blocker of a lock wait longer than this, seconds.
+    pub lock_wait_seconds: Option<f64>,
+    /// Roles never touched (names or globs).
+    pub exempt: Vec<String>,
+}
+
+/// One per-role statement limit.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleLimit {
+    #[serde(rename = "match")]
+    pub pattern: String,
+    pub seconds: f64,
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            mode: Mode::Observe,
+            interval_seconds: 5,
+            idle_in_transaction_seconds: None,
+            statement_seconds: None,
+            statement_seconds_by_role: Vec::new(),
+            lock_wait_seconds: None,
+            exempt: Vec::new(),
+        }
+    }
+}
+
+/// The policy with its globs compiled.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub config: CleanupConfig,
+    by_role: Vec<(GlobMatcher, f64)>,
+    exempt: Vec<GlobMatcher>,
+}
+
+impl CleanupConfig {
+    /// Checks ranges and compiles the globs; the error is `(field, message)`.
+    pub fn compile(&self) -> Result<Policy, (String, String)> {
+        let glob = |field: String, p: &str| {
+            Glob::new(p)
+                .map(|g| g.compile_matcher())
+                .map_err(|e| (field, e.to_string()))
+        };
+        if self.interval_seconds == 0 {
+            return Err((
+                "cleanup.interval_seconds".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        for (field, v) in [
+            (
+                "cleanup.idle_in_transaction_seconds",
+                self.idle_in_transaction_seconds,
+            ),
+            ("cleanup.statement_seconds", self.statement_seconds),
+            ("cleanup.lock_wait_seconds", self.lock_wait_seconds),
+        ] {
+            if v.is_some_and(|v| !(v > 0.0)) {
+                return Err((field.into(), "must be above 0".into()));
+            }
+        }
+        let by_role = self
+            .statement_seconds_by_role
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let field = format!("cleanup.statement_seconds_by_role[{i}]");
+                if !(r.seconds > 0.0) {
+                    return Err((format!("{field}.seconds"), "must be above 0".into()));
+                }
+                Ok((glob(format!("{field}.match"), &r.pattern)?, r.seconds))
+            })
+            .collect::<Result<_, _>>()?;
+        let exempt = self
+            .exempt
+            .iter()
+            .enumerate()
+            .map(|(i, p)| glob(format!("cleanup.exempt[{i}]"), p))
+            .collect::<Result<_, _>>()?;
+        Ok(Policy {
+            config: self.clone(),
+            by_role,
+            exempt,
+        })
+    }
+}
+
+/// One client backend as `pg_stat_activity` showed it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Session {
+    pub pid: i32,
+    pub role: String,
+    pub state: String,
+    pub backend_start: SystemTime,
+    pub state_change: Option<SystemTime>,
+    pub query_start: Option<SystemTime>,
+    /// Seconds in the current state.
+    pub state_age: f64,
+    /// Seconds since the current (or last) statement started.
+    pub query_age: f64,
+    pub blockers: Vec<i32>,
+    /// Seconds this session has waited for a lock (0 when not waiting).
+    pub lock_wait: f64,
+}
+
+/// What to do to one session, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Action {
+    /// `cancel` or `terminate`.
+    pub action: &'static str,
+    /// The rule and the limit, e.g. `idle_in_transaction > 30 s`.
+    pub rule: String,
+    pub target: Session,
+}
+
+impl Policy {
+    fn exempt(&self, role: &str) -> bool {
+        crate::budget::policy::always_exempt(role) || self.exempt.iter().any(|g| g.is_match(role))
+    }
+
+    fn statement_limit(&self, role: &str) -> Option<f64> {
+        self.by_role
+            .iter()
+            .find(|(g, _)| g.is_match(role))
+            .map(|(_, s)| *s)
+            .or(self.config.statement_seconds)
+    }
+
+    /// The actions `sessions` call for, at most one per session (a blocker first, then
+    /// idle in transaction, then a long statement).
+    pub fn decide(&self, sessions: &[Session]) -> Vec<Action> {
+        let mut out: Vec<Action> = Vec::new();
+        let mut taken = HashSet::new();
+        if let Some(limit) = self.config.lock_wait_seconds {
+            for waiter in sessions.iter().filter(|s| s.lock_wait > limit) {
+                let Some(blocker) = waiter
+                    .blockers
+                    .first()
+                    .and_then(|b| sessions.iter().find(|s| s.pid == *b))
+                else {
+                    continue;
+                };
+                if self.exempt(&blocker.role) || !taken.insert(blocker.pid) {
+                    continue;
+                }
+                out.push(Action {
+                    action: "terminate",
+                    rule: format!(
+                        "lock_wait > {limit} s (blocks pid {} for {:.1} s)",
+                        waiter.pid, waiter.lock_wait
+                    ),
+                    target: blocker.clone(),
+                });
+            }
+        }
+        for s in sessions {
+            if self.exempt(&s.role) || taken.contains(&s.pid) {
+                continue;
+            }
+            if let Some(limit) = self.config.idle_in_transaction_seconds
+                && s.state.starts_with("idle in transaction")
+                && s.state_age > limit
+            {
+                taken.insert(s.pid);
+                out.push(Action {
+                    action: "terminate",
+                    rule: format!("idle_in_transaction > {limit} s ({:.1} s)", s.state_age),
+                    target: s.clone(),
+                });
+            } else if let Some(limit) = self.statement_limit(&s.role)
+                && s.state == "active"
+                && s.query_age > limit
+            {
+                taken.insert(s.pid);
+                out.push(Action {
+                    action: "cancel",
+                    rule: format!("statement > {limit} s ({:.1} s)", s.query_age),
+                    target: s.clone(),
+                });
+            }
+        }
+        out
+    }
+}
+
+const SESSIONS: &str = "SELECT a.pid, a.usename::text, coalesce(a.state, ''), a.backend_start, \
+     a.state_change, a.query_start, \
+     coalesce(extract(epoch FROM now() - a.state_change), 0)::float8, \
+     coalesce(extract(epoch FROM now() - a.query_start), 0)::float8, \
+     pg_blocking_pids(a.pid), \
+     coalesce(extract(epoch FROM now() - (SELECT min(l.waitstart) FROM pg_locks l \
+                                           WHERE l.pid = a.pid AND NOT l.granted)), 0)::float8 \
+     FROM pg_stat_activity a JOIN pg_roles r ON r.rolname = a.usename \
+     WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() \
+       AND NOT r.rolsuper AND NOT r.rolreplication";
+
+async fn sessions(client: &Client) -> Result<Vec<Session>, tokio_postgres::Error> {
+    Ok(client
+        .query(SESSIONS, &[])
+        .await?
+        .iter()
+        .map(|r| Session {
+            pid: r.get(0),
+            role: r.get(1),
+            state: r.get(2),
+            backend_start: r.get(3),
+            state_change: r.get(4),
+            query_start: r.get(5),
+            state_age: r.get(6),
+            query_age: r.get(7),
+            blockers: r.get(8),
+            lock_wait: r.get(9),
+        })
+        .collect())
+}
+
+/// Runs the cleanup loop until the runtime stops.
+pub async fn serve(policy: Policy, monitor: tokio_postgres::Config, metrics: BudgetMetrics) {
+    let mut client = crate::attribution::connect_with_backoff(&monitor, "cleanup").await;
+    let mut ticker = tokio::time::interval(Duration::from_secs(policy.config.interval_seconds));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // (pid, backend start, action): reported once while observing or after a refusal.
+    let mut reported: HashSet<(i32, SystemTime, &'static str)> = HashSet::new();
+    loop {
+        ticker.tick().await;
+        if client.is_closed() {
+            client = crate::attribution::connect_with_backoff(&monitor, "cleanup").await;
+        }
+        let seen = match sessions(&client).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cleanup: pg_stat_activity unreadable");
+                continue;
+            }
+        };
+        reported.retain(|(pid, start, _)| {
+            seen.iter()
+                .any(|s| s.pid == *pid && s.backend_start == *start)
+        });
+        for a in policy.decide(&seen) {
+            let key = (a.target.pid, a.target.backend_start, a.action);
+            if reported.contains(&key) {
+                continue;
+            }
+            let (kind, result) = if policy.config.mode == Mode::Observe {
+                reported.insert(key);
+                ("observed", "observed (mode: observe)".to_owned())
+            } else {
+                match act(&client, &a).await {
+                    Ok(r) => ("applied", format!("applied: {r}")),
+                    Err(e) if e.as_db_error().is_some() => {
+                        reported.insert(key);
+                        let kind = if e.code().is_some_and(|c| c.code() == "42501") {
+                            "refused"
+                        } else {
+                            "failed"
+                        };
+                        (kind, format!("{kind}: {e}"))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cleanup connection lost");
+                        break;
+                    }
+                }
+            };
+            metrics.action(a.action, kind);
+            tracing::warn!(role = %a.target.role, pid = a.target.pid, action = a.action, rule = %a.rule, result = %result, "cleanup");
+            let audited = client
+                .execute(
+                    "INSERT INTO pgmon.audit (role, source, step, utilisation, action, result) \
+                     VALUES ($1, 'cleanup', $2, NULL, $3, $4)",
+                    &[&a.target.role, &a.rule, &a.action, &result],
+                )
+                .await;
+            if let Err(e) = audited {
+                tracing::warn!(error = %e, "cleanup: audit row not written (is sql/002_enforcement.sql installed?)");
+            }
+        }
+    }
+}
+
+async fn act(client: &Client, a: &Action) -> Result<String, tokio_postgres::Error> {
+    let t = &a.target;
+    let row = if a.action == "cancel" {
+        client
+            .query_one(
+                "SELECT pgmon.cancel_statement($1, $2)",
+                &[&t.pid, &t.query_start],
+            )
+            .await?
+    } else {
+        client
+            .query_one(
+                "SELECT pgmon.end_session($1, $2, $3)",
+                &[&t.pid, &t.backend_start, &t.state_change],
+            )
+            .await?
+    };
+    Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(pid: i32, role: &str, state: &str, age: f64) -> Session {
+        Session {
+            pid,
+            role: role.into(),
+            state: state.into(),
+            backend_start: SystemTime::UNIX_EPOCH,
+            state_change: None,
+            query_start: None,
+            state_age: age,
+            query_age: age,
+            blockers: Vec::new(),
+            lock_wait: 0.0,
+        }
+    }
+
+    #[test]
+    fn each_rule_picks_its_sessions_and_spares_the_exempt() {
+        let policy = CleanupConfig {
+            enabled: true,
+            idle_in_transaction_seconds: Some(30.0),
+            statement_seconds: Some(60.0),
+            statement_seconds_by_role: vec![RoleLimit {
+                pattern: "report*".into(),
+                seconds: 600.0,
+            }],
+            lock_wait_seconds: Some(10.0),
+            exempt: vec!["boss".into()],
+            ..CleanupConfig::default()
+        }
+        .compile()
+        .unwrap();
+        let mut waiter = session(5, "app", "active", 12.0);
+        waiter.blockers = vec![4];
+        waiter.lock_wait = 12.0;
+        let sessions = [
+            session(1, "app", "idle in transaction", 31.0),
+            session(2, "app", "active", 61.0),
+            session(3, "reporting", "active", 61.0),
+            session(4, "app", "idle in transaction", 5.0),
+            waiter,
+            session(6, "boss", "idle in transaction", 999.0),
+            session(7, "app", "idle", 999.0),
+        ];
+        let got: Vec<(i32, &str)> = policy
+            .decide(&sessions)
+            .iter()
+            .map(|a| (a.target.pid, a.action))
+            .collect();
+        assert_eq!(got, [(4, "terminate"), (1, "terminate"), (2, "cancel")]);
+    }
+
+    #[test]
+    fn bad_limits_name_the_field() {
+        let c = CleanupConfig {
+            statement_seconds: Some(0.0),
+            ..CleanupConfig::default()
+        };
+        assert_eq!(c.compile().unwrap_err().0, "cleanup.statement_seconds");
+    }
+}
