@@ -94,7 +94,7 @@ impl CleanupConfig {
             ("cleanup.statement_seconds", self.statement_seconds),
             ("cleanup.lock_wait_seconds", self.lock_wait_seconds),
         ] {
-            if v.is_some_and(|v| !(v > 0.0)) {
+            if v.is_some_and(|v| v.is_nan() || v <= 0.0) {
                 return Err((field.into(), "must be above 0".into()));
             }
         }
@@ -104,7 +104,7 @@ impl CleanupConfig {
             .enumerate()
             .map(|(i, r)| {
                 let field = format!("cleanup.statement_seconds_by_role[{i}]");
-                if !(r.seconds > 0.0) {
+                if r.seconds.is_nan() || r.seconds <= 0.0 {
                     return Err((format!("{field}.seconds"), "must be above 0".into()));
                 }
                 Ok((glob(format!("{field}.match"), &r.pattern)?, r.seconds))
