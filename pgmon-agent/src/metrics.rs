@@ -114,6 +114,8 @@ pub struct Metrics {
     pub cost: crate::cost::CostMetrics,
     /// `pgmon_role_budget_*`, `pgmon_enforcement_actions_total`.
     pub budget: crate::budget::metrics::BudgetMetrics,
+    /// `pgmon_role_storage_*`, `pgmon_storage_*`.
+    pub storage: crate::storage::metrics::StorageMetrics,
 }
 
 fn duration_histogram() -> Histogram {
@@ -198,10 +200,12 @@ impl Metrics {
         }));
         let cost = crate::cost::CostMetrics::register(&mut registry);
         let budget = crate::budget::metrics::BudgetMetrics::register(&mut registry);
+        let storage = crate::storage::metrics::StorageMetrics::register(&mut registry);
         Arc::new(Self {
             registry,
             cost,
             budget,
+            storage,
             queries,
             duration,
             errors,
