@@ -3,12 +3,12 @@
 //! (Slack's webhooks are HTTPS only; rustls is pure Rust, uses the system's CA store
 //! through rustls-native-certs, and needs no OpenSSL on the host).
 //!
-//! Enforcement never waits for a webhook: [`Notifier::send`] puts the event on a bounded
-//! queue (`storage.notifications.queue`) and returns; when the queue is full the event is
-//! dropped and counted. A task takes events off the queue, drops those already sent for
-//! the same (role, transition) within `dedup_seconds`, and delivers each one with
-//! exponential backoff (1 s doubling to 60 s, `retries` retries), at most 4 deliveries at a
-//! time.
+//! Enforcement never waits for a webhook: [`Notifier::send`] puts the event on each
+//! sink's bounded queue (`storage.notifications.queue`) and returns; when a queue is full
+//! the event is dropped for that sink and counted. Each sink has its own task, which drops
+//! events already sent for the same (role, transition) within `dedup_seconds` and delivers
+//! the others with exponential backoff (1 s doubling to 60 s, `retries` retries), at most 4
+//! at a time: a sink that fails holds up neither enforcement nor the other sink.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -73,66 +73,58 @@ impl Event {
 /// The sending half; cheap to clone.
 #[derive(Clone)]
 pub struct Notifier {
-    tx: Option<mpsc::Sender<Event>>,
-    sinks: Vec<&'static str>,
+    /// One queue per sink.
+    sinks: Vec<(&'static str, mpsc::Sender<Event>)>,
     metrics: StorageMetrics,
 }
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-struct Sink {
-    name: &'static str,
-    uri: hyper::Uri,
-}
-
 impl Notifier {
-    /// Starts the delivery task on the current runtime when a sink is configured; without
-    /// one, [`Notifier::send`] does nothing.
+    /// Starts one delivery task per configured sink on the current runtime; without a sink,
+    /// [`Notifier::send`] does nothing.
     pub fn start(config: &Notifications, metrics: StorageMetrics) -> Self {
         let mut sinks = Vec::new();
-        for (name, url) in [
+        let wanted: Vec<(&'static str, hyper::Uri)> = [
             ("slack", &config.slack_webhook_url),
             ("webhook", &config.webhook_url),
-        ] {
-            if let Some(uri) = url.as_deref().and_then(|u| u.parse().ok()) {
-                sinks.push(Sink { name, uri });
-            }
+        ]
+        .into_iter()
+        .filter_map(|(name, url)| Some((name, url.as_deref()?.parse().ok()?)))
+        .collect();
+        if wanted.is_empty() {
+            return Self { sinks, metrics };
         }
-        let names = sinks.iter().map(|s| s.name).collect();
-        if sinks.is_empty() {
-            return Self {
-                tx: None,
-                sinks: names,
-                metrics,
-            };
-        }
-        let client = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+        let client: HttpsClient = match hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+        {
             Ok(b) => Client::builder(TokioExecutor::new())
                 .build(b.https_or_http().enable_http1().build()),
             Err(e) => {
                 tracing::error!(error = %e, "no CA certificates for the storage webhooks; notifications off");
-                return Self {
-                    tx: None,
-                    sinks: names,
-                    metrics,
-                };
+                return Self { sinks, metrics };
             }
         };
-        let (tx, rx) = mpsc::channel(config.queue);
-        tokio::spawn(deliver(rx, client, sinks, config.clone(), metrics.clone()));
-        Self {
-            tx: Some(tx),
-            sinks: names,
-            metrics,
+        for (name, uri) in wanted {
+            let (tx, rx) = mpsc::channel(config.queue);
+            tokio::spawn(deliver(
+                rx,
+                client.clone(),
+                name,
+                uri,
+                config.clone(),
+                metrics.clone(),
+            ));
+            sinks.push((name, tx));
         }
+        Self { sinks, metrics }
     }
 
     /// Queues `event` for every sink; never waits.
     pub fn send(&self, event: Event) {
-        let Some(tx) = &self.tx else { return };
-        if tx.try_send(event).is_err() {
-            for sink in &self.sinks {
-                self.metrics.notification(sink, "dropped");
+        for (name, tx) in &self.sinks {
+            if tx.try_send(event.clone()).is_err() {
+                self.metrics.notification(name, "dropped");
             }
         }
     }
@@ -141,68 +133,58 @@ impl Notifier {
 async fn deliver(
     mut rx: mpsc::Receiver<Event>,
     client: HttpsClient,
-    sinks: Vec<Sink>,
+    sink: &'static str,
+    uri: hyper::Uri,
     config: Notifications,
     metrics: StorageMetrics,
 ) {
-    let sinks = Arc::new(sinks);
     let in_flight = Arc::new(Semaphore::new(4));
     let mut last_sent: HashMap<(String, Phase, Phase), tokio::time::Instant> = HashMap::new();
     let dedup = Duration::from_secs(config.dedup_seconds);
+    let (timeout, retries) = (Duration::from_millis(config.timeout_ms), config.retries);
     while let Some(event) = rx.recv().await {
         let key = (event.role.clone(), event.from, event.to);
         let now = tokio::time::Instant::now();
         if last_sent.get(&key).is_some_and(|t| now - *t < dedup) {
-            for s in sinks.iter() {
-                metrics.notification(s.name, "deduplicated");
-            }
+            metrics.notification(sink, "deduplicated");
             continue;
         }
         last_sent.insert(key, now);
         if last_sent.len() > 100_000 {
             last_sent.retain(|_, t| now - *t < dedup);
         }
-        for i in 0..sinks.len() {
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                return;
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let (client, uri, metrics) = (client.clone(), uri.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let body = match sink {
+                "slack" => serde_json::json!({ "text": event.message }),
+                _ => serde_json::to_value(&event).unwrap_or_default(),
             };
-            let (client, sinks, metrics, event) = (
-                client.clone(),
-                sinks.clone(),
-                metrics.clone(),
-                event.clone(),
-            );
-            let (timeout, retries) = (Duration::from_millis(config.timeout_ms), config.retries);
-            tokio::spawn(async move {
-                let sink = &sinks[i];
-                let body = match sink.name {
-                    "slack" => serde_json::json!({ "text": event.message }),
-                    _ => serde_json::to_value(&event).unwrap_or_default(),
-                };
-                let body = Bytes::from(body.to_string());
-                let once = || post(&client, &sink.uri, body.clone(), timeout);
-                let result = once
-                    .retry(
-                        ExponentialBuilder::new()
-                            .with_min_delay(Duration::from_secs(1))
-                            .with_max_delay(Duration::from_secs(60))
-                            .with_jitter()
-                            .with_max_times(retries),
-                    )
-                    .notify(|e: &String, wait| {
-                        tracing::warn!(sink = sink.name, error = %e, retry_in = ?wait, "storage notification failed");
-                    })
-                    .await;
-                match result {
-                    Ok(()) => metrics.notification(sink.name, "sent"),
-                    Err(e) => {
-                        tracing::error!(sink = sink.name, role = %event.role, error = %e, "storage notification given up");
-                        metrics.notification(sink.name, "failed");
-                    }
+            let body = Bytes::from(body.to_string());
+            let once = || post(&client, &uri, body.clone(), timeout);
+            let result = once
+                .retry(
+                    ExponentialBuilder::new()
+                        .with_min_delay(Duration::from_secs(1))
+                        .with_max_delay(Duration::from_secs(60))
+                        .with_jitter()
+                        .with_max_times(retries),
+                )
+                .notify(|e: &String, wait| {
+                    tracing::warn!(sink, error = %e, retry_in = ?wait, "storage notification failed");
+                })
+                .await;
+            match result {
+                Ok(()) => metrics.notification(sink, "sent"),
+                Err(e) => {
+                    tracing::error!(sink, role = %event.role, error = %e, "storage notification given up");
+                    metrics.notification(sink, "failed");
                 }
-                drop(permit);
-            });
-        }
+            }
+            drop(permit);
+        });
     }
 }
 
