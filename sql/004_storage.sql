@@ -68,33 +68,48 @@ CREATE TABLE IF NOT EXISTS pgmon.storage_state (
 );
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgmon.storage_state TO pgmon;
 
--- The per-table trigger. TG_ARGV[0] is the table owner's name, set when the trigger is
--- attached (and corrected when the owner changes), so a write costs no catalog lookup.
--- pg_notify delivers one notification per distinct (channel, payload) per transaction
--- (PostgreSQL docs, "NOTIFY": "If the same channel name is signaled multiple times with
--- identical payload strings within the same transaction, only one instance of the
--- notification event is delivered"), so a transaction that writes many rows, statements
--- or tables of one role sends one notification.
+-- The per-table trigger, statement level, after INSERT, UPDATE or TRUNCATE (DELETE frees
+-- no bytes until a VACUUM, which the periodic recount sees). TG_ARGV[0] is the table
+-- owner's name, set when the trigger is attached (and corrected when the owner changes),
+-- so a write costs no catalog lookup.
+-- What it costs is what tenants pay, so it notifies at most once per session, role and
+-- second (the transaction's start second, kept in the session setting
+-- pgmon.storage_notified): a NOTIFY makes its commit take a cluster-wide lock and append
+-- to the queue, and wakes the agent's listening backend, once per transaction otherwise.
+-- The agent recounts a notified role once more a little over a second later, which covers
+-- the writes this throttle kept quiet. Within a transaction pg_notify sends one
+-- notification per distinct (channel, payload) anyway (PostgreSQL docs, "NOTIFY": "If the
+-- same channel name is signaled multiple times with identical payload strings within the
+-- same transaction, only one instance of the notification event is delivered").
 -- It stays silent, leaving the role to the periodic recount,
 --   - when max_prepared_transactions > 0: PREPARE TRANSACTION refuses a transaction that
 --     has executed NOTIFY (docs, "PREPARE TRANSACTION"), and no tenant's two-phase commit
 --     may fail because of pgmon;
 --   - when the notification queue is half full (a stuck listener): once full, every
 --     commit that notifies fails (docs, "NOTIFY"), and pgmon must never cause that.
--- No SET search_path: it runs as the writing tenant with no privilege of its own, every
--- name is qualified, and a SET clause would cost a GUC save/restore on every statement.
+-- A session that sets pgmon.storage_notified itself can only delay its role's count to
+-- the next recount. No SET search_path: it runs as the writing tenant with no privilege of
+-- its own, every name is qualified, and a SET clause would cost a GUC save/restore on every
+-- statement. The exception block is entered only when it notifies.
 CREATE OR REPLACE FUNCTION pgmon.storage_notify() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
+DECLARE
+    sent text := TG_ARGV[0] || ':' || pg_catalog.date_part('epoch', pg_catalog.now())::int8;
 BEGIN
-    IF pg_catalog.current_setting('max_prepared_transactions') = '0'
-       AND pg_catalog.pg_notification_queue_usage() < 0.5 THEN
-        PERFORM pg_catalog.pg_notify('pgmon_storage', TG_ARGV[0]);
+    IF pg_catalog.current_setting('pgmon.storage_notified', true) = sent THEN
+        RETURN NULL;
     END IF;
-    RETURN NULL;
-EXCEPTION WHEN OTHERS THEN
-    RAISE WARNING 'pgmon.storage_notify: % (SQLSTATE %); usage follows the periodic recount',
-        SQLERRM, SQLSTATE;
+    BEGIN
+        IF pg_catalog.current_setting('max_prepared_transactions') = '0'
+           AND pg_catalog.pg_notification_queue_usage() < 0.5 THEN
+            PERFORM pg_catalog.pg_notify('pgmon_storage', TG_ARGV[0]);
+        END IF;
+        PERFORM pg_catalog.set_config('pgmon.storage_notified', sent, false);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'pgmon.storage_notify: % (SQLSTATE %); usage follows the periodic recount',
+            SQLERRM, SQLSTATE;
+    END;
     RETURN NULL;
 END
 $$;
@@ -122,7 +137,8 @@ AS $$
 DECLARE
     args bytea;
 BEGIN
-    SELECT t.tgargs INTO args FROM pg_catalog.pg_trigger t
+    -- An older trigger that also fired on DELETE (tgtype bit 8) counts as stale.
+    SELECT CASE WHEN t.tgtype & 8 = 0 THEN t.tgargs END INTO args FROM pg_catalog.pg_trigger t
      WHERE t.tgrelid = rel AND t.tgname = 'pgmon_storage_notify';
     IF owner IS NULL THEN
         IF NOT FOUND THEN
@@ -139,7 +155,7 @@ BEGIN
         EXECUTE format('DROP TRIGGER pgmon_storage_notify ON %s', rel);
     END IF;
     EXECUTE format('CREATE TRIGGER pgmon_storage_notify '
-                   'AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s '
+                   'AFTER INSERT OR UPDATE OR TRUNCATE ON %s '
                    'FOR EACH STATEMENT EXECUTE FUNCTION pgmon.storage_notify(%L)', rel, owner);
     RETURN 'attached';
 END
@@ -215,7 +231,8 @@ BEGIN
     FOR r IN
         SELECT * FROM (
             SELECT c.oid, c.oid::regclass AS rel, o.rolname AS owner,
-                   pgmon.storage_limited(o.rolname) AS limited, t.tgargs
+                   pgmon.storage_limited(o.rolname) AS limited, t.oid AS tgoid,
+                   CASE WHEN t.tgtype & 8 = 0 THEN t.tgargs END AS tgargs
               FROM pg_catalog.pg_class c
               JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
               LEFT JOIN pg_catalog.pg_trigger t
@@ -228,7 +245,7 @@ BEGIN
         ) x
          WHERE (x.limited AND x.tgargs IS DISTINCT FROM
                     convert_to(x.owner::text, getdatabaseencoding()) || '\x00'::bytea)
-            OR (NOT x.limited AND x.tgargs IS NOT NULL)
+            OR (NOT x.limited AND x.tgoid IS NOT NULL)
          ORDER BY x.oid
          LIMIT n
     LOOP

@@ -25,6 +25,10 @@ use super::{
 };
 use crate::http::now_ms;
 
+/// The trigger notifies at most once per session, role and second (sql/004_storage.sql);
+/// a recount this long after a notified one sees what it kept quiet.
+pub const TRAILING_MS: u64 = 1_200;
+
 mod catalog;
 mod report;
 
@@ -39,8 +43,9 @@ struct RoleEntry {
     counted: bool,
     /// Last count per database (unix ms), for the usage cache TTL.
     last_count: HashMap<DbName, u64>,
-    /// Counts due per database (unix ms).
-    due: HashMap<DbName, u64>,
+    /// Counts due per database: (unix ms, trailing). A notified count is followed by one
+    /// trailing count [`TRAILING_MS`] or the TTL later, whichever is longer.
+    due: HashMap<DbName, (u64, bool)>,
     enforcement_error: Option<String>,
 }
 
@@ -197,8 +202,8 @@ impl Coordinator {
                 };
                 let last = e.last_count.get(&db).copied().unwrap_or(0);
                 let at = (last + ttl).max(now);
-                let due = e.due.entry(db).or_insert(at);
-                *due = (*due).min(at);
+                let due = e.due.entry(db).or_insert((at, false));
+                *due = (due.0.min(at), false);
                 if at <= now {
                     self.flush_due(now);
                 }
@@ -270,7 +275,6 @@ impl Coordinator {
     ) {
         let record = |role: &str, e: &mut RoleEntry| -> bool {
             let b = bytes.get(role).copied().unwrap_or(0);
-            e.last_count.insert(db.clone(), started_ms);
             match e.per_db.get(&db) {
                 Some((_, at)) if *at > started_ms => false,
                 _ => {
@@ -367,18 +371,27 @@ impl Coordinator {
         }
     }
 
-    /// Sends the counts that are due, one command per database.
+    /// Sends the counts that are due, one command per database; each notified (not
+    /// trailing) one schedules its trailing count.
     fn flush_due(&mut self, now: u64) {
+        let trail = self.policy.usage_ttl_ms.max(TRAILING_MS);
         let mut per_db: HashMap<DbName, Vec<String>> = HashMap::new();
         for (r, e) in self.roles.iter_mut() {
-            e.due.retain(|db, at| {
+            let mut trailing = Vec::new();
+            e.due.retain(|db, (at, is_trailing)| {
                 if *at > now {
                     return true;
                 }
                 per_db.entry(db.clone()).or_default().push(r.clone());
-                e.last_count.insert(db.clone(), now);
+                if !*is_trailing {
+                    e.last_count.insert(db.clone(), now);
+                    trailing.push(db.clone());
+                }
                 false
             });
+            for db in trailing {
+                e.due.insert(db, (now + trail, true));
+            }
         }
         for (db, roles) in per_db {
             if let Some(d) = self.dbs.get(&db) {
