@@ -41,6 +41,8 @@ pub struct BenchArgs {
     /// Rounds of the overhead comparison per transport.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    #[command(flatten)]
+    storage: crate::bench_storage::StorageBenchArgs,
 }
 
 /// Setup, build, then [`measure`].
@@ -53,6 +55,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if !args.no_build {
         crate::util::build_release()?;
+    }
+    if args.storage.storage_only {
+        let (md, _) =
+            crate::bench_storage::section(&crate::util::agent_release_binary(), &args.storage)?;
+        println!("{md}");
+        return Ok(());
     }
     measure(&crate::util::agent_release_binary(), args)
 }
@@ -331,11 +339,13 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
         qps(&hits) / qps(&misses).max(1.0),
     );
     let _ = std::fs::remove_dir_all(&dir);
+    let (storage_md, storage_json) = crate::bench_storage::section(binary, &args.storage)?;
+    report.push_str(&storage_md);
 
     let out_dir = crate::util::workspace_root().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("REPORT.md"), &report)?;
-    let json = serde_json::json!({"overhead": json_overhead, "stress": json_stress, "replay": {"hits": hits, "misses": misses}});
+    let json = serde_json::json!({"overhead": json_overhead, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "storage": storage_json});
     std::fs::write(
         out_dir.join("report.json"),
         serde_json::to_string_pretty(&json)?,

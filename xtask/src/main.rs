@@ -6,6 +6,7 @@
 //! - `bench`: overhead measurement (left to the lead; see `bench.rs`).
 
 mod bench;
+mod bench_storage;
 mod demo;
 mod setup;
 mod test;
