@@ -272,6 +272,24 @@ fn quotas(version: PgVersion) {
         .expect("pgmon-agent unlock");
     assert!(!again.status.success(), "unlocking an unlocked role fails");
 
+    // `pgmon-agent status` shows usage, limits and state.
+    let out = std::process::Command::new(agent_binary().expect("binary"))
+        .args(["status", "--addr", agent.addr()])
+        .output()
+        .expect("pgmon-agent status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("storage role"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("empty ") && l.contains("0 B") && l.contains("ok")),
+        "{text}"
+    );
+    assert!(
+        text.contains("database other: sql/004_storage.sql not installed"),
+        "{text}"
+    );
+
     // Exempt and superuser: over the default hard limit all along, never touched.
     for r in ["exempt_me", "boss"] {
         assert!(storage_role(&agent, r).is_none(), "{r} is not limited");
