@@ -59,6 +59,27 @@ CREATE TABLE IF NOT EXISTS pgmon.role_original (
 );
 GRANT SELECT ON pgmon.role_original TO pgmon;
 
+-- Who holds a role NOLOGIN: 'budget' (the query-cost ladder's lock step) and 'storage' (the
+-- storage quota, sql/004_storage.sql) lock and unlock independently. A role stays NOLOGIN
+-- while any holder remains; LOGIN comes back (if the role had it in pgmon.role_original)
+-- only when the last holder lets go. Written only by the functions below.
+CREATE TABLE IF NOT EXISTS pgmon.role_locks (
+    rolname   name NOT NULL,
+    holder    text NOT NULL CHECK (holder IN ('budget', 'storage')),
+    locked_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (rolname, holder)
+);
+GRANT SELECT ON pgmon.role_locks TO pgmon;
+-- Upgrading an install made before lock holders existed: the budget ladder was the only
+-- locker then, so a saved role that could log in, cannot now and has no holder was locked
+-- by it.
+INSERT INTO pgmon.role_locks (rolname, holder, locked_at)
+SELECT o.rolname, 'budget', o.saved_at
+  FROM pgmon.role_original o JOIN pg_catalog.pg_roles r ON r.rolname = o.rolname
+ WHERE o.rolcanlogin AND NOT r.rolcanlogin
+   AND NOT EXISTS (SELECT FROM pgmon.role_locks l WHERE l.rolname = o.rolname)
+ON CONFLICT DO NOTHING;
+
 -- What the agent did and why; append-only for pgmon.
 CREATE TABLE IF NOT EXISTS pgmon.audit (
     id          bigserial PRIMARY KEY,
@@ -235,9 +256,11 @@ BEGIN
 END
 $$;
 
--- Internal: terminates, batch after batch of 100, all of target's client backends beyond
+-- Internal: terminates, batch after batch of `batch`, all of target's client backends beyond
 -- its `keep` oldest; returns how many were signalled. Each pid is tried once.
-CREATE OR REPLACE FUNCTION pgmon.terminate_all_beyond(target name, keep int)
+-- (Before lock holders it took no batch: that signature is dropped.)
+DROP FUNCTION IF EXISTS pgmon.terminate_all_beyond(name, int);
+CREATE OR REPLACE FUNCTION pgmon.terminate_all_beyond(target name, keep int, batch int DEFAULT 100)
 RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -248,7 +271,7 @@ DECLARE
     done int[] := '{}';
 BEGIN
     LOOP
-        SELECT * INTO s FROM pgmon.signal_backends(target, keep, 100, tried);
+        SELECT * INTO s FROM pgmon.signal_backends(target, keep, batch, tried);
         EXIT WHEN cardinality(s.tried) = 0;
         tried := tried || s.tried;
         done := done || s.signalled;
@@ -286,10 +309,16 @@ BEGIN
 END
 $$;
 
--- Makes target NOLOGIN and terminates all its client backends (NOLOGIN alone does not end
--- existing sessions). Saves the original settings like set_connection_limit. Returns the
--- number terminated.
-CREATE OR REPLACE FUNCTION pgmon.lock_role(target name)
+-- Makes target NOLOGIN on behalf of `lock_holder` ('budget' or 'storage', recorded in
+-- pgmon.role_locks) and terminates all its client backends, `batch` at a time, newest first
+-- (NOLOGIN alone does not end existing sessions). Saves the original settings like
+-- set_connection_limit. Returns the number terminated. NOLOGIN is only seen by logins after
+-- this transaction commits: a caller that must leave no session behind calls
+-- pgmon.terminate_backends once more after the commit.
+-- (Before lock holders it took only the role: that signature is dropped.)
+DROP FUNCTION IF EXISTS pgmon.lock_role(name);
+CREATE OR REPLACE FUNCTION pgmon.lock_role(target name, lock_holder text DEFAULT 'budget',
+                                           batch int DEFAULT 100)
 RETURNS int
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -297,19 +326,95 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM pgmon.check_enforceable(target);
+    IF lock_holder IS NULL OR lock_holder NOT IN ('budget', 'storage') THEN
+        RAISE EXCEPTION 'pgmon.lock_role: holder must be budget or storage (got %)', lock_holder
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF batch IS NULL OR batch < 1 THEN
+        RAISE EXCEPTION 'pgmon.lock_role: need batch >= 1 (got %)', batch
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     INSERT INTO pgmon.role_original (rolname, rolconnlimit, rolcanlogin)
     SELECT rolname, rolconnlimit, rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = target
     ON CONFLICT (rolname) DO NOTHING;
+    INSERT INTO pgmon.role_locks (rolname, holder) VALUES (target, lock_holder)
+    ON CONFLICT (rolname, holder) DO NOTHING;
     EXECUTE format('ALTER ROLE %I NOLOGIN', target);
-    RETURN pgmon.terminate_all_beyond(target, 0);
+    RETURN pgmon.terminate_all_beyond(target, 0, batch);
 END
 $$;
 
--- Puts back the connection limit and LOGIN/NOLOGIN saved in pgmon.role_original and
--- forgets them: 'restored', or 'nothing to restore' when pgmon never changed the role (or
--- it has since been dropped). Restoring only returns settings pgmon itself took away, so
--- it skips check_enforceable (a role exempted after being locked can still be restored);
--- it refuses superusers all the same.
+-- Internal: the holders still locking target, comma-separated, NULL when none.
+CREATE OR REPLACE FUNCTION pgmon.lock_holders(target name)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT string_agg(l.holder, ', ' ORDER BY l.holder) FROM pgmon.role_locks l
+     WHERE l.rolname = target
+$$;
+
+-- Takes `lock_holder`'s lock off target. Returns 'not locked by <holder>' when that holder
+-- holds none (pgmon never unlocks what it did not lock), 'still locked by <others>' when
+-- another holder keeps it NOLOGIN, 'unlocked' when the LOGIN/NOLOGIN saved in
+-- pgmon.role_original is back (the connection limit is the budget ladder's business and is
+-- left as it is; the saved settings are forgotten once the limit is the original one too),
+-- and 'role no longer exists' (its records forgotten) for a dropped role. Like restore_role
+-- it skips check_enforceable (a role exempted after being locked can still be unlocked) and
+-- refuses superusers.
+CREATE OR REPLACE FUNCTION pgmon.unlock_role(target name, lock_holder text)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    saved record;
+    is_super boolean;
+    others text;
+BEGIN
+    SELECT rolsuper INTO is_super FROM pg_catalog.pg_roles WHERE rolname = target;
+    IF is_super THEN
+        RAISE EXCEPTION 'pgmon refuses to unlock role "%": it is a superuser', target
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    DELETE FROM pgmon.role_locks l WHERE l.rolname = target AND l.holder = lock_holder;
+    IF NOT FOUND THEN
+        RETURN format('not locked by %s', lock_holder);
+    END IF;
+    IF is_super IS NULL THEN
+        DELETE FROM pgmon.role_locks l WHERE l.rolname = target;
+        DELETE FROM pgmon.role_original o WHERE o.rolname = target;
+        RETURN 'role no longer exists';
+    END IF;
+    others := pgmon.lock_holders(target);
+    IF others IS NOT NULL THEN
+        RETURN format('still locked by %s', others);
+    END IF;
+    SELECT * INTO saved FROM pgmon.role_original o WHERE o.rolname = target;
+    IF NOT FOUND THEN
+        -- lock_role saves before it locks; only a hand-edited table gets here.
+        RAISE WARNING 'pgmon: no saved settings for role "%"; LOGIN left as it is', target;
+        RETURN 'unlocked (no saved settings; LOGIN left as it is)';
+    END IF;
+    EXECUTE format('ALTER ROLE %I %s', target,
+                   CASE WHEN saved.rolcanlogin THEN 'LOGIN' ELSE 'NOLOGIN' END);
+    IF (SELECT rolconnlimit FROM pg_catalog.pg_roles WHERE rolname = target) = saved.rolconnlimit THEN
+        DELETE FROM pgmon.role_original o WHERE o.rolname = target;
+    END IF;
+    RETURN 'unlocked';
+END
+$$;
+
+-- The budget ladder's undo: takes the 'budget' lock off target and puts back its saved
+-- connection limit. LOGIN/NOLOGIN comes back too, and the saved settings are forgotten,
+-- unless another holder (the storage quota) still locks the role: then it stays NOLOGIN
+-- and its saved LOGIN waits for that holder's unlock. Returns 'restored', 'restored the
+-- connection limit; still locked by <holders>', or 'nothing to restore' when pgmon never
+-- changed the role (or it has since been dropped). Restoring only returns settings pgmon
+-- itself took away, so it skips check_enforceable (a role exempted after being locked can
+-- still be restored); it refuses superusers all the same.
 CREATE OR REPLACE FUNCTION pgmon.restore_role(target name)
 RETURNS text
 LANGUAGE plpgsql
@@ -319,21 +424,30 @@ AS $$
 DECLARE
     saved record;
     is_super boolean;
+    others text;
 BEGIN
     SELECT rolsuper INTO is_super FROM pg_catalog.pg_roles WHERE rolname = target;
     IF is_super THEN
         RAISE EXCEPTION 'pgmon refuses to restore role "%": it is a superuser', target
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    DELETE FROM pgmon.role_original WHERE rolname = target
-    RETURNING rolconnlimit, rolcanlogin INTO saved;
+    DELETE FROM pgmon.role_locks l WHERE l.rolname = target AND l.holder = 'budget';
+    SELECT * INTO saved FROM pgmon.role_original o WHERE o.rolname = target;
     IF NOT FOUND THEN
         RETURN 'nothing to restore';
     END IF;
     IF is_super IS NULL THEN
+        DELETE FROM pgmon.role_original o WHERE o.rolname = target;
+        DELETE FROM pgmon.role_locks l WHERE l.rolname = target;
         RAISE NOTICE 'pgmon: role "%" no longer exists; forgot its saved settings', target;
         RETURN 'nothing to restore';
     END IF;
+    others := pgmon.lock_holders(target);
+    IF others IS NOT NULL THEN
+        EXECUTE format('ALTER ROLE %I CONNECTION LIMIT %s', target, saved.rolconnlimit);
+        RETURN format('restored the connection limit; still locked by %s', others);
+    END IF;
+    DELETE FROM pgmon.role_original o WHERE o.rolname = target;
     EXECUTE format('ALTER ROLE %I %s CONNECTION LIMIT %s', target,
                    CASE WHEN saved.rolcanlogin THEN 'LOGIN' ELSE 'NOLOGIN' END,
                    saved.rolconnlimit);
@@ -345,14 +459,17 @@ REVOKE ALL ON FUNCTION pgmon.check_enforceable(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.signal_backends(name, int, int, int[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.await_exit(int[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.terminate_backends(name, int, int) FROM PUBLIC;
-REVOKE ALL ON FUNCTION pgmon.terminate_all_beyond(name, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgmon.terminate_all_beyond(name, int, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.set_connection_limit(name, int) FROM PUBLIC;
-REVOKE ALL ON FUNCTION pgmon.lock_role(name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgmon.lock_role(name, text, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgmon.lock_holders(name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgmon.unlock_role(name, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.restore_role(name) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgmon.check_enforceable(name) TO pgmon;
 GRANT EXECUTE ON FUNCTION pgmon.terminate_backends(name, int, int) TO pgmon;
 GRANT EXECUTE ON FUNCTION pgmon.set_connection_limit(name, int) TO pgmon;
-GRANT EXECUTE ON FUNCTION pgmon.lock_role(name) TO pgmon;
+GRANT EXECUTE ON FUNCTION pgmon.lock_role(name, text, int) TO pgmon;
+GRANT EXECUTE ON FUNCTION pgmon.unlock_role(name, text) TO pgmon;
 GRANT EXECUTE ON FUNCTION pgmon.restore_role(name) TO pgmon;
 
 COMMIT;

@@ -41,6 +41,9 @@ pub struct Config {
     /// The alert catalog's thresholds (used by `pgmon-agent check`).
     #[serde(default)]
     pub alerts: crate::cli::check::AlertThresholds,
+    /// Per-role storage quotas (soft and hard limits on the bytes each role owns).
+    #[serde(default)]
+    pub storage: crate::storage::policy::StoragePolicy,
 }
 
 /// Which cluster pgmon watches, and how it reaches it.
@@ -305,6 +308,13 @@ impl Config {
                 message,
             });
         }
+        if let Err((field, message)) = self.storage.compile() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                field,
+                message,
+            });
+        }
         if !(self.cost.default_cost >= 0.0 && self.cost.default_cost.is_finite()) {
             return Err(invalid("cost.default_cost", "must be ≥ 0".to_owned()));
         }
@@ -406,6 +416,24 @@ mod tests {
         assert_eq!(
             e,
             "pgmon.yaml: capture.ring_buffer_bytes: 3000000 is not a power of two ≥ 1048576"
+        );
+    }
+
+    #[test]
+    fn storage_errors_name_the_field() {
+        let text = "cluster:\n  data_directory: /d\nstorage:\n  enabled: true\n  roles:\n    \
+                    - {match: 'a*', soft_limit: 2MB, hard_limit: 1MB}\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "pgmon.yaml: storage.roles[0].soft_limit: 2097152 is above hard_limit 1048576"
+        );
+        let text = "cluster:\n  data_directory: /d\nstorage:\n  default_limits: {soft_limit: 1 MiBs, hard_limit: 2MB}\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.starts_with("pgmon.yaml:4:"), "line of the bad size: {e}");
+        assert!(
+            e.contains("storage.default_limits.soft_limit: unknown unit"),
+            "{e}"
         );
     }
 

@@ -1,4 +1,7 @@
-//! The HTTP endpoint (hyper): `/metrics` (Prometheus), `/healthz`, `/api/v1/status`.
+//! The HTTP endpoint (hyper): `/metrics` (Prometheus), `/healthz`, `/api/v1/status`, and
+//! `POST /api/v1/storage/unlock?role=NAME` (what `pgmon-agent unlock` calls), which is
+//! accepted from loopback peers only: anyone who can scrape a non-loopback
+//! `metrics.listen` must not be able to unlock roles.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -21,6 +24,8 @@ pub struct Endpoint {
     pub status: std::sync::mpsc::Sender<StatusRequest>,
     /// Milliseconds since the UNIX epoch of the capture thread's last drain.
     pub last_drain_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// The storage coordinator, when `storage.enabled`.
+    pub storage: Option<crate::storage::StorageHandle>,
 }
 
 /// Binds `addr`; errors if the address is taken.
@@ -31,7 +36,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves connections until the task is dropped.
 pub async fn serve(listener: TcpListener, endpoint: Endpoint) {
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -41,7 +46,7 @@ pub async fn serve(listener: TcpListener, endpoint: Endpoint) {
         };
         let ep = endpoint.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(ep.clone(), req));
+            let svc = service_fn(move |req| handle(ep.clone(), peer, req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
@@ -59,7 +64,14 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     r
 }
 
-async fn handle(ep: Endpoint, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    ep: Endpoint,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() == Method::POST && req.uri().path() == "/api/v1/storage/unlock" {
+        return Ok(unlock(&ep, peer, &req).await);
+    }
     if req.method() != Method::GET {
         return Ok(text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -122,11 +134,16 @@ async fn handle(ep: Endpoint, req: Request<Incoming>) -> Result<Response<Full<By
                 ));
             }
             match tokio::time::timeout(Duration::from_secs(5), rx).await {
-                Ok(Ok(status)) => text(
-                    StatusCode::OK,
-                    "application/json",
-                    serde_json::to_string_pretty(&status).unwrap_or_default(),
-                ),
+                Ok(Ok(mut status)) => {
+                    if let Some(s) = &ep.storage {
+                        status.storage = s.status().await;
+                    }
+                    text(
+                        StatusCode::OK,
+                        "application/json",
+                        serde_json::to_string_pretty(&status).unwrap_or_default(),
+                    )
+                }
                 _ => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
@@ -142,10 +159,86 @@ async fn handle(ep: Endpoint, req: Request<Incoming>) -> Result<Response<Full<By
     })
 }
 
+/// `POST /api/v1/storage/unlock?role=NAME`: 200 with what `pgmon.unlock_role` said, 409
+/// when the role is not locked by the storage quota (or the database refused), 403 from a
+/// non-loopback peer, 404 when storage quotas are off.
+async fn unlock(ep: &Endpoint, peer: SocketAddr, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if !peer.ip().is_loopback() {
+        return text(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "unlock is accepted from the agent's host only\n".into(),
+        );
+    }
+    let Some(storage) = &ep.storage else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "storage quotas are off (storage.enabled: false)\n".into(),
+        );
+    };
+    let role = req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "role")
+            .map(|(_, v)| percent_decode(v))
+    });
+    let Some(role) = role.filter(|r| !r.is_empty()) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "need ?role=NAME\n".into(),
+        );
+    };
+    match storage.unlock(role).await {
+        Ok(msg) => text(StatusCode::OK, "text/plain", format!("{msg}\n")),
+        Err(msg) => text(StatusCode::CONFLICT, "text/plain", format!("{msg}\n")),
+    }
+}
+
+/// Decodes `%XX` escapes (and `+` as a space) of a query-string value.
+fn percent_decode(v: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16);
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&c| hex(c)),
+            b.get(i + 2).and_then(|&c| hex(c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Milliseconds since the UNIX epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_values_decode() {
+        assert_eq!(super::percent_decode("t%C3%A9nant+1"), "ténant 1");
+        assert_eq!(super::percent_decode("50%"), "50%");
+        assert_eq!(super::percent_decode("a%zz"), "a%zz");
+    }
 }

@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod pipeline;
 pub mod query;
 pub mod status;
+pub mod storage;
 pub mod wire;

@@ -1,6 +1,8 @@
 //! `pgmon-agent`: dispatches the subcommands of [`pgmon_agent::cli`].
 use clap::Parser as _;
-use pgmon_agent::cli::{Cli, Command, check, check_config, emergency, record, replay, run, status};
+use pgmon_agent::cli::{
+    Cli, Command, check, check_config, emergency, record, replay, run, status, unlock,
+};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -11,6 +13,7 @@ fn main() -> std::process::ExitCode {
         Command::Run { config } => run::run(config),
         Command::Status { addr, json, role } => status::status(*addr, *json, role.as_deref()),
         Command::CheckConfig { file } => check_config::check_config(file),
+        Command::Unlock { role, addr } => unlock::unlock(*addr, role),
         Command::Record {
             config,
             out,

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub budget: crate::budget::metrics::BudgetMetrics,
     /// What the health loops last read (exported at scrape time).
     pub health: crate::health::Board,
+    /// `pgmon_role_storage_*`, `pgmon_storage_*`.
+    pub storage: crate::storage::metrics::StorageMetrics,
 }
 
 fn duration_histogram() -> Histogram {
@@ -202,11 +204,13 @@ impl Metrics {
         let budget = crate::budget::metrics::BudgetMetrics::register(&mut registry);
         let health = crate::health::Board::default();
         registry.register_collector(health.collector());
+        let storage = crate::storage::metrics::StorageMetrics::register(&mut registry);
         Arc::new(Self {
             registry,
             health,
             cost,
             budget,
+            storage,
             queries,
             duration,
             errors,

@@ -16,6 +16,9 @@ pub struct Status {
     /// Budgeted roles, highest utilisation first (empty when budgets are off).
     #[serde(default)]
     pub budgets: Vec<crate::budget::BudgetStatus>,
+    /// Storage quotas (absent when `storage.enabled` is false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<crate::storage::StorageStatus>,
 }
 
 /// The agent process.

@@ -46,6 +46,8 @@ pub struct BenchArgs {
     /// Trials of the enforcement-latency measurement.
     #[arg(long, default_value_t = 40)]
     trials: usize,
+    #[command(flatten)]
+    storage: crate::bench_storage::StorageBenchArgs,
 }
 
 /// Setup, build, then [`measure`].
@@ -58,6 +60,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if !args.no_build {
         crate::util::build_release()?;
+    }
+    if args.storage.storage_only {
+        let (md, _) =
+            crate::bench_storage::section(&crate::util::agent_release_binary(), &args.storage)?;
+        println!("{md}");
+        return Ok(());
     }
     measure(&crate::util::agent_release_binary(), args)
 }
@@ -374,11 +382,13 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
         "hit_ratios": hit_ratios,
     });
     let _ = std::fs::remove_dir_all(&dir);
+    let (storage_md, storage_json) = crate::bench_storage::section(binary, &args.storage)?;
+    report.push_str(&storage_md);
 
     let out_dir = crate::util::workspace_root().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("REPORT.md"), &report)?;
-    let json = serde_json::json!({"overhead": json_overhead, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets});
+    let json = serde_json::json!({"overhead": json_overhead, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json});
     std::fs::write(
         out_dir.join("report.json"),
         serde_json::to_string_pretty(&json)?,

@@ -7,6 +7,7 @@ pub mod record;
 pub mod replay;
 pub mod run;
 pub mod status;
+pub mod unlock;
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -80,6 +81,16 @@ pub enum Command {
         /// Do not ask.
         #[arg(long)]
         yes: bool,
+    },
+    /// Unlock a role the storage quota locked (the way out of `manual_unlock: true`).
+    /// Asks the running agent (POST /api/v1/storage/unlock, accepted from this host only),
+    /// so its state machine, the audit and the notifications follow.
+    Unlock {
+        /// The role to unlock.
+        role: String,
+        /// The agent's HTTP address (its metrics.listen).
+        #[arg(long, default_value = "127.0.0.1:8181")]
+        addr: SocketAddr,
     },
     /// Check a policy file and exit 0 if it is usable, or print file:line:column: field: error.
     CheckConfig {

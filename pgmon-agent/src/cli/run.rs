@@ -94,6 +94,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         ));
     }
     runtime.spawn(crate::cli::emergency::on_sigusr1(monitor.clone()));
+    let storage = start_storage(&config, &runtime, &monitor, &metrics)?;
     runtime.spawn(attribution::serve(
         monitor,
         lookup_rx,
@@ -106,6 +107,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             status: status_tx,
             last_drain_ms: last_drain_ms.clone(),
+            storage,
         },
     ));
     tracing::info!(listen = %config.metrics.listen, "serving /metrics, /healthz, /api/v1/status");
@@ -231,6 +233,31 @@ fn start_budgets(
         cost_answers: answer_rx,
         protected: protected_rx,
     }))
+}
+
+/// When `storage.enabled`: loads the persisted quota state and starts the storage tasks
+/// on `runtime` (crate::storage); returns the handle the HTTP endpoint uses for status
+/// and unlock.
+fn start_storage(
+    config: &Config,
+    runtime: &tokio::runtime::Runtime,
+    monitor: &tokio_postgres::Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<crate::storage::StorageHandle>> {
+    if !config.storage.enabled {
+        return Ok(None);
+    }
+    let policy = config
+        .storage
+        .compile()
+        .map_err(|(field, message)| anyhow::anyhow!("{field}: {message}"))?;
+    let handle = runtime.block_on(crate::storage::start(
+        policy,
+        monitor.clone(),
+        config.cluster.data_directory.clone(),
+        metrics.storage.clone(),
+    ));
+    Ok(Some(handle))
 }
 
 /// Drains the ring buffer every `capture.drain_interval_ms` (or sooner when the kernel

@@ -178,9 +178,97 @@ pub fn render(s: &Status) -> String {
             );
         }
     }
+    if let Some(st) = &s.storage {
+        o.push_str(&render_storage(st, 50));
+    }
     for r in &s.roles {
         let _ = writeln!(o);
         o.push_str(&render_role_top(r, 5));
+    }
+    o
+}
+
+/// `bytes` in the largest binary unit that keeps it ≥ 1 (`12.0 MiB`).
+fn size(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// The storage section: databases not fully covered, then the `k` fullest roles with their
+/// usage, limits, state and the time left in a grace period.
+pub fn render_storage(st: &crate::storage::StorageStatus, k: usize) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o);
+    let recount = match (st.last_recount_seconds, st.last_recount_age_seconds) {
+        (Some(s), Some(age)) => format!("last full recount {s:.2} s long, {age:.0} s ago"),
+        _ => "no full recount yet".to_owned(),
+    };
+    let _ = writeln!(
+        o,
+        "storage   {} databases, {} roles limited{}; {recount}",
+        st.databases.len(),
+        st.roles.iter().filter(|r| r.limited).count(),
+        if st.dry_run { " (dry run)" } else { "" }
+    );
+    for d in &st.databases {
+        if !d.state.connected {
+            let _ = writeln!(
+                o,
+                "          database {}: not connected ({})",
+                d.name,
+                d.state.error.as_deref().unwrap_or("connecting")
+            );
+        } else if !d.state.sql_installed {
+            let _ = writeln!(
+                o,
+                "          database {}: sql/004_storage.sql not installed (periodic recount only)",
+                d.name
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "{:<20} {:>11} {:>11} {:>11} {:<7} {:>10}  note",
+        "storage role", "usage", "soft", "hard", "state", "time left"
+    );
+    for r in st.roles.iter().take(k) {
+        let left = r
+            .time_left_seconds
+            .map_or_else(|| "-".to_owned(), |s| format!("{s:.0} s"));
+        let mut note = Vec::new();
+        if r.state == crate::storage::state::Phase::Locked && r.manual_unlock {
+            note.push(format!("manual unlock: pgmon-agent unlock {}", r.role));
+        }
+        if !r.limited {
+            note.push("no longer limited by the policy".to_owned());
+        }
+        if let Some(e) = &r.enforcement_error {
+            note.push(e.clone());
+        }
+        let _ = writeln!(
+            o,
+            "{:<20} {:>11} {:>11} {:>11} {:<7} {:>10}  {}",
+            r.role,
+            r.usage_bytes.map_or_else(|| "uncounted".to_owned(), size),
+            size(r.soft_limit_bytes),
+            size(r.hard_limit_bytes),
+            r.state.as_str(),
+            left,
+            note.join("; ")
+        );
+    }
+    if st.roles.len() > k {
+        let _ = writeln!(o, "… and {} more (--json shows all)", st.roles.len() - k);
     }
     o
 }

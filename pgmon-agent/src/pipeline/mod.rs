@@ -423,6 +423,7 @@ impl Pipeline {
                 .as_ref()
                 .map(|l| l.budgets.status(self.now_ms))
                 .unwrap_or_default(),
+            storage: None,
         }
     }
 }

@@ -1,0 +1,62 @@
+//! `pgmon-agent unlock ROLE`: asks the running agent to unlock a role its storage quota
+//! locked (`POST /api/v1/storage/unlock?role=ROLE`). Going through the agent, rather than
+//! calling `pgmon.unlock_role` in SQL, keeps its state machine, the audit row, the log and
+//! the notifications in step; the agent accepts the request from loopback peers only.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context as _, bail};
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+/// Unlocks `role` through the agent at `addr`; prints what `pgmon.unlock_role` answered.
+pub fn unlock(addr: SocketAddr, role: &str) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let text = rt.block_on(async {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+        let uri: hyper::Uri = format!(
+            "http://{addr}/api/v1/storage/unlock?role={}",
+            percent_encode(role)
+        )
+        .parse()?;
+        let req = hyper::Request::post(uri).body(Empty::new())?;
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(40), client.request(req))
+            .await
+            .with_context(|| format!("no answer from the agent at {addr} within 40 s"))?
+            .with_context(|| {
+                format!("cannot reach the agent at {addr} (is `pgmon-agent run` running?)")
+            })?;
+        let code = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        let text = String::from_utf8_lossy(&body).trim().to_owned();
+        if !code.is_success() {
+            bail!("{role}: {text} (HTTP {code})");
+        }
+        Ok(text)
+    })?;
+    println!("{role}: {text}");
+    Ok(())
+}
+
+/// Escapes everything but unreserved characters (RFC 3986, section 2.3).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn role_names_are_escaped() {
+        assert_eq!(super::percent_encode("tenant_1"), "tenant_1");
+        assert_eq!(super::percent_encode("a b/é"), "a%20b%2F%C3%A9");
+    }
+}

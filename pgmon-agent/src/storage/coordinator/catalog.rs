@@ -1,0 +1,179 @@
+//! The catalog side of the coordinator: `pg_roles` (who is limited, with what limits,
+//! synced to every database) and `pg_database` (a task per database).
+
+use std::{collections::HashMap, sync::Arc};
+
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+use super::{Coordinator, DbEntry, RoleEntry};
+use crate::{
+    http::now_ms,
+    storage::{
+        DbName,
+        database::{DbCmd, DbState, DbTask, LimitTable},
+        policy::Limits,
+        state::{Phase, Quota},
+    },
+};
+
+impl Coordinator {
+    /// Lists the roles (limits, synced to every database) and the databases (a task for
+    /// each new one; a dropped one's bytes are forgotten).
+    pub(super) async fn refresh(&mut self, client: &Client) -> Result<(), tokio_postgres::Error> {
+        let now = now_ms();
+        let rows = client
+            .query(
+                "SELECT rolname::text, rolsuper OR rolreplication FROM pg_catalog.pg_roles",
+                &[],
+            )
+            .await?;
+        let mut listed = std::collections::HashSet::new();
+        for r in rows {
+            let (name, protected): (String, bool) = (r.get(0), r.get(1));
+            let limits = self.policy.limits_of(&name, protected);
+            listed.insert(name.clone());
+            match (self.roles.get_mut(&name), limits) {
+                (Some(e), Some(l)) => {
+                    if e.limits != l || !e.limited {
+                        self.metrics.limits(&name, &l);
+                    }
+                    (e.limits, e.limited) = (l, true);
+                }
+                (Some(e), None) if e.quota.phase == Phase::Locked => {
+                    if e.limited {
+                        tracing::warn!(role = %name, "storage: the policy no longer limits this role, but pgmon holds it locked; it stays locked until `pgmon-agent unlock {name}`");
+                    }
+                    e.limited = false;
+                }
+                (Some(_), None) => {
+                    self.roles.remove(&name);
+                    self.metrics.forget(&name);
+                }
+                (None, l) => {
+                    let p = self.persisted.remove(&name);
+                    let locked = p.as_ref().is_some_and(|p| p.quota.phase == Phase::Locked);
+                    let Some(limits) = l.or(locked.then_some(Limits {
+                        soft: 0,
+                        hard: 0,
+                        hard_grace_ms: 0,
+                        unlock_grace_ms: 0,
+                        manual_unlock: true,
+                    })) else {
+                        continue;
+                    };
+                    let quota = p.map_or_else(|| Quota::new(now), |p| p.quota);
+                    if l.is_some() {
+                        self.metrics.limits(&name, &limits);
+                    }
+                    self.metrics.phase(&name, quota.phase);
+                    self.roles.insert(
+                        name,
+                        RoleEntry {
+                            limits,
+                            limited: l.is_some(),
+                            quota,
+                            per_db: HashMap::new(),
+                            counted: false,
+                            last_count: HashMap::new(),
+                            due: HashMap::new(),
+                            enforcement_error: None,
+                        },
+                    );
+                }
+            }
+        }
+        // Dropped roles: nothing to enforce; a lock pgmon held is cleaned up by
+        // unlock_role ('role no longer exists').
+        let dropped: Vec<String> = self
+            .roles
+            .keys()
+            .filter(|r| !listed.contains(*r))
+            .cloned()
+            .collect();
+        for name in dropped {
+            if let Some(mut e) = self.roles.remove(&name)
+                && let Some(t) = e.quota.manual_unlock(&e.limits, now)
+            {
+                self.send(&name, t, &e, None);
+            }
+            self.metrics.forget(&name);
+        }
+        let mut table: LimitTable = self
+            .roles
+            .iter()
+            .filter(|(_, e)| e.limited)
+            .map(|(r, e)| {
+                let b = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                (r.clone(), b(e.limits.soft), b(e.limits.hard))
+            })
+            .collect();
+        table.sort();
+        self.limits_tx.send_if_modified(|t| {
+            let changed = **t != table;
+            if changed {
+                *t = Arc::new(table);
+            }
+            changed
+        });
+
+        let rows = client
+            .query(
+                "SELECT datname::text FROM pg_catalog.pg_database \
+                 WHERE datallowconn AND NOT datistemplate ORDER BY datname",
+                &[],
+            )
+            .await?;
+        let names: Vec<DbName> = rows.iter().map(|r| r.get::<_, String>(0).into()).collect();
+        let gone: Vec<DbName> = self
+            .dbs
+            .keys()
+            .filter(|d| !names.contains(d))
+            .cloned()
+            .collect();
+        for db in gone {
+            self.dbs.remove(&db);
+            tracing::info!(database = %db, "storage: database gone");
+            let affected: Vec<String> = self
+                .roles
+                .iter_mut()
+                .filter_map(|(r, e)| e.per_db.remove(&db).map(|_| r.clone()))
+                .collect();
+            for r in affected {
+                self.observe(&r, now);
+            }
+        }
+        for db in names {
+            if self.dbs.contains_key(&db) {
+                continue;
+            }
+            let (cmds, cmds_rx) = mpsc::unbounded_channel();
+            let mut config = self.monitor.clone();
+            config.dbname(&*db);
+            tokio::spawn(
+                DbTask {
+                    name: db.clone(),
+                    config,
+                    data_dir: self.data_dir.clone(),
+                    events: self.events.clone(),
+                    cmds: cmds_rx,
+                    limits: self.limits_tx.subscribe(),
+                    permits: self.permits.clone(),
+                }
+                .run(),
+            );
+            if let Some((epoch, _, pending)) = &mut self.epoch {
+                let _ = cmds.send(DbCmd::Full(*epoch));
+                pending.push(db.clone());
+            }
+            self.dbs.insert(
+                db,
+                DbEntry {
+                    cmds,
+                    state: DbState::default(),
+                },
+            );
+        }
+        Ok(())
+    }
+}

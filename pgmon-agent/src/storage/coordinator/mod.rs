@@ -1,0 +1,441 @@
+//! The coordinator: every limited role's [`Quota`] and its bytes per database; the list of
+//! databases (one [`DbTask`] each) and of roles (their limits, synced to every database);
+//! the counts (a notified role is recounted in that database at once, or when its usage
+//! cache TTL has passed since its last count there); the full recount every
+//! `recount_interval_seconds`; the timers; status and manual unlock. Transitions go to the
+//! enforcer in order; nothing here waits on the database except the catalog listings.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::{
+    DbName, Event,
+    database::{DbCmd, DbEvent, DbState, LimitTable, Scope},
+    enforce::{Enforce, Enforcer, Persisted},
+    metrics::{StorageMetrics, write_textfile},
+    notify::Notifier,
+    policy::{Compiled, Limits},
+    state::{Quota, Transition},
+};
+use crate::http::now_ms;
+
+/// The trigger notifies at most once per session, role and second (sql/004_storage.sql);
+/// a recount this long after a notified one sees what it kept quiet.
+pub const TRAILING_MS: u64 = 1_200;
+
+mod catalog;
+mod report;
+
+struct RoleEntry {
+    limits: Limits,
+    /// False: the policy no longer limits it, but pgmon still holds it locked.
+    limited: bool,
+    quota: Quota,
+    /// Bytes per database and when they were measured (unix ms).
+    per_db: HashMap<DbName, (u64, u64)>,
+    /// Counted since the agent started (timers wait for it: a persisted usage may be stale).
+    counted: bool,
+    /// Last count per database (unix ms), for the usage cache TTL.
+    last_count: HashMap<DbName, u64>,
+    /// Counts due per database: (unix ms, trailing). A notified count is followed by one
+    /// trailing count [`TRAILING_MS`] or the TTL later, whichever is longer.
+    due: HashMap<DbName, (u64, bool)>,
+    enforcement_error: Option<String>,
+}
+
+struct DbEntry {
+    cmds: mpsc::UnboundedSender<DbCmd>,
+    state: DbState,
+}
+
+/// See the module documentation.
+pub struct Coordinator {
+    policy: Arc<Compiled>,
+    monitor: tokio_postgres::Config,
+    data_dir: Arc<PathBuf>,
+    metrics: StorageMetrics,
+    events: mpsc::UnboundedSender<Event>,
+    enforcer: mpsc::UnboundedSender<Enforce>,
+    enforcer_rx: Option<mpsc::UnboundedReceiver<Enforce>>,
+    roles: HashMap<String, RoleEntry>,
+    /// Persisted states of roles not seen in pg_roles yet.
+    persisted: HashMap<String, Persisted>,
+    dbs: BTreeMap<DbName, DbEntry>,
+    limits_tx: watch::Sender<Arc<LimitTable>>,
+    permits: Arc<Semaphore>,
+    /// The running full recount: (epoch, started, databases not answered yet).
+    epoch: Option<(u64, Instant, Vec<DbName>)>,
+    next_epoch: u64,
+    last_recount: Option<(f64, Instant)>,
+    textfile_dirty: bool,
+    /// The first full recount has finished: every database's bytes are known, so sums
+    /// are true and the state machines may run (before it, a role's bytes in the
+    /// databases not counted yet would look like 0, and a resumed grace would be cleared).
+    ready: bool,
+}
+
+impl Coordinator {
+    /// A coordinator seeded with `persisted` states (applied when each role is listed).
+    pub fn new(
+        policy: Compiled,
+        monitor: tokio_postgres::Config,
+        data_dir: PathBuf,
+        metrics: StorageMetrics,
+        events: mpsc::UnboundedSender<Event>,
+        persisted: HashMap<String, Persisted>,
+    ) -> Self {
+        let (enforcer, enforcer_rx) = mpsc::unbounded_channel();
+        Self {
+            policy: Arc::new(policy),
+            monitor,
+            data_dir: Arc::new(data_dir),
+            metrics,
+            events,
+            enforcer,
+            enforcer_rx: Some(enforcer_rx),
+            roles: HashMap::new(),
+            persisted,
+            dbs: BTreeMap::new(),
+            limits_tx: watch::Sender::new(Arc::new(Vec::new())),
+            permits: Arc::new(Semaphore::new(2)),
+            epoch: None,
+            next_epoch: 1,
+            last_recount: None,
+            textfile_dirty: false,
+            ready: false,
+        }
+    }
+
+    /// Serves until the runtime shuts down.
+    pub async fn serve(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+        let p = &self.policy.policy;
+        let enforcer = Enforcer {
+            config: self.monitor.clone(),
+            dry_run: p.dry_run,
+            batch: self.policy.termination_batch,
+            metrics: self.metrics.clone(),
+            notifier: Notifier::start(&p.notifications, self.metrics.clone()),
+            events: self.events.clone(),
+        };
+        if let Some(erx) = self.enforcer_rx.take() {
+            tokio::spawn(enforcer.serve(erx));
+        }
+        let mut refresh = tokio::time::interval(Duration::from_secs(p.refresh_interval_seconds));
+        let mut recount = tokio::time::interval(Duration::from_secs(p.recount_interval_seconds));
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut textfile_at = Instant::now();
+        // The first refresh lists roles and databases; the first recount follows it.
+        let first = super::connect_with_backoff(&self.monitor, "storage catalog").await;
+        if let Err(e) = self.refresh(&first).await {
+            tracing::warn!(error = %e, "storage: listing pg_roles/pg_database failed");
+        }
+        let mut client = Some(first);
+        refresh.tick().await;
+        recount.tick().await;
+        self.start_recount();
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => self.on_event(ev),
+                    None => return,
+                },
+                _ = refresh.tick() => {
+                    let c = match client.take() {
+                        Some(c) if !c.is_closed() => c,
+                        _ => super::connect_with_backoff(&self.monitor, "storage catalog").await,
+                    };
+                    match self.refresh(&c).await {
+                        Ok(()) => client = Some(c),
+                        Err(e) => tracing::warn!(error = %e, "storage: listing pg_roles/pg_database failed"),
+                    }
+                }
+                _ = recount.tick() => self.start_recount(),
+                _ = tick.tick() => {
+                    self.on_tick();
+                    if self.textfile_dirty && textfile_at.elapsed() >= Duration::from_secs(1) {
+                        self.write_textfile();
+                        textfile_at = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    fn write_textfile(&mut self) {
+        self.textfile_dirty = false;
+        if let Some(path) = &self.policy.policy.textfile
+            && let Err(e) = write_textfile(path, &self.metrics.encode())
+        {
+            tracing::warn!(path = %path.display(), error = %e, "storage: textfile not written");
+        }
+    }
+
+    fn start_recount(&mut self) {
+        if let Some((epoch, started, pending)) = &self.epoch {
+            tracing::warn!(epoch, after = ?started.elapsed(), waiting_for = ?pending, "storage: the previous full recount has not finished; starting another");
+        }
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        let mut pending = Vec::new();
+        for (db, e) in &self.dbs {
+            if e.cmds.send(DbCmd::Full(epoch)).is_ok() {
+                pending.push(db.clone());
+            }
+        }
+        self.epoch = Some((epoch, Instant::now(), pending));
+        self.finish_epoch_if_done();
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        let now = now_ms();
+        match ev {
+            Event::Db(DbEvent::Notified { db, role }) => {
+                let ttl = self.policy.usage_ttl_ms;
+                let Some(e) = self.roles.get_mut(&role) else {
+                    return;
+                };
+                let last = e.last_count.get(&db).copied().unwrap_or(0);
+                let at = (last + ttl).max(now);
+                let due = e.due.entry(db).or_insert((at, false));
+                *due = (due.0.min(at), false);
+                if at <= now {
+                    self.flush_due(now);
+                }
+            }
+            Event::Db(DbEvent::Counted {
+                db,
+                scope,
+                bytes,
+                started_ms,
+                epoch,
+            }) => self.on_counted(db, scope, bytes, started_ms, epoch, now),
+            Event::Db(DbEvent::State { db, state }) => {
+                if !state.connected
+                    && let Some((_, _, pending)) = &mut self.epoch
+                {
+                    pending.retain(|d| *d != db);
+                    self.finish_epoch_if_done();
+                }
+                if let Some(e) = self.dbs.get_mut(&db) {
+                    e.state = state;
+                }
+            }
+            Event::Enforced { role, result, ok } => {
+                if let Some(e) = self.roles.get_mut(&role) {
+                    e.enforcement_error = (!ok).then_some(result);
+                }
+            }
+            Event::Status(reply) => {
+                let _ = reply.send(self.status(now));
+            }
+            Event::Unlock { role, reply } => {
+                let unlocked = self.roles.get_mut(&role).map(|e| {
+                    let phase = e.quota.phase;
+                    (e.quota.manual_unlock(&e.limits, now), phase)
+                });
+                match unlocked {
+                    None => {
+                        let _ = reply.send(Err(format!(
+                            "role {role:?} has no storage quota here (not limited by the policy, or unknown)"
+                        )));
+                    }
+                    Some((None, phase)) => {
+                        let _ = reply.send(Err(format!(
+                            "role {role:?} is not locked by pgmon's storage quota (state: {})",
+                            phase.as_str()
+                        )));
+                    }
+                    Some((Some(t), _)) => {
+                        let e = &self.roles[&role];
+                        self.send(&role, t, e, Some(reply));
+                        if !e.limited {
+                            self.roles.remove(&role);
+                            self.metrics.forget(&role);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_counted(
+        &mut self,
+        db: DbName,
+        scope: Scope,
+        bytes: HashMap<String, u64>,
+        started_ms: u64,
+        epoch: Option<u64>,
+        now: u64,
+    ) {
+        let record = |role: &str, e: &mut RoleEntry| -> bool {
+            let b = bytes.get(role).copied().unwrap_or(0);
+            match e.per_db.get(&db) {
+                Some((_, at)) if *at > started_ms => false,
+                _ => {
+                    e.per_db.insert(db.clone(), (b, started_ms));
+                    true
+                }
+            }
+        };
+        let mut changed = Vec::new();
+        match scope {
+            Scope::All => {
+                for (r, e) in self.roles.iter_mut() {
+                    if record(r, e) {
+                        changed.push(r.clone());
+                    }
+                }
+            }
+            Scope::Roles(list) => {
+                for r in list {
+                    if let Some(e) = self.roles.get_mut(&r)
+                        && record(&r, e)
+                    {
+                        changed.push(r);
+                    }
+                }
+            }
+        }
+        for r in changed {
+            self.observe(&r, now);
+        }
+        if let Some(epoch) = epoch
+            && let Some((current, _, pending)) = &mut self.epoch
+            && *current == epoch
+        {
+            pending.retain(|d| *d != db);
+            self.finish_epoch_if_done();
+        }
+    }
+
+    fn finish_epoch_if_done(&mut self) {
+        if let Some((epoch, started, pending)) = &self.epoch
+            && pending.is_empty()
+        {
+            let secs = started.elapsed().as_secs_f64();
+            self.metrics.recount_seconds(secs);
+            tracing::debug!(epoch, seconds = secs, "storage: full recount done");
+            self.last_recount = Some((secs, Instant::now()));
+            self.epoch = None;
+            self.textfile_dirty = true;
+            if !self.ready {
+                self.ready = true;
+                let now = now_ms();
+                let roles: Vec<String> = self.roles.keys().cloned().collect();
+                for r in roles {
+                    self.observe(&r, now);
+                }
+            }
+        }
+    }
+
+    /// Sums `role`'s bytes over the databases and runs its state machine.
+    fn observe(&mut self, role: &str, now: u64) {
+        if !self.ready {
+            return;
+        }
+        let Some(e) = self.roles.get_mut(role) else {
+            return;
+        };
+        let total: u64 = e.per_db.values().map(|(b, _)| b).sum();
+        e.counted = true;
+        let before = e.quota.under_since_ms;
+        let ts = e.quota.observe(total, &e.limits, now);
+        self.metrics.usage(role, total);
+        self.textfile_dirty = true;
+        self.after(role, ts, before);
+    }
+
+    fn on_tick(&mut self) {
+        let now = now_ms();
+        self.flush_due(now);
+        let mut fired = Vec::new();
+        for (r, e) in self.roles.iter_mut() {
+            if !e.counted {
+                continue;
+            }
+            let before = e.quota.under_since_ms;
+            let ts = e.quota.tick(&e.limits, now);
+            if !ts.is_empty() || before != e.quota.under_since_ms {
+                fired.push((r.clone(), ts, before));
+            }
+        }
+        for (r, ts, before) in fired {
+            self.after(&r, ts, before);
+        }
+    }
+
+    /// Sends the counts that are due, one command per database; each notified (not
+    /// trailing) one schedules its trailing count.
+    fn flush_due(&mut self, now: u64) {
+        let trail = self.policy.usage_ttl_ms.max(TRAILING_MS);
+        let mut per_db: HashMap<DbName, Vec<String>> = HashMap::new();
+        for (r, e) in self.roles.iter_mut() {
+            let mut trailing = Vec::new();
+            e.due.retain(|db, (at, is_trailing)| {
+                if *at > now {
+                    return true;
+                }
+                per_db.entry(db.clone()).or_default().push(r.clone());
+                if !*is_trailing {
+                    e.last_count.insert(db.clone(), now);
+                    trailing.push(db.clone());
+                }
+                false
+            });
+            for db in trailing {
+                e.due.insert(db, (now + trail, true));
+            }
+        }
+        for (db, roles) in per_db {
+            if let Some(d) = self.dbs.get(&db) {
+                let _ = d.cmds.send(DbCmd::Count(roles));
+            }
+        }
+    }
+
+    /// Handles transitions (and a change of the unlock timer) of `role`.
+    fn after(&mut self, role: &str, ts: Vec<Transition>, under_before: Option<u64>) {
+        if !ts.is_empty() {
+            self.textfile_dirty = true;
+        }
+        let Some(e) = self.roles.get(role) else {
+            return;
+        };
+        if ts.is_empty() {
+            if under_before != e.quota.under_since_ms {
+                let _ = self.enforcer.send(Enforce::Persist {
+                    role: role.to_owned(),
+                    quota: e.quota.clone(),
+                });
+            }
+            return;
+        }
+        for t in ts {
+            self.send(role, t, e, None);
+        }
+    }
+
+    fn send(
+        &self,
+        role: &str,
+        transition: Transition,
+        e: &RoleEntry,
+        reply: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
+    ) {
+        self.metrics.phase(role, e.quota.phase);
+        let _ = self.enforcer.send(Enforce::Transition {
+            role: role.to_owned(),
+            transition,
+            limits: e.limits,
+            quota: e.quota.clone(),
+            reply,
+        });
+    }
+}

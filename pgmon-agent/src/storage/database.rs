@@ -1,0 +1,318 @@
+//! One task per database: its connection (reopened with backoff), the check that
+//! sql/004_storage.sql is installed there, the sync of `pgmon.storage_limits` from the
+//! policy followed by the walk that attaches the triggers, `LISTEN pgmon_storage`, and the
+//! counts the coordinator asks for. On every reconnect it resyncs and recounts the whole
+//! database (notifications sent while it was away are lost).
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use super::{Event, usage};
+use crate::http::now_ms;
+
+/// The notification channel of sql/004_storage.sql (003's is `pgmon_ddl`).
+pub const CHANNEL: &str = "pgmon_storage";
+
+/// The limited roles as synced: (role, soft bytes, hard bytes), sorted by role.
+pub type LimitTable = Vec<(String, i64, i64)>;
+
+/// Which roles a count covers.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    /// Every role: roles absent from the result own nothing in this database.
+    All,
+    /// These roles only.
+    Roles(Vec<String>),
+}
+
+/// What a database task reports.
+#[derive(Debug)]
+pub enum DbEvent {
+    /// A trigger or the event trigger notified for `role`.
+    Notified { db: Arc<str>, role: String },
+    /// Bytes per role in `db`, measured from `started_ms` (unix ms); `epoch` when it was
+    /// part of a full recount of every database.
+    Counted {
+        db: Arc<str>,
+        scope: Scope,
+        bytes: HashMap<String, u64>,
+        started_ms: u64,
+        epoch: Option<u64>,
+    },
+    /// The connection's state changed.
+    State { db: Arc<str>, state: DbState },
+}
+
+/// A database as `status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DbState {
+    pub connected: bool,
+    /// sql/004_storage.sql is installed: triggers attached, notifications heard.
+    pub sql_installed: bool,
+    /// The last error (connection, sync), if the last attempt failed.
+    pub error: Option<String>,
+}
+
+/// What the coordinator asks of a database task.
+#[derive(Debug)]
+pub enum DbCmd {
+    /// Count these roles now.
+    Count(Vec<String>),
+    /// Count every role, as part of full recount `epoch`.
+    Full(u64),
+}
+
+/// A database's task.
+pub struct DbTask {
+    pub name: Arc<str>,
+    /// The monitor connection's settings with `dbname` set to this database.
+    pub config: tokio_postgres::Config,
+    pub data_dir: Arc<PathBuf>,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub cmds: mpsc::UnboundedReceiver<DbCmd>,
+    pub limits: watch::Receiver<Arc<LimitTable>>,
+    /// Bounds how many full counts run at once across databases (file-system work).
+    pub permits: Arc<Semaphore>,
+}
+
+/// Why a session ended.
+enum End {
+    /// The coordinator dropped this database (or is shutting down).
+    Stop,
+    /// Reconnect, after this error.
+    Retry(String),
+}
+
+impl DbTask {
+    /// Runs until the coordinator drops the command channel.
+    pub async fn run(mut self) {
+        let mut delay = Duration::from_millis(500);
+        let mut first = true;
+        loop {
+            match self.session(first).await {
+                End::Stop => return,
+                End::Retry(e) => {
+                    tracing::warn!(database = %self.name, error = %e, retry_in = ?delay, "storage: database connection");
+                    self.report(DbState {
+                        connected: false,
+                        sql_installed: false,
+                        error: Some(e),
+                    });
+                }
+            }
+            first = false;
+            // Wait, but keep answering: a full recount asked meanwhile is simply skipped
+            // (the coordinator stops waiting for a disconnected database).
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    cmd = self.cmds.recv() => if cmd.is_none() { return },
+                }
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    fn report(&self, state: DbState) {
+        let _ = self.events.send(Event::Db(DbEvent::State {
+            db: self.name.clone(),
+            state,
+        }));
+    }
+
+    async fn session(&mut self, first: bool) -> End {
+        let (client, mut connection) = match self.config.connect(NoTls).await {
+            Ok(c) => c,
+            Err(e) => return End::Retry(crate::capture::error_chain(&e)),
+        };
+        let (ntx, mut nrx) = mpsc::unbounded_channel::<String>();
+        let driver = tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) if n.channel() == CHANNEL => {
+                        if ntx.send(n.payload().to_owned()).is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
+        });
+        let _driver = AbortOnDrop(driver);
+        let client = Arc::new(client);
+        let installed = match client
+            .query_one(
+                "SELECT to_regprocedure('pgmon.storage_attach_batch(oid, integer)') IS NOT NULL",
+                &[],
+            )
+            .await
+        {
+            Ok(row) => row.get::<_, bool>(0),
+            Err(e) => return End::Retry(crate::capture::error_chain(&e)),
+        };
+        if installed {
+            let table = self.limits.borrow_and_update().clone();
+            if let Err(e) = sync_limits(&client, &self.name, &table).await {
+                return End::Retry(format!("syncing pgmon.storage_limits: {e}"));
+            }
+            if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                return End::Retry(crate::capture::error_chain(&e));
+            }
+        } else {
+            tracing::warn!(database = %self.name, "storage: sql/004_storage.sql is not installed in this database: its usage is counted by the periodic recount only (install it as a superuser: psql -d DB -f sql/004_storage.sql)");
+        }
+        self.report(DbState {
+            connected: true,
+            sql_installed: installed,
+            error: None,
+        });
+        if !first {
+            self.count(&client, Scope::All, None);
+        }
+        loop {
+            tokio::select! {
+                n = nrx.recv() => match n {
+                    Some(role) => {
+                        let _ = self.events.send(Event::Db(DbEvent::Notified { db: self.name.clone(), role }));
+                    }
+                    None => return End::Retry("connection lost".into()),
+                },
+                cmd = self.cmds.recv() => match cmd {
+                    None => return End::Stop,
+                    Some(DbCmd::Count(roles)) => self.count(&client, Scope::Roles(roles), None),
+                    Some(DbCmd::Full(epoch)) => {
+                        if !installed {
+                            // Installed since? A fresh session syncs and listens.
+                            if let Ok(row) = client.query_one("SELECT to_regprocedure('pgmon.storage_attach_batch(oid, integer)') IS NOT NULL", &[]).await
+                                && row.get::<_, bool>(0)
+                            {
+                                return End::Retry("sql/004_storage.sql installed meanwhile; reconnecting to listen".into());
+                            }
+                        }
+                        self.count(&client, Scope::All, Some(epoch));
+                    }
+                },
+                changed = self.limits.changed(), if installed => {
+                    if changed.is_err() { return End::Stop }
+                    let table = self.limits.borrow_and_update().clone();
+                    if let Err(e) = sync_limits(&client, &self.name, &table).await {
+                        return End::Retry(format!("syncing pgmon.storage_limits: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts `scope` on a task of its own: the query goes on this connection (queued
+    /// behind any other), the stat(2) calls on the blocking pool.
+    fn count(&self, client: &Arc<Client>, scope: Scope, epoch: Option<u64>) {
+        let (client, db, events, dir) = (
+            client.clone(),
+            self.name.clone(),
+            self.events.clone(),
+            self.data_dir.clone(),
+        );
+        let permits = self.permits.clone();
+        tokio::spawn(async move {
+            let _permit = match scope {
+                Scope::All => permits.acquire_owned().await.ok(),
+                Scope::Roles(_) => None,
+            };
+            let started_ms = now_ms();
+            let rows = match &scope {
+                Scope::All => client.query(usage::ALL_SQL, &[]).await,
+                Scope::Roles(r) => client.query(usage::ROLES_SQL, &[r]).await,
+            };
+            let rows = match rows {
+                Ok(rows) => rows
+                    .into_iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1)))
+                    .collect::<Vec<_>>(),
+                Err(e) => {
+                    tracing::warn!(database = %db, error = %e, "storage: count failed");
+                    return;
+                }
+            };
+            let Ok(bytes) =
+                tokio::task::spawn_blocking(move || usage::sum_by_owner(&dir, rows)).await
+            else {
+                return;
+            };
+            let _ = events.send(Event::Db(DbEvent::Counted {
+                db,
+                scope,
+                bytes,
+                started_ms,
+                epoch,
+            }));
+        });
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Replaces `pgmon.storage_limits` in `db` with `table` (one statement), then walks the
+/// tables whose trigger must be attached, corrected or removed with
+/// `pgmon.storage_attach_batch`, 50 tables per call, each call its own short transaction.
+/// This is the sync the agent runs at start, on every reconnect, and whenever the limited
+/// roles change.
+pub async fn sync_limits(
+    client: &Client,
+    db: &str,
+    table: &LimitTable,
+) -> Result<(), tokio_postgres::Error> {
+    let names: Vec<&str> = table.iter().map(|(r, _, _)| r.as_str()).collect();
+    let soft: Vec<i64> = table.iter().map(|(_, s, _)| *s).collect();
+    let hard: Vec<i64> = table.iter().map(|(_, _, h)| *h).collect();
+    client
+        .execute(
+            "WITH v AS (SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[]) AS v(r, s, h)), \
+             gone AS (DELETE FROM pgmon.storage_limits l \
+                      WHERE NOT EXISTS (SELECT FROM v WHERE v.r = l.rolname::text)) \
+             INSERT INTO pgmon.storage_limits (rolname, soft_limit, hard_limit) \
+             SELECT r, s, h FROM v \
+             ON CONFLICT (rolname) DO UPDATE \
+               SET soft_limit = EXCLUDED.soft_limit, hard_limit = EXCLUDED.hard_limit, synced_at = now() \
+             WHERE (pgmon.storage_limits.soft_limit, pgmon.storage_limits.hard_limit) \
+                   IS DISTINCT FROM (EXCLUDED.soft_limit, EXCLUDED.hard_limit)",
+            &[&names, &soft, &hard],
+        )
+        .await?;
+    let (mut attached, mut detached, mut busy) = (0, 0, 0);
+    let mut after: Option<u32> = None;
+    loop {
+        let row = client
+            .query_one(
+                "SELECT next_after, attached, detached, busy FROM pgmon.storage_attach_batch($1, 50)",
+                &[&after],
+            )
+            .await?;
+        attached += row.get::<_, i32>(1);
+        detached += row.get::<_, i32>(2);
+        busy += row.get::<_, i32>(3);
+        after = row.get(0);
+        if after.is_none() {
+            break;
+        }
+    }
+    tracing::info!(
+        database = db,
+        limited_roles = table.len(),
+        attached,
+        detached,
+        busy,
+        "storage: limits synced"
+    );
+    Ok(())
+}

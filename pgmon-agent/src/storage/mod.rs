@@ -1,0 +1,217 @@
+//! Per-role storage quotas (issue 4): soft and hard limits on the bytes each role owns in
+//! every database, a grace period past the hard limit, then its sessions terminated and
+//! `NOLOGIN`; unlocked once back under the hard limit for the unlock grace period, or only
+//! by `pgmon-agent unlock ROLE` where the policy says `manual_unlock`.
+//!
+//! Tasks, all on the agent's tokio runtime:
+//! - [`coordinator`]: owns every role's [`state::Quota`] and usage, lists `pg_database`
+//!   and `pg_roles`, schedules counts, runs the timers, answers status and unlock.
+//! - [`database`]: one per database: LISTEN for sql/004_storage.sql's notifications, sync
+//!   of the limits, counts ([`usage`]).
+//! - [`enforce`]: applies transitions in the monitor database (lock, unlock, audit,
+//!   persisted state) in order.
+//! - [`notify`]: Slack and JSON webhooks, off the enforcement path.
+
+pub mod coordinator;
+pub mod database;
+pub mod enforce;
+pub mod metrics;
+pub mod notify;
+pub mod policy;
+pub mod state;
+pub mod usage;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use backon::{ExponentialBuilder, Retryable};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Client;
+
+use database::{DbEvent, DbState};
+use state::Phase;
+
+/// What the coordinator receives.
+#[derive(Debug)]
+pub enum Event {
+    /// From a database task.
+    Db(DbEvent),
+    /// The enforcer applied (or failed to apply) a transition of `role`.
+    Enforced {
+        role: String,
+        result: String,
+        ok: bool,
+    },
+    /// `GET /api/v1/status`.
+    Status(oneshot::Sender<StorageStatus>),
+    /// `POST /api/v1/storage/unlock?role=…` (`pgmon-agent unlock ROLE`).
+    Unlock {
+        role: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+}
+
+/// The storage section of `/api/v1/status`.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct StorageStatus {
+    pub dry_run: bool,
+    /// Usage cache TTL after a notification, seconds.
+    pub usage_ttl_seconds: f64,
+    /// Duration of the last full recount, seconds; `None` before the first finishes.
+    pub last_recount_seconds: Option<f64>,
+    /// Seconds since the last full recount finished.
+    pub last_recount_age_seconds: Option<f64>,
+    pub databases: Vec<DatabaseStatus>,
+    /// Limited roles (and roles pgmon still holds locked), the fullest first (usage ÷
+    /// hard limit).
+    pub roles: Vec<RoleStorageStatus>,
+}
+
+/// One database.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct DatabaseStatus {
+    pub name: String,
+    #[serde(flatten)]
+    pub state: DbState,
+}
+
+/// One role.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RoleStorageStatus {
+    pub role: String,
+    /// Bytes, all databases; `None` until first counted.
+    pub usage_bytes: Option<u64>,
+    pub soft_limit_bytes: u64,
+    pub hard_limit_bytes: u64,
+    pub state: Phase,
+    /// Seconds in this state.
+    pub state_seconds: f64,
+    /// Seconds left in the hard grace period (hard), or until the automatic unlock
+    /// (locked and back under the hard limit).
+    pub time_left_seconds: Option<f64>,
+    pub manual_unlock: bool,
+    /// False for a role pgmon still holds locked although the policy no longer limits it
+    /// (it waits for `pgmon-agent unlock`).
+    pub limited: bool,
+    /// The last lock or unlock's result, when it was not applied (refused, failed).
+    pub enforcement_error: Option<String>,
+}
+
+/// How the HTTP endpoint reaches the coordinator.
+#[derive(Clone)]
+pub struct StorageHandle {
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl StorageHandle {
+    /// The current storage status; `None` if the coordinator is gone or busy for 5 s.
+    pub async fn status(&self) -> Option<StorageStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Event::Status(tx)).ok()?;
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Unlocks `role` by hand: `Ok` with what `pgmon.unlock_role` said, or why not.
+    pub async fn unlock(&self, role: String) -> Result<String, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Event::Unlock { role, reply: tx })
+            .map_err(|_| "the storage coordinator has stopped".to_owned())?;
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .map_err(|_| "no answer within 30 s".to_owned())?
+            .map_err(|_| "the storage coordinator dropped the request".to_owned())?
+    }
+}
+
+/// Starts the storage tasks on the current runtime (call inside it): loads the persisted
+/// state, then spawns the coordinator (which spawns the rest).
+pub async fn start(
+    policy: policy::Compiled,
+    monitor: tokio_postgres::Config,
+    data_dir: PathBuf,
+    metrics: metrics::StorageMetrics,
+) -> StorageHandle {
+    let persisted = match tokio::time::timeout(Duration::from_secs(10), enforce::load(&monitor))
+        .await
+    {
+        Ok(p) => p,
+        Err(_) => {
+            tracing::error!(
+                "storage: monitor database unreachable for 10 s; starting without the persisted quota state (locks pgmon holds stay in pgmon.role_locks and are picked up at the next start)"
+            );
+            Default::default()
+        }
+    };
+    tracing::info!(
+        dry_run = policy.policy.dry_run,
+        usage_ttl_ms = policy.usage_ttl_ms,
+        termination_batch = policy.termination_batch,
+        restored = persisted.len(),
+        "storage quotas on"
+    );
+    let (tx, rx) = mpsc::unbounded_channel();
+    let c =
+        coordinator::Coordinator::new(policy, monitor, data_dir, metrics, tx.clone(), persisted);
+    tokio::spawn(c.serve(rx));
+    StorageHandle { tx }
+}
+
+/// Opens a session with `config`, retrying with exponential backoff (0.5 s doubling to
+/// 30 s, with jitter) for as long as it takes.
+pub async fn connect_with_backoff(config: &tokio_postgres::Config, what: &'static str) -> Client {
+    let connect_once = || crate::attribution::connect(config);
+    let retried = connect_once
+        .retry(
+            ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(Duration::from_secs(30))
+                .with_jitter()
+                .without_max_times(),
+        )
+        .notify(|e, wait| {
+            tracing::warn!(error = %crate::capture::error_chain(e), retry_in = ?wait, "{what}: connection failed")
+        })
+        .await;
+    retried.expect("retries without limit")
+}
+
+/// `ms` since the UNIX epoch as RFC 3339 UTC with milliseconds (`2024-05-01T12:00:00.000Z`);
+/// days to civil date after Howard Hinnant's `civil_from_days`.
+pub fn rfc3339(ms: u64) -> String {
+    let (secs, milli) = (ms / 1000, ms % 1000);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A database name, shared by the coordinator and the database tasks.
+pub type DbName = Arc<str>;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(
+            super::rfc3339(1_714_564_800_000),
+            "2024-05-01T12:00:00.000Z"
+        );
+    }
+}

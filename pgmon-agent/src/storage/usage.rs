@@ -1,0 +1,121 @@
+//! A role's usage: the bytes of every relation it owns in every database (tables, their
+//! TOAST tables, indexes, materialized views, sequences; temporary tables too), every fork
+//! (main with all its 1 GB segments, free space map, visibility map, init).
+//!
+//! One query per database lists each such relation's owner and file path
+//! (`pg_relation_filepath`, which reads the catalog and takes no lock; PostgreSQL docs,
+//! section 9.28.7 "Database Object Management Functions"); the agent, which runs on the
+//! database host, then stats the files under `cluster.data_directory` itself. That gives
+//! the same bytes as `pg_relation_size` per fork (which stats the same files) without its
+//! cost to the database: `pg_relation_size` takes an AccessShareLock on every relation,
+//! so a recount would wait behind any tenant's long ALTER TABLE or TRUNCATE, and it opens
+//! every relation in the recounting backend's relcache (hundreds of MB for 100 000
+//! relations, kept for the session's life).
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+/// Relations with storage owned by non-superusers: (owner, path relative to the data
+/// directory). relkind r = table, i = index, t = TOAST table, m = materialized view,
+/// S = sequence (docs, "pg_class"); partitioned tables and indexes have no storage.
+pub const ALL_SQL: &str = "SELECT o.rolname::text, pg_catalog.pg_relation_filepath(c.oid) \
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles o ON o.oid = c.relowner \
+     WHERE c.relkind IN ('r', 'i', 't', 'm', 'S') AND NOT o.rolsuper";
+
+/// [`ALL_SQL`] for the roles in `$1` (`text[]`) only.
+pub const ROLES_SQL: &str = "SELECT o.rolname::text, pg_catalog.pg_relation_filepath(c.oid) \
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles o ON o.oid = c.relowner \
+     WHERE c.relkind IN ('r', 'i', 't', 'm', 'S') AND NOT o.rolsuper \
+       AND o.rolname::text = ANY ($1)";
+
+/// Size of one file, 0 when it does not exist (a relation dropped meanwhile, a fork it
+/// never had).
+fn file_bytes(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Bytes of the relation whose main fork is `main` (absolute): the main fork's segments
+/// `main`, `main.1`, `main.2`, … (storage layout: docs, section 73.1 "Database File
+/// Layout") up to the first missing one, then `main_fsm`, `main_vm`, `main_init`.
+pub fn relation_bytes(main: &Path) -> u64 {
+    let mut total = file_bytes(main);
+    let name = main.as_os_str().to_owned();
+    let with = |suffix: &str| {
+        let mut p = name.clone();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    for seg in 1.. {
+        match std::fs::metadata(with(&format!(".{seg}"))) {
+            Ok(m) => total += m.len(),
+            Err(_) => break,
+        }
+    }
+    for fork in ["_fsm", "_vm", "_init"] {
+        total += file_bytes(&with(fork));
+    }
+    total
+}
+
+/// Sums the relations of each owner; rows whose path is NULL (no storage) count 0.
+/// Blocking (file system): call from `spawn_blocking`.
+pub fn sum_by_owner(data_dir: &Path, rows: Vec<(String, Option<String>)>) -> HashMap<String, u64> {
+    let mut out: HashMap<String, u64> = HashMap::new();
+    for (owner, path) in rows {
+        let bytes = path.map_or(0, |p| relation_bytes(&data_dir.join(p)));
+        *out.entry(owner).or_default() += bytes;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_segment_and_fork_counts() {
+        let dir = tempfile_dir();
+        let base = dir.join("base/5");
+        std::fs::create_dir_all(&base).unwrap();
+        for (name, len) in [
+            ("16384", 1000),
+            ("16384.1", 200),
+            ("16384.2", 30),
+            ("16384.4", 99999), // after a gap: not a segment of this relation
+            ("16384_fsm", 4),
+            ("16384_vm", 5),
+            ("16385", 7),
+        ] {
+            std::fs::write(base.join(name), vec![0u8; len]).unwrap();
+        }
+        assert_eq!(relation_bytes(&base.join("16384")), 1239);
+        let sums = sum_by_owner(
+            &dir,
+            vec![
+                ("a".into(), Some("base/5/16384".into())),
+                ("a".into(), Some("base/5/16385".into())),
+                ("a".into(), None),
+                ("b".into(), Some("base/5/gone".into())),
+            ],
+        );
+        assert_eq!(sums["a"], 1246);
+        assert_eq!(
+            sums["b"], 0,
+            "a missing file is 0, the owner is still there"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "pgmon-usage-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

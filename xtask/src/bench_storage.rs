@@ -1,0 +1,344 @@
+//! The storage-quota figures issue 4 names, for `cargo xtask bench` (one PostgreSQL 15
+//! cluster, the agent with `storage.enabled`, mode `enterprise_db`):
+//!
+//! 1. Full recount: `--storage-roles` roles owning `--storage-tables` tables each (with a
+//!    primary key: a table, its index, its TOAST table and that one's index), time of the
+//!    agent's full recount of every database (`pgmon_storage_recount_seconds`, median of
+//!    three) and the agent's RSS. Target < 2 s for 10 000 × 5.
+//! 2. Lock latency: a role with grace 0 and three idle sessions commits an INSERT past its
+//!    hard limit; a superuser session polling on the server (1 ms) times from the moment
+//!    the rows are visible (the commit) to the moment the role has no session left and
+//!    `rolcanlogin` is false. p50 and p99 over `--storage-samples` roles. Target p99 < 1 s.
+//! 3. Write overhead: `pgbench` TPC-B-like (default script) with the pgmon_storage_notify
+//!    triggers enabled ÷ disabled (ALTER TABLE … DISABLE TRIGGER: the same tables, the
+//!    agent listening either way), within each round, the order alternating; median ratio.
+//!    Target ≥ 0.97.
+
+use std::{fmt::Write as _, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use pgmon_tests::{
+    Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Transport, free_port, quote_ident,
+};
+
+/// Arguments of the storage benchmark (part of `cargo xtask bench`).
+#[derive(clap::Args)]
+pub struct StorageBenchArgs {
+    /// Roles of the recount benchmark.
+    #[arg(long, default_value_t = 10_000)]
+    storage_roles: usize,
+    /// Tables per role.
+    #[arg(long, default_value_t = 5)]
+    storage_tables: usize,
+    /// Lock-latency samples (one role each).
+    #[arg(long, default_value_t = 20)]
+    storage_samples: usize,
+    /// Rounds of the pgbench comparison.
+    #[arg(long, default_value_t = 5)]
+    storage_rounds: usize,
+    /// Seconds per pgbench run.
+    #[arg(long, default_value_t = 10)]
+    storage_duration: u64,
+    /// Run only this benchmark and print its section (nothing written to bench/).
+    #[arg(long)]
+    pub storage_only: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The `q`-quantile (nearest rank) of `v`.
+fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+fn install(cluster: &Cluster, db: &str, files: &[&str]) -> Result<()> {
+    let root = crate::util::workspace_root();
+    for f in files {
+        let out = cluster
+            .psql_cmd("postgres", db, Transport::Unix)
+            .arg("-f")
+            .arg(root.join(f))
+            .output()?;
+        if !out.status.success() {
+            bail!("{f} in {db}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(())
+}
+
+fn config(cluster: &Cluster, port: u16) -> String {
+    format!(
+        "cluster:\n  data_directory: {}\n  connection: \"host={} port={} user=pgmon dbname=postgres\"\n\
+         metrics:\n  listen: 127.0.0.1:{port}\n\
+         storage:\n  enabled: true\n  mode: enterprise_db\n  recount_interval_seconds: 10\n\
+         \x20 refresh_interval_seconds: 5\n  roles:\n\
+         \x20   - {{match: 'lat_*', soft_limit: 512kB, hard_limit: 1MB, hard_grace_period: 0, unlock_grace_period: 86400}}\n\
+         \x20   - {{match: pgb, soft_limit: 100GB, hard_limit: 200GB}}\n\
+         \x20   - {{match: 't*', soft_limit: 1GB, hard_limit: 2GB}}\n",
+        cluster.data_dir().display(),
+        cluster.socket_dir().display(),
+        cluster.port()
+    )
+}
+
+fn metric(agent: &Agent, name: &str) -> Option<f64> {
+    let text = agent.metrics_text().ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+/// Runs the three measurements; returns the report section (Markdown) and its JSON.
+pub fn section(binary: &Path, args: &StorageBenchArgs) -> Result<(String, serde_json::Value)> {
+    let cluster = Cluster::start(
+        PgVersion::Pg15,
+        ClusterOptions {
+            max_connections: 100,
+            ..ClusterOptions::default()
+        },
+    )?;
+    install(
+        &cluster,
+        "postgres",
+        &[
+            "sql/001_roles.sql",
+            "sql/002_enforcement.sql",
+            "sql/004_storage.sql",
+        ],
+    )?;
+    cluster.psql_admin("CREATE DATABASE quota")?;
+    install(
+        &cluster,
+        "quota",
+        &["sql/002_enforcement.sql", "sql/004_storage.sql"],
+    )?;
+    cluster.psql(
+        "postgres",
+        "quota",
+        Transport::Unix,
+        "GRANT CREATE ON SCHEMA public TO PUBLIC",
+    )?;
+
+    // 1. Roles and tables, 50 roles per transaction (locks per transaction stay bounded).
+    let t = std::time::Instant::now();
+    let mut script = String::new();
+    for first in (1..=args.storage_roles).step_by(50) {
+        let last = (first + 49).min(args.storage_roles);
+        let _ = writeln!(
+            script,
+            "DO $$ BEGIN FOR i IN {first}..{last} LOOP \
+               EXECUTE format('CREATE ROLE t%s LOGIN', i); \
+               FOR j IN 1..{} LOOP \
+                 EXECUTE format('CREATE TABLE t%s_%s (id int PRIMARY KEY, v text)', i, j); \
+                 EXECUTE format('ALTER TABLE t%s_%s OWNER TO t%s', i, j, i); \
+               END LOOP; END LOOP; END $$;",
+            args.storage_tables
+        );
+    }
+    cluster.psql("postgres", "quota", Transport::Unix, &script)?;
+    eprintln!(
+        "bench storage: {} roles × {} tables created in {:.1} s",
+        args.storage_roles,
+        args.storage_tables,
+        t.elapsed().as_secs_f64()
+    );
+    for i in 1..=args.storage_samples {
+        cluster.psql_admin(&format!("CREATE ROLE lat_{i} LOGIN"))?;
+    }
+    cluster.psql_admin("CREATE ROLE pgb LOGIN")?;
+    cluster.psql_admin("CREATE DATABASE pgb OWNER pgb")?;
+    install(
+        &cluster,
+        "pgb",
+        &["sql/002_enforcement.sql", "sql/004_storage.sql"],
+    )?;
+    cluster.pgbench_init("pgb", "pgb", 10)?;
+
+    let port = free_port();
+    let started = std::time::Instant::now();
+    let agent = Agent::start(binary, &config(&cluster, port), format!("127.0.0.1:{port}"))?;
+    // The first sync walks every table (triggers attached); recounts follow every 10 s.
+    let mut recounts = Vec::new();
+    let mut last = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while recounts.len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let s = agent.status_json()?;
+        let (secs, age) = (
+            s["storage"]["last_recount_seconds"].as_f64(),
+            s["storage"]["last_recount_age_seconds"].as_f64(),
+        );
+        if let (Some(secs), Some(age)) = (secs, age) {
+            let finished = started.elapsed().as_secs_f64() - age;
+            if last.is_none_or(|l: f64| (finished - l).abs() > 1.0) {
+                last = Some(finished);
+                recounts.push(secs);
+                eprintln!("bench storage: full recount {secs:.3} s");
+            }
+        }
+    }
+    let rss = metric(&agent, "process_resident_memory_bytes").unwrap_or(f64::NAN);
+    let attached = cluster
+        .query_value(
+            "postgres",
+            "quota",
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'pgmon_storage_notify'",
+        )?
+        .parse::<u64>()
+        .unwrap_or(0);
+
+    // 2. Lock latency.
+    let mut latencies = Vec::new();
+    for i in 1..=args.storage_samples {
+        let role = format!("lat_{i}");
+        cluster.psql(
+            &role,
+            "quota",
+            Transport::Unix,
+            &format!("CREATE TABLE {} (v text)", quote_ident(&format!("w_{i}"))),
+        )?;
+        let idle: Vec<_> = (0..3)
+            .map(|_| cluster.hold_session(&role, "quota", Transport::Unix))
+            .collect::<Result<_>>()?;
+        // Past the usage cache TTL of the CREATE TABLE's count (2 s in enterprise_db).
+        std::thread::sleep(Duration::from_millis(2500));
+        let mut watcher = cluster.hold_session("postgres", "quota", Transport::Unix)?;
+        watcher.run("CREATE TEMP TABLE lat (ms float8)")?;
+        let watch_sql = format!(
+            "DO $$ DECLARE t0 timestamptz; BEGIN \
+               LOOP EXIT WHEN EXISTS (SELECT FROM w_{i}); PERFORM pg_sleep(0.001); END LOOP; \
+               t0 := clock_timestamp(); \
+               LOOP PERFORM pg_stat_clear_snapshot(); \
+                 EXIT WHEN NOT (SELECT rolcanlogin FROM pg_roles WHERE rolname = '{role}') \
+                   AND NOT EXISTS (SELECT FROM pg_stat_activity WHERE usename = '{role}'); \
+                 EXIT WHEN clock_timestamp() - t0 > interval '20 s'; \
+                 PERFORM pg_sleep(0.001); END LOOP; \
+               INSERT INTO lat VALUES (extract(epoch FROM clock_timestamp() - t0) * 1000); END $$"
+        );
+        let handle = std::thread::spawn(move || -> Result<f64> {
+            watcher.run(&watch_sql)?;
+            let v = watcher.run("SELECT ms FROM lat")?;
+            v.trim().parse::<f64>().context("latency")
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let mut writer = cluster.hold_session(&role, "quota", Transport::Unix)?;
+        // The writer itself is terminated right after its commit.
+        let _ = writer.run(&format!(
+            "INSERT INTO w_{i} SELECT repeat('x', 1000) FROM generate_series(1, 2000)"
+        ));
+        let ms = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("watcher panicked"))??;
+        eprintln!("bench storage: {role} locked {ms:.1} ms after its commit");
+        latencies.push(ms);
+        drop(idle);
+    }
+
+    // 3. pgbench with the triggers enabled ÷ disabled.
+    let toggle = |on: bool| {
+        let verb = if on { "ENABLE" } else { "DISABLE" };
+        cluster.psql(
+            "postgres",
+            "pgb",
+            Transport::Unix,
+            &[
+                "pgbench_accounts",
+                "pgbench_branches",
+                "pgbench_tellers",
+                "pgbench_history",
+            ]
+            .map(|t| format!("ALTER TABLE {t} {verb} TRIGGER pgmon_storage_notify;"))
+            .join(" "),
+        )
+    };
+    let mut ratios = Vec::new();
+    let mut tps_on = Vec::new();
+    for round in 0..args.storage_rounds {
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        let mut tps = [0.0; 2];
+        for on in order {
+            toggle(on)?;
+            let r = cluster.pgbench(&PgbenchRun {
+                clients: 2,
+                jobs: 2,
+                transactions: None,
+                duration_s: Some(args.storage_duration),
+                no_vacuum: true,
+                ..PgbenchRun::new("pgb", "pgb")
+            })?;
+            tps[usize::from(on)] = r.tps;
+            eprintln!(
+                "bench storage: round {round} triggers {} {:.0} tps",
+                if on { "on " } else { "off" },
+                r.tps
+            );
+        }
+        tps_on.push(tps[1]);
+        ratios.push(tps[1] / tps[0]);
+    }
+    toggle(true)?;
+    drop(agent);
+
+    let recount = median(recounts.clone());
+    let (p50, p99) = (
+        quantile(latencies.clone(), 0.5),
+        quantile(latencies.clone(), 0.99),
+    );
+    let ratio = median(ratios.clone());
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "\n## Storage quotas (issue 4)\n\nPostgreSQL 15, agent `storage.mode: enterprise_db`, connected as `pgmon`.\n\n\
+         | measurement | result | target |\n|---|---|---|\n\
+         | full recount, {} roles × {} tables ({} relations with triggers attached: {}) | {:.3} s (median of {}: {}) | < 2 s |\n\
+         | agent RSS after the recounts | {:.1} MiB | |\n\
+         | commit past the hard limit (grace 0) → sessions gone and NOLOGIN, {} samples | p50 {:.1} ms, p99 {:.1} ms | p99 < 1 s |\n\
+         | pgbench TPC-B-like `-c 2 -j 2 -T {}` scale 10, triggers on ÷ off, {} rounds | {:.3} (ratios {}; on: median {:.0} tps) | ≥ 0.97 |",
+        args.storage_roles,
+        args.storage_tables,
+        args.storage_roles * args.storage_tables * 4,
+        attached,
+        recount,
+        recounts.len(),
+        recounts
+            .iter()
+            .map(|s| format!("{s:.3}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        rss / f64::from(1u32 << 20),
+        latencies.len(),
+        p50,
+        p99,
+        args.storage_duration,
+        args.storage_rounds,
+        ratio,
+        ratios
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        median(tps_on),
+    );
+    let json = serde_json::json!({
+        "roles": args.storage_roles, "tables_per_role": args.storage_tables,
+        "recount_seconds": recounts, "agent_rss_bytes": rss,
+        "lock_latency_ms": latencies, "lock_latency_p50_ms": p50, "lock_latency_p99_ms": p99,
+        "pgbench_ratios": ratios, "pgbench_ratio_median": ratio,
+    });
+    Ok((md, json))
+}
