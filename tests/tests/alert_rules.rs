@@ -78,7 +78,9 @@ fn live_scrape(version: PgVersion) {
         "budgets:\n  enabled: true\n  mode: observe\n  tiers:\n    t: {budget: 1000, window_seconds: 60}\n  \
          default_tier: t\nhealth:\n  loops:\n    fast: {interval_seconds: 1, budget_seconds: 1}\n    \
          medium: {interval_seconds: 1, budget_seconds: 1}\n    slow: {interval_seconds: 1, budget_seconds: 1}\n    \
-         hourly: {interval_seconds: 1, budget_seconds: 1}\n",
+         hourly: {interval_seconds: 1, budget_seconds: 1}\n\
+         storage:\n  enabled: true\n  dry_run: true\n  recount_interval_seconds: 1\n  \
+         default_limits: {soft_limit: 1GB, hard_limit: 2GB}\n",
     );
     let agent = Agent::start(
         &agent_binary().expect("binary"),
@@ -95,7 +97,8 @@ fn live_scrape(version: PgVersion) {
         let ready = ["fast", "medium", "slow", "hourly"]
             .iter()
             .all(|l| text.contains(&format!("pgmon_last_scrape_success{{loop=\"{l}\"}} 1")))
-            && text.contains("pgmon_role_budget_utilisation{");
+            && text.contains("pgmon_role_budget_utilisation{")
+            && text.contains("pgmon_role_storage_state{");
         if ready {
             break text;
         }

@@ -9,10 +9,12 @@ use pgmon_tests::{
     require_root, tail,
 };
 
+/// The agent's config; the health loops are off so that the attribution session is its
+/// only one (the monitor-connection test cuts exactly that session).
 fn config(cluster: &Cluster, port: u16, capture: &str) -> String {
     format!(
         "cluster:\n  data_directory: {}\n  connection: \"host={} port={} user=postgres dbname=postgres\"\n\
-         capture:\n  hooks: auto\n{capture}metrics:\n  listen: 127.0.0.1:{port}\n",
+         capture:\n  hooks: auto\n{capture}metrics:\n  listen: 127.0.0.1:{port}\nhealth:\n  enabled: false\n",
         cluster.data_dir().display(),
         cluster.socket_dir().display(),
         cluster.port()
