@@ -77,10 +77,17 @@ pub struct Budgets {
     policy: Compiled,
     roles: AHashMap<Arc<str>, RoleBudget>,
     /// Roles that have no budget (no tier, or exempt).
-    unbudgeted: HashSet<Arc<str>>,
+    unbudgeted: ahash::AHashSet<Arc<str>>,
     /// Superusers and replication roles, from the catalog.
     protected: HashSet<String>,
     costs: Costs,
+    /// The capture thread's copy of cost-cache entries it has read: a hit costs one hash
+    /// lookup instead of moka's bookkeeping. Cleared when the cache's generation moves
+    /// (an estimate arrived or DDL forgot some) and every minute (so moka's TTL still
+    /// applies).
+    front: AHashMap<u64, Option<f64>>,
+    front_generation: u64,
+    front_since_ms: u64,
     cost_enabled: bool,
     default_cost: f64,
     requests: UnboundedSender<CostRequest>,
@@ -114,7 +121,10 @@ impl Budgets {
         let mut b = Self {
             policy,
             roles: AHashMap::new(),
-            unbudgeted: HashSet::new(),
+            unbudgeted: ahash::AHashSet::new(),
+            front: AHashMap::new(),
+            front_generation: u64::MAX,
+            front_since_ms: 0,
             protected: HashSet::new(),
             costs,
             cost_enabled: cost.enabled,
@@ -238,7 +248,25 @@ impl Budgets {
         if !self.cost_enabled || stmt.fingerprint == 0 {
             return self.default_cost;
         }
-        match self.costs.get(stmt.fingerprint) {
+        let generation = self.costs.generation();
+        if generation != self.front_generation
+            || now_ms.saturating_sub(self.front_since_ms) > 60_000
+        {
+            self.front.clear();
+            self.front_generation = generation;
+            self.front_since_ms = now_ms;
+        }
+        let known = match self.front.get(&stmt.fingerprint) {
+            Some(c) => Some(*c),
+            None => {
+                let c = self.costs.get(stmt.fingerprint);
+                if let Some(c) = c {
+                    self.front.insert(stmt.fingerprint, c);
+                }
+                c
+            }
+        };
+        match known {
             Some(cost) => {
                 self.cost_metrics.hits.inc();
                 cost.unwrap_or(self.default_cost)

@@ -102,6 +102,9 @@ struct Entry {
 #[derive(Clone)]
 pub struct Costs {
     cache: moka::sync::Cache<u64, Entry>,
+    /// Bumped by every insert and invalidation: a reader's local copy of entries is stale
+    /// once this moves.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Costs {
@@ -113,6 +116,7 @@ impl Costs {
                 .time_to_live(Duration::from_secs(config.cache_ttl_seconds.max(1)))
                 .support_invalidation_closures()
                 .build(),
+            generation: Arc::default(),
         }
     }
 
@@ -120,6 +124,16 @@ impl Costs {
     /// when unknown (ask the worker).
     pub fn get(&self, fingerprint: u64) -> Option<Option<f64>> {
         self.cache.get(&fingerprint).map(|e| e.cost)
+    }
+
+    /// Changes with every insert and invalidation (see [`Costs::get`]'s callers' local copies).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Records the worker's answer for a statement planned in `database` over `relations`.
@@ -142,6 +156,7 @@ impl Costs {
                 relations,
             },
         );
+        self.bump();
     }
 
     /// Forgets every estimate made in `database` that uses a relation named `relation`
@@ -150,6 +165,7 @@ impl Costs {
     pub fn forget_relation(&self, database: &str, relation: &str) {
         let (database, relation): (Arc<str>, Box<str>) = (database.into(), relation.into());
         let all = &*relation == "*";
+        self.bump();
         let forgotten = self.cache.invalidate_entries_if(move |_, e| {
             e.database == database && (all || e.relations.contains(&relation))
         });
