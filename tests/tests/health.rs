@@ -269,7 +269,8 @@ fn health(version: PgVersion) {
 fn check_report(version: PgVersion) {
     let mut cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
     cluster.create_role_with_db(APP).expect("role");
-    let dir = tempfile_dir();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path();
     let policy = |warn: f64, crit: f64| {
         let path = dir.join(format!("check-{warn}-{crit}.yaml"));
         std::fs::write(
@@ -334,17 +335,6 @@ fn check_report(version: PgVersion) {
         "{report}"
     );
     assert!(report["error"].as_str().is_some_and(|e| !e.is_empty()));
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "pgmon-check-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 #[test]

@@ -114,7 +114,8 @@ struct Sample {
     hit_ratio: Option<f64>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (NaN when empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -127,7 +128,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn agent_config(cluster: &Cluster, port: u16, hook: &str) -> String {
+/// An agent configuration for `cluster` on hook family `hook`, metrics on `port`.
+pub fn agent_config(cluster: &Cluster, port: u16, hook: &str) -> String {
     format!(
         "cluster:\n  data_directory: {}\n  connection: \"{}\"\ncapture:\n  hooks: {hook}\nmetrics:\n  listen: 127.0.0.1:{port}\n",
         cluster.data_dir().display(),
@@ -351,36 +353,11 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
 
     // 5. Budgets.
     let hit_ratios: Vec<f64> = samples.iter().filter_map(|s| s.hit_ratio).collect();
-    let latencies = crate::bench_budget::enforcement_latency(binary, &cluster, args.trials)?;
-    let q = |p| crate::bench_budget::quantile(&latencies, p);
-    eprintln!(
-        "bench: enforcement latency p50 {:.1} ms, p99 {:.1} ms",
-        q(0.5),
-        q(0.99)
-    );
     let worker_corpus = dir.join("worker.sql");
     std::fs::write(&worker_corpus, miss_corpus(1000))?;
-    let (costed, rate, mean) =
-        crate::bench_budget::cost_worker_rate(binary, &cluster, &worker_corpus)?;
-    let _ = writeln!(
-        report,
-        "\n## Budgets\n\n| figure | value | target |\n|---|---|---|\n\
-         | enforcement latency, crossing query's result → `NOLOGIN` and no backend left ({} trials) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | p99 < 1 s |\n\
-         | cost worker: distinct fingerprints settled (costed or refused) | {costed:.0} at {rate:.0}/s, {:.2} ms per EXPLAIN | |\n\
-         | cost-cache hit ratio during the pgbench runs with budgets on (median of {} runs) | {:.5} | > 0.99 |\n\n\
-         The TPS ratio with budgets on is the `auto, budgets on` row of the overhead table.\n",
-        latencies.len(),
-        q(0.5),
-        q(0.99),
-        q(1.0),
-        mean * 1000.0,
-        hit_ratios.len(),
-        median(hit_ratios.clone()),
-    );
-    let json_budgets = serde_json::json!({
-        "enforcement_latency_ms": latencies, "cost_worker": {"settled": costed, "per_second": rate, "mean_estimate_seconds": mean},
-        "hit_ratios": hit_ratios,
-    });
+    let (budgets_md, json_budgets) =
+        crate::bench_budget::section(binary, &cluster, args.trials, &hit_ratios, &worker_corpus)?;
+    report.push_str(&budgets_md);
     let _ = std::fs::remove_dir_all(&dir);
     let (storage_md, storage_json) = crate::bench_storage::section(binary, &args.storage)?;
     report.push_str(&storage_md);

@@ -31,11 +31,48 @@ pub fn install_sql(cluster: &Cluster) -> Result<()> {
 /// `ladder` and `mode`, indented by two spaces.
 pub fn config(cluster: &Cluster, port: u16, hook: &str, budgets: &str) -> String {
     format!(
-        "cluster:\n  data_directory: {}\n  connection: \"{}\"\ncapture:\n  hooks: {hook}\n\
-         metrics:\n  listen: 127.0.0.1:{port}\nbudgets:\n  enabled: true\n{budgets}",
-        cluster.data_dir().display(),
-        cluster.conninfo("postgres", "postgres", Transport::Unix),
+        "{}budgets:\n  enabled: true\n{budgets}",
+        crate::bench::agent_config(cluster, port, hook)
     )
+}
+
+/// The report's budget section and its JSON: enforcement latency over `trials`, the cost
+/// worker's rate on `corpus` (distinct statements, one per line), and the cost-cache hit
+/// ratios of the overhead runs with budgets on.
+pub fn section(
+    binary: &Path,
+    cluster: &Cluster,
+    trials: usize,
+    hit_ratios: &[f64],
+    corpus: &Path,
+) -> Result<(String, serde_json::Value)> {
+    let latencies = enforcement_latency(binary, cluster, trials)?;
+    let q = |p| quantile(&latencies, p);
+    eprintln!(
+        "bench: enforcement latency p50 {:.1} ms, p99 {:.1} ms",
+        q(0.5),
+        q(0.99)
+    );
+    let (costed, rate, mean) = cost_worker_rate(binary, cluster, corpus)?;
+    let md = format!(
+        "\n## Budgets\n\n| figure | value | target |\n|---|---|---|\n\
+         | enforcement latency, crossing query's result → `NOLOGIN` and no backend left ({} trials) | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | p99 < 1 s |\n\
+         | cost worker: distinct fingerprints settled (costed or refused) | {costed:.0} at {rate:.0}/s, {:.2} ms per EXPLAIN | |\n\
+         | cost-cache hit ratio during the pgbench runs with budgets on (median of {} runs) | {:.5} | > 0.99 |\n\n\
+         The TPS ratio with budgets on is the `auto, budgets on` row of the overhead table.\n\n",
+        latencies.len(),
+        q(0.5),
+        q(0.99),
+        q(1.0),
+        mean * 1000.0,
+        hit_ratios.len(),
+        crate::bench::median(hit_ratios.to_vec()),
+    );
+    let json = serde_json::json!({
+        "enforcement_latency_ms": latencies, "cost_worker": {"settled": costed, "per_second": rate, "mean_estimate_seconds": mean},
+        "hit_ratios": hit_ratios,
+    });
+    Ok((md, json))
 }
 
 /// The budgets of the overhead runs: the pgbench role on a budget it never reaches, so

@@ -34,8 +34,13 @@ pub async fn terminate(
         .collect())
 }
 
+/// How many of `outcomes` were terminated (the others were spared or already gone).
+fn terminated(outcomes: &[Outcome]) -> usize {
+    outcomes.iter().filter(|o| o.2 == "terminated").count()
+}
+
 fn log(outcomes: &[Outcome], trigger: &str) {
-    let ended = outcomes.iter().filter(|o| o.2 == "terminated").count();
+    let ended = terminated(outcomes);
     for (pid, role, result) in outcomes {
         tracing::warn!(pid, role = %role, result = %result, trigger, "emergency");
     }
@@ -73,7 +78,7 @@ pub fn emergency(path: &Path, yes: bool) -> anyhow::Result<()> {
     for (pid, role, result) in &outcomes {
         println!("{pid:>8}  {role:<24} {result}");
     }
-    let ended = outcomes.iter().filter(|o| o.2 == "terminated").count();
+    let ended = terminated(&outcomes);
     println!(
         "{ended} terminated, {} spared (audited in pgmon.audit)",
         outcomes.len() - ended

@@ -37,6 +37,16 @@ const AUTOVACUUM: &str = "SELECT coalesce(p.phase, 'starting'), count(*)::float8
 const TEMP: &str = "SELECT datname::text, temp_files::float8, temp_bytes::float8, deadlocks::float8 \
      FROM pg_stat_database WHERE datname IS NOT NULL";
 
+/// `pg_up`: 1 when the last run of this loop reached the server, 0 when it failed.
+pub fn pg_up(up: bool) -> Family {
+    Family::single(
+        "pg_up",
+        "1 when the health monitor's last 15-second query succeeded.",
+        Kind::Gauge,
+        f64::from(u8::from(up)),
+    )
+}
+
 /// The loop's statements, prepared once per session.
 pub struct Fast {
     activity: Statement,
@@ -62,12 +72,7 @@ impl Fast {
 
     /// One run.
     pub async fn run(&self, client: &Client) -> Result<Vec<Family>, tokio_postgres::Error> {
-        let mut out = vec![Family::single(
-            "pg_up",
-            "1 when the health monitor's last 15-second query succeeded.",
-            Kind::Gauge,
-            1.0,
-        )];
+        let mut out = vec![pg_up(true)];
 
         let mut count = Family::new(
             "pg_stat_activity_backends",

@@ -225,15 +225,7 @@ async fn serve(
                     session = None;
                 }
                 if kind == LoopKind::Fast {
-                    board.publish(
-                        kind.name(),
-                        vec![Family::single(
-                            "pg_up",
-                            "1 when the health monitor's last 15-second query succeeded.",
-                            Kind::Gauge,
-                            0.0,
-                        )],
-                    );
+                    board.publish(kind.name(), vec![fast::pg_up(false)]);
                 }
                 false
             }
