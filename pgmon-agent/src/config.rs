@@ -38,9 +38,10 @@ pub struct Config {
     /// Opt-in session cleanup (idle in transaction, long statements, lock blockers).
     #[serde(default)]
     pub cleanup: crate::cleanup::CleanupConfig,
-    /// The alert catalog's thresholds (used by `pgmon-agent check`).
+    /// The alert engine, its notifiers and the catalog's thresholds (which
+    /// `pgmon-agent check` uses too).
     #[serde(default)]
-    pub alerts: crate::cli::check::AlertThresholds,
+    pub alerts: crate::alerts::AlertsConfig,
     /// Per-role storage quotas (soft and hard limits on the bytes each role owns).
     #[serde(default)]
     pub storage: crate::storage::policy::StoragePolicy,
@@ -295,6 +296,13 @@ impl Config {
             });
         }
         if let Err((field, message)) = self.health.validate() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                field,
+                message,
+            });
+        }
+        if let Err((field, message)) = self.alerts.validate(&self.health) {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
                 field,

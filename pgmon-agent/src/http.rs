@@ -151,12 +151,19 @@ async fn handle(
                 ),
             }
         }
+        "/api/v1/alerts" => alerts(&ep),
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
             "try /metrics, /healthz, /api/v1/status\n".into(),
         ),
     })
+}
+
+/// `GET /api/v1/alerts`: the alert engine's firing and pending alerts, its recent
+/// transitions and its rules, each with its expression ([`crate::alerts::View`]).
+fn alerts(ep: &Endpoint) -> Response<Full<Bytes>> {
+    text(StatusCode::OK, "application/json", ep.metrics.alerts.json())
 }
 
 /// `POST /api/v1/storage/unlock?role=NAME`: 200 with what `pgmon.unlock_role` said, 409

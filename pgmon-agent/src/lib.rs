@@ -1,5 +1,6 @@
 //! pgmon's host agent as a library: the pure parts (wire, query) and the parts that touch
 //! the kernel or the database (capture, attribution), wired together by `cli::run`.
+pub mod alerts;
 pub mod attribution;
 pub mod budget;
 pub mod capture;
@@ -10,6 +11,7 @@ pub mod cost;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod pipeline;
 pub mod query;
 pub mod status;

@@ -118,6 +118,9 @@ pub struct Metrics {
     pub health: crate::health::Board,
     /// `pgmon_role_storage_*`, `pgmon_storage_*`.
     pub storage: crate::storage::metrics::StorageMetrics,
+    /// `pgmon_alerts_firing`, `pgmon_alert_notifications_total`, and what
+    /// `/api/v1/alerts` shows.
+    pub alerts: crate::alerts::AlertBook,
 }
 
 fn duration_histogram() -> Histogram {
@@ -205,7 +208,9 @@ impl Metrics {
         let health = crate::health::Board::default();
         registry.register_collector(health.collector());
         let storage = crate::storage::metrics::StorageMetrics::register(&mut registry);
+        let alerts = crate::alerts::AlertBook::register(&mut registry);
         Arc::new(Self {
+            alerts,
             registry,
             health,
             cost,

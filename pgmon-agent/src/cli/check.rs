@@ -6,50 +6,9 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::{config::Config, health::Board};
-
-/// A warning and a critical threshold; a value at or above one is in that state.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Threshold {
-    pub warn: f64,
-    pub crit: f64,
-}
-
-/// `alerts:` in the policy file: the catalog's thresholds (used by `check`).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AlertThresholds {
-    /// Client backends / max_connections.
-    pub connection_saturation: Threshold,
-    /// Age of the oldest open transaction, seconds.
-    pub long_transaction_seconds: Threshold,
-    /// Longest idle-in-transaction session, seconds.
-    pub idle_in_transaction_seconds: Threshold,
-    /// Longest current lock wait, seconds.
-    pub lock_wait_seconds: Threshold,
-    /// Largest replay lag of a standby, seconds.
-    pub replication_lag_seconds: Threshold,
-    /// Largest age(datfrozenxid), transactions (wraparound protection stops writes near
-    /// 2^31; PostgreSQL docs, section 24.1.5).
-    pub wraparound_xid_age: Threshold,
-}
-
-impl Default for AlertThresholds {
-    fn default() -> Self {
-        let t = |warn, crit| Threshold { warn, crit };
-        Self {
-            connection_saturation: t(0.8, 0.95),
-            long_transaction_seconds: t(300.0, 1800.0),
-            idle_in_transaction_seconds: t(300.0, 1800.0),
-            lock_wait_seconds: t(30.0, 120.0),
-            replication_lag_seconds: t(30.0, 300.0),
-            wraparound_xid_age: t(1.5e9, 1.8e9),
-        }
-    }
-}
+use crate::{alerts::AlertsConfig, config::Config, health::Board};
 
 /// A Nagios state, ordered by gravity (UNKNOWN only when nothing could be read).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -95,44 +54,15 @@ pub struct Report {
     pub error: Option<String>,
 }
 
-/// Compares what `board` holds with `t`.
-pub fn evaluate(board: &Board, t: &AlertThresholds) -> Report {
-    let items = [
-        (
-            "connection_saturation",
-            "pgmon_connections_used_ratio",
-            t.connection_saturation,
-        ),
-        (
-            "long_transaction_seconds",
-            "pgmon_oldest_xact_age_seconds",
-            t.long_transaction_seconds,
-        ),
-        (
-            "idle_in_transaction_seconds",
-            "pgmon_idle_in_transaction_max_seconds",
-            t.idle_in_transaction_seconds,
-        ),
-        (
-            "lock_wait_seconds",
-            "pgmon_lock_wait_max_seconds",
-            t.lock_wait_seconds,
-        ),
-        (
-            "replication_lag_seconds",
-            "pgmon_replication_lag_seconds",
-            t.replication_lag_seconds,
-        ),
-        (
-            "wraparound_xid_age",
-            "pgmon_database_xid_age",
-            t.wraparound_xid_age,
-        ),
-    ];
-    let checks: Vec<Check> = items
+/// Compares what `board` holds with the threshold rules of `alerts` (the alert engine's
+/// [`crate::alerts::config::Level`]s; the largest sample of each metric decides).
+pub fn evaluate(board: &Board, alerts: &AlertsConfig) -> Report {
+    let checks: Vec<Check> = alerts
+        .levels()
         .into_iter()
-        .map(|(name, metric, th)| {
-            let (labels, value) = board.max(metric).unwrap_or_default();
+        .map(|l| {
+            let th = l.threshold;
+            let (labels, value) = board.max(l.metric).unwrap_or_default();
             let state = if value >= th.crit {
                 State::Critical
             } else if value >= th.warn {
@@ -141,7 +71,7 @@ pub fn evaluate(board: &Board, t: &AlertThresholds) -> Report {
                 State::Ok
             };
             Check {
-                name,
+                name: l.field,
                 state,
                 value,
                 warn: th.warn,
@@ -216,7 +146,7 @@ mod tests {
         xid.push(vec![("datname", "a".into())], 10.0);
         xid.push(vec![("datname", "b".into())], 1.9e9);
         board.publish("hourly", vec![xid]);
-        let r = evaluate(&board, &AlertThresholds::default());
+        let r = evaluate(&board, &AlertsConfig::default());
         assert_eq!(r.state, State::Critical);
         let by = |n: &str| r.checks.iter().find(|c| c.name == n).unwrap();
         assert_eq!(by("connection_saturation").state, State::Ok);

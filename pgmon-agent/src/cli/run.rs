@@ -95,6 +95,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     runtime.spawn(crate::cli::emergency::on_sigusr1(monitor.clone()));
     let storage = start_storage(&config, &runtime, &monitor, &metrics)?;
+    if config.alerts.enabled {
+        crate::alerts::start(
+            &runtime,
+            &config.alerts,
+            metrics.health.clone(),
+            storage.clone(),
+            metrics.alerts.clone(),
+        )?;
+    }
     runtime.spawn(attribution::serve(
         monitor,
         lookup_rx,
@@ -110,7 +119,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             storage,
         },
     ));
-    tracing::info!(listen = %config.metrics.listen, "serving /metrics, /healthz, /api/v1/status");
+    tracing::info!(listen = %config.metrics.listen, "serving /metrics, /healthz, /api/v1/status, /api/v1/alerts");
 
     let capture_thread = {
         let stop = stop.clone();

@@ -139,6 +139,19 @@ impl Board {
             .map(|(_, v)| *v)
     }
 
+    /// Every sample of `name`, from every loop; `None` when no loop published a family of
+    /// that name (not read yet, or its loop failed), which is not the same as none at all.
+    pub fn samples(&self, name: &str) -> Option<Vec<Sample>> {
+        let i = self.inner.lock().ok()?;
+        let mut found = false;
+        let mut out = Vec::new();
+        for f in i.families.values().flatten().filter(|f| f.name == name) {
+            found = true;
+            out.extend(f.samples.iter().cloned());
+        }
+        found.then_some(out)
+    }
+
     /// The largest sample of `name` over all its labels, with those labels.
     pub fn max(&self, name: &str) -> Option<(Vec<(&'static str, String)>, f64)> {
         let i = self.inner.lock().ok()?;

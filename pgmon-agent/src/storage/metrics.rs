@@ -17,6 +17,7 @@ use prometheus_client::{
 };
 
 use super::{policy::Limits, state::Phase};
+use crate::notify::SinkLabels;
 
 /// `{role}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,15 +49,6 @@ pub struct ActionLabels {
     pub result: &'static str,
 }
 
-/// `{sink, result}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct NotifyLabels {
-    /// `slack`, `webhook`.
-    pub sink: &'static str,
-    /// `sent`, `failed` (after every retry), `dropped` (queue full), `deduplicated`.
-    pub result: &'static str,
-}
-
 type F64Gauge = Gauge<f64, AtomicU64>;
 
 /// The storage families, registered in the agent's registry and in a private one for the
@@ -68,7 +60,7 @@ pub struct StorageMetrics {
     state: Family<StateLabels, Gauge>,
     recount: F64Gauge,
     actions: Family<ActionLabels, Counter>,
-    notifications: Family<NotifyLabels, Counter>,
+    notifications: Family<SinkLabels, Counter>,
 }
 
 impl StorageMetrics {
@@ -180,9 +172,12 @@ impl StorageMetrics {
     }
 
     /// Counts one notification outcome.
-    pub fn notification(&self, sink: &'static str, result: &'static str) {
+    pub fn notification(&self, sink: &str, result: &'static str) {
         self.notifications
-            .get_or_create(&NotifyLabels { sink, result })
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+                result,
+            })
             .inc();
     }
 

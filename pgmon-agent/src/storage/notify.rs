@@ -1,7 +1,5 @@
-//! Notifications of storage transitions: a Slack incoming webhook (`{"text": …}`, Slack's
-//! documented payload) and a generic JSON webhook, over hyper-util's client with rustls
-//! (Slack's webhooks are HTTPS only; rustls is pure Rust, uses the system's CA store
-//! through rustls-native-certs, and needs no OpenSSL on the host).
+//! Notifications of storage transitions, through the shared notifier ([`crate::notify`]):
+//! a Slack incoming webhook (`{"text": …}`) and a generic JSON webhook (the [`Event`]).
 //!
 //! Enforcement never waits for a webhook: [`Notifier::send`] puts the event on each
 //! sink's bounded queue (`storage.notifications.queue`) and returns; when a queue is full
@@ -10,16 +8,9 @@
 //! the others with exponential backoff (1 s doubling to 60 s, `retries` retries), at most 4
 //! at a time: a sink that fails holds up neither enforcement nor the other sink.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use backon::{ExponentialBuilder, Retryable};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
-use tokio::sync::{Semaphore, mpsc};
+use crate::notify::{self, Delivery, Payload, Sink, Target};
 
 use super::{metrics::StorageMetrics, policy::Notifications, state::Phase};
 
@@ -70,142 +61,57 @@ impl Event {
     }
 }
 
-/// The sending half; cheap to clone.
-#[derive(Clone)]
-pub struct Notifier {
-    /// One queue per sink.
-    sinks: Vec<(&'static str, mpsc::Sender<Event>)>,
-    metrics: StorageMetrics,
+impl Event {
+    /// The payload of every sink: the key is (role, from, to), the JSON the event itself.
+    pub fn payload(&self) -> Payload {
+        Payload {
+            key: format!("{}|{}|{}", self.role, self.from.as_str(), self.to.as_str()),
+            text: self.message.clone(),
+            details: self.message.clone(),
+            json: serde_json::to_value(self).unwrap_or_default(),
+        }
+    }
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// The sending half; cheap to clone.
+#[derive(Clone)]
+pub struct Notifier(notify::Notifier);
 
 impl Notifier {
     /// Starts one delivery task per configured sink on the current runtime; without a sink,
     /// [`Notifier::send`] does nothing.
     pub fn start(config: &Notifications, metrics: StorageMetrics) -> Self {
-        let mut sinks = Vec::new();
-        let wanted: Vec<(&'static str, hyper::Uri)> = [
+        let sinks = [
             ("slack", &config.slack_webhook_url),
             ("webhook", &config.webhook_url),
         ]
         .into_iter()
-        .filter_map(|(name, url)| Some((name, url.as_deref()?.parse().ok()?)))
+        .filter_map(|(name, url)| {
+            let uri: hyper::Uri = url.as_deref()?.parse().ok()?;
+            let target = if name == "slack" {
+                Target::Slack(uri)
+            } else {
+                Target::Webhook(uri)
+            };
+            Some(Sink {
+                name: name.to_owned(),
+                target,
+            })
+        })
         .collect();
-        if wanted.is_empty() {
-            return Self { sinks, metrics };
-        }
-        let client: HttpsClient = match hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-        {
-            Ok(b) => Client::builder(TokioExecutor::new())
-                .build(b.https_or_http().enable_http1().build()),
-            Err(e) => {
-                tracing::error!(error = %e, "no CA certificates for the storage webhooks; notifications off");
-                return Self { sinks, metrics };
-            }
+        let delivery = Delivery {
+            timeout: Duration::from_millis(config.timeout_ms),
+            retries: config.retries,
+            queue: config.queue,
+            dedup: Duration::from_secs(config.dedup_seconds),
+            max_per_minute: 0,
         };
-        for (name, uri) in wanted {
-            let (tx, rx) = mpsc::channel(config.queue);
-            tokio::spawn(deliver(
-                rx,
-                client.clone(),
-                name,
-                uri,
-                config.clone(),
-                metrics.clone(),
-            ));
-            sinks.push((name, tx));
-        }
-        Self { sinks, metrics }
+        let count: notify::Count = Arc::new(move |sink, result| metrics.notification(sink, result));
+        Self(notify::Notifier::start(sinks, &delivery, count))
     }
 
     /// Queues `event` for every sink; never waits.
     pub fn send(&self, event: Event) {
-        for (name, tx) in &self.sinks {
-            if tx.try_send(event.clone()).is_err() {
-                self.metrics.notification(name, "dropped");
-            }
-        }
-    }
-}
-
-async fn deliver(
-    mut rx: mpsc::Receiver<Event>,
-    client: HttpsClient,
-    sink: &'static str,
-    uri: hyper::Uri,
-    config: Notifications,
-    metrics: StorageMetrics,
-) {
-    let in_flight = Arc::new(Semaphore::new(4));
-    let mut last_sent: HashMap<(String, Phase, Phase), tokio::time::Instant> = HashMap::new();
-    let dedup = Duration::from_secs(config.dedup_seconds);
-    let (timeout, retries) = (Duration::from_millis(config.timeout_ms), config.retries);
-    while let Some(event) = rx.recv().await {
-        let key = (event.role.clone(), event.from, event.to);
-        let now = tokio::time::Instant::now();
-        if last_sent.get(&key).is_some_and(|t| now - *t < dedup) {
-            metrics.notification(sink, "deduplicated");
-            continue;
-        }
-        last_sent.insert(key, now);
-        if last_sent.len() > 100_000 {
-            last_sent.retain(|_, t| now - *t < dedup);
-        }
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let (client, uri, metrics) = (client.clone(), uri.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let body = match sink {
-                "slack" => serde_json::json!({ "text": event.message }),
-                _ => serde_json::to_value(&event).unwrap_or_default(),
-            };
-            let body = Bytes::from(body.to_string());
-            let once = || post(&client, &uri, body.clone(), timeout);
-            let result = once
-                .retry(
-                    ExponentialBuilder::new()
-                        .with_min_delay(Duration::from_secs(1))
-                        .with_max_delay(Duration::from_secs(60))
-                        .with_jitter()
-                        .with_max_times(retries),
-                )
-                .notify(|e: &String, wait| {
-                    tracing::warn!(sink, error = %e, retry_in = ?wait, "storage notification failed");
-                })
-                .await;
-            match result {
-                Ok(()) => metrics.notification(sink, "sent"),
-                Err(e) => {
-                    tracing::error!(sink, role = %event.role, error = %e, "storage notification given up");
-                    metrics.notification(sink, "failed");
-                }
-            }
-            drop(permit);
-        });
-    }
-}
-
-async fn post(
-    client: &HttpsClient,
-    uri: &hyper::Uri,
-    body: Bytes,
-    timeout: Duration,
-) -> Result<(), String> {
-    let req = hyper::Request::post(uri.clone())
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(hyper::header::USER_AGENT, "pgmon-agent")
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(timeout, client.request(req))
-        .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
-        .map_err(|e| crate::capture::error_chain(&e))?;
-    if resp.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("HTTP {}", resp.status()))
+        self.0.send(event.payload());
     }
 }

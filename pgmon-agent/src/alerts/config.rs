@@ -1,0 +1,538 @@
+//! `alerts:` in the policy file: the engine's schedule, the notifiers, and every rule's
+//! thresholds and `for` duration. The defaults are the catalog's, the same numbers as
+//! `alerts/pgmon-rules.yml` (the catalog shipped as Prometheus rules); `pgmon-agent check`
+//! compares with the same thresholds.
+
+use std::marker::PhantomData;
+
+use serde::Deserialize;
+
+use crate::notify::email::EmailConfig;
+
+/// A warning and a critical threshold; a value at or above one is in that state.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    pub warn: f64,
+    pub crit: f64,
+    /// Seconds the condition must hold before the alert fires; absent: the rule's default.
+    #[serde(default)]
+    pub for_seconds: Option<u64>,
+}
+
+/// `alerts:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Run the alert engine in the agent (default true). It reads what the health loops
+    /// publish (`health.enabled`) and the storage quota states (`storage.enabled`).
+    pub enabled: bool,
+    /// Seconds between two evaluations of the whole catalog (default 5).
+    pub evaluation_interval_seconds: u64,
+    /// A firing alert is notified again after this many seconds while it lasts (default
+    /// 14400, Alertmanager's default `repeat_interval`); 0: never again.
+    pub repeat_seconds: u64,
+    /// Transitions (firing, resolved) kept for `GET /api/v1/alerts` (default 200).
+    pub history: usize,
+    /// Where notifications go: a list of `slack: {url}`, `webhook: {url}` and
+    /// `email: {host, from, to, …}`, each with an optional `name` (the `sink` label;
+    /// default its kind; unique). Empty by default: alerts only in the API and metrics.
+    /// (A notifier is a one-key map, not a YAML `!tag`: yaml_serde's `singleton_map`.)
+    #[serde(with = "yaml_serde::with::singleton_map_recursive")]
+    pub notifiers: Vec<NotifierConfig>,
+    /// How every notifier delivers.
+    pub delivery: DeliveryConfig,
+    /// Client backends / max_connections (default warn 0.8, crit 0.95, for 120 s).
+    pub connection_saturation: Threshold,
+    /// Age of the oldest open transaction, seconds (default 300 / 1800, for 60 s).
+    pub long_transaction_seconds: Threshold,
+    /// Longest idle-in-transaction session, seconds (default 300 / 1800, for 60 s).
+    pub idle_in_transaction_seconds: Threshold,
+    /// Longest current lock wait, seconds (default 30 / 120, for 0 s).
+    pub lock_wait_seconds: Threshold,
+    /// Largest replay lag of a standby, seconds (default 30 / 300, for 120 s).
+    pub replication_lag_seconds: Threshold,
+    /// Largest WAL not yet replayed by a standby, bytes (none by default; with
+    /// `replication_lag_seconds` the worse of the two decides).
+    pub replication_lag_bytes: Option<Threshold>,
+    /// Largest age(datfrozenxid), transactions (default 1.5e9 / 1.8e9, for 0 s;
+    /// wraparound protection stops writes near 2^31, PostgreSQL docs, section 24.1.5).
+    pub wraparound_xid_age: Threshold,
+    pub dead_tuples: DeadTuples,
+    pub stale_statistics: StaleStatistics,
+    pub autovacuum_starvation: Starvation,
+    pub checkpoint_thrash: CheckpointThrash,
+    /// WAL rate (default window 900 s, floor 1 MiB/s, for 900 s).
+    pub wal_surge: Surge<Wal>,
+    /// Temp-file bytes rate per database (default window 300 s, floor 1 MiB/s, for 300 s).
+    pub temp_surge: Surge<Temp>,
+    pub unused_index: UnusedIndex,
+    /// pgmon's storage quota states (soft, hard, locked).
+    pub storage_quota: ForOnly,
+    /// A health loop whose last run failed (default for 300 s).
+    pub health_loop_failing: ForOnly,
+}
+
+/// One notifier.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum NotifierConfig {
+    /// A Slack incoming webhook (`https://hooks.slack.com/services/…`): `{"text": …}`.
+    Slack(WebhookConfig),
+    /// Any http(s) URL taking a JSON POST: one object per firing or resolved alert.
+    Webhook(WebhookConfig),
+    /// Email over SMTP.
+    Email(EmailConfig),
+}
+
+/// `slack:` or `webhook:`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// http:// or https:// URL.
+    pub url: String,
+    /// The `sink` label (default `slack` or `webhook`).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `alerts.delivery`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Per attempt, milliseconds (default 5000).
+    pub timeout_ms: u64,
+    /// Attempts after the first, with exponential backoff from 1 s to 60 s (default 5).
+    pub retries: usize,
+    /// Notifications waiting per notifier at most; beyond, new ones are dropped and
+    /// counted (`pgmon_alert_notifications_total{result="dropped"}`) (default 100).
+    pub queue: usize,
+    /// Notifications per notifier and minute at most; the excess is counted
+    /// (`result="rate_limited"`) and summed up in one message when the minute ends
+    /// (default 20; 0: no limit).
+    pub max_per_minute: u32,
+}
+
+/// `alerts.dead_tuples`: a relation with dead / (live + dead) ≥ `ratio` and at least
+/// `min_tuples` dead tuples (top-N of the 10-minute loop).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadTuples {
+    /// Default 0.2.
+    pub ratio: f64,
+    /// Default 100000.
+    pub min_tuples: f64,
+    /// Default 600.
+    pub for_seconds: u64,
+}
+
+/// `alerts.stale_statistics`: a database with at least `min_tables` tables changed since
+/// an analyze more than 12 hours old (or never analyzed).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StaleStatistics {
+    /// Default 1.
+    pub min_tables: f64,
+    /// Default 3600.
+    pub for_seconds: u64,
+}
+
+/// `alerts.autovacuum_starvation`: a database where a table was not vacuumed for
+/// `vacuum_age_seconds` while its dead tuples (sum of the top-N relations) rose over
+/// `window_seconds`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Starvation {
+    /// Default 21600 (6 h).
+    pub vacuum_age_seconds: f64,
+    /// Default 3600.
+    pub window_seconds: u64,
+    /// Default 1800.
+    pub for_seconds: u64,
+}
+
+/// `alerts.checkpoint_thrash`: over `window_seconds`, at least `min_checkpoints`
+/// checkpoints, and more than `requested_ratio` of them requested (WAL reached
+/// max_wal_size, or CHECKPOINT) or their mean interval under `min_interval_seconds`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointThrash {
+    /// Default 0.2.
+    pub requested_ratio: f64,
+    /// Default 300.
+    pub min_interval_seconds: f64,
+    /// Default 3.
+    pub min_checkpoints: f64,
+    /// Default 3600.
+    pub window_seconds: u64,
+    /// Default 900.
+    pub for_seconds: u64,
+}
+
+/// `alerts.wal_surge` / `alerts.temp_surge`: the rate over `window_seconds` is above the
+/// mean + `sigma` standard deviations of its own past rates (over `baseline_seconds`, one
+/// observation per evaluation but at most 1440), once at least `min_samples` of those
+/// exist, and at least `floor_bytes_per_second`, so an idle cluster never fires. `D` gives
+/// the rule's default window and `for` ([`Wal`], [`Temp`]); `Surge` alone is one whose
+/// defaults no longer matter.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, bound(deserialize = "D: SurgeDefaults"))]
+pub struct Surge<D = ()> {
+    /// Rate window, seconds (default `D::WINDOW_SECONDS`; at least twice the interval of
+    /// the loop that reads the counter: medium for WAL, fast for temp files).
+    pub window_seconds: u64,
+    /// How far back the baseline reaches, seconds (default 86400).
+    pub baseline_seconds: u64,
+    /// Default 3.
+    pub sigma: f64,
+    /// Baseline observations needed before the rule can fire (default 30).
+    pub min_samples: usize,
+    /// Default 1048576 (1 MiB/s).
+    pub floor_bytes_per_second: f64,
+    /// Default `D::WINDOW_SECONDS`.
+    pub for_seconds: u64,
+    #[serde(skip)]
+    defaults: PhantomData<D>,
+}
+
+/// The defaults of a surge rule.
+pub trait SurgeDefaults {
+    /// Default window and `for`, seconds.
+    const WINDOW_SECONDS: u64;
+}
+
+/// The WAL surge's defaults: 15 minutes (the catalog's).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Wal;
+
+/// The temp surge's defaults: 5 minutes (the catalog's).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Temp;
+
+impl SurgeDefaults for Wal {
+    const WINDOW_SECONDS: u64 = 900;
+}
+
+impl SurgeDefaults for Temp {
+    const WINDOW_SECONDS: u64 = 300;
+}
+
+impl SurgeDefaults for () {
+    const WINDOW_SECONDS: u64 = 0;
+}
+
+impl<D> Surge<D> {
+    /// The same numbers, without the defaults in the type.
+    pub fn erased(self) -> Surge {
+        Surge {
+            window_seconds: self.window_seconds,
+            baseline_seconds: self.baseline_seconds,
+            sigma: self.sigma,
+            min_samples: self.min_samples,
+            floor_bytes_per_second: self.floor_bytes_per_second,
+            for_seconds: self.for_seconds,
+            defaults: PhantomData,
+        }
+    }
+}
+
+/// `alerts.unused_index`: an index (not unique, not a primary key) never scanned since
+/// statistics were reset and at least `min_bytes` large.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnusedIndex {
+    /// Default 100e6.
+    pub min_bytes: f64,
+    /// Default 604800 (7 days).
+    pub for_seconds: u64,
+}
+
+/// A rule with nothing to set but its `for`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ForOnly {
+    pub for_seconds: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        let t = |warn, crit| Threshold {
+            warn,
+            crit,
+            for_seconds: None,
+        };
+        Self {
+            enabled: true,
+            evaluation_interval_seconds: 5,
+            repeat_seconds: 14_400,
+            history: 200,
+            notifiers: Vec::new(),
+            delivery: DeliveryConfig::default(),
+            connection_saturation: t(0.8, 0.95),
+            long_transaction_seconds: t(300.0, 1800.0),
+            idle_in_transaction_seconds: t(300.0, 1800.0),
+            lock_wait_seconds: t(30.0, 120.0),
+            replication_lag_seconds: t(30.0, 300.0),
+            replication_lag_bytes: None,
+            wraparound_xid_age: t(1.5e9, 1.8e9),
+            dead_tuples: DeadTuples::default(),
+            stale_statistics: StaleStatistics::default(),
+            autovacuum_starvation: Starvation::default(),
+            checkpoint_thrash: CheckpointThrash::default(),
+            wal_surge: Surge::default(),
+            temp_surge: Surge::default(),
+            unused_index: UnusedIndex::default(),
+            storage_quota: ForOnly { for_seconds: 0 },
+            health_loop_failing: ForOnly { for_seconds: 300 },
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 5_000,
+            retries: 5,
+            queue: 100,
+            max_per_minute: 20,
+        }
+    }
+}
+
+impl Default for DeadTuples {
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            min_tuples: 100_000.0,
+            for_seconds: 600,
+        }
+    }
+}
+
+impl Default for StaleStatistics {
+    fn default() -> Self {
+        Self {
+            min_tables: 1.0,
+            for_seconds: 3600,
+        }
+    }
+}
+
+impl Default for Starvation {
+    fn default() -> Self {
+        Self {
+            vacuum_age_seconds: 21_600.0,
+            window_seconds: 3600,
+            for_seconds: 1800,
+        }
+    }
+}
+
+impl Default for CheckpointThrash {
+    fn default() -> Self {
+        Self {
+            requested_ratio: 0.2,
+            min_interval_seconds: 300.0,
+            min_checkpoints: 3.0,
+            window_seconds: 3600,
+            for_seconds: 900,
+        }
+    }
+}
+
+impl<D: SurgeDefaults> Default for Surge<D> {
+    fn default() -> Self {
+        Self {
+            window_seconds: D::WINDOW_SECONDS,
+            baseline_seconds: 86_400,
+            sigma: 3.0,
+            min_samples: 30,
+            floor_bytes_per_second: 1_048_576.0,
+            for_seconds: D::WINDOW_SECONDS,
+            defaults: PhantomData,
+        }
+    }
+}
+
+impl Default for UnusedIndex {
+    fn default() -> Self {
+        Self {
+            min_bytes: 100e6,
+            for_seconds: 604_800,
+        }
+    }
+}
+
+/// A threshold rule as `pgmon-agent check` and the engine both read it: the policy field,
+/// the alert's name, the metric compared, the label naming the entity (none: the largest
+/// sample decides), the threshold and the rule's default `for`, seconds.
+pub struct Level {
+    pub field: &'static str,
+    pub alertname: &'static str,
+    pub metric: &'static str,
+    pub entity: Option<&'static str>,
+    pub threshold: Threshold,
+    pub default_for: u64,
+}
+
+impl AlertsConfig {
+    /// The six threshold rules, in catalog order.
+    pub fn levels(&self) -> [Level; 6] {
+        let l = |field, alertname, metric, entity, threshold, default_for| Level {
+            field,
+            alertname,
+            metric,
+            entity,
+            threshold,
+            default_for,
+        };
+        [
+            l(
+                "connection_saturation",
+                "PostgresConnectionSaturation",
+                "pgmon_connections_used_ratio",
+                None,
+                self.connection_saturation,
+                120,
+            ),
+            l(
+                "long_transaction_seconds",
+                "PostgresLongTransaction",
+                "pgmon_oldest_xact_age_seconds",
+                None,
+                self.long_transaction_seconds,
+                60,
+            ),
+            l(
+                "idle_in_transaction_seconds",
+                "PostgresIdleInTransaction",
+                "pgmon_idle_in_transaction_max_seconds",
+                None,
+                self.idle_in_transaction_seconds,
+                60,
+            ),
+            l(
+                "lock_wait_seconds",
+                "PostgresBlockingLocks",
+                "pgmon_lock_wait_max_seconds",
+                None,
+                self.lock_wait_seconds,
+                0,
+            ),
+            l(
+                "replication_lag_seconds",
+                "PostgresReplicationLag",
+                "pgmon_replication_lag_seconds",
+                Some("application_name"),
+                self.replication_lag_seconds,
+                120,
+            ),
+            l(
+                "wraparound_xid_age",
+                "PostgresWraparoundDanger",
+                "pgmon_database_xid_age",
+                Some("datname"),
+                self.wraparound_xid_age,
+                0,
+            ),
+        ]
+    }
+
+    /// Checks ranges and notifiers against the health loops' intervals; the error is
+    /// `(field, message)` with the field's dotted path.
+    pub fn validate(&self, health: &crate::health::HealthConfig) -> Result<(), (String, String)> {
+        let err = |field: &str, message: String| Err((format!("alerts.{field}"), message));
+        if self.evaluation_interval_seconds == 0 {
+            return err("evaluation_interval_seconds", "must be at least 1".into());
+        }
+        let mut thresholds: Vec<(&str, Threshold)> = self
+            .levels()
+            .iter()
+            .map(|l| (l.field, l.threshold))
+            .collect();
+        if let Some(b) = self.replication_lag_bytes {
+            thresholds.push(("replication_lag_bytes", b));
+        }
+        for (field, t) in thresholds {
+            if !(t.warn.is_finite() && t.crit.is_finite() && t.warn <= t.crit) {
+                return err(
+                    &format!("{field}.crit"),
+                    format!("{} must be a number at least warn ({})", t.crit, t.warn),
+                );
+            }
+        }
+        for (field, s, l) in [
+            ("wal_surge", self.wal_surge.erased(), health.loops.medium),
+            ("temp_surge", self.temp_surge.erased(), health.loops.fast),
+        ] {
+            if s.window_seconds < 2 * l.interval_seconds {
+                return err(
+                    &format!("{field}.window_seconds"),
+                    format!(
+                        "{} must be at least twice the interval of the loop that reads the counter ({} s)",
+                        s.window_seconds, l.interval_seconds
+                    ),
+                );
+            }
+            if s.baseline_seconds <= s.window_seconds {
+                return err(
+                    &format!("{field}.baseline_seconds"),
+                    format!("{} must exceed window_seconds", s.baseline_seconds),
+                );
+            }
+            if !(s.sigma > 0.0 && s.sigma.is_finite()) || s.min_samples < 2 {
+                return err(
+                    &format!("{field}.sigma"),
+                    "sigma must be above 0 and min_samples at least 2".into(),
+                );
+            }
+        }
+        self.validate_notifiers()
+    }
+
+    fn validate_notifiers(&self) -> Result<(), (String, String)> {
+        let mut names = std::collections::HashSet::new();
+        for (i, n) in self.notifiers.iter().enumerate() {
+            let at = |f: &str| format!("alerts.notifiers[{i}].{f}");
+            let (kind, name) = match n {
+                NotifierConfig::Slack(w) | NotifierConfig::Webhook(w) => {
+                    let kind = if matches!(n, NotifierConfig::Slack(_)) {
+                        "slack"
+                    } else {
+                        "webhook"
+                    };
+                    let ok = w.url.parse::<hyper::Uri>().ok().is_some_and(|u| {
+                        matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+                    });
+                    if !ok {
+                        return Err((
+                            at(&format!("{kind}.url")),
+                            format!("{:?} is not an http:// or https:// URL", w.url),
+                        ));
+                    }
+                    (kind, w.name.clone())
+                }
+                NotifierConfig::Email(e) => {
+                    if let Err(err) = e.mailboxes() {
+                        let text = err.to_string();
+                        let (field, message) = text.split_once(": ").unwrap_or(("", &text));
+                        return Err((at(&format!("email.{field}")), message.to_owned()));
+                    }
+                    ("email", e.name.clone())
+                }
+            };
+            let name = name.unwrap_or_else(|| kind.to_owned());
+            if !names.insert(name.clone()) {
+                return Err((
+                    at(&format!("{kind}.name")),
+                    format!("another notifier is already called {name:?}; give each a name"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,0 +1,289 @@
+//! The in-agent alert engine (issue 5): every `alerts.evaluation_interval_seconds` it
+//! evaluates the whole catalog ([`rules`], evaluated in [`eval`]) against what the health
+//! loops last published on the [`Board`] and the storage quota states, runs each alert
+//! through the state machine of [`state`] (pending → firing → resolved, `for` durations,
+//! repeats), and hands what is to be notified to the shared notifier ([`crate::notify`]):
+//! Slack, JSON webhooks and email, each with its own bounded queue and task, so a dead
+//! notifier never stalls this loop, the health loops or enforcement.
+//!
+//! Exported: `pgmon_alerts_firing{alertname,severity}` (firing alerts now, one series per
+//! rule and severity it can have) and `pgmon_alert_notifications_total{sink,result}`;
+//! `GET /api/v1/alerts` shows the firing and pending alerts, the recent transitions and
+//! every rule with its expression.
+
+pub mod config;
+mod eval;
+mod notice;
+pub mod rules;
+pub mod series;
+pub mod state;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::Counter, family::Family, gauge::ConstGauge},
+    registry::Registry,
+};
+use serde::Serialize;
+
+pub use config::{AlertsConfig, Threshold};
+pub use eval::Inputs;
+
+use crate::{
+    health::Board,
+    notify::{self, SinkLabels},
+};
+use rules::Rule;
+use state::{Alert, Notice, Phase, Severity, Tracker};
+
+/// The catalog and the state of every alert; pure: time comes in as an argument.
+pub struct Engine {
+    rules: Vec<Rule>,
+    tracker: Tracker,
+    interval_seconds: u64,
+}
+
+impl Engine {
+    /// The catalog with the policy's numbers, no alert active.
+    pub fn new(c: &AlertsConfig) -> Self {
+        Self {
+            rules: rules::catalog(c),
+            tracker: Tracker::new(c.repeat_seconds.saturating_mul(1000), c.history),
+            interval_seconds: c.evaluation_interval_seconds,
+        }
+    }
+
+    /// Evaluates every rule at `now_ms` (ms since the UNIX epoch); returns what to notify.
+    pub fn tick(&mut self, now_ms: u64, inputs: &Inputs) -> Vec<Notice> {
+        let mut out = Vec::new();
+        for rule in &mut self.rules {
+            let result = rule.evaluate(now_ms, inputs);
+            out.extend(self.tracker.observe(now_ms, &rule.meta, result));
+        }
+        out
+    }
+
+    /// What `GET /api/v1/alerts` shows.
+    pub fn view(&self, now_ms: u64, notifiers: Vec<String>) -> View {
+        let (firing, pending): (Vec<Alert>, Vec<Alert>) = self
+            .tracker
+            .alerts()
+            .cloned()
+            .partition(|a| a.state == Phase::Firing);
+        View {
+            enabled: true,
+            evaluated_at: Some(crate::storage::rfc3339(now_ms)),
+            evaluation_interval_seconds: self.interval_seconds,
+            notifiers,
+            firing,
+            pending,
+            history: self.tracker.history().rev().cloned().collect(),
+            rules: self
+                .rules
+                .iter()
+                .map(|r| RuleView {
+                    alertname: r.meta.name,
+                    expression: r.meta.expression.clone(),
+                    for_seconds: r.meta.for_ms / 1000,
+                    severities: r.severities,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `GET /api/v1/alerts`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct View {
+    /// False when `alerts.enabled` is off (or the agent runs without health loops).
+    pub enabled: bool,
+    /// The last evaluation, RFC 3339.
+    pub evaluated_at: Option<String>,
+    pub evaluation_interval_seconds: u64,
+    /// The notifiers' names (the `sink` label).
+    pub notifiers: Vec<String>,
+    pub firing: Vec<Alert>,
+    pub pending: Vec<Alert>,
+    /// The last transitions (firing, resolved), newest first, at most `alerts.history`.
+    pub history: Vec<Notice>,
+    pub rules: Vec<RuleView>,
+}
+
+/// One rule of the catalog as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleView {
+    pub alertname: &'static str,
+    pub expression: String,
+    pub for_seconds: u64,
+    pub severities: &'static [Severity],
+}
+
+/// What the HTTP endpoint and the registry share with the engine's task: the last view
+/// and the notification counters.
+#[derive(Clone, Debug)]
+pub struct AlertBook {
+    view: Arc<Mutex<View>>,
+    notifications: Family<SinkLabels, Counter>,
+}
+
+impl AlertBook {
+    /// Registers `pgmon_alerts_firing` and `pgmon_alert_notifications_total` in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let book = Self {
+            view: Arc::default(),
+            notifications: Family::default(),
+        };
+        registry.register(
+            "pgmon_alert_notifications",
+            "Alert notifications by sink and result (sent, failed after every retry, dropped on a full queue, deduplicated, rate_limited)",
+            book.notifications.clone(),
+        );
+        registry.register_collector(Box::new(FiringCollector(book.view.clone())));
+        book
+    }
+
+    /// The counter the notifier calls.
+    pub fn count(&self) -> notify::Count {
+        let family = self.notifications.clone();
+        Arc::new(move |sink, result| {
+            family
+                .get_or_create(&SinkLabels {
+                    sink: sink.to_owned(),
+                    result,
+                })
+                .inc();
+        })
+    }
+
+    /// Replaces the view.
+    pub fn publish(&self, view: View) {
+        if let Ok(mut v) = self.view.lock() {
+            *v = view;
+        }
+    }
+
+    /// The view as JSON.
+    pub fn json(&self) -> String {
+        let v = self.view.lock().map(|v| v.clone()).unwrap_or_default();
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    }
+}
+
+#[derive(Debug)]
+struct FiringCollector(Arc<Mutex<View>>);
+
+impl Collector for FiringCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(v) = self.0.lock() else {
+            return Ok(());
+        };
+        if !v.enabled {
+            return Ok(());
+        }
+        let mut m = e.encode_descriptor(
+            "pgmon_alerts_firing",
+            "Alerts of the in-agent engine firing now, by rule and severity.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in &v.rules {
+            for s in r.severities {
+                let n = v
+                    .firing
+                    .iter()
+                    .filter(|a| a.alertname == r.alertname && a.severity == *s)
+                    .count();
+                let labels = [("alertname", r.alertname), ("severity", s.as_str())];
+                ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts the engine's task on `runtime`: its notifiers, then an evaluation every
+/// `evaluation_interval_seconds`. Errors name the notifier that cannot be set up.
+pub fn start(
+    runtime: &tokio::runtime::Runtime,
+    config: &AlertsConfig,
+    board: Board,
+    storage: Option<crate::storage::StorageHandle>,
+    book: AlertBook,
+) -> anyhow::Result<()> {
+    let _guard = runtime.enter();
+    let sinks = notice::sinks(config)?;
+    let notifier = notify::Notifier::start(sinks, &notice::delivery(config), book.count());
+    let engine = Engine::new(config);
+    let instance = notice::instance();
+    tracing::info!(
+        rules = engine.rules.len(),
+        notifiers = ?notifier.sink_names(),
+        interval_seconds = config.evaluation_interval_seconds,
+        "alert engine on"
+    );
+    runtime.spawn(serve(
+        engine,
+        Duration::from_secs(config.evaluation_interval_seconds),
+        board,
+        storage,
+        book,
+        notifier,
+        instance,
+    ));
+    Ok(())
+}
+
+async fn serve(
+    mut engine: Engine,
+    interval: Duration,
+    board: Board,
+    storage: Option<crate::storage::StorageHandle>,
+    book: AlertBook,
+    notifier: notify::Notifier,
+    instance: String,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let names = notifier.sink_names();
+    loop {
+        ticker.tick().await;
+        let storage = match &storage {
+            // A busy coordinator costs this round its storage rules, not the others.
+            Some(h) => tokio::time::timeout(Duration::from_secs(1), h.status())
+                .await
+                .ok()
+                .flatten()
+                .map(|s| {
+                    s.roles
+                        .into_iter()
+                        .map(|r| (r.role, r.state.as_str()))
+                        .collect()
+                }),
+            None => None,
+        };
+        let now = crate::http::now_ms();
+        let inputs = Inputs {
+            board: &board,
+            storage,
+        };
+        for n in engine.tick(now, &inputs) {
+            tracing::warn!(
+                alertname = n.alert.alertname,
+                status = ?n.status,
+                severity = n.alert.severity.as_str(),
+                message = %n.alert.message,
+                "alert"
+            );
+            notifier.send(notice::payload(&n, &instance));
+        }
+        book.publish(engine.view(now, names.clone()));
+    }
+}

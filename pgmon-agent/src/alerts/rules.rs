@@ -1,0 +1,269 @@
+//! The alert catalog of issue 5: each rule's name (the same `alert:` names as
+//! `alerts/pgmon-rules.yml`), its expression written out with the policy's numbers, its
+//! `for`, the severities it can have, and what it reads. How each one is evaluated is in
+//! [`super::eval`]. Dedupe key of every alert: the name and the entity's labels
+//! (`datname`, `relation`, `index`, `application_name`, `role`, `loop`), or the name alone
+//! for a cluster-wide rule.
+
+use std::collections::HashMap;
+
+use super::{
+    config::{
+        AlertsConfig, CheckpointThrash, DeadTuples, Level, StaleStatistics, Starvation, Surge,
+        Threshold, UnusedIndex,
+    },
+    series::{Baseline, Window},
+    state::{RuleMeta, Severity},
+};
+
+/// Both severities.
+pub const BOTH: &[Severity] = &[Severity::Warning, Severity::Critical];
+/// Warning only.
+pub const WARNING: &[Severity] = &[Severity::Warning];
+/// Critical only.
+pub const CRITICAL: &[Severity] = &[Severity::Critical];
+
+/// One rule of the catalog, with the state its evaluation keeps between rounds.
+pub struct Rule {
+    pub meta: RuleMeta,
+    /// The severities its alerts can have (the series of `pgmon_alerts_firing`).
+    pub severities: &'static [Severity],
+    pub(super) kind: Kind,
+}
+
+/// A rate rule's state per entity.
+pub(super) type SurgeState = HashMap<String, (Window<1>, Baseline)>;
+
+/// What a rule reads and compares.
+pub(super) enum Kind {
+    /// A metric against warn/crit (replication lag also against bytes).
+    Level {
+        level: Level,
+        bytes: Option<Threshold>,
+    },
+    DeadTuples(DeadTuples),
+    Stale(StaleStatistics),
+    /// The dead tuples of each database over the window.
+    Starvation(Starvation, HashMap<String, Window<1>>),
+    /// Timed and requested checkpoints over the window.
+    Checkpoints(CheckpointThrash, Window<2>),
+    Surge {
+        metric: &'static str,
+        entity: Option<&'static str>,
+        what: &'static str,
+        config: Surge,
+        interval_ms: u64,
+        state: SurgeState,
+    },
+    UnusedIndex(UnusedIndex),
+    /// Roles in this storage quota state.
+    Storage(&'static str),
+    LoopFailing,
+}
+
+fn meta(name: &'static str, expression: String, for_seconds: u64) -> RuleMeta {
+    RuleMeta {
+        name,
+        expression,
+        for_ms: for_seconds.saturating_mul(1000),
+    }
+}
+
+/// Every rule of the catalog with the policy's numbers, in catalog order.
+pub fn catalog(c: &AlertsConfig) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for level in c.levels() {
+        let t = level.threshold;
+        let per = level
+            .entity
+            .map(|e| format!(", per {e}"))
+            .unwrap_or_default();
+        let mut expression = format!(
+            "{} >= {} (critical: >= {}){per}",
+            level.metric, t.warn, t.crit
+        );
+        let bytes = (level.field == "replication_lag_seconds")
+            .then_some(c.replication_lag_bytes)
+            .flatten();
+        if let Some(b) = bytes {
+            expression.push_str(&format!(
+                "; or pgmon_replication_lag_bytes >= {} (critical: >= {})",
+                b.warn, b.crit
+            ));
+        }
+        rules.push(Rule {
+            meta: meta(
+                level.alertname,
+                expression,
+                t.for_seconds.unwrap_or(level.default_for),
+            ),
+            severities: BOTH,
+            kind: Kind::Level { level, bytes },
+        });
+    }
+    let d = c.dead_tuples;
+    rules.push(Rule {
+        meta: meta(
+            "PostgresDeadTupleBacklog",
+            format!(
+                "pgmon_relation_dead_ratio >= {} and pgmon_relation_dead_tuples >= {}, per (datname, relation)",
+                d.ratio, d.min_tuples
+            ),
+            d.for_seconds,
+        ),
+        severities: WARNING,
+        kind: Kind::DeadTuples(d),
+    });
+    let s = c.stale_statistics;
+    rules.push(Rule {
+        meta: meta(
+            "PostgresStaleStatistics",
+            format!(
+                "pgmon_stale_statistics_tables >= {}, per datname",
+                s.min_tables
+            ),
+            s.for_seconds,
+        ),
+        severities: WARNING,
+        kind: Kind::Stale(s),
+    });
+    let a = c.autovacuum_starvation;
+    rules.push(Rule {
+        meta: meta(
+            "PostgresAutovacuumStarvation",
+            format!(
+                "pgmon_vacuum_age_max_seconds > {} and sum by (datname) (pgmon_relation_dead_tuples) rose over the last {} s, per datname",
+                a.vacuum_age_seconds, a.window_seconds
+            ),
+            a.for_seconds,
+        ),
+        severities: WARNING,
+        kind: Kind::Starvation(a, HashMap::new()),
+    });
+    let k = c.checkpoint_thrash;
+    rules.push(Rule {
+        meta: meta(
+            "PostgresCheckpointThrash",
+            format!(
+                "over the last {w} s: increase(pgmon_checkpoints_total) >= {} and \
+                 (increase(pgmon_checkpoints_total{{kind=\"requested\"}}) / increase(pgmon_checkpoints_total) > {} \
+                 or {w} s / increase(pgmon_checkpoints_total) < {} s)",
+                k.min_checkpoints,
+                k.requested_ratio,
+                k.min_interval_seconds,
+                w = k.window_seconds
+            ),
+            k.for_seconds,
+        ),
+        severities: WARNING,
+        kind: Kind::Checkpoints(k, Window::new(k.window_seconds * 1000)),
+    });
+    let interval_ms = c.evaluation_interval_seconds * 1000;
+    for (name, metric, entity, what, config) in [
+        (
+            "PostgresWalSurge",
+            "pgmon_wal_position_bytes",
+            None,
+            "WAL",
+            c.wal_surge.erased(),
+        ),
+        (
+            "PostgresTempSurge",
+            "pg_stat_database_temp_bytes",
+            Some("datname"),
+            "temp files",
+            c.temp_surge.erased(),
+        ),
+    ] {
+        let per = entity.map(|e| format!(", per {e}")).unwrap_or_default();
+        rules.push(Rule {
+            meta: meta(
+                name,
+                format!(
+                    "rate({metric}_total[{}s]) > mean + {}σ of its own past rates over {} s (at least {} of them) \
+                     and >= {} bytes/s{per}",
+                    config.window_seconds,
+                    config.sigma,
+                    config.baseline_seconds,
+                    config.min_samples,
+                    config.floor_bytes_per_second
+                ),
+                config.for_seconds,
+            ),
+            severities: WARNING,
+            kind: Kind::Surge {
+                metric,
+                entity,
+                what,
+                config,
+                interval_ms,
+                state: HashMap::new(),
+            },
+        });
+    }
+    let u = c.unused_index;
+    rules.push(Rule {
+        meta: meta(
+            "PostgresUnusedLargeIndex",
+            format!(
+                "pgmon_unused_index_bytes >= {}, per (datname, index)",
+                u.min_bytes
+            ),
+            u.for_seconds,
+        ),
+        severities: WARNING,
+        kind: Kind::UnusedIndex(u),
+    });
+    for (name, state, severities) in [
+        ("PgmonStorageSoftLimit", "soft", WARNING),
+        ("PgmonStorageHardLimit", "hard", CRITICAL),
+        ("PgmonStorageLocked", "locked", CRITICAL),
+    ] {
+        rules.push(Rule {
+            meta: meta(
+                name,
+                format!("pgmon_role_storage_state{{state=\"{state}\"}} == 1, per role"),
+                c.storage_quota.for_seconds,
+            ),
+            severities,
+            kind: Kind::Storage(state),
+        });
+    }
+    rules.push(Rule {
+        meta: meta(
+            "PgmonHealthLoopFailing",
+            "pgmon_last_scrape_success == 0, per loop".into(),
+            c.health_loop_failing.for_seconds,
+        ),
+        severities: WARNING,
+        kind: Kind::LoopFailing,
+    });
+    rules
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalog_matches_the_prometheus_rules() {
+        let rules = catalog(&AlertsConfig::default());
+        let shipped = include_str!("../../../alerts/pgmon-rules.yml");
+        for r in &rules {
+            assert!(
+                shipped.contains(&format!("alert: {}\n", r.meta.name)),
+                "{} is not in alerts/pgmon-rules.yml",
+                r.meta.name
+            );
+        }
+        let names: std::collections::HashSet<_> = rules.iter().map(|r| r.meta.name).collect();
+        assert_eq!(names.len(), rules.len(), "one rule per name");
+        let by = |n: &str| rules.iter().find(|r| r.meta.name == n).unwrap();
+        assert_eq!(by("PostgresConnectionSaturation").meta.for_ms, 120_000);
+        assert_eq!(
+            by("PostgresLongTransaction").meta.expression,
+            "pgmon_oldest_xact_age_seconds >= 300 (critical: >= 1800)"
+        );
+        assert_eq!(by("PostgresUnusedLargeIndex").meta.for_ms, 604_800_000);
+    }
+}
