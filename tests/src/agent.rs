@@ -185,6 +185,38 @@ impl Agent {
         Ok(crate::metrics::parse(&self.metrics_text()?))
     }
 
+    /// The sum of `name{labels}` in `GET /metrics` now (0 when absent). Panics when the
+    /// scrape fails.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let m = self.metrics().expect("GET /metrics");
+        crate::metrics::sum(&m, name, labels)
+    }
+
+    /// Polls `GET /metrics` every 200 ms until `name{labels}` is present and its sum
+    /// satisfies `ok`, and returns that sum; panics after `within` with the last value.
+    pub fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        within: Duration,
+        ok: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let t = Instant::now();
+        let mut last = f64::NAN;
+        while t.elapsed() < within {
+            if let Ok(m) = self.metrics()
+                && !crate::metrics::find(&m, name, labels).is_empty()
+            {
+                last = crate::metrics::sum(&m, name, labels);
+                if ok(last) {
+                    return last;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{name}{labels:?} is {last} after {within:?}");
+    }
+
     /// The agent's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

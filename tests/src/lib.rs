@@ -9,6 +9,8 @@
 //! - [`Agent`]: the agent binary as a child process, with its HTTP endpoints.
 //! - [`budget`]: helpers of the query-cost budget tests (pgmon's SQL, audit rows, roles).
 //! - [`metrics`]: a small parser of the Prometheus text format for assertions.
+//! - [`Receiver`]: the receiving side of the agent's webhooks (JSON bodies kept; can fail
+//!   or hang on demand).
 //!
 //! Everything here is blocking and synchronous; tests that need root call [`require_root`]
 //! first. Machine preparation (packages, PG 18 binaries) is `cargo xtask setup`'s job.
@@ -23,6 +25,7 @@ mod pgbench;
 mod proc;
 mod session;
 mod sql;
+mod webhook;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -33,6 +36,7 @@ pub use pgbench::{PgbenchResult, PgbenchRun, Protocol, parse_pgbench_output};
 pub use proc::{PostgresUser, pid_alive, postgres_user};
 pub use session::HeldSession;
 pub use sql::{quote_ident, quote_literal};
+pub use webhook::Receiver;
 
 /// Directory that `cargo xtask setup` installs the npm package
 /// [`PG18_NPM_PACKAGE`]@[`PG18_NPM_VERSION`] into (`npm install --prefix`). Readable by all.

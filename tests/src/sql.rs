@@ -34,6 +34,18 @@ impl Cluster {
         cmd
     }
 
+    /// Starts `psql -c sql` as `user` in `db` over the Unix socket in the background
+    /// (output discarded), for statements that block or sleep; wait on the child.
+    pub fn psql_background(&self, user: &str, db: &str, sql: &str) -> std::process::Child {
+        self.psql_cmd(user, db, Transport::Unix)
+            .arg("-c")
+            .arg(sql)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("psql")
+    }
+
     /// Runs `sql` as `user` in `db` and returns psql's stdout (unaligned, tuples only: one row
     /// per line, columns separated by `|`). Short SQL goes as `-c` (one Query message: several
     /// statements run in one implicit transaction); SQL over 4000 bytes goes through a temp

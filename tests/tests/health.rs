@@ -5,18 +5,15 @@
 //! `pg_stat_checkpointer` on 18), wraparound ages and relation sizes, and every loop's own
 //! success metric.
 
-use std::{
-    process::{Child, Stdio},
-    thread,
-    time::{Duration, Instant},
-};
+use std::{thread, time::Duration};
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, PgVersion, Transport, agent_binary, free_port, metrics,
-    require_root,
+    Agent, Cluster, ClusterOptions, PgVersion, Transport, agent_binary, free_port, require_root,
 };
 
 const APP: &str = "app";
+/// How long a metric may take to show what a scenario did.
+const WAIT: Duration = Duration::from_secs(20);
 
 fn config(cluster: &Cluster, port: u16) -> String {
     format!(
@@ -27,46 +24,6 @@ fn config(cluster: &Cluster, port: u16) -> String {
         cluster.data_dir().display(),
         cluster.conninfo("postgres", "postgres", Transport::Unix),
     )
-}
-
-/// Waits until `name{labels}` (summed) satisfies `ok`; returns its value.
-fn wait_metric(
-    agent: &Agent,
-    name: &str,
-    labels: &[(&str, &str)],
-    what: &str,
-    ok: impl Fn(f64) -> bool,
-) -> f64 {
-    let t = Instant::now();
-    let mut last = f64::NAN;
-    while t.elapsed() < Duration::from_secs(20) {
-        if let Ok(m) = agent.metrics()
-            && !metrics::find(&m, name, labels).is_empty()
-        {
-            last = metrics::sum(&m, name, labels);
-            if ok(last) {
-                return last;
-            }
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-    panic!("{what}: {name}{labels:?} is {last} after 20 s");
-}
-
-fn value(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metrics::sum(&agent.metrics().expect("metrics"), name, labels)
-}
-
-/// A psql session that runs `sql` in the background (it may block on a lock).
-fn spawn_psql(cluster: &Cluster, sql: &str) -> Child {
-    cluster
-        .psql_cmd(APP, APP, Transport::Unix)
-        .arg("-c")
-        .arg(sql)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("psql")
 }
 
 fn health(version: PgVersion) {
@@ -98,17 +55,13 @@ fn health(version: PgVersion) {
 
     // Every loop runs and succeeds; /healthz is not degraded.
     for l in ["fast", "medium", "slow", "hourly"] {
-        wait_metric(
-            &agent,
-            "pgmon_last_scrape_success",
-            &[("loop", l)],
-            l,
-            |v| v == 1.0,
-        );
+        agent.wait_metric("pgmon_last_scrape_success", &[("loop", l)], WAIT, |v| {
+            v == 1.0
+        });
     }
-    assert_eq!(value(&agent, "pg_up", &[]), 1.0);
+    assert_eq!(agent.metric("pg_up", &[]), 1.0);
     assert_eq!(
-        value(&agent, "pg_settings_max_connections", &[]),
+        agent.metric("pg_settings_max_connections", &[]),
         30.0,
         "max_connections"
     );
@@ -118,20 +71,15 @@ fn health(version: PgVersion) {
         .hold_session(APP, APP, Transport::Unix)
         .expect("session");
     idle.run("BEGIN; SELECT txid_current()").expect("begin");
-    wait_metric(
-        &agent,
-        "pgmon_idle_in_transaction_max_seconds",
-        &[],
-        "idle in transaction",
-        |v| v >= 2.0,
-    );
-    assert!(value(&agent, "pgmon_oldest_xact_age_seconds", &[]) >= 2.0);
-    assert!(value(&agent, "pgmon_backend_xmin_age", &[]) >= 0.0);
-    wait_metric(
-        &agent,
+    agent.wait_metric("pgmon_idle_in_transaction_max_seconds", &[], WAIT, |v| {
+        v >= 2.0
+    });
+    assert!(agent.metric("pgmon_oldest_xact_age_seconds", &[]) >= 2.0);
+    assert!(agent.metric("pgmon_backend_xmin_age", &[]) >= 0.0);
+    agent.wait_metric(
         "pg_stat_activity_backends",
         &[("datname", APP), ("state", "idle in transaction")],
-        "idle-in-transaction count",
+        WAIT,
         |v| v == 1.0,
     );
 
@@ -139,31 +87,17 @@ fn health(version: PgVersion) {
     idle.run("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
         .expect("lock");
     let mut waiters = vec![
-        spawn_psql(&cluster, "SELECT count(*) FROM t"),
-        spawn_psql(&cluster, "SELECT count(*) FROM t"),
+        cluster.psql_background(APP, APP, "SELECT count(*) FROM t"),
+        cluster.psql_background(APP, APP, "SELECT count(*) FROM t"),
     ];
-    wait_metric(
-        &agent,
-        "pgmon_blocked_backends",
-        &[],
-        "two sessions blocked",
-        |v| v == 2.0,
-    );
-    wait_metric(
-        &agent,
-        "pgmon_lock_wait_max_seconds",
-        &[],
-        "lock wait",
-        |v| v >= 1.0,
-    );
-    assert!(value(&agent, "pgmon_blocking_chain_max_length", &[]) >= 2.0);
+    agent.wait_metric("pgmon_blocked_backends", &[], WAIT, |v| v == 2.0);
+    agent.wait_metric("pgmon_lock_wait_max_seconds", &[], WAIT, |v| v >= 1.0);
+    assert!(agent.metric("pgmon_blocking_chain_max_length", &[]) >= 2.0);
     idle.run("ROLLBACK").expect("rollback");
     for w in &mut waiters {
         assert!(w.wait().expect("waiter").success(), "waiter finished");
     }
-    wait_metric(&agent, "pgmon_blocked_backends", &[], "unblocked", |v| {
-        v == 0.0
-    });
+    agent.wait_metric("pgmon_blocked_backends", &[], WAIT, |v| v == 0.0);
 
     // Connections near max_connections: 20 more sessions.
     let held: Vec<_> = (0..20)
@@ -173,21 +107,13 @@ fn health(version: PgVersion) {
                 .expect("session")
         })
         .collect();
-    wait_metric(
-        &agent,
-        "pgmon_connections_used_ratio",
-        &[],
-        "connections",
-        |v| v >= 21.0 / 30.0,
-    );
+    agent.wait_metric("pgmon_connections_used_ratio", &[], WAIT, |v| {
+        v >= 21.0 / 30.0
+    });
     drop(held);
 
     // A temp-file spill.
-    let before = value(
-        &agent,
-        "pg_stat_database_temp_files_total",
-        &[("datname", APP)],
-    );
+    let before = agent.metric("pg_stat_database_temp_files_total", &[("datname", APP)]);
     cluster
         .psql(
             APP,
@@ -196,16 +122,15 @@ fn health(version: PgVersion) {
             "SET work_mem = '64kB'; SELECT count(*) FROM (SELECT g, v FROM t ORDER BY g DESC, v OFFSET 1) s",
         )
         .expect("spill");
-    wait_metric(
-        &agent,
+    agent.wait_metric(
         "pg_stat_database_temp_files_total",
         &[("datname", APP)],
-        "temp files",
+        WAIT,
         |v| v > before,
     );
 
     // A WAL burst.
-    let before = value(&agent, "pgmon_wal_position_bytes_total", &[]);
+    let before = agent.metric("pgmon_wal_position_bytes_total", &[]);
     cluster
         .psql(
             APP,
@@ -214,50 +139,37 @@ fn health(version: PgVersion) {
             "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 100000) g",
         )
         .expect("insert");
-    wait_metric(&agent, "pgmon_wal_position_bytes_total", &[], "WAL", |v| {
+    agent.wait_metric("pgmon_wal_position_bytes_total", &[], WAIT, |v| {
         v >= before + 5.0e6
     });
 
     // A requested checkpoint, from whichever view this version has.
-    let before = value(&agent, "pgmon_checkpoints_total", &[("kind", "requested")]);
+    let before = agent.metric("pgmon_checkpoints_total", &[("kind", "requested")]);
     cluster.psql_admin("CHECKPOINT").expect("checkpoint");
-    wait_metric(
-        &agent,
+    agent.wait_metric(
         "pgmon_checkpoints_total",
         &[("kind", "requested")],
-        "checkpoint",
+        WAIT,
         |v| v > before,
     );
 
     // Inside the database: relation size, wraparound ages, transactions per second.
-    wait_metric(
-        &agent,
+    agent.wait_metric(
         "pgmon_relation_size_bytes",
         &[("datname", APP), ("relation", "public.t")],
-        "relation size",
+        WAIT,
         |v| v > 10.0e6,
     );
-    wait_metric(
-        &agent,
-        "pgmon_database_xid_age",
-        &[("datname", APP)],
-        "xid age",
-        |v| v > 0.0,
-    );
-    wait_metric(
-        &agent,
+    agent.wait_metric("pgmon_database_xid_age", &[("datname", APP)], WAIT, |v| {
+        v > 0.0
+    });
+    agent.wait_metric(
         "pgmon_relation_xid_age_max",
         &[("datname", APP)],
-        "relation xid age",
+        WAIT,
         |v| v > 0.0,
     );
-    wait_metric(
-        &agent,
-        "pg_stat_statements_calls_total",
-        &[],
-        "pg_stat_statements",
-        |v| v > 0.0,
-    );
+    agent.wait_metric("pg_stat_statements_calls_total", &[], WAIT, |v| v > 0.0);
     let (code, body) = agent.get("/healthz").expect("healthz");
     assert_eq!(code, 200, "{body}");
     assert!(!agent.log().contains("panicked"));

@@ -15,15 +15,11 @@
 
 mod storage_util;
 
-use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::TcpListener,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, PgVersion, Transport, agent_binary, free_port, require_root,
+    Agent, Cluster, ClusterOptions, PgVersion, Receiver, Transport, agent_binary, free_port,
+    require_root,
 };
 use storage_util::*;
 
@@ -84,12 +80,13 @@ fn quotas(version: PgVersion) {
     );
     lock_holders(&cluster);
 
-    let (hook_port, hooks) = webhook_sink();
+    let hooks = Receiver::start();
     let port = free_port();
     let yaml = format!(
-        "{}  notifications:\n    webhook_url: http://127.0.0.1:{hook_port}/hook\n    \
+        "{}  notifications:\n    webhook_url: {}\n    \
          slack_webhook_url: http://127.0.0.1:{}/nobody-listens\n",
         config(&cluster, port, ROLES),
+        hooks.url("/hook"),
         free_port()
     );
     let agent = Agent::start(
@@ -301,14 +298,13 @@ fn quotas(version: PgVersion) {
     // The webhook got every transition of quota, as JSON.
     wait_until("quota's notifications", Duration::from_secs(5), || {
         hooks
-            .lock()
-            .unwrap()
+            .bodies()
             .iter()
             .filter(|b| b["role"] == "quota")
             .count()
             == 4
     });
-    let got = hooks.lock().unwrap().clone();
+    let got = hooks.bodies();
     let locked = got
         .iter()
         .find(|b| b["role"] == "quota" && b["to"] == "locked")
@@ -335,41 +331,6 @@ fn quotas(version: PgVersion) {
     let log = agent.log();
     assert!(!log.contains("panicked"), "{log}");
     drop(held);
-}
-
-/// A plain-HTTP server on a free port that answers 200 to every request and keeps each
-/// body, parsed as JSON.
-fn webhook_sink() -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let sink = bodies.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut length = 0;
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-                if line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-                line.clear();
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_ok()
-                && let Ok(v) = serde_json::from_slice(&body)
-            {
-                sink.lock().unwrap().push(v);
-            }
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    (port, bodies)
 }
 
 /// Budget and storage hold a role independently (sql/002_enforcement.sql's role_locks).

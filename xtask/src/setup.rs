@@ -33,6 +33,9 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql-client-15",
     // The TLS test makes a self-signed certificate for its cluster.
     "openssl",
+    // The alert tests receive the agent's email on a loopback SMTP server (run with
+    // Debian's /usr/bin/python3 -m aiosmtpd).
+    "python3-aiosmtpd",
 ];
 
 const CREATECLUSTER_CONF: &str = "/etc/postgresql-common/createcluster.conf";
