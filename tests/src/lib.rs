@@ -71,6 +71,15 @@ pub const PSQL: &str = "/usr/bin/psql";
 /// Debian's `pgbench`; used as the client for every server version.
 pub const PGBENCH: &str = "/usr/bin/pgbench";
 
+/// A `health:` section (top level of the policy YAML, ending in a newline) with the fast
+/// and medium loops every second and the slow and hourly ones every 2 seconds, so a test
+/// sees what it did within seconds.
+pub const FAST_HEALTH_LOOPS: &str = "health:\n  loops:\n    \
+     fast: {interval_seconds: 1, budget_seconds: 1}\n    \
+     medium: {interval_seconds: 1, budget_seconds: 1}\n    \
+     slow: {interval_seconds: 2, budget_seconds: 2}\n    \
+     hourly: {interval_seconds: 2, budget_seconds: 2}\n";
+
 /// A PostgreSQL server version the harness can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PgVersion {

@@ -8,7 +8,8 @@
 use std::{thread, time::Duration};
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, PgVersion, Transport, agent_binary, free_port, require_root,
+    Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, Transport, agent_binary,
+    free_port, require_root,
 };
 
 const APP: &str = "app";
@@ -18,9 +19,7 @@ const WAIT: Duration = Duration::from_secs(20);
 fn config(cluster: &Cluster, port: u16) -> String {
     format!(
         "cluster:\n  data_directory: {}\n  connection: \"{}\"\nmetrics:\n  listen: 127.0.0.1:{port}\n\
-         health:\n  loops:\n    fast: {{interval_seconds: 1, budget_seconds: 1}}\n    \
-         medium: {{interval_seconds: 1, budget_seconds: 1}}\n    slow: {{interval_seconds: 2, budget_seconds: 2}}\n    \
-         hourly: {{interval_seconds: 2, budget_seconds: 2}}\n",
+         {FAST_HEALTH_LOOPS}",
         cluster.data_dir().display(),
         cluster.conninfo("postgres", "postgres", Transport::Unix),
     )
