@@ -13,7 +13,9 @@ use crate::notify::email::EmailConfig;
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Threshold {
+    /// Warning at or above this (the unit is the rule's: seconds, a ratio, bytes, XIDs).
     pub warn: f64,
+    /// Critical at or above this; at least `warn`.
     pub crit: f64,
     /// Seconds the condition must hold before the alert fires; absent: the rule's default.
     #[serde(default)]
@@ -58,14 +60,19 @@ pub struct AlertsConfig {
     /// Largest age(datfrozenxid), transactions (default 1.5e9 / 1.8e9, for 0 s;
     /// wraparound protection stops writes near 2^31, PostgreSQL docs, section 24.1.5).
     pub wraparound_xid_age: Threshold,
+    /// Dead-tuple backlog per relation (see [`DeadTuples`]).
     pub dead_tuples: DeadTuples,
+    /// Stale statistics per database (see [`StaleStatistics`]).
     pub stale_statistics: StaleStatistics,
+    /// Autovacuum starvation per database (see [`Starvation`]).
     pub autovacuum_starvation: Starvation,
+    /// Checkpoint thrash (see [`CheckpointThrash`]).
     pub checkpoint_thrash: CheckpointThrash,
     /// WAL rate (default window 900 s, floor 1 MiB/s, for 900 s).
     pub wal_surge: Surge<Wal>,
     /// Temp-file bytes rate per database (default window 300 s, floor 1 MiB/s, for 300 s).
     pub temp_surge: Surge<Temp>,
+    /// Unused large indexes (see [`UnusedIndex`]).
     pub unused_index: UnusedIndex,
     /// pgmon's storage quota states (soft, hard, locked).
     pub storage_quota: ForOnly,
@@ -251,6 +258,7 @@ pub struct UnusedIndex {
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ForOnly {
+    /// Seconds the condition must hold before the alert fires.
     pub for_seconds: u64,
 }
 
@@ -367,11 +375,17 @@ impl Default for UnusedIndex {
 /// the alert's name, the metric compared, the label naming the entity (none: the largest
 /// sample decides), the threshold and the rule's default `for`, seconds.
 pub struct Level {
+    /// The field under `alerts:` (and the check's name in `pgmon-agent check`).
     pub field: &'static str,
+    /// The alert's name, as in `alerts/pgmon-rules.yml`.
     pub alertname: &'static str,
+    /// The health metric compared.
     pub metric: &'static str,
+    /// The label naming the entity; `None`: cluster-wide, the largest sample decides.
     pub entity: Option<&'static str>,
+    /// The policy's thresholds.
     pub threshold: Threshold,
+    /// The catalog's `for`, seconds, when the policy gives none.
     pub default_for: u64,
 }
 

@@ -14,6 +14,7 @@ use super::{
 
 /// What one evaluation reads.
 pub struct Inputs<'a> {
+    /// What the health loops last published.
     pub board: &'a Board,
     /// Each limited role and its storage quota state (`ok`, `soft`, `hard`, `locked`);
     /// `None` when storage quotas are off or did not answer.

@@ -107,13 +107,17 @@ pub struct View {
     pub enabled: bool,
     /// The last evaluation, RFC 3339.
     pub evaluated_at: Option<String>,
+    /// Seconds between evaluations.
     pub evaluation_interval_seconds: u64,
     /// The notifiers' names (the `sink` label).
     pub notifiers: Vec<String>,
+    /// Alerts firing now, by dedupe key.
     pub firing: Vec<Alert>,
+    /// Alerts whose condition holds, for less than their rule's `for` yet.
     pub pending: Vec<Alert>,
     /// The last transitions (firing, resolved), newest first, at most `alerts.history`.
     pub history: Vec<Notice>,
+    /// The catalog.
     pub rules: Vec<RuleView>,
 }
 
@@ -121,8 +125,11 @@ pub struct View {
 #[derive(Clone, Debug, Serialize)]
 pub struct RuleView {
     pub alertname: &'static str,
+    /// The expression with the policy's numbers.
     pub expression: String,
+    /// How long the condition must hold before the alert fires.
     pub for_seconds: u64,
+    /// The severities its alerts can have.
     pub severities: &'static [Severity],
 }
 

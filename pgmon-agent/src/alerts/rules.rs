@@ -25,6 +25,7 @@ pub const CRITICAL: &[Severity] = &[Severity::Critical];
 
 /// One rule of the catalog, with the state its evaluation keeps between rounds.
 pub struct Rule {
+    /// Name, expression and `for`.
     pub meta: RuleMeta,
     /// The severities its alerts can have (the series of `pgmon_alerts_firing`).
     pub severities: &'static [Severity],

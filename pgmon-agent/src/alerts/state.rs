@@ -42,6 +42,7 @@ pub struct Active {
     /// The entity's labels (`datname`, `relation`, `application_name`, `role`, …); empty
     /// for a cluster-wide rule.
     pub labels: Vec<(&'static str, String)>,
+    /// How bad, by the rule's thresholds.
     pub severity: Severity,
     /// The value compared (seconds, bytes, a ratio: the rule says).
     pub value: f64,
@@ -52,6 +53,7 @@ pub struct Active {
 /// What the machine needs to know of a rule.
 #[derive(Clone, Debug)]
 pub struct RuleMeta {
+    /// The alert's name.
     pub name: &'static str,
     /// The expression, with the policy's numbers.
     pub expression: String,
@@ -70,14 +72,20 @@ pub enum Phase {
 /// One alert that is pending or firing.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Alert {
+    /// The rule's name.
     pub alertname: &'static str,
     /// `alertname{label="value",…}`.
     pub dedupe_key: String,
+    /// The entity's labels.
     pub labels: BTreeMap<&'static str, String>,
     pub state: Phase,
+    /// Its severity at the last evaluation.
     pub severity: Severity,
+    /// The value compared at the last evaluation.
     pub value: f64,
+    /// One line for people, from the last evaluation.
     pub message: String,
+    /// The rule's expression with the policy's numbers.
     pub expression: String,
     /// When the condition started holding, ms since the epoch (JSON: `active_since`,
     /// RFC 3339).
@@ -106,6 +114,7 @@ pub enum Status {
 /// A notification to send: the alert as it was at `at_ms`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Notice {
+    /// Firing or resolved.
     pub status: Status,
     /// JSON: `at`, RFC 3339.
     #[serde(rename = "at", serialize_with = "rfc3339")]

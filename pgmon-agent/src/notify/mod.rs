@@ -79,7 +79,9 @@ pub enum Target {
 /// One sink: its name (the `sink` label, bounded by the policy) and target.
 #[derive(Clone, Debug)]
 pub struct Sink {
+    /// The `sink` label and the name in logs.
     pub name: String,
+    /// Where it sends.
     pub target: Target,
 }
 
