@@ -76,6 +76,8 @@ pub struct AlertsConfig {
     pub unused_index: UnusedIndex,
     /// pgmon's storage quota states (soft, hard, locked).
     pub storage_quota: ForOnly,
+    /// A budgeted role at or over its query-cost budget (see [`BudgetExceeded`]).
+    pub budget_exceeded: BudgetExceeded,
     /// A health loop whose last run failed (default for 300 s).
     pub health_loop_failing: ForOnly,
 }
@@ -254,6 +256,26 @@ pub struct UnusedIndex {
     pub for_seconds: u64,
 }
 
+/// `alerts.budget_exceeded`: a budgeted role whose utilisation (max(0, spend − burst) ÷
+/// budget, `pgmon_role_budget_utilisation`) is at least `utilisation`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetExceeded {
+    /// Default 1.
+    pub utilisation: f64,
+    /// Default 0.
+    pub for_seconds: u64,
+}
+
+impl Default for BudgetExceeded {
+    fn default() -> Self {
+        Self {
+            utilisation: 1.0,
+            for_seconds: 0,
+        }
+    }
+}
+
 /// A rule with nothing to set but its `for`.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -291,6 +313,7 @@ impl Default for AlertsConfig {
             temp_surge: Surge::default(),
             unused_index: UnusedIndex::default(),
             storage_quota: ForOnly { for_seconds: 0 },
+            budget_exceeded: BudgetExceeded::default(),
             health_loop_failing: ForOnly { for_seconds: 300 },
         }
     }

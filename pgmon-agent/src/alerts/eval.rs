@@ -19,6 +19,9 @@ pub struct Inputs<'a> {
     /// Each limited role and its storage quota state (`ok`, `soft`, `hard`, `locked`);
     /// `None` when storage quotas are off or did not answer.
     pub storage: Option<Vec<(String, &'static str)>>,
+    /// Each budgeted role's utilisation (max(0, spend − burst) ÷ budget); `None` when
+    /// budgets are off.
+    pub budgets: Option<Vec<(String, f64)>>,
 }
 
 /// The severity of `v` against `t`, if any.
@@ -265,6 +268,21 @@ impl Rule {
                         .collect(),
                 )
             }
+            Kind::Budget(b) => Some(
+                inputs
+                    .budgets
+                    .as_ref()?
+                    .iter()
+                    .filter(|(_, u)| *u >= b.utilisation)
+                    .map(|(role, u)| {
+                        let message = format!(
+                            "role {role} is at {:.0}% of its query-cost budget",
+                            u * 100.0
+                        );
+                        warn(vec![("role", role.clone())], *u, message)
+                    })
+                    .collect(),
+            ),
             Kind::LoopFailing => {
                 let loops = board.loops();
                 if loops.is_empty() {

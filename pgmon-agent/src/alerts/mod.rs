@@ -223,6 +223,7 @@ pub fn start(
     config: &AlertsConfig,
     board: Board,
     storage: Option<crate::storage::StorageHandle>,
+    budgets: Option<crate::budget::metrics::BudgetMetrics>,
     book: AlertBook,
 ) -> anyhow::Result<()> {
     let _guard = runtime.enter();
@@ -239,8 +240,11 @@ pub fn start(
     runtime.spawn(serve(
         engine,
         Duration::from_secs(config.evaluation_interval_seconds),
-        board,
-        storage,
+        Sources {
+            board,
+            storage,
+            budgets,
+        },
         book,
         notifier,
         instance,
@@ -248,11 +252,17 @@ pub fn start(
     Ok(())
 }
 
+/// Where the engine's task reads its inputs.
+struct Sources {
+    board: Board,
+    storage: Option<crate::storage::StorageHandle>,
+    budgets: Option<crate::budget::metrics::BudgetMetrics>,
+}
+
 async fn serve(
     mut engine: Engine,
     interval: Duration,
-    board: Board,
-    storage: Option<crate::storage::StorageHandle>,
+    sources: Sources,
     book: AlertBook,
     notifier: notify::Notifier,
     instance: String,
@@ -262,7 +272,7 @@ async fn serve(
     let names = notifier.sink_names();
     loop {
         ticker.tick().await;
-        let storage = match &storage {
+        let storage = match &sources.storage {
             // A busy coordinator costs this round its storage rules, not the others.
             Some(h) => tokio::time::timeout(Duration::from_secs(1), h.status())
                 .await
@@ -278,8 +288,9 @@ async fn serve(
         };
         let now = crate::http::now_ms();
         let inputs = Inputs {
-            board: &board,
+            board: &sources.board,
             storage,
+            budgets: sources.budgets.as_ref().map(|b| b.utilisations()),
         };
         for n in engine.tick(now, &inputs) {
             tracing::warn!(

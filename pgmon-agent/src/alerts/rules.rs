@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use super::{
     config::{
-        AlertsConfig, CheckpointThrash, DeadTuples, Level, StaleStatistics, Starvation, Surge,
-        Threshold, UnusedIndex,
+        AlertsConfig, BudgetExceeded, CheckpointThrash, DeadTuples, Level, StaleStatistics,
+        Starvation, Surge, Threshold, UnusedIndex,
     },
     series::{Baseline, Window},
     state::{RuleMeta, Severity},
@@ -59,6 +59,8 @@ pub(super) enum Kind {
     UnusedIndex(UnusedIndex),
     /// Roles in this storage quota state.
     Storage(&'static str),
+    /// Roles at or over this budget utilisation.
+    Budget(BudgetExceeded),
     LoopFailing,
 }
 
@@ -230,6 +232,19 @@ pub fn catalog(c: &AlertsConfig) -> Vec<Rule> {
             kind: Kind::Storage(state),
         });
     }
+    let b = c.budget_exceeded;
+    rules.push(Rule {
+        meta: meta(
+            "PgmonBudgetExceeded",
+            format!(
+                "pgmon_role_budget_utilisation >= {}, per role",
+                b.utilisation
+            ),
+            b.for_seconds,
+        ),
+        severities: WARNING,
+        kind: Kind::Budget(b),
+    });
     rules.push(Rule {
         meta: meta(
             "PgmonHealthLoopFailing",

@@ -48,6 +48,7 @@ fn inputs(board: &Board) -> Inputs<'_> {
     Inputs {
         board,
         storage: None,
+        budgets: None,
     }
 }
 
@@ -202,6 +203,7 @@ fn relation_and_role_rules_carry_their_entity() {
         &Inputs {
             board: &board,
             storage,
+            budgets: Some(vec![("dave".to_owned(), 1.25), ("erin".to_owned(), 0.5)]),
         },
     );
     let keys: Vec<&str> = n.iter().map(|n| n.alert.dedupe_key.as_str()).collect();
@@ -211,6 +213,7 @@ fn relation_and_role_rules_carry_their_entity() {
             "PostgresDeadTupleBacklog{datname=\"app\",relation=\"public.big\"}",
             "PgmonStorageSoftLimit{role=\"alice\"}",
             "PgmonStorageLocked{role=\"bob\"}",
+            "PgmonBudgetExceeded{role=\"dave\"}",
         ]
     );
     assert_eq!(
@@ -218,6 +221,10 @@ fn relation_and_role_rules_carry_their_entity() {
         "app.public.big: 40% dead tuples (200000 rows)"
     );
     assert_eq!(n[2].alert.severity, Severity::Critical);
+    assert_eq!(
+        n[3].alert.message,
+        "role dave is at 125% of its query-cost budget"
+    );
     // The failing loop is pending for its 300 s.
     let v = e.view(T0, vec![]);
     assert_eq!(

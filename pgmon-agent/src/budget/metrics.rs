@@ -1,6 +1,9 @@
 //! `pgmon_role_budget_*` and `pgmon_enforcement_actions_total`.
 
-use std::sync::atomic::AtomicU64;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, atomic::AtomicU64},
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -41,6 +44,9 @@ pub struct BudgetMetrics {
     utilisation: Family<RoleLabels, F64Gauge>,
     /// Actions and undos, by result.
     pub actions: Family<ActionLabels, Counter>,
+    /// The last utilisation of each role, for the alert engine (the same value as the
+    /// gauge, which prometheus-client does not let us list).
+    latest: Arc<Mutex<HashMap<String, f64>>>,
 }
 
 impl BudgetMetrics {
@@ -51,6 +57,7 @@ impl BudgetMetrics {
             limit: Family::default(),
             utilisation: Family::default(),
             actions: Family::default(),
+            latest: Arc::default(),
         };
         registry.register(
             "pgmon_role_budget_spent",
@@ -88,6 +95,23 @@ impl BudgetMetrics {
                 role: role.to_owned(),
             })
             .set(utilisation);
+        if let Ok(mut latest) = self.latest.lock() {
+            // No allocation once the role is known (this runs on the capture thread).
+            match latest.get_mut(role) {
+                Some(u) => *u = utilisation,
+                None => {
+                    latest.insert(role.to_owned(), utilisation);
+                }
+            }
+        }
+    }
+
+    /// Each role's last utilisation, max(0, spend − burst) ÷ budget.
+    pub fn utilisations(&self) -> Vec<(String, f64)> {
+        self.latest
+            .lock()
+            .map(|l| l.iter().map(|(r, u)| (r.clone(), *u)).collect())
+            .unwrap_or_default()
     }
 
     /// Counts one action.

@@ -101,6 +101,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             &config.alerts,
             metrics.health.clone(),
             storage.clone(),
+            config.budgets.enabled.then(|| metrics.budget.clone()),
             metrics.alerts.clone(),
         )?;
     }
