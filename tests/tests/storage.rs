@@ -8,6 +8,7 @@
 //!   and after the unlock grace it logs in again; with `manual_unlock` it stays locked
 //!   until `pgmon-agent unlock`;
 //! - exempt and superuser roles over their limit are never locked;
+//! - the alert engine notifies the manual lock (firing, then resolved at the unlock);
 //! - every transition reaches a JSON webhook, while a Slack URL that refuses connections
 //!   (retried in the background) holds nothing up;
 //! - lock holders: a budget restore does not give LOGIN back while storage holds the role,
@@ -84,10 +85,12 @@ fn quotas(version: PgVersion) {
     let port = free_port();
     let yaml = format!(
         "{}  notifications:\n    webhook_url: {}\n    \
-         slack_webhook_url: http://127.0.0.1:{}/nobody-listens\n",
+         slack_webhook_url: http://127.0.0.1:{}/nobody-listens\n\
+         alerts:\n  evaluation_interval_seconds: 1\n  notifiers:\n    - webhook: {{url: '{}'}}\n",
         config(&cluster, port, ROLES),
         hooks.url("/hook"),
-        free_port()
+        free_port(),
+        hooks.url("/alerts"),
     );
     let agent = Agent::start(
         &agent_binary().expect("binary"),
@@ -250,6 +253,19 @@ fn quotas(version: PgVersion) {
         "{m}"
     );
     assert!(m["time_left_seconds"].is_null(), "{m}");
+    // The alert engine saw it too.
+    let alert = |status: &str| {
+        hooks.wait_for(
+            &format!("PgmonStorageLocked manual {status}"),
+            Duration::from_secs(10),
+            |b| {
+                b["alertname"] == "PgmonStorageLocked"
+                    && b["labels"]["role"] == "manual"
+                    && b["status"] == status
+            },
+        )
+    };
+    assert_eq!(alert("firing")["severity"], "critical");
     let out = std::process::Command::new(agent_binary().expect("binary"))
         .args(["unlock", "manual", "--addr", agent.addr()])
         .output()
@@ -262,6 +278,7 @@ fn quotas(version: PgVersion) {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("unlocked"));
     assert!(can_login(&cluster, "manual"));
+    alert("resolved");
     sql(&cluster, "manual", "tenants", "SELECT 1");
     let again = std::process::Command::new(agent_binary().expect("binary"))
         .args(["unlock", "manual", "--addr", agent.addr()])
