@@ -57,6 +57,7 @@ pub fn delivery(config: &AlertsConfig) -> Delivery {
         queue: d.queue,
         dedup: Duration::from_secs(3600),
         max_per_minute: d.max_per_minute,
+        rate_window: Duration::from_secs(60),
     }
 }
 

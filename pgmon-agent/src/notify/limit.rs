@@ -54,8 +54,8 @@ pub struct Suppressed {
     pub examples: Vec<String>,
 }
 
-/// At most `max` payloads per fixed window of one minute, the window starting with the
-/// first payload after the previous one ended.
+/// At most `max` payloads per fixed window (a minute in the agent), the window starting
+/// with the first payload after the previous one ended.
 #[derive(Debug)]
 pub struct RateLimit {
     max: u32,
@@ -72,9 +72,14 @@ impl RateLimit {
 
     /// `max` per minute; 0 means no limit.
     pub fn per_minute(max: u32) -> Self {
+        Self::new(max, Duration::from_secs(60))
+    }
+
+    /// `max` per `window`; 0 means no limit.
+    pub fn new(max: u32, window: Duration) -> Self {
         Self {
             max,
-            window: Duration::from_secs(60),
+            window,
             started: None,
             sent: 0,
             held: 0,

@@ -17,6 +17,8 @@
 
 pub mod email;
 pub mod limit;
+#[cfg(test)]
+mod tests;
 
 use std::{sync::Arc, time::Duration};
 
@@ -63,6 +65,8 @@ pub struct Delivery {
     pub dedup: Duration,
     /// Payloads per sink and minute at most (0: no limit).
     pub max_per_minute: u32,
+    /// The rate limit's window: a minute, save in tests.
+    pub rate_window: Duration,
 }
 
 /// Where a sink sends.
@@ -178,7 +182,7 @@ struct Task {
 async fn deliver(mut rx: mpsc::Receiver<Payload>, task: Task) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut dedup = Dedup::new(task.delivery.dedup);
-    let mut limit = RateLimit::per_minute(task.delivery.max_per_minute);
+    let mut limit = RateLimit::new(task.delivery.max_per_minute, task.delivery.rate_window);
     loop {
         let due = limit.summary_due().map(Instant::from_std);
         let payload = tokio::select! {

@@ -105,6 +105,7 @@ impl Notifier {
             queue: config.queue,
             dedup: Duration::from_secs(config.dedup_seconds),
             max_per_minute: 0,
+            rate_window: Duration::from_secs(60),
         };
         let count: notify::Count = Arc::new(move |sink, result| metrics.notification(sink, result));
         Self(notify::Notifier::start(sinks, &delivery, count))
