@@ -7,6 +7,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod cost;
+pub mod daemon;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -33,6 +33,10 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql-client-15",
     // The TLS test makes a self-signed certificate for its cluster.
     "openssl",
+    // The install tests: `systemd-analyze verify` and `security` on the unit (PID 1 need
+    // not be systemd), strace for the unit's system-call filter.
+    "systemd",
+    "strace",
 ];
 
 const CREATECLUSTER_CONF: &str = "/etc/postgresql-common/createcluster.conf";
