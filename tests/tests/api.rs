@@ -2,7 +2,12 @@
 //! made (a partitioned table with a default partition, a table with dead tuples that
 //! autovacuum may not touch, a physical replication slot, pgbench traffic) and each
 //! endpoint's content is asserted, with the SQL every answer must carry; an unknown
-//! database is a 404, a bad limit a 400, a stopped cluster a 503.
+//! database is a 404, a bad limit a 400, a stopped cluster a 503. Then, with storage quotas
+//! on and the agent connected as `pgmon` (not a superuser): `/storage` shows the storage
+//! coordinator's usage, limits and state, and every endpoint answers with that role's
+//! privileges.
+
+mod storage_util;
 
 use std::{
     thread,
@@ -314,6 +319,81 @@ fn api(version: PgVersion) {
         |_| true,
     );
     assert!(!agent.log().contains("panicked"));
+}
+
+/// Storage quotas on, the agent as `pgmon`.
+fn as_pgmon_with_quotas(version: PgVersion) {
+    let cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
+    storage_util::install(
+        &cluster,
+        "postgres",
+        &[
+            "sql/001_roles.sql",
+            "sql/002_enforcement.sql",
+            "sql/004_storage.sql",
+        ],
+    );
+    storage_util::role(&cluster, "tenant", "");
+    storage_util::database(&cluster, "tenants");
+    storage_util::sql(
+        &cluster,
+        "tenant",
+        "tenants",
+        "CREATE TABLE t (id int PRIMARY KEY, v text) PARTITION BY RANGE (id); \
+         CREATE TABLE t1 PARTITION OF t FOR VALUES FROM (0) TO (100000); \
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g",
+    );
+    let port = free_port();
+    let agent = Agent::start(
+        &agent_binary().expect("binary"),
+        &storage_util::config(
+            &cluster,
+            port,
+            "    - {match: tenant, soft_limit: 1MB, hard_limit: 1GB}\n",
+        ),
+        format!("127.0.0.1:{port}"),
+    )
+    .expect("agent");
+    let v = wait_for(&agent, "/api/v1/storage", "tenant counted", |v| {
+        find(&v["data"]["roles"], "role", "tenant").is_some_and(|r| r["usage_bytes"].is_u64())
+    });
+    assert_eq!(v["data"]["source"], "storage coordinator");
+    let t = find(&v["data"]["roles"], "role", "tenant").unwrap();
+    let server = storage_util::server_usage(&cluster, "tenants", "tenant");
+    assert_eq!(t["usage_bytes"], server, "{t:#}");
+    assert_eq!(t["soft_limit_bytes"], 1 << 20, "{t:#}");
+    assert_eq!(t["hard_limit_bytes"], 1u64 << 30, "{t:#}");
+    assert_eq!(t["state"], "soft", "{t:#}");
+    assert!(v["data"]["quotas"]["databases"].is_array(), "{v:#}");
+    let usage = find(&v["sql"], "name", "usage_by_owner").unwrap();
+    assert_eq!(usage["by"], "storage coordinator");
+    // Everything else answers with pgmon's privileges.
+    for path in [
+        "/api/v1/overview",
+        "/api/v1/autovacuum?database=tenants",
+        "/api/v1/top-queries",
+        "/api/v1/replication",
+    ] {
+        ok(&agent, path);
+    }
+    let v = ok(&agent, "/api/v1/partitions?database=tenants");
+    let t = find(&v["data"]["partitioned_tables"], "parent", "public.t").unwrap();
+    assert!(t["total_bytes"].as_f64().unwrap() > 1.0e6, "{t:#}");
+    assert!(!agent.log().contains("panicked"));
+}
+
+#[test]
+fn api_quotas_pg15() {
+    if require_root("api_quotas_pg15") {
+        as_pgmon_with_quotas(PgVersion::Pg15);
+    }
+}
+
+#[test]
+fn api_quotas_pg18() {
+    if require_root("api_quotas_pg18") {
+        as_pgmon_with_quotas(PgVersion::Pg18);
+    }
 }
 
 #[test]
