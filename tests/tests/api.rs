@@ -169,6 +169,14 @@ fn api(version: PgVersion) {
         assert!(sql_names(&v).contains(&name), "{name}: {:?}", sql_names(&v));
     }
     assert!(v.get("database").is_none(), "cluster-wide: no database");
+    let tps = find(&v["sql"], "name", "transactions_per_second").unwrap();
+    assert_eq!(tps["by"], "health loop medium");
+    let v = ok(&agent, "/api/v1/overview?limit=1");
+    assert_eq!(v["data"]["databases"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        v["data"]["databases_total"], 4,
+        "postgres, app, template0, template1"
+    );
 
     // Autovacuum in app: the table whose dead tuples autovacuum may not remove.
     let v = wait_for(

@@ -23,8 +23,14 @@ const WAL_RECEIVER: &str = "SELECT status, sender_host, sender_port, slot_name, 
 /// `/api/v1/overview`: sessions against `max_connections`, the oldest transaction and
 /// idle-in-transaction ages, lock waits, autovacuum workers, checkpoints, WAL position,
 /// transactions per database (with the rate the 60-second loop last computed) and the
-/// health loops' own state.
-pub async fn overview(s: &Session, rec: &mut Recorder, board: &Board) -> Result<Value, ApiError> {
+/// health loops' own state. The per-database lists keep their `limit` busiest entries
+/// (most sessions; most transactions) and say how many there were.
+pub async fn overview(
+    s: &Session,
+    rec: &mut Recorder,
+    board: &Board,
+    limit: usize,
+) -> Result<Value, ApiError> {
     let (c, db) = (&s.client, s.database.as_str());
     let by_state = rec
         .rows(
@@ -114,6 +120,7 @@ pub async fn overview(s: &Session, rec: &mut Recorder, board: &Board) -> Result<
     rec.note(
         "transactions_per_second",
         "health loop medium",
+        Some(db),
         medium::DATABASES,
     );
     for d in &mut databases {
@@ -122,6 +129,8 @@ pub async fn overview(s: &Session, rec: &mut Recorder, board: &Board) -> Result<
             .value("pgmon_transactions_per_second", &[("datname", &name)])
             .map_or(Value::Null, Value::from);
     }
+    let (by_state, states_total) = busiest(by_state, &["count"], limit);
+    let (databases, databases_total) = busiest(databases, &["xact_commit", "xact_rollback"], limit);
     let loops: serde_json::Map<String, Value> = board
         .loops()
         .into_iter()
@@ -142,6 +151,7 @@ pub async fn overview(s: &Session, rec: &mut Recorder, board: &Board) -> Result<
             "used_ratio": if max > 0.0 { clients / max } else { 0.0 },
             "settings": settings.into_iter().next().unwrap_or(Value::Null),
             "by_database_and_state": by_state,
+            "by_database_and_state_total": states_total,
         },
         "ages": ages.into_iter().next().unwrap_or(Value::Null),
         "locks": {
@@ -154,8 +164,19 @@ pub async fn overview(s: &Session, rec: &mut Recorder, board: &Board) -> Result<
         "checkpoints": checkpoints.into_iter().next().unwrap_or(Value::Null),
         "wal": wal,
         "databases": databases,
+        "databases_total": databases_total,
         "health_loops": loops,
     }))
+}
+
+/// The `limit` rows with the largest sum of the numbers at `keys`, largest first, and how
+/// many rows there were.
+fn busiest(mut rows: Vec<Value>, keys: &[&str], limit: usize) -> (Vec<Value>, usize) {
+    let weight = |r: &Value| keys.iter().filter_map(|k| r[*k].as_f64()).sum::<f64>();
+    rows.sort_by(|a, b| weight(b).total_cmp(&weight(a)));
+    let total = rows.len();
+    rows.truncate(limit);
+    (rows, total)
 }
 
 /// The WAL position, and on a standby the replay delay (`medium::WAL`).

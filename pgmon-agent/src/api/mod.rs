@@ -117,7 +117,12 @@ pub struct Envelope {
 pub enum ApiError {
     /// A query-string parameter is malformed (400).
     #[error("bad parameter {name}: {message}")]
-    BadParameter { name: &'static str, message: String },
+    BadParameter {
+        /// The parameter.
+        name: &'static str,
+        /// What is wrong with its value.
+        message: String,
+    },
     /// `?database=` names no database that accepts connections (404).
     #[error("no database named {0:?} accepts connections in this cluster")]
     UnknownDatabase(String),
@@ -128,7 +133,9 @@ pub enum ApiError {
     /// 500 otherwise).
     #[error("query {name} failed")]
     Query {
+        /// The statement's name in `sql`.
         name: &'static str,
+        /// The driver's or the server's error.
         #[source]
         source: tokio_postgres::Error,
     },
@@ -207,12 +214,19 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    /// Records a statement that an agent task ran (`by`), not this request.
-    pub fn note(&mut self, name: &'static str, by: &'static str, text: &'static str) {
+    /// Records a statement run outside [`Recorder::raw`]: by an agent task (`by`), or by
+    /// this request in every database (`database` `None`).
+    pub fn note(
+        &mut self,
+        name: &'static str,
+        by: &'static str,
+        database: Option<&str>,
+        text: &'static str,
+    ) {
         self.sql.push(SqlRun {
             name,
             by,
-            database: None,
+            database: database.map(str::to_owned),
             text,
         });
     }
@@ -364,7 +378,7 @@ impl Api {
         let mut rec = Recorder { sql: Vec::new() };
         let limit = params.limit.unwrap_or(self.top_n) as i64;
         let result = match endpoint {
-            "/api/v1/overview" => cluster::overview(s, &mut rec, &self.board)
+            "/api/v1/overview" => cluster::overview(s, &mut rec, &self.board, limit as usize)
                 .await
                 .map(|d| (None, d)),
             "/api/v1/replication" => cluster::replication(s, &mut rec).await.map(|d| (None, d)),

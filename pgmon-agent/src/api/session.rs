@@ -7,6 +7,7 @@ use super::{Api, ApiError, Params, Recorder};
 
 /// The API monitor session and what it learnt when it opened.
 pub struct Session {
+    /// The session (its settings: [`crate::health::session_setup`]).
     pub client: Client,
     /// `current_database()`: the default of `?database=`.
     pub database: String,

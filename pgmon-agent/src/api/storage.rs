@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use super::{Api, ApiError, Params, Recorder, SqlRun, session};
+use super::{Api, ApiError, Params, Recorder, session};
 use crate::{health::databases, storage::usage};
 
 /// The answer: (database of `relations`, data).
@@ -32,8 +32,10 @@ pub async fn answer(
         )
         .await?;
     let names: Vec<String> = sizes.iter().map(|r| r.get(0)).collect();
+    // Largest first (the SQL's order); the first `limit`.
     let database_sizes: Vec<Value> = sizes
         .iter()
+        .take(limit as usize)
         .map(|r| json!({"datname": r.get::<_, String>(0), "bytes": r.get::<_, f64>(1)}))
         .collect();
     let relations = rec
@@ -56,7 +58,12 @@ pub async fn answer(
         "relations": relations,
     });
     if let Some(st) = coordinator {
-        rec.note("usage_by_owner", "storage coordinator", usage::ALL_SQL);
+        rec.note(
+            "usage_by_owner",
+            "storage coordinator",
+            None,
+            usage::ALL_SQL,
+        );
         data["source"] = "storage coordinator".into();
         data["roles"] = serde_json::to_value(&st.roles).unwrap_or_default();
         data["quotas"] = json!({
@@ -69,12 +76,7 @@ pub async fn answer(
     }
 
     // Live: the owner and file of every relation in each database, then stat(2) here.
-    rec.sql.push(SqlRun {
-        name: "usage_by_owner",
-        by: "api",
-        database: None,
-        text: usage::ALL_SQL,
-    });
+    rec.note("usage_by_owner", "api", None, usage::ALL_SQL);
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
     for name in names.iter().take(api.max_databases) {

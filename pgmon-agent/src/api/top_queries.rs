@@ -39,13 +39,19 @@ const STATEMENTS: &str = "SELECT s.queryid::text, s.query, r.rolname::text, d.da
 /// One `pg_stat_statements` row.
 #[derive(Clone, Debug)]
 pub struct PssRow {
+    /// `queryid` as text (a signed 64-bit hash).
     pub queryid: String,
+    /// Its normalized text (`$n` for constants).
     pub query: String,
+    /// The role that ran it (`userid`), if it still exists.
     pub role: Option<String>,
+    /// The database (`dbid`), if it still exists.
     pub database: Option<String>,
+    /// Executions.
     pub calls: i64,
     /// Milliseconds.
     pub total_exec_time: f64,
+    /// Rows returned or affected.
     pub rows: i64,
 }
 
@@ -55,14 +61,19 @@ pub struct PssRow {
 pub struct PssSide {
     /// Its text (of the row with the most execution time).
     pub query: String,
+    /// Executions.
     pub calls: i64,
     /// Milliseconds.
     pub total_ms: f64,
     /// Milliseconds per call.
     pub mean_ms: f64,
+    /// Rows returned or affected.
     pub rows: i64,
+    /// Its `pg_stat_statements` rows' queryids.
     pub queryids: BTreeSet<String>,
+    /// The roles that ran it.
     pub roles: BTreeSet<String>,
+    /// The databases it ran in.
     pub databases: BTreeSet<String>,
 }
 
@@ -71,12 +82,15 @@ pub struct PssSide {
 pub struct PgmonSide {
     /// Normalized text (constants as `$n`).
     pub normalized: String,
+    /// Executions completed.
     pub calls: u64,
+    /// Executions that ended in an error.
     pub errors: u64,
     /// Milliseconds, request to completion on the wire.
     pub total_ms: f64,
     /// Milliseconds per call.
     pub mean_ms: f64,
+    /// The roles that ran it.
     pub roles: BTreeSet<String>,
 }
 
@@ -88,7 +102,9 @@ pub struct TopQuery {
     pub fingerprint: Option<String>,
     /// `both`, `pg_stat_statements` or `pgmon`: which side saw it.
     pub seen_by: &'static str,
+    /// `pg_stat_statements`' side, when it has the statement.
     pub pg_stat_statements: Option<PssSide>,
+    /// pgmon's side, when it captured the statement.
     pub pgmon: Option<PgmonSide>,
 }
 
