@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_budget;
+mod bench_health;
 mod bench_storage;
 mod demo;
 mod package;

@@ -97,6 +97,13 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
     };
     runtime.spawn(crate::cli::emergency::on_sigusr1(monitor.clone()));
     let storage = start_storage(&config, &runtime, &monitor, &metrics)?;
+    let api = crate::api::Api::new(
+        &config,
+        monitor.clone(),
+        status_tx.clone(),
+        storage.clone(),
+        metrics.health.clone(),
+    );
     runtime.spawn(attribution::serve(
         monitor.clone(),
         lookup_rx,
@@ -110,9 +117,10 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
             status: status_tx,
             last_drain_ms: last_drain_ms.clone(),
             storage: storage.clone(),
+            api,
         },
     ));
-    tracing::info!(listen = %config.metrics.listen, "serving /metrics, /healthz, /api/v1/status");
+    tracing::info!(listen = %config.metrics.listen, "serving /metrics, /healthz, /api/v1/*");
 
     let capture_thread = {
         let stop = stop.clone();
