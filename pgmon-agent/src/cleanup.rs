@@ -254,14 +254,40 @@ async fn sessions(client: &Client) -> Result<Vec<Session>, tokio_postgres::Error
 }
 
 /// Runs the cleanup loop until the runtime stops.
-pub async fn serve(policy: Policy, monitor: tokio_postgres::Config, metrics: BudgetMetrics) {
+pub async fn serve(
+    mut policies: tokio::sync::watch::Receiver<Policy>,
+    monitor: tokio_postgres::Config,
+    metrics: BudgetMetrics,
+) {
     let mut client = crate::attribution::connect_with_backoff(&monitor, "cleanup").await;
-    let mut ticker = tokio::time::interval(Duration::from_secs(policy.config.interval_seconds));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut policy = policies.borrow_and_update().clone();
+    let new_ticker = |secs| {
+        let mut t = tokio::time::interval(Duration::from_secs(secs));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        t
+    };
+    let mut ticker = new_ticker(policy.config.interval_seconds);
     // (pid, backend start, action): reported once while observing or after a refusal.
     let mut reported: HashSet<(i32, SystemTime, &'static str)> = HashSet::new();
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            changed = policies.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let next = policies.borrow_and_update().clone();
+                if next.config.interval_seconds != policy.config.interval_seconds {
+                    ticker = new_ticker(next.config.interval_seconds);
+                }
+                policy = next;
+                reported.clear();
+                continue;
+            }
+        }
+        if !policy.config.enabled {
+            continue;
+        }
         if client.is_closed() {
             client = crate::attribution::connect_with_backoff(&monitor, "cleanup").await;
         }
@@ -303,7 +329,7 @@ pub async fn serve(policy: Policy, monitor: tokio_postgres::Config, metrics: Bud
                 }
             };
             metrics.action(a.action, kind);
-            tracing::warn!(role = %a.target.role, pid = a.target.pid, action = a.action, rule = %a.rule, result = %result, "cleanup");
+            tracing::warn!(target: "pgmon::enforcement", role = %a.target.role, pid = a.target.pid, action = a.action, rule = %a.rule, result = %result, "cleanup");
             let audited = client
                 .execute(
                     "INSERT INTO pgmon.audit (role, source, step, utilisation, action, result) \

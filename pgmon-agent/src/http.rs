@@ -1,5 +1,6 @@
-//! The HTTP endpoint (hyper): `/metrics` (Prometheus), `/healthz`, `/api/v1/status`, and
-//! `POST /api/v1/storage/unlock?role=NAME` (what `pgmon-agent unlock` calls), which is
+//! The HTTP endpoint (hyper): `/metrics` (Prometheus), `/healthz`, `/api/v1/status`, the
+//! read API ([`crate::api`]: `/api/v1/overview`, `/autovacuum`, `/top-queries`, `/storage`,
+//! `/partitions`, `/replication`), and `POST /api/v1/storage/unlock?role=NAME` (what `pgmon-agent unlock` calls), which is
 //! accepted from loopback peers only: anyone who can scrape a non-loopback
 //! `metrics.listen` must not be able to unlock roles.
 
@@ -26,6 +27,8 @@ pub struct Endpoint {
     pub last_drain_ms: Arc<std::sync::atomic::AtomicU64>,
     /// The storage coordinator, when `storage.enabled`.
     pub storage: Option<crate::storage::StorageHandle>,
+    /// The read API.
+    pub api: Arc<crate::api::Api>,
 }
 
 /// Binds `addr`; errors if the address is taken.
@@ -54,7 +57,12 @@ pub async fn serve(listener: TcpListener, endpoint: Endpoint) {
     }
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+/// A response of `status` with `body` as `content_type`.
+pub(crate) fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -124,40 +132,44 @@ async fn handle(
                 )
             }
         }
-        "/api/v1/status" => {
-            let (tx, rx) = oneshot::channel();
-            if ep.status.send(tx).is_err() {
-                return Ok(text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "capture stopped\n".into(),
-                ));
-            }
-            match tokio::time::timeout(Duration::from_secs(5), rx).await {
-                Ok(Ok(mut status)) => {
-                    if let Some(s) = &ep.storage {
-                        status.storage = s.status().await;
-                    }
-                    text(
-                        StatusCode::OK,
-                        "application/json",
-                        serde_json::to_string_pretty(&status).unwrap_or_default(),
-                    )
+        "/api/v1/status" => match request_status(&ep.status).await {
+            Ok(mut status) => {
+                if let Some(s) = &ep.storage {
+                    status.storage = s.status().await;
                 }
-                _ => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "capture thread busy\n".into(),
-                ),
+                text(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_string_pretty(&status).unwrap_or_default(),
+                )
             }
-        }
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("{why}\n"),
+            ),
+        },
+        path if crate::api::Api::handles(path) => ep.api.respond(path, req.uri().query()).await,
         "/api/v1/alerts" => alerts(&ep),
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /metrics, /healthz, /api/v1/status\n".into(),
+            "try /metrics, /healthz, /api/v1/status, /api/v1/overview\n".into(),
         ),
     })
+}
+
+/// Asks the capture thread for a fresh status document; the error says why there is none
+/// (the capture thread stopped, or did not answer within 5 s).
+pub async fn request_status(
+    tx: &std::sync::mpsc::Sender<StatusRequest>,
+) -> Result<Status, &'static str> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(reply).map_err(|_| "capture stopped")?;
+    match tokio::time::timeout(Duration::from_secs(5), rx).await {
+        Ok(Ok(status)) => Ok(status),
+        _ => Err("capture thread busy"),
+    }
 }
 
 /// `GET /api/v1/alerts`: the alert engine's firing and pending alerts, its recent
@@ -204,7 +216,7 @@ async fn unlock(ep: &Endpoint, peer: SocketAddr, req: &Request<Incoming>) -> Res
 }
 
 /// Decodes `%XX` escapes (and `+` as a space) of a query-string value.
-fn percent_decode(v: &str) -> String {
+pub(crate) fn percent_decode(v: &str) -> String {
     let hex = |c: u8| (c as char).to_digit(16);
     let b = v.as_bytes();
     let mut out = Vec::with_capacity(b.len());

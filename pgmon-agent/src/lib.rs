@@ -1,6 +1,7 @@
 //! pgmon's host agent as a library: the pure parts (wire, query) and the parts that touch
 //! the kernel or the database (capture, attribution), wired together by `cli::run`.
 pub mod alerts;
+pub mod api;
 pub mod attribution;
 pub mod budget;
 pub mod capture;
@@ -8,6 +9,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod cost;
+pub mod daemon;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -1,7 +1,8 @@
 //! `pgmon-agent`: dispatches the subcommands of [`pgmon_agent::cli`].
 use clap::Parser as _;
 use pgmon_agent::cli::{
-    Cli, Command, check, check_config, emergency, record, replay, run, status, unlock,
+    Cli, Command, check, check_config, doctor, emergency, install_sql, record, replay, run, status,
+    unlock,
 };
 
 fn main() -> std::process::ExitCode {
@@ -9,8 +10,18 @@ fn main() -> std::process::ExitCode {
     if let Command::Check { config } = &cli.command {
         return std::process::ExitCode::from(check::check(config));
     }
+    if let Command::Doctor { config } = &cli.command {
+        return match doctor::doctor(config) {
+            Ok(true) => std::process::ExitCode::SUCCESS,
+            Ok(false) => std::process::ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("pgmon-agent doctor: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let result = match &cli.command {
-        Command::Run { config } => run::run(config),
+        Command::Run { config } => run::run(config, cli.log_format),
         Command::Status { addr, json, role } => status::status(*addr, *json, role.as_deref()),
         Command::CheckConfig { file } => check_config::check_config(file),
         Command::Unlock { role, addr } => unlock::unlock(*addr, role),
@@ -20,7 +31,12 @@ fn main() -> std::process::ExitCode {
             seconds,
         } => record::record(config, out, *seconds),
         Command::Replay { file, passes, cold } => replay::replay(file, *passes, *cold),
-        Command::Check { .. } => unreachable!("handled above"),
+        Command::Check { .. } | Command::Doctor { .. } => unreachable!("handled above"),
+        Command::InstallSql {
+            dsn,
+            databases,
+            uninstall,
+        } => install_sql::install_sql(dsn, databases, *uninstall),
         Command::Emergency { config, yes } => emergency::emergency(config, *yes),
     };
     match result {

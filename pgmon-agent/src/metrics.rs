@@ -48,6 +48,12 @@ pub struct DesyncLabels {
     pub reason: &'static str,
 }
 
+/// `{result}`: `applied` or `refused`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: &'static str,
+}
+
 /// Handles of one (role, database), cached by the statistics so the hot path skips the
 /// family's label lookup.
 pub struct RoleDbHandles {
@@ -108,6 +114,10 @@ pub struct Metrics {
     pub attributed_late: Counter,
     /// Failed monitor-connection attempts.
     pub db_connect_errors: Counter,
+    /// Policy reloads (SIGHUP), by result.
+    pub reloads: Family<ReloadLabels, Counter>,
+    /// 1 when the last reload was applied (or none was asked), 0 when it was refused.
+    pub last_reload_successful: Gauge,
     /// Values published by the capture thread.
     pub shared: Arc<Shared>,
     /// `pgmon_cost_*`.
@@ -146,6 +156,9 @@ impl Metrics {
         let oversized_messages = Counter::default();
         let attributed_late = Counter::default();
         let db_connect_errors = Counter::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        let last_reload_successful = Gauge::default();
+        last_reload_successful.set(1);
         let shared = Arc::new(Shared::default());
 
         registry.register(
@@ -198,6 +211,16 @@ impl Metrics {
             "Failed attempts to open the monitor connection",
             db_connect_errors.clone(),
         );
+        registry.register(
+            "pgmon_config_reloads",
+            "Policy reloads asked by SIGHUP, by result (applied, or refused: the old policy stays)",
+            reloads.clone(),
+        );
+        registry.register(
+            "pgmon_config_last_reload_successful",
+            "1 when the last policy reload was applied (or none was asked), 0 when it was refused",
+            last_reload_successful.clone(),
+        );
         registry.register_collector(Box::new(SharedCollector {
             shared: shared.clone(),
             hook: hook.to_owned(),
@@ -226,6 +249,8 @@ impl Metrics {
             oversized_messages,
             attributed_late,
             db_connect_errors,
+            reloads,
+            last_reload_successful,
             shared,
         })
     }

@@ -40,6 +40,11 @@ pub struct AgentOptions {
     pub env: Vec<(String, String)>,
     /// How long to wait for `GET /healthz` to answer 200 (default 30 s).
     pub ready_timeout: Duration,
+    /// A command the agent runs under (`setpriv …`, `strace …`): the agent's command line
+    /// is appended to it. When set, the temp directory and the config file are made
+    /// readable by every user, so an agent under a dropped uid can read its policy, and
+    /// [`Agent::pid`] is the wrapper's pid.
+    pub wrapper: Vec<String>,
 }
 
 impl Default for AgentOptions {
@@ -48,6 +53,7 @@ impl Default for AgentOptions {
             extra_args: Vec::new(),
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
+            wrapper: Vec::new(),
         }
     }
 }
@@ -84,7 +90,17 @@ impl Agent {
         let config = dir.path().join("pgmon.yaml");
         std::fs::write(&config, config_yaml)?;
         let log = File::create(dir.path().join("agent.log"))?;
-        let mut cmd = Command::new(binary);
+        let mut cmd = match opts.wrapper.split_first() {
+            None => Command::new(binary),
+            Some((program, args)) => {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+                std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644))?;
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(&config)

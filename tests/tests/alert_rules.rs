@@ -1,6 +1,8 @@
 //! The shipped Prometheus alerting rules (`alerts/pgmon-rules.yml`) pass `promtool check
-//! rules`; a live scrape of the agent (health loops and budgets on, PostgreSQL 15 and 18)
-//! passes `promtool check metrics`, and every metric a rule uses is in it.
+//! rules`; a live scrape of the agent (health loops, budgets and storage on, after a
+//! policy reload, PostgreSQL 15 and 18) passes `promtool check metrics`, and every metric
+//! a rule uses, and every metric a panel or variable of the Grafana dashboard
+//! (`dashboards/pgmon.json`) queries, is in it.
 
 use std::{
     collections::BTreeSet,
@@ -58,6 +60,45 @@ fn metrics_in_rules() -> BTreeSet<String> {
         .collect()
 }
 
+fn dashboard_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dashboards/pgmon.json")
+}
+
+/// Every metric name in the dashboard's queries (panel targets' `expr`, variables'
+/// `query` and `definition`).
+fn metrics_in_dashboard() -> BTreeSet<String> {
+    fn walk(v: &serde_json::Value, out: &mut BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    if let (true, Some(q)) = (
+                        ["expr", "query", "definition"].contains(&k.as_str()),
+                        v.as_str(),
+                    ) {
+                        out.extend(
+                            q.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                                .filter(|t| {
+                                    t.starts_with("pg_")
+                                        || t.starts_with("pgmon_")
+                                        || t.starts_with("process_")
+                                })
+                                .map(str::to_owned),
+                        );
+                    }
+                    walk(v, out);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let text = std::fs::read_to_string(dashboard_file()).expect("dashboard");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let mut out = BTreeSet::new();
+    walk(&json, &mut out);
+    out
+}
+
 #[test]
 fn promtool_accepts_the_rules() {
     let path = rules_file();
@@ -80,7 +121,7 @@ fn live_scrape(version: PgVersion) {
          medium: {interval_seconds: 1, budget_seconds: 1}\n    slow: {interval_seconds: 1, budget_seconds: 1}\n    \
          hourly: {interval_seconds: 1, budget_seconds: 1}\n\
          storage:\n  enabled: true\n  dry_run: true\n  recount_interval_seconds: 1\n  \
-         default_limits: {soft_limit: 1GB, hard_limit: 2GB}\n",
+         default_limits: {soft_limit: 8kB, hard_limit: 16kB}\n  hard_grace_period: 1\n",
     );
     let agent = Agent::start(
         &agent_binary().expect("binary"),
@@ -89,8 +130,22 @@ fn live_scrape(version: PgVersion) {
     )
     .expect("agent");
     cluster
-        .psql("tenant", "tenant", Transport::Unix, "SELECT 1")
+        .psql(
+            "tenant",
+            "tenant",
+            Transport::Unix,
+            "CREATE TABLE t AS SELECT generate_series(1, 10000) AS g",
+        )
         .expect("query");
+    // An error, so the error family has a series.
+    assert!(
+        cluster
+            .psql("tenant", "tenant", Transport::Unix, "SELECT 1/0")
+            .is_err()
+    );
+    // A reload, so its counters are in the scrape too.
+    // SAFETY: kill(2) on the agent we started.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) }, 0);
     let t = Instant::now();
     let scrape = loop {
         let (_, text) = agent.get("/metrics").expect("scrape");
@@ -98,7 +153,11 @@ fn live_scrape(version: PgVersion) {
             .iter()
             .all(|l| text.contains(&format!("pgmon_last_scrape_success{{loop=\"{l}\"}} 1")))
             && text.contains("pgmon_role_budget_utilisation{")
-            && text.contains("pgmon_role_storage_state{");
+            && text.contains("pgmon_role_storage_state{")
+            && text.contains("pgmon_storage_actions_total{")
+            && text.contains("pgmon_enforcement_actions_total{")
+            && text.contains("pgmon_config_reloads_total{")
+            && text.contains("pgmon_query_errors_total{");
         if ready {
             break text;
         }
@@ -114,6 +173,23 @@ fn live_scrape(version: PgVersion) {
     assert!(
         missing.is_empty(),
         "used by alerts/pgmon-rules.yml, absent from a live scrape: {missing:?}"
+    );
+    let in_dashboard = metrics_in_dashboard();
+    assert!(in_dashboard.len() > 40, "{in_dashboard:?}");
+    let missing: Vec<&String> = in_dashboard
+        .iter()
+        .filter(|m| {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| m.strip_suffix(s))
+                .unwrap_or(m);
+            !scrape.contains(&format!("# TYPE {m} "))
+                && !scrape.contains(&format!("# TYPE {base} histogram"))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "queried by dashboards/pgmon.json, absent from a live scrape: {missing:?}"
     );
 }
 

@@ -14,6 +14,7 @@
 //! 4. The agent's RSS and CPU during the overhead runs.
 //! 5. Budgets ([`crate::bench_budget`]): enforcement latency, the cost worker's rate, and the
 //!    overhead and cost-cache hit ratio with budgets on.
+//! 6. Storage quotas ([`crate::bench_storage`]) and health pollers ([`crate::bench_health`]).
 
 use std::{
     fmt::Write as _,
@@ -48,6 +49,8 @@ pub struct BenchArgs {
     trials: usize,
     #[command(flatten)]
     storage: crate::bench_storage::StorageBenchArgs,
+    #[command(flatten)]
+    health: crate::bench_health::HealthBenchArgs,
 }
 
 /// Setup, build, then [`measure`].
@@ -64,6 +67,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.storage.storage_only {
         let (md, _) =
             crate::bench_storage::section(&crate::util::agent_release_binary(), &args.storage)?;
+        println!("{md}");
+        return Ok(());
+    }
+    if args.health.health_only {
+        let (md, _) =
+            crate::bench_health::section(&crate::util::agent_release_binary(), &args.health)?;
         println!("{md}");
         return Ok(());
     }
@@ -138,14 +147,9 @@ pub fn agent_config(cluster: &Cluster, port: u16, hook: &str) -> String {
 }
 
 /// (utime + stime) ticks and RSS pages of `pid`, from /proc/<pid>/stat (proc(5)).
-fn proc_usage(pid: u32) -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-    // After the comm: state is f[0]; utime = field 14 → f[11], stime → f[12], rss = 24 → f[21].
-    Some((
-        f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
-        f.get(21)?.parse().ok()?,
-    ))
+pub fn proc_usage(pid: u32) -> Option<(u64, u64)> {
+    let f = crate::util::proc_stat(pid)?;
+    Some((f.get(11)? + f.get(12)?, *f.get(21)?))
 }
 
 fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
@@ -361,11 +365,13 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let (storage_md, storage_json) = crate::bench_storage::section(binary, &args.storage)?;
     report.push_str(&storage_md);
+    let (health_md, health_json) = crate::bench_health::section(binary, &args.health)?;
+    report.push_str(&health_md);
 
     let out_dir = crate::util::workspace_root().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("REPORT.md"), &report)?;
-    let json = serde_json::json!({"overhead": json_overhead, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json});
+    let json = serde_json::json!({"overhead": json_overhead, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json, "health": health_json});
     std::fs::write(
         out_dir.join("report.json"),
         serde_json::to_string_pretty(&json)?,

@@ -7,8 +7,10 @@
 
 mod bench;
 mod bench_budget;
+mod bench_health;
 mod bench_storage;
 mod demo;
+mod package;
 mod setup;
 mod test;
 mod util;
@@ -36,6 +38,8 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Measure the agent's overhead on pgbench (to be written; see bench.rs).
     Bench(bench::BenchArgs),
+    /// Build the Debian package (target/debian/pgmon_<version>_amd64.deb).
+    Package(package::PackageArgs),
 }
 
 fn main() {
@@ -45,6 +49,7 @@ fn main() {
         Cmd::Test(args) => test::run(&args),
         Cmd::Demo(args) => demo::run(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::Package(args) => package::run(&args),
     };
     if let Err(e) = res {
         eprintln!("xtask: error: {e:#}");

@@ -33,6 +33,10 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql-client-15",
     // The TLS test makes a self-signed certificate for its cluster.
     "openssl",
+    // The install tests: `systemd-analyze verify` and `security` on the unit (PID 1 need
+    // not be systemd), strace for the unit's system-call filter.
+    "systemd",
+    "strace",
     // The alert tests receive the agent's email on a loopback SMTP server (run with
     // Debian's /usr/bin/python3 -m aiosmtpd).
     "python3-aiosmtpd",

@@ -27,9 +27,12 @@ pub fn run(args: &TestArgs) -> Result<()> {
     build_release()?;
     let agent = agent_release_binary();
     eprintln!("xtask: PGMON_AGENT_BIN={}", agent.display());
+    let deb = crate::package::build()?;
+    eprintln!("xtask: PGMON_DEB={}", deb.display());
     run_streaming(
         cargo()
             .env("PGMON_AGENT_BIN", &agent)
+            .env("PGMON_DEB", &deb)
             .args([
                 "test",
                 "--release",

@@ -113,3 +113,17 @@ pub fn build_release() -> Result<()> {
         "pgmon-ebpf",
     ]))
 }
+
+/// The fields of `/proc/<pid>/stat` after the command name (proc(5)): `[0]` is the state
+/// (field 3), so field N is at `[N - 3]`: ppid `[1]`, utime `[11]`, stime `[12]`, cutime
+/// `[13]`, cstime `[14]`, rss `[21]`. `None` once the process is gone.
+pub fn proc_stat(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state is a letter: 0 in its place keeps the indices.
+    Some(
+        stat[stat.rfind(')')? + 2..]
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}

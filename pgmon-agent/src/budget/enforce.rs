@@ -29,7 +29,7 @@ enum Effect {
 }
 
 fn effect(ladder: &[Step], step: Option<usize>) -> Effect {
-    match step.map(|i| &ladder[i]) {
+    match step.and_then(|i| ladder.get(i)) {
         Some(Step {
             action: ActionKind::ConnectionLimit,
             limit: Some(l),
@@ -160,7 +160,7 @@ impl Enforcer {
     /// Serves until `rx` closes. Sends the protected-role set to `protected` at start and
     /// every minute.
     pub async fn serve(
-        self,
+        mut self,
         mut rx: UnboundedReceiver<ToEnforcer>,
         protected: std::sync::mpsc::Sender<HashSet<String>>,
     ) {
@@ -179,6 +179,15 @@ impl Enforcer {
                 }
                 msg = rx.recv() => {
                     let Some(msg) = msg else { return };
+                    if let ToEnforcer::Policy(policy) = msg {
+                        self.mode = policy.policy.mode;
+                        self.ladder = policy.policy.ladder.clone();
+                        self.policy = policy;
+                        if let Err(e) = sync_exempt(&client, &self.policy).await {
+                            tracing::warn!(error = %e, "cannot copy budgets.exempt into pgmon.exempt_roles");
+                        }
+                        continue;
+                    }
                     loop {
                         if client.is_closed() {
                             client = connect_with_backoff(&self.config, "enforcement").await;
@@ -203,6 +212,7 @@ impl Enforcer {
     async fn handle(&self, client: &Client, msg: &ToEnforcer) -> Result<(), tokio_postgres::Error> {
         match msg {
             ToEnforcer::Decision(d) => self.apply(client, d).await,
+            ToEnforcer::Policy(_) => Ok(()),
             ToEnforcer::Ledgers(ledgers) => {
                 let (mut roles, mut secs, mut spends) = (Vec::new(), Vec::new(), Vec::new());
                 for (role, _tier, buckets) in ledgers {
@@ -226,7 +236,7 @@ impl Enforcer {
     }
 
     async fn apply(&self, client: &Client, d: &Decision) -> Result<(), tokio_postgres::Error> {
-        let step_name = |s: Option<usize>| match s.map(|i| &self.ladder[i]) {
+        let step_name = |s: Option<usize>| match s.and_then(|i| self.ladder.get(i)) {
             None => "none".to_owned(),
             Some(st) => match st.limit {
                 Some(l) => format!("{:?}({l}) at {}", st.action, st.at),
@@ -236,9 +246,11 @@ impl Enforcer {
         let to_name = step_name(d.to);
         let mut outcomes: Vec<(&'static str, String)> = Vec::new();
         let going_up = d.to.unwrap_or(0) > d.from.unwrap_or(0) || d.from.is_none();
-        if d.to
-            .is_some_and(|i| self.ladder[i].action == ActionKind::Warn)
-            && going_up
+        if d.to.is_some_and(|i| {
+            self.ladder
+                .get(i)
+                .is_some_and(|s| s.action == ActionKind::Warn)
+        }) && going_up
         {
             outcomes.push(("warn", "logged".to_owned()));
             self.metrics.action("warn", "applied");
@@ -273,7 +285,7 @@ impl Enforcer {
             outcomes.push((action, result));
         }
         for (action, result) in &outcomes {
-            tracing::warn!(role = %d.role, tier = %d.tier, from = %step_name(d.from), to = %to_name, utilisation = d.utilisation, spend = d.spend, action, result = %result, "budget step");
+            tracing::warn!(target: "pgmon::enforcement", role = %d.role, tier = %d.tier, from = %step_name(d.from), to = %to_name, utilisation = d.utilisation, spend = d.spend, action, result = %result, "budget step");
             client
                 .execute(
                     "INSERT INTO pgmon.audit (role, source, step, utilisation, action, result) \

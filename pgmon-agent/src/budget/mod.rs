@@ -48,6 +48,9 @@ pub enum ToEnforcer {
     Decision(Decision),
     /// Ledgers changed since the last snapshot.
     Ledgers(Vec<LedgerSnapshot>),
+    /// A reloaded policy (SIGHUP): the ladder, mode and exempt list from now on. Sent
+    /// before any decision taken under it.
+    Policy(Compiled),
 }
 
 /// One role's ledger: (role, tier, buckets as (unix second, spend)).
@@ -172,6 +175,54 @@ impl Budgets {
             }
         }
         b
+    }
+
+    /// Applies a reloaded policy without losing state: ledgers are kept (a role's spend is
+    /// its history, whatever its tier); a role that changed tier takes the new tier's limit
+    /// and unit at its next evaluation, which moves its step if the new limits say so. A
+    /// role the new policy no longer budgets (exempt, or no tier) is restored and
+    /// forgotten. When the ladder itself changed, a step index means something else, so
+    /// every role on a step is restored under the old ladder first and re-escalated under
+    /// the new one at the next evaluation (one drain interval later).
+    pub fn set_policy(&mut self, policy: Compiled) {
+        let ladder_changed =
+            format!("{:?}", policy.policy.ladder) != format!("{:?}", self.policy.policy.ladder);
+        let mut undo = Vec::new();
+        let (protected, now) = (&self.protected, crate::http::now_ms());
+        self.roles.retain(|role, r| {
+            let tier = policy.tier_of(role, protected.contains(role.as_ref()));
+            if let Some(step) = r.step
+                && (tier.is_none() || ladder_changed)
+            {
+                undo.push(Decision {
+                    role: role.clone(),
+                    tier: r.tier.clone(),
+                    from: Some(step),
+                    to: None,
+                    utilisation: 0.0,
+                    spend: 0.0,
+                    at_ms: now,
+                });
+                r.step = None;
+            }
+            let Some(tier) = tier else { return false };
+            r.tier = tier.to_owned();
+            r.unit = policy
+                .policy
+                .tiers
+                .get(tier)
+                .map_or(Unit::PlanCost, |t| t.unit);
+            r.dirty = true;
+            true
+        });
+        // Undone under the ladder they were taken on; then the new policy.
+        for d in undo {
+            tracing::info!(role = %d.role, ladder_changed, "budgets: policy reloaded; restoring this role's step");
+            let _ = self.out.send(ToEnforcer::Decision(d));
+        }
+        let _ = self.out.send(ToEnforcer::Policy(policy.clone()));
+        self.policy = policy;
+        self.unbudgeted.clear();
     }
 
     /// Replaces the set of superuser and replication roles (from `pg_roles`).

@@ -177,3 +177,73 @@ fn a_step_of_a_role_the_policy_now_exempts_is_undone_at_start() {
     assert_eq!(decisions(&mut out), [(Some(3), None)]);
     assert!(b.status(1_000_000).is_empty(), "boss has no budget");
 }
+
+fn compiled(yaml: &str) -> policy::Compiled {
+    yaml_serde::from_str::<policy::BudgetPolicy>(yaml)
+        .unwrap()
+        .compile()
+        .unwrap()
+}
+
+#[test]
+fn a_reload_keeps_ledgers_and_steps_and_rejudges_with_the_new_limits() {
+    let (mut b, _req, mut out) = budgets(POLICY);
+    let heavy: Arc<str> = "heavy".into();
+    let db: Arc<str> = "db".into();
+    let s = stmt(1);
+    let t0 = 1_000_000;
+    for i in 0..20 {
+        b.charge(t0 + i, &heavy, &db, &s, 1_000_000_000);
+    }
+    b.evaluate(t0 + 100);
+    assert_eq!(decisions(&mut out), [(None, Some(3))], "2.0 → lock");
+
+    // Same ladder, a budget twice as large: the ledger (20 s) stays, utilisation 1.0.
+    b.set_policy(compiled(&POLICY.replace("budget: 10,", "budget: 20,")));
+    let msgs: Vec<ToEnforcer> = std::iter::from_fn(|| out.try_recv().ok()).collect();
+    assert!(
+        matches!(msgs.as_slice(), [ToEnforcer::Policy(_)]),
+        "only the policy, no undo: {msgs:?}"
+    );
+    b.evaluate(t0 + 200);
+    assert_eq!(decisions(&mut out), [(Some(3), Some(1))], "1.0 → limit 5");
+    let st = b.status(t0 + 200);
+    assert_eq!(st[0].step, Some(policy::ActionKind::ConnectionLimit));
+
+    // Exempt now: its step is undone and it is forgotten.
+    b.set_policy(compiled(
+        &POLICY.replace("exempt: [boss]", "exempt: [boss, heavy]"),
+    ));
+    assert_eq!(decisions(&mut out), [(Some(1), None)]);
+    assert!(b.status(t0 + 300).is_empty());
+}
+
+#[test]
+fn a_changed_ladder_undoes_steps_under_the_old_one_first() {
+    let (mut b, _req, mut out) = budgets(POLICY);
+    let heavy: Arc<str> = "heavy".into();
+    let db: Arc<str> = "db".into();
+    let t0 = 1_000_000;
+    for i in 0..20 {
+        b.charge(t0 + i, &heavy, &db, &stmt(1), 1_000_000_000);
+    }
+    b.evaluate(t0 + 100);
+    assert_eq!(decisions(&mut out), [(None, Some(3))]);
+    b.set_policy(compiled(&format!(
+        "{POLICY}ladder:\n  - {{at: 1.5, action: lock}}\n"
+    )));
+    let msgs: Vec<ToEnforcer> = std::iter::from_fn(|| out.try_recv().ok()).collect();
+    match msgs.as_slice() {
+        [ToEnforcer::Decision(d), ToEnforcer::Policy(p)] => {
+            assert_eq!((d.from, d.to), (Some(3), None), "undone on the old ladder");
+            assert_eq!(p.policy.ladder.len(), 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    b.evaluate(t0 + 200);
+    assert_eq!(
+        decisions(&mut out),
+        [(None, Some(0))],
+        "re-escalated on the new one"
+    );
+}

@@ -26,6 +26,9 @@ pub enum ClusterError {
     /// tracefs is not mounted and could not be mounted.
     #[error("tracefs is not mounted at {TRACEFS} and mounting it failed")]
     Tracefs(#[source] std::io::Error),
+    /// A file the agent must read is not readable by it.
+    #[error("{path}: permission denied: reading it needs CAP_DAC_READ_SEARCH (or root)")]
+    Denied { path: PathBuf },
     /// The `sched_process_fork` format file lacks `child_pid`.
     #[error("cannot find child_pid in {0}")]
     ForkFormat(String),
@@ -36,9 +39,15 @@ pub enum ClusterError {
 /// checks that the process exists.
 pub fn postmaster_pid(data_directory: &Path) -> Result<u32, ClusterError> {
     let path = data_directory.join("postmaster.pid");
-    let text = std::fs::read_to_string(&path).map_err(|source| ClusterError::PidFile {
-        path: path.clone(),
-        source,
+    let text = std::fs::read_to_string(&path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            ClusterError::Denied { path: path.clone() }
+        } else {
+            ClusterError::PidFile {
+                path: path.clone(),
+                source,
+            }
+        }
     })?;
     let pid: u32 = text
         .lines()
@@ -72,8 +81,13 @@ pub fn parent_of(pid: u32) -> Option<u32> {
 /// Mounts tracefs at [`TRACEFS`] unless it is already there (aya attaches tracepoints by
 /// the ids tracefs lists).
 pub fn ensure_tracefs() -> Result<(), ClusterError> {
-    if Path::new(TRACEFS).join("events").is_dir() {
-        return Ok(());
+    let events = Path::new(TRACEFS).join("events");
+    match std::fs::metadata(&events) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(ClusterError::Denied { path: events });
+        }
+        _ => {}
     }
     let c = |s: &str| std::ffi::CString::new(s).expect("no NUL in constant");
     let (src, dst, fs) = (c("tracefs"), c(TRACEFS), c("tracefs"));

@@ -42,7 +42,7 @@ fn terminated(outcomes: &[Outcome]) -> usize {
 fn log(outcomes: &[Outcome], trigger: &str) {
     let ended = terminated(outcomes);
     for (pid, role, result) in outcomes {
-        tracing::warn!(pid, role = %role, result = %result, trigger, "emergency");
+        tracing::warn!(target: "pgmon::enforcement", pid, role = %role, result = %result, trigger, "emergency");
     }
     tracing::warn!(
         terminated = ended,

@@ -2,8 +2,11 @@
 
 pub mod check;
 pub mod check_config;
+pub mod doctor;
 pub mod emergency;
+pub mod install_sql;
 pub mod record;
+pub mod reload;
 pub mod replay;
 pub mod run;
 pub mod status;
@@ -20,6 +23,10 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as `text` (default) or `json` (one object per line; for the journal's
+    /// and log shippers' parsers).
+    #[arg(long, global = true, value_enum, default_value_t)]
+    pub log_format: crate::daemon::LogFormat,
 }
 
 /// Subcommands.
@@ -91,6 +98,28 @@ pub enum Command {
         /// The agent's HTTP address (its metrics.listen).
         #[arg(long, default_value = "127.0.0.1:8181")]
         addr: SocketAddr,
+    },
+    /// Apply pgmon's SQL (the role, its grants, the pgmon schema) to a cluster, as a
+    /// superuser: idempotent, every database that allows connections unless `--database`.
+    InstallSql {
+        /// libpq connection string of a superuser session, e.g.
+        /// "host=/var/run/postgresql user=postgres".
+        #[arg(long)]
+        dsn: String,
+        /// Only these databases (repeatable).
+        #[arg(long = "database")]
+        databases: Vec<String>,
+        /// Run sql/uninstall.sql instead (restores every role pgmon changed, drops schema
+        /// pgmon; the role pgmon stays).
+        #[arg(long)]
+        uninstall: bool,
+    },
+    /// Check this host end to end (policy, capabilities, kernel, hooks, postmaster,
+    /// database role, grants and schema) and say what is wrong; exit 1 on a problem.
+    Doctor {
+        /// The YAML policy file.
+        #[arg(long, short, default_value = "/etc/pgmon/pgmon.yaml")]
+        config: PathBuf,
     },
     /// Check a policy file and exit 0 if it is usable, or print file:line:column: field: error.
     CheckConfig {

@@ -33,18 +33,11 @@ use crate::{
     pipeline::Pipeline,
 };
 
-/// Runs the agent with the policy file at `config_path`.
-pub fn run(config_path: &Path) -> anyhow::Result<()> {
+/// Runs the agent with the policy file at `config_path`, logging in `log_format`.
+pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PGMON_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    crate::daemon::init_logging(log_format);
+    crate::daemon::require_capabilities()?;
 
     let monitor = attribution::monitor_config(&config.cluster.connection)?;
     let capture = Capture::attach(&config.capture, &config.cluster.data_directory)
@@ -75,24 +68,33 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let (answer_tx, answer_rx) = std::sync::mpsc::channel();
     let (status_tx, status_rx) = std::sync::mpsc::channel::<StatusRequest>();
     let last_drain_ms = Arc::new(AtomicU64::new(0));
+    let drained = last_drain_ms.clone();
     let stop = Arc::new(AtomicBool::new(false));
 
-    let budget_link = start_budgets(&config, &runtime, &monitor, &metrics)?;
+    let (budget_link, budget_policies) = match start_budgets(&config, &runtime, &monitor, &metrics)?
+    {
+        Some((link, tx)) => (Some(link), Some(tx)),
+        None => (None, None),
+    };
     if config.health.enabled {
         crate::health::start(&runtime, &config.health, &monitor, &metrics.health);
     }
-    if config.cleanup.enabled {
+    let cleanup = if config.cleanup.enabled {
         let policy = config
             .cleanup
             .compile()
             .map_err(|(field, message)| anyhow::anyhow!("{field}: {message}"))?;
         tracing::info!(mode = ?policy.config.mode, "session cleanup on");
+        let (tx, rx) = tokio::sync::watch::channel(policy);
         runtime.spawn(crate::cleanup::serve(
-            policy,
+            rx,
             monitor.clone(),
             metrics.budget.clone(),
         ));
-    }
+        Some(tx)
+    } else {
+        None
+    };
     runtime.spawn(crate::cli::emergency::on_sigusr1(monitor.clone()));
     let storage = start_storage(&config, &runtime, &monitor, &metrics)?;
     if config.alerts.enabled {
@@ -105,8 +107,15 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             metrics.alerts.clone(),
         )?;
     }
+    let api = crate::api::Api::new(
+        &config,
+        monitor.clone(),
+        status_tx.clone(),
+        storage.clone(),
+        metrics.health.clone(),
+    );
     runtime.spawn(attribution::serve(
-        monitor,
+        monitor.clone(),
         lookup_rx,
         answer_tx,
         metrics.clone(),
@@ -117,10 +126,11 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             status: status_tx,
             last_drain_ms: last_drain_ms.clone(),
-            storage,
+            storage: storage.clone(),
+            api,
         },
     ));
-    tracing::info!(listen = %config.metrics.listen, "serving /metrics, /healthz, /api/v1/status, /api/v1/alerts");
+    tracing::info!(listen = %config.metrics.listen, "serving /metrics, /healthz, /api/v1/*");
 
     let capture_thread = {
         let stop = stop.clone();
@@ -145,17 +155,34 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             })?
     };
 
+    let mut reloader = super::reload::Reloader {
+        path: config_path.to_owned(),
+        started: config.clone(),
+        current: config.clone(),
+        budgets: budget_policies,
+        storage,
+        cleanup,
+        metrics: metrics.clone(),
+    };
     runtime.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let ready = tokio::spawn(become_ready(monitor.clone(), hook.name()));
+        let watchdog = crate::daemon::watchdog_period()
+            .map(|period| tokio::spawn(watchdog(period, drained.clone())));
         loop {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: detaching"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: detaching"); break; }
-                _ = hup.recv() => tracing::warn!("SIGHUP: policy reload is not supported yet; restart the agent to apply changes"),
+                _ = hup.recv() => reloader.reload_and_log(),
             }
         }
+        ready.abort();
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        crate::daemon::notify_stopping();
         Ok::<_, std::io::Error>(())
     })?;
     stop.store(true, Ordering::Relaxed);
@@ -167,14 +194,48 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until the monitor database answers (retrying with backoff), then tells systemd
+/// the agent is ready: the probes are attached before this task starts.
+async fn become_ready(monitor: tokio_postgres::Config, hook: &'static str) {
+    let client = attribution::connect_with_backoff(&monitor, "readiness").await;
+    drop(client);
+    let status = format!("capturing with {hook}; database reached");
+    tracing::info!(hook, "ready: probes attached, database reached");
+    crate::daemon::notify_ready(&status);
+}
+
+/// Pings systemd's watchdog every half `period` while the capture thread drains; a
+/// capture thread stuck for longer than `period` (or 5 s, whichever is longer) stops the
+/// pings, and systemd restarts the unit.
+async fn watchdog(period: Duration, last_drain_ms: Arc<AtomicU64>) {
+    let stale_ms = period.max(Duration::from_secs(5)).as_millis() as u64;
+    let mut tick = tokio::time::interval(period / 2);
+    loop {
+        tick.tick().await;
+        let last = last_drain_ms.load(Ordering::Relaxed);
+        if last != 0 && http::now_ms().saturating_sub(last) < stale_ms {
+            crate::daemon::notify_watchdog();
+        } else if last != 0 {
+            tracing::error!(
+                since_ms = http::now_ms().saturating_sub(last),
+                "capture thread stalled: withholding the watchdog ping"
+            );
+        }
+    }
+}
+
+/// A reloaded budget policy's way to the capture thread.
+type PolicySender = std::sync::mpsc::Sender<crate::budget::policy::Compiled>;
+
 /// When `budgets.enabled`: loads the persisted ledgers and steps, starts the cost worker
-/// and the enforcer on `runtime`, and returns what the capture thread needs.
+/// and the enforcer on `runtime`, and returns what the capture thread needs and where
+/// reloaded policies go.
 fn start_budgets(
     config: &Config,
     runtime: &tokio::runtime::Runtime,
     monitor: &tokio_postgres::Config,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<Option<BudgetLink>> {
+) -> anyhow::Result<Option<(BudgetLink, PolicySender)>> {
     if !config.budgets.enabled {
         return Ok(None);
     }
@@ -238,11 +299,16 @@ fn start_budgets(
         metrics.budget.clone(),
         persisted,
     );
-    Ok(Some(BudgetLink {
-        budgets,
-        cost_answers: answer_rx,
-        protected: protected_rx,
-    }))
+    let (policy_tx, policy_rx) = std::sync::mpsc::channel();
+    Ok(Some((
+        BudgetLink {
+            budgets,
+            cost_answers: answer_rx,
+            protected: protected_rx,
+            policies: policy_rx,
+        },
+        policy_tx,
+    )))
 }
 
 /// When `storage.enabled`: loads the persisted quota state and starts the storage tasks

@@ -9,23 +9,23 @@ use tokio_postgres::{Client, Config};
 use super::board::{Family, Kind};
 
 /// Databases that accept connections, largest first: (name, bytes).
-const DATABASES: &str = "SELECT datname::text, pg_database_size(oid)::float8 FROM pg_database \
+pub(crate) const DATABASES: &str = "SELECT datname::text, pg_database_size(oid)::float8 FROM pg_database \
      WHERE datallowconn AND NOT datistemplate ORDER BY 2 DESC";
 
 const WRAPAROUND: &str = "SELECT datname::text, age(datfrozenxid)::float8, mxid_age(datminmxid)::float8 \
      FROM pg_database WHERE datallowconn";
 
-const RELATIONS: &str = "SELECT n.nspname || '.' || c.relname, pg_total_relation_size(c.oid)::float8 \
+pub(crate) const RELATIONS: &str = "SELECT n.nspname || '.' || c.relname, pg_total_relation_size(c.oid)::float8 \
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
        AND n.nspname NOT LIKE 'pg_toast%' \
      ORDER BY 2 DESC LIMIT $1";
 
-const DEAD: &str = "SELECT schemaname || '.' || relname, n_dead_tup::float8, \
+pub(crate) const DEAD: &str = "SELECT schemaname || '.' || relname, n_dead_tup::float8, \
      (n_dead_tup::float8 / greatest(n_live_tup + n_dead_tup, 1)) \
      FROM pg_stat_user_tables WHERE n_dead_tup > 0 ORDER BY n_dead_tup DESC LIMIT $1";
 
-const FRESHNESS: &str = "SELECT \
+pub(crate) const FRESHNESS: &str = "SELECT \
      coalesce(max(extract(epoch FROM now() - greatest(last_vacuum, last_autovacuum))), 0)::float8, \
      coalesce(max(extract(epoch FROM now() - greatest(last_analyze, last_autoanalyze))), 0)::float8, \
      count(*) FILTER (WHERE last_analyze IS NULL AND last_autoanalyze IS NULL AND n_live_tup > 0)::float8, \
@@ -38,7 +38,7 @@ const UNUSED_INDEXES: &str = "SELECT s.schemaname || '.' || s.indexrelname, pg_r
      WHERE s.idx_scan = 0 AND NOT i.indisunique AND NOT i.indisprimary \
      ORDER BY 2 DESC LIMIT $1";
 
-const PARTITIONS: &str = "SELECT n.nspname || '.' || c.relname, count(*)::float8 \
+pub(crate) const PARTITIONS: &str = "SELECT n.nspname || '.' || c.relname, count(*)::float8 \
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
      JOIN pg_inherits i ON i.inhparent = c.oid \
      WHERE c.relkind = 'p' GROUP BY 1 ORDER BY 2 DESC LIMIT $1";

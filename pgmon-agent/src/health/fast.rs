@@ -9,15 +9,15 @@ use tokio_postgres::{Client, Statement};
 
 use super::board::{Family, Kind};
 
-const ACTIVITY: &str = "SELECT coalesce(datname, '')::text, coalesce(state, 'unknown'), count(*)::float8, \
+pub(crate) const ACTIVITY: &str = "SELECT coalesce(datname, '')::text, coalesce(state, 'unknown'), count(*)::float8, \
      coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8 \
      FROM pg_stat_activity WHERE backend_type = 'client backend' GROUP BY 1, 2";
 
-const SETTINGS: &str = "SELECT current_setting('max_connections')::float8, \
+pub(crate) const SETTINGS: &str = "SELECT current_setting('max_connections')::float8, \
      current_setting('superuser_reserved_connections')::float8, \
      current_setting('autovacuum_max_workers')::float8";
 
-const AGES: &str = "SELECT \
+pub(crate) const AGES: &str = "SELECT \
      coalesce(max(extract(epoch FROM now() - xact_start)) FILTER (WHERE backend_type = 'client backend'), 0)::float8, \
      coalesce(max(extract(epoch FROM now() - state_change)) FILTER (WHERE state LIKE 'idle in transaction%'), 0)::float8, \
      coalesce(max(age(backend_xmin)), 0)::float8 \
@@ -25,12 +25,12 @@ const AGES: &str = "SELECT \
 
 /// Sessions waiting on a heavyweight lock, who blocks them (`pg_blocking_pids`), and since
 /// when (`pg_locks.waitstart`, PostgreSQL 14+).
-const BLOCKED: &str = "SELECT a.pid, pg_blocking_pids(a.pid), \
+pub(crate) const BLOCKED: &str = "SELECT a.pid, pg_blocking_pids(a.pid), \
      coalesce(extract(epoch FROM now() - (SELECT min(l.waitstart) FROM pg_locks l \
                                            WHERE l.pid = a.pid AND NOT l.granted)), 0)::float8 \
      FROM pg_stat_activity a WHERE a.wait_event_type = 'Lock'";
 
-const AUTOVACUUM: &str = "SELECT coalesce(p.phase, 'starting'), count(*)::float8 \
+pub(crate) const AUTOVACUUM: &str = "SELECT coalesce(p.phase, 'starting'), count(*)::float8 \
      FROM pg_stat_activity a LEFT JOIN pg_stat_progress_vacuum p ON p.pid = a.pid \
      WHERE a.backend_type = 'autovacuum worker' GROUP BY 1";
 

@@ -10,23 +10,23 @@ use tokio_postgres::{Client, Statement};
 
 use super::board::{Family, Kind};
 
-const DATABASES: &str = "SELECT datname::text, xact_commit::float8, xact_rollback::float8 \
+pub(crate) const DATABASES: &str = "SELECT datname::text, xact_commit::float8, xact_rollback::float8 \
      FROM pg_stat_database WHERE datname IS NOT NULL";
 
 /// PostgreSQL 17 moved the checkpoint counters to `pg_stat_checkpointer`.
-const CHECKPOINTER: &str = "SELECT num_timed::float8, num_requested::float8, buffers_written::float8, \
+pub(crate) const CHECKPOINTER: &str = "SELECT num_timed::float8, num_requested::float8, buffers_written::float8, \
      write_time / 1000, sync_time / 1000 FROM pg_stat_checkpointer";
-const BGWRITER: &str = "SELECT checkpoints_timed::float8, checkpoints_req::float8, \
+pub(crate) const BGWRITER: &str = "SELECT checkpoints_timed::float8, checkpoints_req::float8, \
      buffers_checkpoint::float8, checkpoint_write_time / 1000, checkpoint_sync_time / 1000 \
      FROM pg_stat_bgwriter";
 
-const WAL: &str = "SELECT pg_is_in_recovery(), \
+pub(crate) const WAL: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN coalesce(pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0'), 0) \
           ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0') END::float8, \
      CASE WHEN pg_is_in_recovery() \
           THEN coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) ELSE 0 END::float8";
 
-const REPLICATION: &str = "SELECT coalesce(nullif(application_name, ''), client_addr::text, pid::text), \
+pub(crate) const REPLICATION: &str = "SELECT coalesce(nullif(application_name, ''), client_addr::text, pid::text), \
      coalesce(extract(epoch FROM replay_lag), 0)::float8, \
      coalesce(pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() \
                                    ELSE pg_current_wal_lsn() END, replay_lsn), 0)::float8 \

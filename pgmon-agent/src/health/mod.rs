@@ -12,9 +12,9 @@
 //! `pgmon_errors_total{loop}`, and the next tick reconnects (the interval is the backoff).
 
 pub mod board;
-mod databases;
-mod fast;
-mod medium;
+pub(crate) mod databases;
+pub(crate) mod fast;
+pub(crate) mod medium;
 
 use std::time::{Duration, Instant};
 
@@ -158,12 +158,7 @@ pub fn start(
 /// session, published on a fresh board (for `pgmon-agent check`, without a running agent).
 pub async fn snapshot(monitor: &tokio_postgres::Config) -> anyhow::Result<Board> {
     let client = crate::attribution::connect(monitor).await?;
-    client
-        .batch_execute(
-            "SET statement_timeout = 10000; SET lock_timeout = 100; \
-             SET default_transaction_read_only = on",
-        )
-        .await?;
+    client.batch_execute(&session_setup(10_000, 100)).await?;
     let version = client
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await?
@@ -178,6 +173,16 @@ pub async fn snapshot(monitor: &tokio_postgres::Config) -> anyhow::Result<Board>
         databases::hourly(&client, monitor, 0, "SELECT 1").await?,
     );
     Ok(board)
+}
+
+/// The statements that make a monitor session what the loops (and the API) need:
+/// `statement_timeout` and `lock_timeout` in milliseconds, and read-only transactions
+/// (PostgreSQL docs, section 19.11.1 "Statement Behavior").
+pub fn session_setup(statement_timeout_ms: u64, lock_timeout_ms: u64) -> String {
+    format!(
+        "SET statement_timeout = {statement_timeout_ms}; SET lock_timeout = {lock_timeout_ms}; \
+         SET default_transaction_read_only = on"
+    )
 }
 
 /// A loop's session and its prepared statements.
@@ -199,10 +204,9 @@ async fn serve(
         LoopKind::Slow => config.loops.slow,
         LoopKind::Hourly => config.loops.hourly,
     };
-    let setup = format!(
-        "SET statement_timeout = {}; SET lock_timeout = {}; SET default_transaction_read_only = on",
+    let setup = session_setup(
         ((l.budget_seconds * 5000.0) as u64).clamp(1000, 300_000),
-        config.lock_timeout_ms
+        config.lock_timeout_ms,
     );
     let mut ticker = tokio::time::interval(Duration::from_secs(l.interval_seconds));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

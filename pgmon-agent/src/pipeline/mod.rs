@@ -80,6 +80,8 @@ pub struct BudgetLink {
     pub cost_answers: std::sync::mpsc::Receiver<CostAnswer>,
     /// Superuser and replication roles, from the enforcer.
     pub protected: std::sync::mpsc::Receiver<std::collections::HashSet<String>>,
+    /// Reloaded budget policies (SIGHUP).
+    pub policies: std::sync::mpsc::Receiver<crate::budget::policy::Compiled>,
 }
 
 /// The capture-thread pipeline.
@@ -146,6 +148,9 @@ impl Pipeline {
         }
         while let Ok(p) = link.protected.try_recv() {
             link.budgets.set_protected(p);
+        }
+        while let Ok(p) = link.policies.try_recv() {
+            link.budgets.set_policy(p);
         }
         link.budgets.evaluate(self.now_ms);
         if self.now_ms.saturating_sub(self.last_snapshot_ms) >= 1000 {

@@ -34,6 +34,8 @@ pub enum Enforce {
     },
     /// Persist a state whose timers changed without a transition.
     Persist { role: String, quota: Quota },
+    /// A reloaded policy's `dry_run` and termination batch, for the transitions after it.
+    Configure { dry_run: bool, batch: u32 },
 }
 
 /// A role's persisted state, read at start.
@@ -136,9 +138,13 @@ pub struct Enforcer {
 
 impl Enforcer {
     /// Serves until `rx` closes.
-    pub async fn serve(self, mut rx: mpsc::UnboundedReceiver<Enforce>) {
+    pub async fn serve(mut self, mut rx: mpsc::UnboundedReceiver<Enforce>) {
         let mut client = connect(&self.config).await;
         while let Some(msg) = rx.recv().await {
+            if let Enforce::Configure { dry_run, batch } = msg {
+                (self.dry_run, self.batch) = (dry_run, batch);
+                continue;
+            }
             let mut msg = Some(msg);
             loop {
                 if client.is_closed() {
@@ -298,7 +304,7 @@ impl Enforcer {
             Ok(s) | Err(s) => s.clone(),
         };
         let hard = limits.hard.max(1) as f64;
-        tracing::warn!(role = %role, from = t.from.as_str(), to = t.to.as_str(), reason = t.reason.as_str(), usage_bytes = t.usage, soft_limit = limits.soft, hard_limit = limits.hard, action, result = %result, "storage quota");
+        tracing::warn!(target: "pgmon::enforcement", role = %role, from = t.from.as_str(), to = t.to.as_str(), reason = t.reason.as_str(), usage_bytes = t.usage, soft_limit = limits.soft, hard_limit = limits.hard, action, result = %result, "storage quota");
         if let Err(e) = client
             .execute(
                 "INSERT INTO pgmon.audit (role, source, step, utilisation, action, result) \

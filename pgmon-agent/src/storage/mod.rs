@@ -43,6 +43,11 @@ pub enum Event {
     },
     /// `GET /api/v1/status`.
     Status(oneshot::Sender<StorageStatus>),
+    /// A reloaded policy (SIGHUP): limits, exemptions, mode, dry run and batch apply at
+    /// once (the roles are listed again and re-judged against the new limits, keeping
+    /// their state and timers); intervals, notifications and the textfile path at the
+    /// next restart.
+    Reload(Box<policy::Compiled>),
     /// `POST /api/v1/storage/unlock?role=…` (`pgmon-agent unlock ROLE`).
     Unlock {
         role: String,
@@ -111,6 +116,11 @@ impl StorageHandle {
             .await
             .ok()?
             .ok()
+    }
+
+    /// Hands a reloaded policy to the coordinator; false if it has stopped.
+    pub fn reload(&self, policy: policy::Compiled) -> bool {
+        self.tx.send(Event::Reload(Box::new(policy))).is_ok()
     }
 
     /// Unlocks `role` by hand: `Ok` with what `pgmon.unlock_role` said, or why not.

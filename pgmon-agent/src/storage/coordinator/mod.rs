@@ -78,6 +78,9 @@ pub struct Coordinator {
     /// are true and the state machines may run (before it, a role's bytes in the
     /// databases not counted yet would look like 0, and a resumed grace would be cleared).
     ready: bool,
+    /// A reloaded policy waits for the next catalog refresh (run at once) to re-judge
+    /// every role against its limits.
+    reloaded: bool,
 }
 
 impl Coordinator {
@@ -109,6 +112,7 @@ impl Coordinator {
             last_recount: None,
             textfile_dirty: false,
             ready: false,
+            reloaded: false,
         }
     }
 
@@ -142,7 +146,12 @@ impl Coordinator {
         loop {
             tokio::select! {
                 ev = rx.recv() => match ev {
-                    Some(ev) => self.on_event(ev),
+                    Some(ev) => {
+                        self.on_event(ev);
+                        if self.reloaded {
+                            refresh.reset_immediately();
+                        }
+                    }
                     None => return,
                 },
                 _ = refresh.tick() => {
@@ -151,7 +160,16 @@ impl Coordinator {
                         _ => super::connect_with_backoff(&self.monitor, "storage catalog").await,
                     };
                     match self.refresh(&c).await {
-                        Ok(()) => client = Some(c),
+                        Ok(()) => {
+                            client = Some(c);
+                            if std::mem::take(&mut self.reloaded) {
+                                let now = now_ms();
+                                let roles: Vec<String> = self.roles.keys().cloned().collect();
+                                for r in roles {
+                                    self.observe(&r, now);
+                                }
+                            }
+                        }
                         Err(e) => tracing::warn!(error = %e, "storage: listing pg_roles/pg_database failed"),
                     }
                 }
@@ -165,6 +183,36 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    fn reload(&mut self, policy: Compiled) {
+        let (old, new) = (&self.policy.policy, &policy.policy);
+        let later = [
+            (
+                "notifications",
+                format!("{:?}", old.notifications) != format!("{:?}", new.notifications),
+            ),
+            ("textfile", old.textfile != new.textfile),
+            (
+                "recount_interval_seconds",
+                old.recount_interval_seconds != new.recount_interval_seconds,
+            ),
+            (
+                "refresh_interval_seconds",
+                old.refresh_interval_seconds != new.refresh_interval_seconds,
+            ),
+        ];
+        for (field, changed) in later {
+            if changed {
+                tracing::warn!(field = %format!("storage.{field}"), "policy reload: this change takes effect at the next restart");
+            }
+        }
+        let _ = self.enforcer.send(Enforce::Configure {
+            dry_run: new.dry_run,
+            batch: policy.termination_batch,
+        });
+        self.policy = Arc::new(policy);
+        self.reloaded = true;
     }
 
     fn write_textfile(&mut self) {
@@ -226,6 +274,7 @@ impl Coordinator {
                     e.state = state;
                 }
             }
+            Event::Reload(policy) => self.reload(*policy),
             Event::Enforced { role, result, ok } => {
                 if let Some(e) = self.roles.get_mut(&role) {
                     e.enforcement_error = (!ok).then_some(result);

@@ -1,0 +1,444 @@
+//! The read API of issue 5: `GET /api/v1/overview`, `/autovacuum`, `/top-queries`,
+//! `/storage`, `/partitions` and `/replication`, answered from live SQL.
+//!
+//! Every answer is one JSON object, the [`Envelope`]:
+//!
+//! ```json
+//! {"endpoint": "/api/v1/autovacuum", "database": "app",
+//!  "generated_at": "2024-05-01T12:00:00.000Z", "elapsed_ms": 4.2,
+//!  "sql": [{"name": "tables", "by": "api", "database": "app", "text": "SELECT …"}],
+//!  "data": {…}}
+//! ```
+//!
+//! `sql` lists every statement whose rows are in `data`, in the order they ran, with the
+//! database it ran in and who ran it (`api` for this request; `storage coordinator` or
+//! `health loop medium` when a figure comes from the agent's own tasks). Errors are
+//! `{"endpoint": …, "error": "…"}` with 400 (a bad parameter), 404 (an unknown database),
+//! 503 (cluster unreachable, a statement or the whole request over its time limit) or 500
+//! (any other database error).
+//!
+//! The statements run on one API monitor session, opened on the first request with the
+//! health loops' settings ([`crate::health::session_setup`]: `application_name = pgmon`,
+//! read-only, `statement_timeout` [`STATEMENT_TIMEOUT_MS`], `lock_timeout` of
+//! `health.lock_timeout_ms`) and reopened when it closes. Requests take turns on it, so the
+//! API never holds more than two sessions (that one and a short-lived one in another
+//! database for `?database=`). The SQL is the health loops' where they read the same thing
+//! (`crate::health::{fast, medium, databases}`).
+
+mod cluster;
+mod session;
+mod storage;
+mod tables;
+mod top_queries;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::{Client, Row, types::ToSql, types::Type};
+
+use crate::{
+    health::Board,
+    http::{StatusRequest, text},
+    storage::StorageHandle,
+};
+
+/// `statement_timeout` of the API's sessions, milliseconds.
+pub const STATEMENT_TIMEOUT_MS: u64 = 5_000;
+
+/// Longest a request may take, connection and every statement included, seconds; past it
+/// the answer is 503.
+pub const REQUEST_TIMEOUT_SECONDS: u64 = 15;
+
+/// Largest `?limit=`.
+pub const MAX_LIMIT: usize = 1_000;
+
+/// The endpoints this module answers.
+pub const PATHS: [&str; 6] = [
+    "/api/v1/overview",
+    "/api/v1/autovacuum",
+    "/api/v1/top-queries",
+    "/api/v1/storage",
+    "/api/v1/partitions",
+    "/api/v1/replication",
+];
+
+/// What the API needs from the running agent.
+pub struct Api {
+    monitor: tokio_postgres::Config,
+    setup: String,
+    top_n: usize,
+    max_databases: usize,
+    data_directory: PathBuf,
+    session: tokio::sync::Mutex<Option<session::Session>>,
+    status: std::sync::mpsc::Sender<StatusRequest>,
+    storage: Option<StorageHandle>,
+    board: Board,
+}
+
+/// One statement behind an answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct SqlRun {
+    /// What it reads (`tables`, `dead_tuples`, …).
+    pub name: &'static str,
+    /// `api`, or the agent task that ran it (`storage coordinator`, `health loop medium`).
+    pub by: &'static str,
+    /// The database it ran in; absent when it ran in every database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// The SQL text.
+    pub text: &'static str,
+}
+
+/// The JSON object every endpoint answers with.
+#[derive(Debug, Serialize)]
+pub struct Envelope {
+    /// The path asked.
+    pub endpoint: &'static str,
+    /// The database of the per-database parts (`?database=`, default the monitor
+    /// connection's); absent for cluster-wide endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// When the answer was made, RFC 3339 UTC.
+    pub generated_at: String,
+    /// Time spent answering, milliseconds.
+    pub elapsed_ms: f64,
+    /// The statements behind `data`, in the order they ran.
+    pub sql: Vec<SqlRun>,
+    /// The endpoint's content (README, "API").
+    pub data: Value,
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A query-string parameter is malformed (400).
+    #[error("bad parameter {name}: {message}")]
+    BadParameter {
+        /// The parameter.
+        name: &'static str,
+        /// What is wrong with its value.
+        message: String,
+    },
+    /// `?database=` names no database that accepts connections (404).
+    #[error("no database named {0:?} accepts connections in this cluster")]
+    UnknownDatabase(String),
+    /// The monitor session could not be opened (503).
+    #[error("cannot reach the cluster")]
+    Unreachable(#[source] crate::attribution::AttributionError),
+    /// A statement failed (503 when the session closed or the statement timed out,
+    /// 500 otherwise).
+    #[error("query {name} failed")]
+    Query {
+        /// The statement's name in `sql`.
+        name: &'static str,
+        /// The driver's or the server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The request took longer than [`REQUEST_TIMEOUT_SECONDS`] (503).
+    #[error("no answer within {REQUEST_TIMEOUT_SECONDS} s")]
+    Timeout,
+}
+
+impl ApiError {
+    /// The HTTP status of the error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
+            ApiError::UnknownDatabase(_) => StatusCode::NOT_FOUND,
+            ApiError::Unreachable(_) | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Query { source, .. } => {
+                // 57014 query_canceled (statement_timeout), 55P03 lock_not_available
+                // (lock_timeout): PostgreSQL docs, appendix A.
+                let timed_out = source
+                    .as_db_error()
+                    .is_some_and(|d| ["57014", "55P03"].contains(&d.code().code()));
+                if source.is_closed() || source.as_db_error().is_none() || timed_out {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            }
+        }
+    }
+}
+
+/// The parameters of a request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Params {
+    /// `?database=NAME`.
+    pub database: Option<String>,
+    /// `?limit=N`, 1 to [`MAX_LIMIT`].
+    pub limit: Option<usize>,
+}
+
+impl Params {
+    /// Parses a query string (`database=app&limit=5`); unknown keys are refused so a typo
+    /// does not silently return the defaults.
+    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let mut p = Params::default();
+        for kv in query.unwrap_or("").split('&').filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let v = crate::http::percent_decode(v);
+            match k {
+                "database" if !v.is_empty() => p.database = Some(v),
+                "limit" => {
+                    let n = v
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n));
+                    p.limit = Some(n.ok_or_else(|| ApiError::BadParameter {
+                        name: "limit",
+                        message: format!("{v:?} is not a whole number from 1 to {MAX_LIMIT}"),
+                    })?);
+                }
+                _ => {
+                    return Err(ApiError::BadParameter {
+                        name: "query",
+                        message: format!("unknown or empty parameter {k:?} (database, limit)"),
+                    });
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// The statements of one answer, recorded as they run.
+pub(crate) struct Recorder {
+    pub sql: Vec<SqlRun>,
+}
+
+impl Recorder {
+    /// Records a statement run outside [`Recorder::raw`]: by an agent task (`by`), or by
+    /// this request in every database (`database` `None`).
+    pub fn note(
+        &mut self,
+        name: &'static str,
+        by: &'static str,
+        database: Option<&str>,
+        text: &'static str,
+    ) {
+        self.sql.push(SqlRun {
+            name,
+            by,
+            database: database.map(str::to_owned),
+            text,
+        });
+    }
+
+    /// Runs `text` on `client` (in `database`) and returns its rows as JSON objects; the
+    /// keys are `columns` when given (the health loops' SQL leaves some unnamed), else the
+    /// columns' own names.
+    pub async fn rows(
+        &mut self,
+        client: &Client,
+        database: &str,
+        (name, text): (&'static str, &'static str),
+        params: &[&(dyn ToSql + Sync)],
+        columns: &[&'static str],
+    ) -> Result<Vec<Value>, ApiError> {
+        let rows = self.raw(client, database, (name, text), params).await?;
+        Ok(rows.iter().map(|r| row_json(r, columns)).collect())
+    }
+
+    /// [`Recorder::rows`] without the conversion.
+    pub async fn raw(
+        &mut self,
+        client: &Client,
+        database: &str,
+        (name, text): (&'static str, &'static str),
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, ApiError> {
+        self.sql.push(SqlRun {
+            name,
+            by: "api",
+            database: Some(database.to_owned()),
+            text,
+        });
+        client
+            .query(text, params)
+            .await
+            .map_err(|source| ApiError::Query { name, source })
+    }
+}
+
+/// One row as a JSON object (see [`Recorder::rows`]). Booleans, integers, floats, text and
+/// arrays of integers or text map to their JSON kind; NULL, NaN and other types to null.
+pub fn row_json(row: &Row, columns: &[&'static str]) -> Value {
+    let mut m = serde_json::Map::new();
+    for (i, c) in row.columns().iter().enumerate() {
+        let key = columns.get(i).copied().unwrap_or(c.name());
+        let v = match *c.type_() {
+            Type::BOOL => json(row.try_get::<_, Option<bool>>(i)),
+            Type::INT2 => json(row.try_get::<_, Option<i16>>(i)),
+            Type::INT4 => json(row.try_get::<_, Option<i32>>(i)),
+            Type::INT8 => json(row.try_get::<_, Option<i64>>(i)),
+            Type::OID => json(row.try_get::<_, Option<u32>>(i)),
+            Type::FLOAT4 => json(row.try_get::<_, Option<f32>>(i)),
+            Type::FLOAT8 => json(row.try_get::<_, Option<f64>>(i)),
+            Type::INT4_ARRAY => json(row.try_get::<_, Option<Vec<Option<i32>>>>(i)),
+            Type::TEXT_ARRAY => json(row.try_get::<_, Option<Vec<Option<String>>>>(i)),
+            _ => json(row.try_get::<_, Option<String>>(i)),
+        };
+        m.insert(key.to_owned(), v);
+    }
+    Value::Object(m)
+}
+
+fn json<T: Into<Value>>(v: Result<Option<T>, tokio_postgres::Error>) -> Value {
+    v.ok().flatten().map_or(Value::Null, Into::into)
+}
+
+impl Api {
+    /// The API of an agent with `config`, reaching the cluster through `monitor`, the
+    /// capture thread through `status`, the storage coordinator through `storage`, and
+    /// reading the health loops' `board`.
+    pub fn new(
+        config: &crate::config::Config,
+        monitor: tokio_postgres::Config,
+        status: std::sync::mpsc::Sender<StatusRequest>,
+        storage: Option<StorageHandle>,
+        board: Board,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            monitor,
+            setup: crate::health::session_setup(
+                STATEMENT_TIMEOUT_MS,
+                config.health.lock_timeout_ms,
+            ),
+            top_n: config.health.top_n.max(1),
+            max_databases: config.health.max_databases,
+            data_directory: config.cluster.data_directory.clone(),
+            session: tokio::sync::Mutex::new(None),
+            status,
+            storage,
+            board,
+        })
+    }
+
+    /// True for the paths [`Api::respond`] answers.
+    pub fn handles(path: &str) -> bool {
+        PATHS.contains(&path)
+    }
+
+    /// Answers `GET path?query` (a path of [`PATHS`]).
+    pub async fn respond(&self, path: &str, query: Option<&str>) -> Response<Full<Bytes>> {
+        let endpoint = PATHS.into_iter().find(|p| *p == path).unwrap_or("");
+        let started = std::time::Instant::now();
+        let result = match Params::parse(query) {
+            Ok(params) => tokio::time::timeout(
+                Duration::from_secs(REQUEST_TIMEOUT_SECONDS),
+                self.answer(endpoint, &params),
+            )
+            .await
+            .unwrap_or(Err(ApiError::Timeout)),
+            Err(e) => Err(e),
+        };
+        let (status, body) = match result {
+            Ok((database, data, sql)) => (
+                StatusCode::OK,
+                serde_json::to_string_pretty(&Envelope {
+                    endpoint,
+                    database,
+                    generated_at: crate::storage::rfc3339(crate::http::now_ms()),
+                    elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    sql,
+                    data,
+                }),
+            ),
+            Err(e) => {
+                let error = crate::capture::error_chain(&e);
+                tracing::debug!(endpoint, error = %error, "API request failed");
+                (
+                    e.status(),
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"endpoint": endpoint, "error": error}),
+                    ),
+                )
+            }
+        };
+        let mut body = body.unwrap_or_default();
+        body.push('\n');
+        text(status, "application/json", body)
+    }
+
+    /// The answer: (database of the per-database parts, data, SQL).
+    async fn answer(
+        &self,
+        endpoint: &str,
+        params: &Params,
+    ) -> Result<(Option<String>, Value, Vec<SqlRun>), ApiError> {
+        let mut guard = self.session.lock().await;
+        let s = session::ensure(&mut guard, &self.monitor, &self.setup).await?;
+        let mut rec = Recorder { sql: Vec::new() };
+        let limit = params.limit.unwrap_or(self.top_n) as i64;
+        let result = match endpoint {
+            "/api/v1/overview" => cluster::overview(s, &mut rec, &self.board, limit as usize)
+                .await
+                .map(|d| (None, d)),
+            "/api/v1/replication" => cluster::replication(s, &mut rec).await.map(|d| (None, d)),
+            "/api/v1/top-queries" => top_queries::answer(self, s, &mut rec, limit)
+                .await
+                .map(|d| (None, d)),
+            "/api/v1/storage" => storage::answer(self, s, &mut rec, params, limit)
+                .await
+                .map(|(db, d)| (Some(db), d)),
+            "/api/v1/autovacuum" | "/api/v1/partitions" => {
+                let (db, other) = session::database(s, &mut rec, self, params).await?;
+                let c = other.as_ref().unwrap_or(&s.client);
+                let data = if endpoint == "/api/v1/autovacuum" {
+                    tables::autovacuum(s, c, &db, &mut rec, limit).await
+                } else {
+                    tables::partitions(c, &db, &mut rec, limit).await
+                };
+                data.map(|d| (Some(db), d))
+            }
+            _ => unreachable!("respond is called for PATHS only"),
+        };
+        if s.client.is_closed() {
+            *guard = None;
+        }
+        result.map(|(db, data)| (db, data, rec.sql))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_parse_and_refuse_typos() {
+        assert_eq!(Params::parse(None).unwrap(), Params::default());
+        assert_eq!(
+            Params::parse(Some("database=t%C3%A9nant&limit=5")).unwrap(),
+            Params {
+                database: Some("ténant".into()),
+                limit: Some(5)
+            }
+        );
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "databse=app",
+            "database=",
+        ] {
+            let e = Params::parse(Some(bad)).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{bad}: {e}");
+        }
+        let e = Params::parse(Some("limit=-3")).unwrap_err();
+        assert!(e.to_string().contains("1 to 1000"), "{e}");
+    }
+
+    #[test]
+    fn every_path_is_handled() {
+        assert!(PATHS.iter().all(|p| Api::handles(p)));
+        assert!(!Api::handles("/api/v1/alerts"));
+        assert!(!Api::handles("/api/v1/status"));
+    }
+}

@@ -1,0 +1,330 @@
+//! `/api/v1/top-queries`: `pg_stat_statements` (PostgreSQL docs, appendix F.32) and
+//! pgmon's own capture side by side, joined on libpg_query's fingerprint: each
+//! `pg_stat_statements` text (normalized, constants as `$n`) is fingerprinted with the same
+//! function the agent applies to the statements it captures (`pg_query::fingerprint`,
+//! which ignores constants and parameter numbers), so `WHERE aid = 5` seen on the wire and
+//! `WHERE aid = $1` in `pg_stat_statements` meet.
+//!
+//! The two sides count over different periods: `pg_stat_statements` since its last reset
+//! (`stats_reset`), pgmon since the agent started (`uptime_seconds`), and pgmon never sees
+//! its own sessions (`application_name = pgmon`), whose statements therefore appear on the
+//! `pg_stat_statements` side only.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{Api, ApiError, Recorder, session::Session};
+use crate::status::RoleStatus;
+
+/// Most `pg_stat_statements` rows read (its own default `pg_stat_statements.max`).
+const MAX_STATEMENTS: i64 = 5_000;
+
+/// Whether the views exist in the monitor's database.
+const VIEWS: &str = "SELECT to_regclass('pg_stat_statements') IS NOT NULL, \
+     to_regclass('pg_stat_statements_info') IS NOT NULL";
+
+/// When `pg_stat_statements` was last reset (its 1.9+, PostgreSQL 14+).
+const INFO: &str = "SELECT stats_reset::text FROM pg_stat_statements_info";
+
+/// Every statement `pg_stat_statements` holds (up to [`MAX_STATEMENTS`], most execution
+/// time first), with its role and database.
+const STATEMENTS: &str = "SELECT s.queryid::text, s.query, r.rolname::text, d.datname::text, \
+     s.calls, s.total_exec_time, s.rows \
+     FROM pg_stat_statements s LEFT JOIN pg_roles r ON r.oid = s.userid \
+     LEFT JOIN pg_database d ON d.oid = s.dbid \
+     WHERE s.queryid IS NOT NULL ORDER BY s.total_exec_time DESC LIMIT $1";
+
+/// One `pg_stat_statements` row.
+#[derive(Clone, Debug)]
+pub struct PssRow {
+    /// `queryid` as text (a signed 64-bit hash).
+    pub queryid: String,
+    /// Its normalized text (`$n` for constants).
+    pub query: String,
+    /// The role that ran it (`userid`), if it still exists.
+    pub role: Option<String>,
+    /// The database (`dbid`), if it still exists.
+    pub database: Option<String>,
+    /// Executions.
+    pub calls: i64,
+    /// Milliseconds.
+    pub total_exec_time: f64,
+    /// Rows returned or affected.
+    pub rows: i64,
+}
+
+/// `pg_stat_statements`' figures of one fingerprint, summed over its rows (roles,
+/// databases, queryids).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PssSide {
+    /// Its text (of the row with the most execution time).
+    pub query: String,
+    /// Executions.
+    pub calls: i64,
+    /// Milliseconds.
+    pub total_ms: f64,
+    /// Milliseconds per call.
+    pub mean_ms: f64,
+    /// Rows returned or affected.
+    pub rows: i64,
+    /// Its `pg_stat_statements` rows' queryids.
+    pub queryids: BTreeSet<String>,
+    /// The roles that ran it.
+    pub roles: BTreeSet<String>,
+    /// The databases it ran in.
+    pub databases: BTreeSet<String>,
+}
+
+/// pgmon's figures of one fingerprint, summed over the roles that ran it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PgmonSide {
+    /// Normalized text (constants as `$n`).
+    pub normalized: String,
+    /// Executions completed.
+    pub calls: u64,
+    /// Executions that ended in an error.
+    pub errors: u64,
+    /// Milliseconds, request to completion on the wire.
+    pub total_ms: f64,
+    /// Milliseconds per call.
+    pub mean_ms: f64,
+    /// The roles that ran it.
+    pub roles: BTreeSet<String>,
+}
+
+/// One statement of the answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct TopQuery {
+    /// libpg_query fingerprint, 16 hex digits; null for a `pg_stat_statements` text that
+    /// libpg_query cannot parse (then keyed by its queryid alone).
+    pub fingerprint: Option<String>,
+    /// `both`, `pg_stat_statements` or `pgmon`: which side saw it.
+    pub seen_by: &'static str,
+    /// `pg_stat_statements`' side, when it has the statement.
+    pub pg_stat_statements: Option<PssSide>,
+    /// pgmon's side, when it captured the statement.
+    pub pgmon: Option<PgmonSide>,
+}
+
+impl TopQuery {
+    /// The larger of the two sides' total time, milliseconds: the order of the answer.
+    fn weight(&self) -> f64 {
+        let a = self.pg_stat_statements.as_ref().map_or(0.0, |s| s.total_ms);
+        let b = self.pgmon.as_ref().map_or(0.0, |s| s.total_ms);
+        a.max(b)
+    }
+}
+
+/// Joins the two sides on the fingerprint; the `limit` statements with the most time on
+/// either side, most first. Runs libpg_query on each `pg_stat_statements` text.
+pub fn join(pss: Vec<PssRow>, pgmon: &[RoleStatus], limit: usize) -> Vec<TopQuery> {
+    let mut out: HashMap<String, TopQuery> = HashMap::new();
+    for r in pss {
+        let fp = pg_query::fingerprint(&r.query, 0, 0)
+            .ok()
+            .map(|f| crate::query::fingerprint_hex(f.value));
+        let key = fp
+            .clone()
+            .unwrap_or_else(|| format!("queryid:{}", r.queryid));
+        let e = out.entry(key).or_insert_with(|| TopQuery {
+            fingerprint: fp,
+            seen_by: "pg_stat_statements",
+            pg_stat_statements: Some(PssSide {
+                query: r.query.clone(),
+                ..PssSide::default()
+            }),
+            pgmon: None,
+        });
+        let s = e.pg_stat_statements.as_mut().expect("created with it");
+        s.calls += r.calls;
+        s.total_ms += r.total_exec_time;
+        s.rows += r.rows;
+        s.queryids.insert(r.queryid);
+        s.roles.extend(r.role);
+        s.databases.extend(r.database);
+    }
+    for role in pgmon {
+        for f in &role.fingerprints {
+            let e = out
+                .entry(f.fingerprint.clone())
+                .or_insert_with(|| TopQuery {
+                    fingerprint: Some(f.fingerprint.clone()),
+                    seen_by: "pgmon",
+                    pg_stat_statements: None,
+                    pgmon: None,
+                });
+            let s = e.pgmon.get_or_insert_with(|| PgmonSide {
+                normalized: f.normalized.clone(),
+                ..PgmonSide::default()
+            });
+            s.calls += f.calls;
+            s.errors += f.errors;
+            s.total_ms += f.total_ms();
+            s.roles.insert(role.role.clone());
+        }
+    }
+    let mut v: Vec<TopQuery> = out
+        .into_values()
+        .map(|mut q| {
+            if let Some(s) = &mut q.pg_stat_statements {
+                s.mean_ms = s.total_ms / (s.calls.max(1) as f64);
+            }
+            if let Some(s) = &mut q.pgmon {
+                s.mean_ms = s.total_ms / (s.calls.max(1) as f64);
+            }
+            if q.pg_stat_statements.is_some() && q.pgmon.is_some() {
+                q.seen_by = "both";
+            }
+            q
+        })
+        .collect();
+    v.sort_by(|a, b| {
+        b.weight()
+            .total_cmp(&a.weight())
+            .then_with(|| a.fingerprint.cmp(&b.fingerprint))
+    });
+    v.truncate(limit);
+    v
+}
+
+/// The answer: both sides' availability and the joined list.
+pub async fn answer(
+    api: &Api,
+    s: &Session,
+    rec: &mut Recorder,
+    limit: i64,
+) -> Result<Value, ApiError> {
+    let (c, db) = (&s.client, s.database.as_str());
+    let views = rec.raw(c, db, ("views", VIEWS), &[]).await?;
+    let (has_pss, has_info) = views
+        .first()
+        .map_or((false, false), |r| (r.get(0), r.get(1)));
+    let mut pss_rows = Vec::new();
+    let mut stats_reset = None;
+    if has_pss {
+        if has_info {
+            let rows = rec.raw(c, db, ("stats_reset", INFO), &[]).await?;
+            stats_reset = rows.first().and_then(|r| r.get::<_, Option<String>>(0));
+        }
+        for r in rec
+            .raw(c, db, ("statements", STATEMENTS), &[&MAX_STATEMENTS])
+            .await?
+        {
+            pss_rows.push(PssRow {
+                queryid: r.get(0),
+                query: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                role: r.get(2),
+                database: r.get(3),
+                calls: r.get(4),
+                total_exec_time: r.get(5),
+                rows: r.get(6),
+            });
+        }
+    }
+    let read = pss_rows.len();
+    let pgmon = crate::http::request_status(&api.status).await;
+    let (pgmon_json, roles) = match pgmon {
+        Ok(st) => (
+            json!({"available": true, "uptime_seconds": st.agent.uptime_seconds,
+                   "fingerprints_read": st.roles.iter().map(|r| r.fingerprints.len()).sum::<usize>()}),
+            st.roles,
+        ),
+        Err(why) => (json!({"available": false, "reason": why}), Vec::new()),
+    };
+    let limit = limit as usize;
+    let joined = tokio::task::spawn_blocking(move || join(pss_rows, &roles, limit))
+        .await
+        .unwrap_or_default();
+    Ok(json!({
+        "pg_stat_statements": {
+            "available": has_pss,
+            "reason": (!has_pss).then(|| format!("the extension is not installed in database {db:?} (the monitor connection's)")),
+            "database": db, "stats_reset": stats_reset, "statements_read": read,
+        },
+        "pgmon": pgmon_json,
+        "statements": joined,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::FingerprintStatus;
+
+    fn pss(queryid: &str, query: &str, role: &str, calls: i64, total: f64) -> PssRow {
+        PssRow {
+            queryid: queryid.into(),
+            query: query.into(),
+            role: Some(role.into()),
+            database: Some("app".into()),
+            calls,
+            total_exec_time: total,
+            rows: calls,
+        }
+    }
+
+    fn role(name: &str, fps: &[(&str, u64, f64)]) -> RoleStatus {
+        RoleStatus {
+            role: name.into(),
+            databases: vec!["app".into()],
+            queries: fps.iter().map(|f| f.1).sum(),
+            errors: 0,
+            errors_by_class: Default::default(),
+            connections: 0,
+            p50_ms: None,
+            p99_ms: None,
+            fingerprints: fps
+                .iter()
+                .map(|(text, calls, mean_ms)| FingerprintStatus {
+                    fingerprint: crate::query::fingerprint_hex(
+                        pg_query::fingerprint(text, 0, 0).unwrap().value,
+                    ),
+                    calls: *calls,
+                    errors: 0,
+                    mean_ms: *mean_ms,
+                    text_bytes: text.len() as u32,
+                    normalized: (*text).into(),
+                    cost_state: "disabled".into(),
+                    plan_cost: None,
+                    total_cost: None,
+                    cost_per_second: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn both_sides_meet_on_the_fingerprint() {
+        let rows = vec![
+            pss("1", "SELECT v FROM t WHERE id = $1", "a", 10, 50.0),
+            // The same statement by another role: one entry, summed.
+            pss("2", "SELECT v FROM t WHERE id = $1", "b", 5, 25.0),
+            pss("3", "SELECT pg_sleep($1)", "a", 1, 1000.0),
+            pss("4", "not sql at all", "a", 1, 0.5),
+        ];
+        let roles = [
+            role("a", &[("SELECT v FROM t WHERE id = $1", 12, 2.0)]),
+            role("b", &[("UPDATE t SET v = $1", 4, 1.0)]),
+        ];
+        let v = join(rows, &roles, 10);
+        assert_eq!(v.len(), 4);
+        assert_eq!(v[0].seen_by, "pg_stat_statements", "pg_sleep: most time");
+        let both = v.iter().find(|q| q.seen_by == "both").unwrap();
+        let p = both.pg_stat_statements.as_ref().unwrap();
+        assert_eq!((p.calls, p.total_ms, p.mean_ms), (15, 75.0, 5.0));
+        assert_eq!(p.queryids.len(), 2);
+        assert_eq!(p.roles.len(), 2);
+        let m = both.pgmon.as_ref().unwrap();
+        assert_eq!((m.calls, m.total_ms, m.mean_ms), (12, 24.0, 2.0));
+        let only = v.iter().find(|q| q.seen_by == "pgmon").unwrap();
+        assert_eq!(
+            only.pgmon.as_ref().unwrap().normalized,
+            "UPDATE t SET v = $1"
+        );
+        let unparsed = v.iter().find(|q| q.fingerprint.is_none()).unwrap();
+        assert_eq!(unparsed.seen_by, "pg_stat_statements");
+        assert_eq!(join(Vec::new(), &roles, 1).len(), 1, "limit");
+    }
+}
