@@ -247,6 +247,16 @@ fn alerts(version: PgVersion) {
     let (code, body) = agent.get("/api/v1/alerts").expect("GET /api/v1/alerts");
     assert_eq!(code, 200, "{body}");
     let api: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(api["endpoint"], "/api/v1/alerts", "{body}");
+    assert!(
+        api["sql"]
+            .as_array()
+            .expect("sql")
+            .iter()
+            .any(|q| q["name"] == "ages" && q["by"] == "health loop fast"),
+        "{body}"
+    );
+    let api = &api["data"];
     let firing = api["firing"]
         .as_array()
         .expect("firing")

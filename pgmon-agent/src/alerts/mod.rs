@@ -9,13 +9,15 @@
 //! Exported: `pgmon_alerts_firing{alertname,severity}` (firing alerts now, one series per
 //! rule and severity it can have) and `pgmon_alert_notifications_total{sink,result}`;
 //! `GET /api/v1/alerts` shows the firing and pending alerts, the recent transitions and
-//! every rule with its expression.
+//! every rule with its expression, in the read API's envelope ([`crate::api::Envelope`])
+//! whose `sql` lists the health loops' statements the rules read ([`sql`]).
 
 pub mod config;
 mod eval;
 mod notice;
 pub mod rules;
 pub mod series;
+pub mod sql;
 pub mod state;
 
 #[cfg(test)]
@@ -94,6 +96,7 @@ impl Engine {
                     expression: r.meta.expression.clone(),
                     for_seconds: r.meta.for_ms / 1000,
                     severities: r.severities,
+                    sql: sql::sources(r.meta.name).iter().map(|s| s.0).collect(),
                 })
                 .collect(),
         }
@@ -131,6 +134,8 @@ pub struct RuleView {
     pub for_seconds: u64,
     /// The severities its alerts can have.
     pub severities: &'static [Severity],
+    /// The names of the statements (in the envelope's `sql`) whose rows it reads.
+    pub sql: Vec<&'static str>,
 }
 
 /// What the HTTP endpoint and the registry share with the engine's task: the last view
@@ -177,10 +182,23 @@ impl AlertBook {
         }
     }
 
-    /// The view as JSON.
+    /// The view as the read API's envelope (`endpoint`, `generated_at`, `elapsed_ms`,
+    /// `sql`: the statements behind the rules, `data`: the [`View`]), pretty JSON.
     pub fn json(&self) -> String {
+        let started = std::time::Instant::now();
         let v = self.view.lock().map(|v| v.clone()).unwrap_or_default();
-        serde_json::to_string_pretty(&v).unwrap_or_default()
+        let sql = sql::runs(v.rules.iter().map(|r| r.alertname));
+        let envelope = crate::api::Envelope {
+            endpoint: "/api/v1/alerts",
+            database: None,
+            generated_at: crate::storage::rfc3339(crate::http::now_ms()),
+            elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+            sql,
+            data: serde_json::to_value(&v).unwrap_or_default(),
+        };
+        let mut out = serde_json::to_string_pretty(&envelope).unwrap_or_default();
+        out.push('\n');
+        out
     }
 }
 

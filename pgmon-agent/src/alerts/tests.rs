@@ -259,8 +259,21 @@ fn firing_gauges_cover_every_rule_and_severity() {
     }
     assert!(!text.contains("PgmonStorageLocked\",severity=\"warning"));
     let json: serde_json::Value = serde_json::from_str(&book.json()).unwrap();
+    assert_eq!(json["endpoint"], "/api/v1/alerts");
+    assert_eq!(json["sql"][0]["name"], "activity");
     assert_eq!(
-        json["firing"][0]["message"],
+        json["data"]["firing"][0]["alertname"],
+        "PostgresReplicationLag"
+    );
+    let lag = json["data"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["alertname"] == "PostgresReplicationLag")
+        .unwrap();
+    assert_eq!(lag["sql"], serde_json::json!(["replication"]));
+    assert_eq!(
+        json["data"]["firing"][0]["message"],
         "standby standby1 replays 6m 40s behind"
     );
 }

@@ -12,7 +12,7 @@ use super::board::{Family, Kind};
 pub(crate) const DATABASES: &str = "SELECT datname::text, pg_database_size(oid)::float8 FROM pg_database \
      WHERE datallowconn AND NOT datistemplate ORDER BY 2 DESC";
 
-const WRAPAROUND: &str = "SELECT datname::text, age(datfrozenxid)::float8, mxid_age(datminmxid)::float8 \
+pub(crate) const WRAPAROUND: &str = "SELECT datname::text, age(datfrozenxid)::float8, mxid_age(datminmxid)::float8 \
      FROM pg_database WHERE datallowconn";
 
 pub(crate) const RELATIONS: &str = "SELECT n.nspname || '.' || c.relname, pg_total_relation_size(c.oid)::float8 \
@@ -33,7 +33,7 @@ pub(crate) const FRESHNESS: &str = "SELECT \
                             '-infinity') < now() - interval '12 hours')::float8 \
      FROM pg_stat_user_tables";
 
-const UNUSED_INDEXES: &str = "SELECT s.schemaname || '.' || s.indexrelname, pg_relation_size(s.indexrelid)::float8 \
+pub(crate) const UNUSED_INDEXES: &str = "SELECT s.schemaname || '.' || s.indexrelname, pg_relation_size(s.indexrelid)::float8 \
      FROM pg_stat_user_indexes s JOIN pg_index i ON i.indexrelid = s.indexrelid \
      WHERE s.idx_scan = 0 AND NOT i.indisunique AND NOT i.indisprimary \
      ORDER BY 2 DESC LIMIT $1";

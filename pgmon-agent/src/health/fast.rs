@@ -34,7 +34,7 @@ pub(crate) const AUTOVACUUM: &str = "SELECT coalesce(p.phase, 'starting'), count
      FROM pg_stat_activity a LEFT JOIN pg_stat_progress_vacuum p ON p.pid = a.pid \
      WHERE a.backend_type = 'autovacuum worker' GROUP BY 1";
 
-const TEMP: &str = "SELECT datname::text, temp_files::float8, temp_bytes::float8, deadlocks::float8 \
+pub(crate) const TEMP: &str = "SELECT datname::text, temp_files::float8, temp_bytes::float8, deadlocks::float8 \
      FROM pg_stat_database WHERE datname IS NOT NULL";
 
 /// `pg_up`: 1 when the last run of this loop reached the server, 0 when it failed.

@@ -1,0 +1,97 @@
+//! The SQL behind each rule: the health loops' statements whose rows the rule reads
+//! through the [`crate::health::Board`] (the read API's promise, issue 5: every answer
+//! carries the SQL that produced it). Rules on pgmon's own state (storage quotas, budgets,
+//! the loops themselves) read no SQL of their own.
+
+use crate::{
+    api::SqlRun,
+    health::{databases, fast, medium},
+};
+
+/// One statement: its name, the loop that runs it, its text.
+type Source = (&'static str, &'static str, &'static str);
+
+const ACTIVITY: Source = ("activity", "health loop fast", fast::ACTIVITY);
+const SETTINGS: Source = ("settings", "health loop fast", fast::SETTINGS);
+const AGES: Source = ("ages", "health loop fast", fast::AGES);
+const BLOCKED: Source = ("blocked", "health loop fast", fast::BLOCKED);
+const TEMP: Source = ("temp_files", "health loop fast", fast::TEMP);
+const WAL: Source = ("wal", "health loop medium", medium::WAL);
+const CHECKPOINTER: Source = (
+    "checkpoints (PostgreSQL 17+)",
+    "health loop medium",
+    medium::CHECKPOINTER,
+);
+const BGWRITER: Source = (
+    "checkpoints (before 17)",
+    "health loop medium",
+    medium::BGWRITER,
+);
+const REPLICATION: Source = ("replication", "health loop medium", medium::REPLICATION);
+const DEAD: Source = ("dead_tuples", "health loop slow", databases::DEAD);
+const FRESHNESS: Source = ("freshness", "health loop slow", databases::FRESHNESS);
+const UNUSED: Source = (
+    "unused_indexes",
+    "health loop slow",
+    databases::UNUSED_INDEXES,
+);
+const WRAPAROUND: Source = ("wraparound", "health loop hourly", databases::WRAPAROUND);
+
+/// The statements `alertname` reads, in the order its evaluation uses them.
+pub fn sources(alertname: &str) -> &'static [Source] {
+    match alertname {
+        "PostgresConnectionSaturation" => &[ACTIVITY, SETTINGS],
+        "PostgresLongTransaction" => &[AGES, ACTIVITY],
+        "PostgresIdleInTransaction" => &[AGES],
+        "PostgresBlockingLocks" => &[BLOCKED],
+        "PostgresReplicationLag" => &[REPLICATION],
+        "PostgresWraparoundDanger" => &[WRAPAROUND],
+        "PostgresDeadTupleBacklog" => &[DEAD],
+        "PostgresStaleStatistics" => &[FRESHNESS],
+        "PostgresAutovacuumStarvation" => &[FRESHNESS, DEAD],
+        "PostgresCheckpointThrash" => &[CHECKPOINTER, BGWRITER],
+        "PostgresWalSurge" => &[WAL],
+        "PostgresTempSurge" => &[TEMP],
+        "PostgresUnusedLargeIndex" => &[UNUSED],
+        _ => &[],
+    }
+}
+
+/// The statements behind every rule of `alertnames`, each once, in first-use order (the
+/// per-database ones ran in every database the slow and hourly loops visit).
+pub fn runs<'a>(alertnames: impl IntoIterator<Item = &'a str>) -> Vec<SqlRun> {
+    let mut out: Vec<SqlRun> = Vec::new();
+    for name in alertnames {
+        for (n, by, text) in sources(name) {
+            if !out.iter().any(|r| r.name == *n) {
+                out.push(SqlRun {
+                    name: n,
+                    by,
+                    database: None,
+                    text,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_postgres_rule_has_its_sql() {
+        let rules = super::super::rules::catalog(&Default::default());
+        for r in &rules {
+            let has = !super::sources(r.meta.name).is_empty();
+            assert_eq!(
+                has,
+                r.meta.name.starts_with("Postgres"),
+                "{}: only pgmon's own rules read no SQL",
+                r.meta.name
+            );
+        }
+        let runs = super::runs(rules.iter().map(|r| r.meta.name));
+        assert_eq!(runs.len(), 13, "each statement once");
+        assert!(runs[0].text.contains("pg_stat_activity"));
+    }
+}
