@@ -85,9 +85,21 @@ impl Receiver {
         within: Duration,
         ok: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
+        self.wait_for_since(0, what, within, ok)
+    }
+
+    /// [`Receiver::wait_for`] among the bodies accepted after the first `since` (what
+    /// `bodies().len()` was before the scenario began).
+    pub fn wait_for_since(
+        &self,
+        since: usize,
+        what: &str,
+        within: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let t = Instant::now();
         loop {
-            if let Some(b) = self.bodies().into_iter().find(|b| ok(b)) {
+            if let Some(b) = self.bodies().into_iter().skip(since).find(|b| ok(b)) {
                 return b;
             }
             if t.elapsed() > within {

@@ -288,8 +288,9 @@ async fn serve(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let names = notifier.sink_names();
+    let mut clock = TickClock::new();
     loop {
-        ticker.tick().await;
+        let at = ticker.tick().await;
         let storage = match &sources.storage {
             // A busy coordinator costs this round its storage rules, not the others.
             Some(h) => tokio::time::timeout(Duration::from_secs(1), h.status())
@@ -304,7 +305,7 @@ async fn serve(
                 }),
             None => None,
         };
-        let now = crate::http::now_ms();
+        let now = clock.at(at, crate::http::now_ms());
         let inputs = Inputs {
             board: &sources.board,
             storage,
@@ -321,5 +322,32 @@ async fn serve(
             notifier.send(notice::payload(&n, &instance));
         }
         book.publish(engine.view(now, names.clone()));
+    }
+}
+
+/// The engine's clock: each tick's scheduled time as milliseconds since the epoch, so two
+/// ticks are exactly an interval apart (a `for` of one interval fires at the second tick,
+/// not sometimes at the third because the task woke a millisecond late). Anchored on the
+/// wall clock, and anchored again when the two drift more than a second apart (a clock
+/// step).
+struct TickClock {
+    anchor: Option<(tokio::time::Instant, u64)>,
+}
+
+impl TickClock {
+    fn new() -> Self {
+        Self { anchor: None }
+    }
+
+    /// The time of the tick scheduled at `at`, given the wall clock `wall_ms` now.
+    fn at(&mut self, at: tokio::time::Instant, wall_ms: u64) -> u64 {
+        if let Some((a, ms)) = self.anchor {
+            let projected = ms + at.saturating_duration_since(a).as_millis() as u64;
+            if projected.abs_diff(wall_ms) <= 1000 {
+                return projected;
+            }
+        }
+        self.anchor = Some((at, wall_ms));
+        wall_ms
     }
 }

@@ -277,3 +277,17 @@ fn firing_gauges_cover_every_rule_and_severity() {
         "standby standby1 replays 6m 40s behind"
     );
 }
+
+#[test]
+fn ticks_are_an_interval_apart_until_the_wall_clock_steps() {
+    let mut c = TickClock::new();
+    let t = tokio::time::Instant::now();
+    let s = Duration::from_secs(1);
+    assert_eq!(c.at(t, T0), T0);
+    // The task woke 3 ms late, or early: the tick's own time counts.
+    assert_eq!(c.at(t + s, T0 + 1003), T0 + S);
+    assert_eq!(c.at(t + 2 * s, T0 + 1998), T0 + 2 * S);
+    // The wall clock stepped 5 s ahead: anchored again.
+    assert_eq!(c.at(t + 3 * s, T0 + 8000), T0 + 8000);
+    assert_eq!(c.at(t + 4 * s, T0 + 9002), T0 + 9000);
+}
