@@ -151,8 +151,28 @@ fn scenario(version: PgVersion) {
     let crossed = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
 
-    // A changed policy mid-grace: the soft limit moves, the grace timer does not.
-    std::fs::write(agent.config_path(), yaml("1536kB", "2MB")).expect("policy");
+    // A changed policy mid-grace: the soft limit moves, the grace timer does not; an
+    // alert threshold moves too.
+    let long_tx = |agent: &Agent| -> String {
+        let (_, body) = agent.get("/api/v1/alerts").expect("alerts");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        v["data"]["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .find(|r| r["alertname"] == "PostgresLongTransaction")
+            .map(|r| r["expression"].as_str().unwrap_or("").to_owned())
+            .expect("the long transaction rule")
+    };
+    assert!(long_tx(&agent).contains(">= 300 "), "{}", long_tx(&agent));
+    std::fs::write(
+        agent.config_path(),
+        format!(
+            "{}alerts:\n  long_transaction_seconds: {{warn: 120, crit: 600}}\n",
+            yaml("1536kB", "2MB")
+        ),
+    )
+    .expect("policy");
     hup(&agent);
     wait_until("reload applied", Duration::from_secs(5), || {
         reloads(&agent, "applied") == 1.0
@@ -161,6 +181,9 @@ fn scenario(version: PgVersion) {
     wait_until("new soft limit", Duration::from_secs(5), || {
         storage_role(&agent, "slow")
             .is_some_and(|r| r["soft_limit_bytes"].as_u64() == Some(1536 * 1024))
+    });
+    wait_until("new alert threshold", Duration::from_secs(8), || {
+        long_tx(&agent).contains(">= 120 (critical: >= 600)")
     });
     let r = storage_role(&agent, "slow").expect("slow");
     assert_eq!(r["state"], "hard", "{r}");

@@ -63,6 +63,16 @@ impl Engine {
         }
     }
 
+    /// Applies a reloaded policy's thresholds and `for` durations (SIGHUP). Alerts pending
+    /// or firing keep their state and timers (the tracker is kept, keyed by dedupe key);
+    /// the rules are rebuilt, so the WAL and temp surge baselines and the windows of
+    /// autovacuum starvation and checkpoint thrash start over.
+    pub fn reconfigure(&mut self, c: &AlertsConfig) {
+        self.rules = rules::catalog(c);
+        self.tracker
+            .set_repeat(c.repeat_seconds.saturating_mul(1000));
+    }
+
     /// Evaluates every rule at `now_ms` (ms since the UNIX epoch); returns what to notify.
     pub fn tick(&mut self, now_ms: u64, inputs: &Inputs) -> Vec<Notice> {
         let mut out = Vec::new();
@@ -243,7 +253,7 @@ pub fn start(
     storage: Option<crate::storage::StorageHandle>,
     budgets: Option<crate::budget::metrics::BudgetMetrics>,
     book: AlertBook,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<tokio::sync::watch::Sender<AlertsConfig>> {
     let _guard = runtime.enter();
     let sinks = notice::sinks(config)?;
     let notifier = notify::Notifier::start(sinks, &notice::delivery(config), book.count());
@@ -255,8 +265,10 @@ pub fn start(
         interval_seconds = config.evaluation_interval_seconds,
         "alert engine on"
     );
+    let (reload_tx, reload_rx) = tokio::sync::watch::channel(config.clone());
     runtime.spawn(serve(
         engine,
+        reload_rx,
         Duration::from_secs(config.evaluation_interval_seconds),
         Sources {
             board,
@@ -267,7 +279,7 @@ pub fn start(
         notifier,
         instance,
     ));
-    Ok(())
+    Ok(reload_tx)
 }
 
 /// Where the engine's task reads its inputs.
@@ -279,6 +291,7 @@ struct Sources {
 
 async fn serve(
     mut engine: Engine,
+    mut reloads: tokio::sync::watch::Receiver<AlertsConfig>,
     interval: Duration,
     sources: Sources,
     book: AlertBook,
@@ -291,6 +304,9 @@ async fn serve(
     let mut clock = TickClock::new();
     loop {
         let at = ticker.tick().await;
+        if reloads.has_changed().unwrap_or(false) {
+            engine.reconfigure(&reloads.borrow_and_update());
+        }
         let storage = match &sources.storage {
             // A busy coordinator costs this round its storage rules, not the others.
             Some(h) => tokio::time::timeout(Duration::from_secs(1), h.status())

@@ -158,6 +158,11 @@ pub fn dedupe_key(name: &str, labels: &[(&'static str, String)]) -> String {
 }
 
 impl Tracker {
+    /// A reloaded `repeat_seconds`, ms; alerts in flight keep their state.
+    pub fn set_repeat(&mut self, repeat_ms: u64) {
+        self.repeat_ms = repeat_ms;
+    }
+
     /// `repeat_ms` 0: a firing alert is notified once; `history` transitions kept.
     pub fn new(repeat_ms: u64, history: usize) -> Self {
         Self {

@@ -9,10 +9,13 @@
 //! - `storage`: limits, exemptions, mode presets, dry run (state and grace timers are
 //!   kept; every role is re-judged against its new limits);
 //! - `cleanup`: thresholds, per-role overrides, exemptions, mode, interval;
+//! - `alerts`: thresholds, `for` durations and `repeat_seconds` (alerts in flight keep
+//!   their state; see [`crate::alerts::Engine::reconfigure`]);
 //!
 //! and every other section (the cluster, capture, query, metrics, cost, health) takes
-//! effect at the next restart, which is logged per section. Turning `budgets`, `storage`
-//! or `cleanup` on or off also needs a restart.
+//! effect at the next restart, which is logged per section, as do the alert notifiers,
+//! delivery settings and evaluation interval. Turning `budgets`, `storage`, `cleanup` or
+//! `alerts` on or off also needs a restart.
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -32,6 +35,8 @@ pub struct Reloader {
     pub storage: Option<crate::storage::StorageHandle>,
     /// The cleanup task, when it runs.
     pub cleanup: Option<tokio::sync::watch::Sender<crate::cleanup::Policy>>,
+    /// The alert engine, when it runs.
+    pub alerts: Option<tokio::sync::watch::Sender<crate::alerts::AlertsConfig>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -87,7 +92,23 @@ impl Reloader {
             ("metrics", differs(&started.metrics, &new.metrics)),
             ("cost", differs(&started.cost, &new.cost)),
             ("health", differs(&started.health, &new.health)),
-            ("alerts", differs(&started.alerts, &new.alerts)),
+            (
+                "alerts.enabled",
+                started.alerts.enabled != new.alerts.enabled,
+            ),
+            (
+                "alerts.notifiers",
+                differs(&started.alerts.notifiers, &new.alerts.notifiers),
+            ),
+            (
+                "alerts.delivery",
+                differs(&started.alerts.delivery, &new.alerts.delivery),
+            ),
+            (
+                "alerts.evaluation_interval_seconds",
+                started.alerts.evaluation_interval_seconds
+                    != new.alerts.evaluation_interval_seconds,
+            ),
             (
                 "budgets.enabled",
                 started.budgets.enabled != new.budgets.enabled,
@@ -122,6 +143,12 @@ impl Reloader {
         {
             let _ = tx.send(cleanup);
             out.applied.push("cleanup");
+        }
+        if differs(&old.alerts, &new.alerts)
+            && let Some(tx) = &self.alerts
+        {
+            let _ = tx.send(new.alerts.clone());
+            out.applied.push("alerts");
         }
         self.current = new;
         Ok(out)

@@ -97,16 +97,18 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
     };
     runtime.spawn(crate::cli::emergency::on_sigusr1(monitor.clone()));
     let storage = start_storage(&config, &runtime, &monitor, &metrics)?;
-    if config.alerts.enabled {
-        crate::alerts::start(
+    let alerts = if config.alerts.enabled {
+        Some(crate::alerts::start(
             &runtime,
             &config.alerts,
             metrics.health.clone(),
             storage.clone(),
             config.budgets.enabled.then(|| metrics.budget.clone()),
             metrics.alerts.clone(),
-        )?;
-    }
+        )?)
+    } else {
+        None
+    };
     let api = crate::api::Api::new(
         &config,
         monitor.clone(),
@@ -162,6 +164,7 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
         budgets: budget_policies,
         storage,
         cleanup,
+        alerts,
         metrics: metrics.clone(),
     };
     runtime.block_on(async {
