@@ -15,10 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pgmon_tests::{
-    Agent, AgentOptions, Cluster, ClusterOptions, PgVersion, agent_binary, free_port, metrics,
-    require_root,
-};
+use pgmon_tests::{Agent, AgentOptions, PgVersion, agent_binary, free_port, metrics, require_root};
 use storage_util::*;
 
 /// What the agent sent to `NOTIFY_SOCKET`: (when, datagram).
@@ -73,23 +70,7 @@ fn reloads(agent: &Agent, result: &str) -> f64 {
 }
 
 fn scenario(version: PgVersion) {
-    let cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
-    install(
-        &cluster,
-        "postgres",
-        &[
-            "sql/001_roles.sql",
-            "sql/002_enforcement.sql",
-            "sql/004_storage.sql",
-        ],
-    );
-    role(&cluster, "slow", "");
-    database(&cluster, "tenants");
-    install(
-        &cluster,
-        "tenants",
-        &["sql/002_enforcement.sql", "sql/004_storage.sql"],
-    );
+    let cluster = slow_tenant_cluster(version);
     let port = free_port();
     let yaml = |soft: &str, hard: &str| {
         config(

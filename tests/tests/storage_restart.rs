@@ -8,9 +8,7 @@ mod storage_util;
 
 use std::time::{Duration, Instant};
 
-use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, PgVersion, agent_binary, free_port, require_root,
-};
+use pgmon_tests::{Agent, Cluster, PgVersion, agent_binary, free_port, require_root};
 use storage_util::*;
 
 const ROLES: &str = "    - {match: slow, soft_limit: 1MB, hard_limit: 2MB, hard_grace_period: 8}\n";
@@ -39,23 +37,7 @@ fn grace_to_lock_seconds(cluster: &Cluster) -> f64 {
 }
 
 fn restart(version: PgVersion) {
-    let cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
-    install(
-        &cluster,
-        "postgres",
-        &[
-            "sql/001_roles.sql",
-            "sql/002_enforcement.sql",
-            "sql/004_storage.sql",
-        ],
-    );
-    role(&cluster, "slow", "");
-    database(&cluster, "tenants");
-    install(
-        &cluster,
-        "tenants",
-        &["sql/002_enforcement.sql", "sql/004_storage.sql"],
-    );
+    let cluster = slow_tenant_cluster(version);
     let binary = agent_binary().expect("binary");
     let port = free_port();
     let yaml = config(&cluster, port, ROLES);

@@ -8,7 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pgmon_tests::{Agent, Cluster, Transport, quote_ident, quote_literal};
+use pgmon_tests::{
+    Agent, Cluster, ClusterOptions, PgVersion, Transport, quote_ident, quote_literal,
+};
 
 /// Runs the sql/ files in database `db` as the superuser.
 pub fn install(cluster: &Cluster, db: &str, files: &[&str]) {
@@ -22,6 +24,29 @@ pub fn install(cluster: &Cluster, db: &str, files: &[&str]) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// A cluster with pgmon's storage SQL installed, the role `slow`, and the database
+/// `tenants` (also with the storage SQL) that `slow` may create tables in.
+pub fn slow_tenant_cluster(version: PgVersion) -> Cluster {
+    let cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
+    install(
+        &cluster,
+        "postgres",
+        &[
+            "sql/001_roles.sql",
+            "sql/002_enforcement.sql",
+            "sql/004_storage.sql",
+        ],
+    );
+    role(&cluster, "slow", "");
+    database(&cluster, "tenants");
+    install(
+        &cluster,
+        "tenants",
+        &["sql/002_enforcement.sql", "sql/004_storage.sql"],
+    );
+    cluster
 }
 
 /// Runs `sql` as `user` in `db`; panics with psql's error.
