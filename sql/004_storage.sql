@@ -72,40 +72,57 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON pgmon.storage_state TO pgmon;
 -- no bytes until a VACUUM, which the periodic recount sees). TG_ARGV[0] is the table
 -- owner's name, set when the trigger is attached (and corrected when the owner changes),
 -- so a write costs no catalog lookup.
--- What it costs is what tenants pay, so it notifies at most once per session, role and
--- second (the transaction's start second, kept in the session setting
--- pgmon.storage_notified): a NOTIFY makes its commit take a cluster-wide lock and append
--- to the queue, and wakes the agent's listening backend, once per transaction otherwise.
--- The agent recounts a notified role once more a little over a second later, which covers
--- the writes this throttle kept quiet. Within a transaction pg_notify sends one
--- notification per distinct (channel, payload) anyway (PostgreSQL docs, "NOTIFY": "If the
--- same channel name is signaled multiple times with identical payload strings within the
--- same transaction, only one instance of the notification event is delivered").
+-- What it costs is what tenants pay, so it notifies at most once per session, owner and
+-- second (the transaction's start second): a NOTIFY makes its commit take a cluster-wide
+-- lock and append to the queue, and wakes the agent's listening backend, once per
+-- transaction otherwise. The agent recounts a notified role once more a little over a
+-- second later, which covers the writes this throttle kept quiet. Within a transaction
+-- pg_notify sends one notification per distinct (channel, payload) anyway (PostgreSQL
+-- docs, "NOTIFY": "If the same channel name is signaled multiple times with identical
+-- payload strings within the same transaction, only one instance of the notification
+-- event is delivered").
+-- PL/pgSQL version: the session settings pgmon.storage_notified (the last owner notified
+-- and its second: one comparison for a session writing one owner's tables) and
+-- pgmon.storage_notified_set (the second, then each owner notified in it, one per line:
+-- for a session writing several owners' tables). Settings made in a transaction that
+-- rolls back are undone with its notifications.
 -- It stays silent, leaving the role to the periodic recount,
 --   - when max_prepared_transactions > 0: PREPARE TRANSACTION refuses a transaction that
 --     has executed NOTIFY (docs, "PREPARE TRANSACTION"), and no tenant's two-phase commit
 --     may fail because of pgmon;
 --   - when the notification queue is half full (a stuck listener): once full, every
 --     commit that notifies fails (docs, "NOTIFY"), and pgmon must never cause that.
--- A session that sets pgmon.storage_notified itself can only delay its role's count to
--- the next recount. No SET search_path: it runs as the writing tenant with no privilege of
--- its own, every name is qualified, and a SET clause would cost a GUC save/restore on every
+-- A session that sets these settings itself can only delay its role's count to the next
+-- recount. No SET search_path: it runs as the writing tenant with no privilege of its
+-- own, every name is qualified, and a SET clause would cost a GUC save/restore on every
 -- statement. The exception block is entered only when it notifies.
-CREATE OR REPLACE FUNCTION pgmon.storage_notify() RETURNS trigger
+-- This is the fallback's source: pgmon.storage_notify() below is this function's copy, or
+-- the C version where the server has it.
+CREATE OR REPLACE FUNCTION pgmon.storage_notify_plpgsql() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    sent text := TG_ARGV[0] || ':' || pg_catalog.date_part('epoch', pg_catalog.now())::int8;
+    second text := pg_catalog.date_part('epoch', pg_catalog.now())::int8::text;
+    seen text;
 BEGIN
-    IF pg_catalog.current_setting('pgmon.storage_notified', true) = sent THEN
+    IF pg_catalog.current_setting('pgmon.storage_notified', true) = TG_ARGV[0] || ':' || second THEN
         RETURN NULL;
+    END IF;
+    seen := pg_catalog.current_setting('pgmon.storage_notified_set', true);
+    IF pg_catalog.starts_with(seen, second || E'\n') THEN
+        IF pg_catalog.strpos(seen, E'\n' || TG_ARGV[0] || E'\n') > 0 THEN
+            RETURN NULL;
+        END IF;
+    ELSE
+        seen := second || E'\n';
     END IF;
     BEGIN
         IF pg_catalog.current_setting('max_prepared_transactions') = '0'
            AND pg_catalog.pg_notification_queue_usage() < 0.5 THEN
             PERFORM pg_catalog.pg_notify('pgmon_storage', TG_ARGV[0]);
         END IF;
-        PERFORM pg_catalog.set_config('pgmon.storage_notified', sent, false);
+        PERFORM pg_catalog.set_config('pgmon.storage_notified', TG_ARGV[0] || ':' || second, false);
+        PERFORM pg_catalog.set_config('pgmon.storage_notified_set', seen || TG_ARGV[0] || E'\n', false);
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'pgmon.storage_notify: % (SQLSTATE %); usage follows the periodic recount',
             SQLERRM, SQLSTATE;
@@ -113,6 +130,32 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+-- pgmon.storage_notify(), the function the triggers call: the same in C
+-- (sql/native/pgmon_storage.c) wherever the server can load $libdir/pgmon_storage (built
+-- and installed per PostgreSQL major with `make -C sql/native PG_CONFIG=.../pg_config
+-- install`; the xtask does it for PostgreSQL 15), else a copy of the PL/pgSQL version.
+-- PL/pgSQL pays for its environment, its expression states and the argument array on
+-- every call: on pgbench TPC-B-like (four calls per transaction, 2 cores, fsync off) it
+-- costs 7 % of the throughput at the median, the C version nothing measurable
+-- (bench/STORAGE.md). The
+-- triggers call it by OID, so replacing it either way needs no re-attach.
+-- `pgmon-agent doctor` says which one a database uses.
+DO $do$
+BEGIN
+    BEGIN
+        CREATE OR REPLACE FUNCTION pgmon.storage_notify() RETURNS trigger
+        LANGUAGE c AS '$libdir/pgmon_storage', 'pgmon_storage_notify';
+    EXCEPTION WHEN OTHERS THEN
+        RAISE NOTICE 'pgmon: the C storage trigger is not available (%); the PL/pgSQL one is used',
+            SQLERRM;
+        EXECUTE format('CREATE OR REPLACE FUNCTION pgmon.storage_notify() RETURNS trigger '
+                       'LANGUAGE plpgsql AS %L',
+                       (SELECT prosrc FROM pg_catalog.pg_proc
+                         WHERE oid = 'pgmon.storage_notify_plpgsql()'::regprocedure));
+    END;
+END
+$do$;
 
 -- Internal: whether pgmon may watch `owner`'s tables: it is listed in storage_limits and
 -- is not a superuser, pgmon's own or a predefined role (whatever the table says).

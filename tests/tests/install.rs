@@ -382,6 +382,8 @@ fn the_package_installs_verifies_runs_and_removes() {
         "/usr/share/pgmon/sql/001_roles.sql",
         "/usr/share/pgmon/sql/005_sessions.sql",
         "/usr/share/pgmon/sql/uninstall.sql",
+        "/usr/share/pgmon/native/Makefile",
+        "/usr/share/pgmon/native/pgmon_storage.c",
         "/usr/share/pgmon/alerts/pgmon-rules.yml",
         "/usr/share/doc/pgmon/README.md",
     ] {
@@ -414,6 +416,17 @@ fn the_package_installs_verifies_runs_and_removes() {
         "exposure {exposure} (> 3.0: a hardening option went missing)"
     );
 
+    // The C storage trigger, built from the package's source as the README says, out of
+    // tree (the shipped directory stays as installed).
+    let build = tempfile::tempdir().expect("tempdir");
+    let (ok, out) = sh(&format!(
+        "cd {} && make -f /usr/share/pgmon/native/Makefile VPATH=/usr/share/pgmon/native \
+         PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config install",
+        build.path().display()
+    ));
+    assert!(ok, "building the C storage trigger:\n{out}");
+    assert!(Path::new("/usr/lib/postgresql/15/lib/pgmon_storage.so").exists());
+
     let cluster = start_cluster();
     let dsn = cluster.conninfo("postgres", "postgres", Transport::Tcp);
     for _ in 0..2 {
@@ -429,7 +442,8 @@ fn the_package_installs_verifies_runs_and_removes() {
     std::fs::write(
         &policy,
         format!(
-            "cluster:\n  data_directory: {}\n  connection: \"{}\"\nbudgets:\n  enabled: true\n",
+            "cluster:\n  data_directory: {}\n  connection: \"{}\"\nbudgets:\n  enabled: true\n\
+             storage:\n  enabled: true\n",
             cluster.data_dir().display(),
             cluster.conninfo("pgmon", "postgres", Transport::Tcp)
         ),
@@ -443,6 +457,10 @@ fn the_package_installs_verifies_runs_and_removes() {
     assert!(ok, "doctor found problems:\n{out}");
     assert!(out.contains("everything pgmon needs is in place"), "{out}");
     assert!(out.contains("loads and attaches"), "{out}");
+    assert!(
+        out.contains("C ($libdir/pgmon_storage)"),
+        "doctor names the C storage trigger:\n{out}"
+    );
 
     let (ok, out) = sh("dpkg -r pgmon");
     assert!(ok, "dpkg -r:\n{out}");

@@ -9,9 +9,14 @@
 //!    hard limit; a superuser session polling on the server (1 ms) times from the moment
 //!    the rows are visible (the commit) to the moment the role has no session left and
 //!    `rolcanlogin` is false. p50 and p99 over `--storage-samples` roles. Target p99 < 1 s.
-//! 3. Write overhead: `pgbench` TPC-B-like (default script) with the pgmon_storage_notify
-//!    triggers enabled ÷ disabled (ALTER TABLE … DISABLE TRIGGER: the same tables, the
-//!    agent listening either way), within each round, the order alternating; median ratio.
+//! 3. Write overhead: `pgbench` TPC-B-like (default script, four trigger calls per
+//!    transaction) with the pgmon_storage_notify triggers disabled (ALTER TABLE … DISABLE
+//!    TRIGGER: the same tables), calling the C function (sql/native) and calling the
+//!    PL/pgSQL one (`pgmon.storage_notify()` replaced by each in turn), the agent listening
+//!    throughout at its default recount and refresh intervals. Short runs, the order
+//!    rotating each round, a CHECKPOINT before each; per round the ratio of each variant to
+//!    the disabled run, and the median of those ratios (the runs on this machine vary by
+//!    ±15 %, so the pairing within a round matters more than the length of a run).
 //!    Target ≥ 0.97.
 
 use std::{fmt::Write as _, path::Path, time::Duration};
@@ -20,6 +25,14 @@ use anyhow::{Context as _, Result, bail};
 use pgmon_tests::{
     Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Transport, free_port, quote_ident,
 };
+
+/// What the pgbench tables' storage triggers call in one run of section 3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    Off,
+    C,
+    PlPgSql,
+}
 
 /// Arguments of the storage benchmark (part of `cargo xtask bench`).
 #[derive(clap::Args)]
@@ -33,11 +46,11 @@ pub struct StorageBenchArgs {
     /// Lock-latency samples (one role each).
     #[arg(long, default_value_t = 20)]
     storage_samples: usize,
-    /// Rounds of the pgbench comparison.
-    #[arg(long, default_value_t = 5)]
+    /// Rounds of the pgbench comparison (three runs each).
+    #[arg(long, default_value_t = 12)]
     storage_rounds: usize,
     /// Seconds per pgbench run.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 5)]
     storage_duration: u64,
     /// Run only this benchmark and print its section (nothing written to bench/).
     #[arg(long)]
@@ -78,12 +91,18 @@ fn install(cluster: &Cluster, db: &str, files: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn config(cluster: &Cluster, port: u16) -> String {
+/// The agent's policy; `fast`: full recount every 10 s and catalog refresh every 5 s (for
+/// the recount figures), else the defaults (60 s, 30 s).
+fn config(cluster: &Cluster, port: u16, fast: bool) -> String {
+    let intervals = if fast {
+        "  recount_interval_seconds: 10\n  refresh_interval_seconds: 5\n"
+    } else {
+        ""
+    };
     format!(
         "cluster:\n  data_directory: {}\n  connection: \"host={} port={} user=pgmon dbname=postgres\"\n\
          metrics:\n  listen: 127.0.0.1:{port}\n\
-         storage:\n  enabled: true\n  mode: enterprise_db\n  recount_interval_seconds: 10\n\
-         \x20 refresh_interval_seconds: 5\n  roles:\n\
+         storage:\n  enabled: true\n  mode: enterprise_db\n{intervals}  roles:\n\
          \x20   - {{match: 'lat_*', soft_limit: 512kB, hard_limit: 1MB, hard_grace_period: 0, unlock_grace_period: 86400}}\n\
          \x20   - {{match: pgb, soft_limit: 100GB, hard_limit: 200GB}}\n\
          \x20   - {{match: 't*', soft_limit: 1GB, hard_limit: 2GB}}\n",
@@ -167,7 +186,11 @@ pub fn section(binary: &Path, args: &StorageBenchArgs) -> Result<(String, serde_
 
     let port = free_port();
     let started = std::time::Instant::now();
-    let agent = Agent::start(binary, &config(&cluster, port), format!("127.0.0.1:{port}"))?;
+    let agent = Agent::start(
+        binary,
+        &config(&cluster, port, true),
+        format!("127.0.0.1:{port}"),
+    )?;
     // The first sync walks every table (triggers attached); recounts follow every 10 s.
     let mut recounts = Vec::new();
     let mut last = None;
@@ -245,34 +268,61 @@ pub fn section(binary: &Path, args: &StorageBenchArgs) -> Result<(String, serde_
         drop(idle);
     }
 
-    // 3. pgbench with the triggers enabled ÷ disabled.
-    let toggle = |on: bool| {
-        let verb = if on { "ENABLE" } else { "DISABLE" };
-        cluster.psql(
-            "postgres",
-            "pgb",
-            Transport::Unix,
-            &[
-                "pgbench_accounts",
-                "pgbench_branches",
-                "pgbench_tellers",
-                "pgbench_history",
-            ]
-            .map(|t| format!("ALTER TABLE {t} {verb} TRIGGER pgmon_storage_notify;"))
-            .join(" "),
-        )
-    };
-    let mut ratios = Vec::new();
-    let mut tps_on = Vec::new();
-    for round in 0..args.storage_rounds {
-        let order = if round % 2 == 0 {
-            [true, false]
+    // 3. pgbench: triggers off, C, PL/pgSQL.
+    drop(agent);
+    let port = free_port();
+    let agent = Agent::start(
+        binary,
+        &config(&cluster, port, false),
+        format!("127.0.0.1:{port}"),
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while agent.status_json()?["storage"]["last_recount_seconds"].is_null() {
+        if std::time::Instant::now() > deadline {
+            bail!("the agent's first full recount did not finish within 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let tables = [
+        "pgbench_accounts",
+        "pgbench_branches",
+        "pgbench_tellers",
+        "pgbench_history",
+    ];
+    let set = |variant: Variant| -> Result<()> {
+        let verb = if variant == Variant::Off {
+            "DISABLE"
         } else {
-            [false, true]
+            "ENABLE"
         };
-        let mut tps = [0.0; 2];
-        for on in order {
-            toggle(on)?;
+        let mut sql = tables
+            .map(|t| format!("ALTER TABLE {t} {verb} TRIGGER pgmon_storage_notify;"))
+            .join(" ");
+        sql.push_str(match variant {
+            Variant::Off => "",
+            Variant::C => {
+                "CREATE OR REPLACE FUNCTION pgmon.storage_notify() RETURNS trigger \
+                 LANGUAGE c AS '$libdir/pgmon_storage', 'pgmon_storage_notify';"
+            }
+            Variant::PlPgSql => {
+                "DO $$ BEGIN EXECUTE format('CREATE OR REPLACE FUNCTION pgmon.storage_notify() \
+                 RETURNS trigger LANGUAGE plpgsql AS %L', (SELECT prosrc FROM pg_proc \
+                 WHERE oid = 'pgmon.storage_notify_plpgsql()'::regprocedure)); END $$;"
+            }
+        });
+        sql.push_str(" CHECKPOINT;");
+        cluster
+            .psql("postgres", "pgb", Transport::Unix, &sql)
+            .with_context(|| format!("switching the storage trigger to {variant:?} (the C one needs `cargo xtask setup`)"))?;
+        Ok(())
+    };
+    const VARIANTS: [Variant; 3] = [Variant::Off, Variant::C, Variant::PlPgSql];
+    let (mut c_ratios, mut pl_ratios, mut tps_c) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..args.storage_rounds {
+        let mut tps = [0.0; 3];
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            set(VARIANTS[i])?;
             let r = cluster.pgbench(&PgbenchRun {
                 clients: 2,
                 jobs: 2,
@@ -281,17 +331,17 @@ pub fn section(binary: &Path, args: &StorageBenchArgs) -> Result<(String, serde_
                 no_vacuum: true,
                 ..PgbenchRun::new("pgb", "pgb")
             })?;
-            tps[usize::from(on)] = r.tps;
+            tps[i] = r.tps;
             eprintln!(
-                "bench storage: round {round} triggers {} {:.0} tps",
-                if on { "on " } else { "off" },
-                r.tps
+                "bench storage: round {round} {:?} {:.0} tps",
+                VARIANTS[i], r.tps
             );
         }
-        tps_on.push(tps[1]);
-        ratios.push(tps[1] / tps[0]);
+        tps_c.push(tps[1]);
+        c_ratios.push(tps[1] / tps[0]);
+        pl_ratios.push(tps[2] / tps[0]);
     }
-    toggle(true)?;
+    set(Variant::C)?;
     drop(agent);
 
     let recount = median(recounts.clone());
@@ -299,7 +349,13 @@ pub fn section(binary: &Path, args: &StorageBenchArgs) -> Result<(String, serde_
         quantile(latencies.clone(), 0.5),
         quantile(latencies.clone(), 0.99),
     );
-    let ratio = median(ratios.clone());
+    let (ratio, pl_ratio) = (median(c_ratios.clone()), median(pl_ratios.clone()));
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -308,7 +364,8 @@ pub fn section(binary: &Path, args: &StorageBenchArgs) -> Result<(String, serde_
          | full recount, {} roles × {} tables ({} relations with triggers attached: {}) | {:.3} s (median of {}: {}) | < 2 s |\n\
          | agent RSS after the recounts | {:.1} MiB | |\n\
          | commit past the hard limit (grace 0) → sessions gone and NOLOGIN, {} samples | p50 {:.1} ms, p99 {:.1} ms | p99 < 1 s |\n\
-         | pgbench TPC-B-like `-c 2 -j 2 -T {}` scale 10, triggers on ÷ off, {} rounds | {:.3} (ratios {}; on: median {:.0} tps) | ≥ 0.97 |",
+         | pgbench TPC-B-like `-c 2 -j 2 -T {}` scale 10, C trigger ÷ triggers off, {} rounds | {:.3} (ratios {}; C: median {:.0} tps) | ≥ 0.97 |\n\
+         | the same, PL/pgSQL trigger (the fallback where the C one cannot be built) ÷ off | {:.3} (ratios {}) | |",
         args.storage_roles,
         args.storage_tables,
         args.storage_roles * args.storage_tables * 4,
@@ -327,18 +384,17 @@ pub fn section(binary: &Path, args: &StorageBenchArgs) -> Result<(String, serde_
         args.storage_duration,
         args.storage_rounds,
         ratio,
-        ratios
-            .iter()
-            .map(|r| format!("{r:.3}"))
-            .collect::<Vec<_>>()
-            .join(" "),
-        median(tps_on),
+        list(&c_ratios),
+        median(tps_c),
+        pl_ratio,
+        list(&pl_ratios),
     );
     let json = serde_json::json!({
         "roles": args.storage_roles, "tables_per_role": args.storage_tables,
         "recount_seconds": recounts, "agent_rss_bytes": rss,
         "lock_latency_ms": latencies, "lock_latency_p50_ms": p50, "lock_latency_p99_ms": p99,
-        "pgbench_ratios": ratios, "pgbench_ratio_median": ratio,
+        "pgbench_ratios_c": c_ratios, "pgbench_ratio_median": ratio,
+        "pgbench_ratios_plpgsql": pl_ratios, "pgbench_ratio_plpgsql_median": pl_ratio,
     });
     Ok((md, json))
 }

@@ -5,7 +5,9 @@
 //! - `/lib/systemd/system/pgmon-agent.service`
 //! - `/etc/pgmon/pgmon.yaml` (the commented default policy) and `/etc/default/pgmon-agent`,
 //!   both conffiles (an upgrade keeps local edits)
-//! - `/usr/share/pgmon/sql/*.sql`, `/usr/share/pgmon/alerts/pgmon-rules.yml`,
+//! - `/usr/share/pgmon/sql/*.sql`, `/usr/share/pgmon/native/` (the C storage trigger's
+//!   source and PGXS Makefile, built on the host against its PostgreSQL's headers),
+//!   `/usr/share/pgmon/alerts/pgmon-rules.yml`,
 //!   `/usr/share/pgmon/grafana/pgmon.json`, `/usr/share/doc/pgmon/README.md`
 //!
 //! The postinst creates the system user `pgmon` and `/var/lib/pgmon`, reloads systemd if it
@@ -160,6 +162,13 @@ pub fn build() -> Result<PathBuf> {
                 .into_owned();
             put(&path, &format!("usr/share/pgmon/sql/{name}"), 0o644)?;
         }
+    }
+    for name in ["Makefile", "pgmon_storage.c"] {
+        put(
+            &root.join("sql/native").join(name),
+            &format!("usr/share/pgmon/native/{name}"),
+            0o644,
+        )?;
     }
     put(
         &root.join("alerts/pgmon-rules.yml"),

@@ -31,6 +31,9 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql-15",
     "postgresql-contrib-15",
     "postgresql-client-15",
+    // Server headers, PGXS and make, for the C storage trigger (sql/native).
+    "make",
+    "postgresql-server-dev-15",
     // The TLS test makes a self-signed certificate for its cluster.
     "openssl",
     // The install tests: `systemd-analyze verify` and `security` on the unit (PID 1 need
@@ -59,6 +62,7 @@ pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     pg18()?;
+    native_trigger()?;
     promtool()?;
     tracefs()?;
     Ok(())
@@ -321,6 +325,65 @@ fn bpf_linker() -> Result<()> {
             .args(["--no-default-features", "--features", "llvm-22"]),
     )?;
     println!("installed {what} (LLVM_PREFIX={LLVM_PREFIX})");
+    Ok(())
+}
+
+/// The C storage trigger (`sql/native`, PGXS) built and installed into the `$libdir` of
+/// each PostgreSQL under /usr/lib/postgresql that has its server headers (here 15; the npm
+/// PostgreSQL 18 has none, so its databases use the PL/pgSQL version). Built out of tree
+/// in `target/pgext/<major>`; installed only when the installed file differs.
+fn native_trigger() -> Result<()> {
+    let src = crate::util::workspace_root().join("sql/native");
+    let mut configs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("bin/pg_config"))
+                .collect()
+        })
+        .unwrap_or_default();
+    configs.retain(|c| c.exists());
+    configs.sort();
+    for pg_config in configs {
+        let ask = |what: &str| -> Result<String> {
+            Ok(run_capture(Command::new(&pg_config).arg(what))?
+                .trim()
+                .to_string())
+        };
+        let version = ask("--version")?;
+        if !Path::new(&ask("--includedir-server")?)
+            .join("postgres.h")
+            .exists()
+        {
+            println!("skipped C storage trigger for {version}: no server headers");
+            continue;
+        }
+        let major = version
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.split('.').next())
+            .unwrap_or("unknown");
+        let build = crate::util::target_dir().join("pgext").join(major);
+        std::fs::create_dir_all(&build)?;
+        let make = |target: Option<&str>| -> Result<String> {
+            let mut cmd = Command::new("make");
+            cmd.current_dir(&build)
+                .arg("-f")
+                .arg(src.join("Makefile"))
+                .arg(format!("VPATH={}", src.display()))
+                .arg(format!("PG_CONFIG={}", pg_config.display()));
+            cmd.args(target);
+            run_capture(&mut cmd)
+        };
+        make(None)?;
+        let installed = Path::new(&ask("--pkglibdir")?).join("pgmon_storage.so");
+        let what = format!("C storage trigger {}", installed.display());
+        if std::fs::read(&installed).ok() == std::fs::read(build.join("pgmon_storage.so")).ok() {
+            ok(&what);
+        } else {
+            make(Some("install"))?;
+            println!("installed {what}");
+        }
+    }
     Ok(())
 }
 

@@ -292,6 +292,9 @@ fn database(r: &mut Report, config: &Config) {
                 );
             }
         }
+        if config.storage.enabled && version >= 4 {
+            storage_trigger(r, &client, &db).await;
+        }
         if version >= crate::cli::install_sql::SCHEMA_VERSION {
             r.ok(
                 "database: pgmon schema",
@@ -307,4 +310,36 @@ fn database(r: &mut Report, config: &Config) {
             );
         }
     });
+}
+
+/// Which `pgmon.storage_notify()` the monitor database has: the C one
+/// (`sql/native/pgmon_storage.c`) or the PL/pgSQL fallback, which costs tenants' writes
+/// far more (sql/004_storage.sql, bench/STORAGE.md).
+async fn storage_trigger(r: &mut Report, client: &tokio_postgres::Client, db: &str) {
+    let q = "SELECT l.lanname::text FROM pg_catalog.pg_proc p \
+             JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+             WHERE p.oid = to_regprocedure('pgmon.storage_notify()')";
+    match client.query_opt(q, &[]).await {
+        Ok(Some(row)) if row.get::<_, String>(0) == "c" => r.ok(
+            "database: storage trigger",
+            format!("C ($libdir/pgmon_storage) in {db:?}"),
+        ),
+        Ok(Some(row)) => r.warn(
+            "database: storage trigger",
+            format!(
+                "{} in {db:?}: it works, but costs every write statement on a limited \
+                 role's table several times what the C version does; build that one with \
+                 `make -f /usr/share/pgmon/native/Makefile VPATH=/usr/share/pgmon/native \
+                 PG_CONFIG=<this server's pg_config> install` (needs its server headers, \
+                 e.g. postgresql-server-dev-NN) in a scratch directory, then run \
+                 `pgmon-agent install-sql` again",
+                row.get::<_, String>(0)
+            ),
+        ),
+        Ok(None) => r.fail(
+            "database: storage trigger",
+            format!("pgmon.storage_notify() is missing in {db:?}: run `pgmon-agent install-sql`"),
+        ),
+        Err(e) => r.fail("database: storage trigger", e.to_string()),
+    }
 }
