@@ -2,9 +2,11 @@
 //! same run (these machines are noisy and have 2 cores), written to `bench/`.
 //!
 //! 1. Overhead: `pgbench -S -c 2 -j 2` TPS with the agent attached ÷ TPS detached, per hook
-//!    family, over the unix socket and TCP. Rounds alternate the order of the modes (ABC,
-//!    CBA, …) so drift does not favour one; the ratio is taken within each round, and the
-//!    report gives medians.
+//!    family, over the unix socket and TCP. Each round runs every mode once, the order
+//!    rotated by one each round (a Latin square: over a multiple of five rounds every mode
+//!    runs in every position equally often), so drift and position favour none; the ratio
+//!    is taken within each round, and the report gives medians. One mode attaches the
+//!    agent to another cluster: a null control, whose ratio shows the noise.
 //! 2. Completeness under stress: 16 clients; loss = pgbench's transactions − pgmon's count
 //!    of the statement, with the kernel's drop counter beside it.
 //! 3. Pipeline throughput without a kernel: capture records of real pgbench traffic
@@ -39,10 +41,11 @@ pub struct BenchArgs {
     #[arg(long)]
     no_build: bool,
     /// Seconds per pgbench run.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 6)]
     duration: u64,
-    /// Rounds of the overhead comparison per transport.
-    #[arg(long, default_value_t = 5)]
+    /// Rounds of the overhead comparison per transport (a multiple of the five modes keeps
+    /// the rotation balanced).
+    #[arg(long, default_value_t = 10)]
     rounds: usize,
     /// Trials of the enforcement-latency measurement.
     #[arg(long, default_value_t = 40)]
@@ -169,7 +172,7 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     let _ = writeln!(
         report,
         "# pgmon benchmark\n\nPostgreSQL 15, `pgbench -S -c 2 -j 2 -T {}` (scale 10), {} rounds per transport, \
-         kernel {}, {} cores. Ratios are attached ÷ detached within a round; medians over rounds.\n",
+         kernel {}, {} cores. Ratios are attached ÷ detached within a round, the order of the modes rotating each round; medians over rounds. `auto, on another cluster` attaches the agent to a second cluster: a null control, its spread is the noise.\n",
         args.duration,
         args.rounds,
         kernel.trim(),
@@ -181,9 +184,7 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     for transport in [Transport::Unix, Transport::Tcp] {
         for round in 0..args.rounds {
             let mut order = MODES.to_vec();
-            if round % 2 == 1 {
-                order.reverse();
-            }
+            order.rotate_left(round % MODES.len());
             for mode in order {
                 let s = overhead_run(
                     binary,
