@@ -114,6 +114,13 @@ pub struct CaptureConfig {
     pub max_message_bytes: usize,
     /// Most processes tracked at once (size of the kernel's `TRACKED` map; default 65536).
     pub max_backends: u32,
+    /// Have the kernel time every run of pgmon's programs (`BPF_ENABLE_STATS`, Linux ≥ 5.8)
+    /// and export it as `pgmon_probe_run_seconds_total` / `pgmon_probe_runs_total`
+    /// (default false). The timing itself costs two clock reads per run. Turning it on
+    /// needs CAP_SYS_ADMIN, which the unit does not grant; without it the agent says so
+    /// and exports what `sysctl kernel.bpf_stats_enabled=1` (set by an administrator)
+    /// gives.
+    pub probe_stats: bool,
 }
 
 /// Normalization and per-statement statistics.
@@ -157,6 +164,7 @@ impl Default for CaptureConfig {
             drain_interval_ms: 50,
             max_message_bytes: 1 << 20,
             max_backends: 65_536,
+            probe_stats: false,
         }
     }
 }

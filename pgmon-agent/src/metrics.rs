@@ -78,6 +78,8 @@ pub struct Shared {
     pub normalize_errors: AtomicU64,
     /// The most called fingerprints, most called first, at most `top_k_fingerprints`.
     pub top_statements: Mutex<Vec<TopStatement>>,
+    /// The kernel programs' run time and runs (`capture.probe_stats`; empty otherwise).
+    pub probe_stats: Mutex<Vec<crate::capture::ProgramStats>>,
 }
 
 /// One of the most called fingerprints, as exported.
@@ -402,6 +404,32 @@ impl Collector for SharedCollector {
             let rank = self.cost_rank.to_string();
             let labels = [("hook", self.hook.as_str()), ("cost_rank", rank.as_str())];
             ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
+        }
+        {
+            let stats = s.probe_stats.lock().map(|t| t.clone()).unwrap_or_default();
+            if !stats.is_empty() {
+                let mut m = e.encode_descriptor(
+                    "pgmon_probe_run_seconds",
+                    "Time the kernel spent in each pgmon program (capture.probe_stats).",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for p in &stats {
+                    let v = p.run_ns as f64 / 1e9;
+                    ConstCounter::new(v)
+                        .encode(m.encode_family(&[("program", p.name.as_str())])?)?;
+                }
+                let mut m = e.encode_descriptor(
+                    "pgmon_probe_runs",
+                    "Runs of each pgmon kernel program (capture.probe_stats).",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for p in &stats {
+                    ConstCounter::new(p.runs)
+                        .encode(m.encode_family(&[("program", p.name.as_str())])?)?;
+                }
+            }
         }
         {
             let top = s

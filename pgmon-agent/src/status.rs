@@ -64,6 +64,9 @@ pub struct CaptureStatus {
     pub statement_cache_misses: u64,
     pub statement_cache_entries: u64,
     pub normalize_errors: u64,
+    /// Run time and runs of each kernel program (`capture.probe_stats`; empty otherwise).
+    #[serde(default)]
+    pub probes: Vec<crate::capture::ProgramStats>,
 }
 
 /// A hook family the kernel would not take.

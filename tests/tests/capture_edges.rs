@@ -305,7 +305,70 @@ fn every_hook_family_counts_exactly(version: PgVersion) {
     }
 }
 
+/// `capture.probe_stats`: the kernel times pgmon's programs, and the agent exports each
+/// one's runs and run time (metrics and status).
+fn probe_stats_are_exported(version: PgVersion) {
+    let cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
+    cluster.create_role_with_db("hugo").expect("role");
+    let port = free_port();
+    let agent = Agent::start(
+        &agent_binary().expect("binary"),
+        &config(&cluster, port, "  probe_stats: true\n"),
+        format!("127.0.0.1:{port}"),
+    )
+    .expect("agent");
+    for i in 0..20 {
+        cluster
+            .psql("hugo", "hugo", Transport::Unix, &format!("SELECT {i}"))
+            .expect("query");
+    }
+    let recv = |status: &serde_json::Value| -> Option<(u64, u64)> {
+        status["capture"]["probes"]
+            .as_array()?
+            .iter()
+            .find_map(|p| {
+                let name = p["name"].as_str()?;
+                name.contains("recv").then(|| {
+                    (
+                        p["runs"].as_u64().unwrap_or(0),
+                        p["run_ns"].as_u64().unwrap_or(0),
+                    )
+                })
+            })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (runs, ns) = loop {
+        let status = agent.status_json().expect("status");
+        match recv(&status) {
+            Some((runs, ns)) if runs >= 20 => break (runs, ns),
+            _ if std::time::Instant::now() > deadline => {
+                panic!("no receive-program statistics: {}", status["capture"])
+            }
+            _ => thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    eprintln!(
+        "{version:?}: receive program {runs} runs, {} ns/run",
+        ns / runs.max(1)
+    );
+    assert!(ns > 0, "{runs} runs took 0 ns");
+    let metrics = agent.metrics_text().expect("metrics");
+    for family in [
+        "pgmon_probe_runs_total{program=",
+        "pgmon_probe_run_seconds_total{program=",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+    let out = Command::new(agent_binary().expect("binary"))
+        .args(["status", "--addr", agent.addr()])
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("kernel time: "), "{text}");
+}
+
 fn all(version: PgVersion) {
+    probe_stats_are_exported(version);
     every_hook_family_counts_exactly(version);
     monitor_connection_is_reopened(version);
     byte_cap_is_counted(version);

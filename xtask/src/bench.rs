@@ -27,6 +27,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::bench_overhead::{MODES, Mode, overhead_run};
 use pgmon_tests::{
     Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol, Transport, free_port,
 };
@@ -50,6 +52,9 @@ pub struct BenchArgs {
     /// Trials of the enforcement-latency measurement.
     #[arg(long, default_value_t = 40)]
     trials: usize,
+    /// Measure only where the capture overhead goes (CPU time) and print it.
+    #[arg(long)]
+    probe_only: bool,
     #[command(flatten)]
     storage: crate::bench_storage::StorageBenchArgs,
     #[command(flatten)]
@@ -80,50 +85,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return Ok(());
     }
     measure(&crate::util::agent_release_binary(), args)
-}
-
-/// A way of running pgbench: without the agent, with it on one hook family, or with it
-/// attached to another cluster (the hooks run for every syscall on the host, but nothing
-/// of the measured cluster is copied: the floor no work inside the programs can remove).
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Mode {
-    Detached,
-    Attached(&'static str),
-    /// `auto`, with budgets on (observe) for the pgbench role: every query charged, costed.
-    Budgets,
-    OtherCluster,
-}
-
-impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Detached => "detached",
-            Mode::Attached(h) => h,
-            Mode::Budgets => "auto, budgets on",
-            Mode::OtherCluster => "auto, on another cluster",
-        }
-    }
-}
-
-const MODES: [Mode; 5] = [
-    Mode::Detached,
-    Mode::Attached("tp_btf_sock"),
-    Mode::Attached("tp_btf"),
-    Mode::Budgets,
-    Mode::OtherCluster,
-];
-
-/// One overhead sample.
-struct Sample {
-    transport: Transport,
-    round: usize,
-    mode: Mode,
-    tps: f64,
-    /// Agent CPU, fraction of one core, and resident memory at the end (attached only).
-    agent_cpu: Option<f64>,
-    agent_rss: Option<u64>,
-    /// Cost-cache hit ratio over the run (budgets on only).
-    hit_ratio: Option<f64>,
 }
 
 /// The median of `v` (NaN when empty).
@@ -179,7 +140,21 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    // 1. Overhead.
+    // 1. Overhead: CPU time, then the throughput rounds.
+    let mut costs = Vec::new();
+    for transport in [Transport::Unix, Transport::Tcp] {
+        costs.push(crate::bench_probe::measure(
+            binary,
+            &cluster,
+            transport,
+            args.duration,
+        )?);
+    }
+    let (probe_md, probe_json) = crate::bench_probe::section(&costs);
+    if args.probe_only {
+        println!("{probe_md}");
+        return Ok(());
+    }
     let mut samples = Vec::new();
     for transport in [Transport::Unix, Transport::Tcp] {
         for round in 0..args.rounds {
@@ -270,6 +245,8 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
             }));
         }
     }
+
+    report.push_str(&probe_md);
 
     // 2. Completeness under stress.
     let _ = writeln!(
@@ -372,7 +349,7 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     let out_dir = crate::util::workspace_root().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("REPORT.md"), &report)?;
-    let json = serde_json::json!({"overhead": json_overhead, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json, "health": health_json});
+    let json = serde_json::json!({"overhead": json_overhead, "probe_cost": probe_json, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json, "health": health_json});
     std::fs::write(
         out_dir.join("report.json"),
         serde_json::to_string_pretty(&json)?,
@@ -382,81 +359,6 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
         out_dir.join("REPORT.md").display()
     );
     Ok(())
-}
-
-fn overhead_run(
-    binary: &Path,
-    cluster: &Cluster,
-    other: &Cluster,
-    transport: Transport,
-    round: usize,
-    mode: Mode,
-    duration: u64,
-) -> Result<Sample> {
-    let run = PgbenchRun {
-        transport,
-        clients: 2,
-        jobs: 2,
-        transactions: None,
-        duration_s: Some(duration),
-        select_only: true,
-        no_vacuum: true,
-        ..PgbenchRun::new("bench", "bench")
-    };
-    match mode {
-        Mode::Detached => {
-            let r = cluster.pgbench(&run)?;
-            Ok(Sample {
-                transport,
-                round,
-                mode,
-                tps: r.tps,
-                agent_cpu: None,
-                agent_rss: None,
-                hit_ratio: None,
-            })
-        }
-        Mode::Attached(_) | Mode::Budgets | Mode::OtherCluster => {
-            let port = free_port();
-            let config = match mode {
-                Mode::Attached(hook) => agent_config(cluster, port, hook),
-                Mode::Budgets => crate::bench_budget::config(
-                    cluster,
-                    port,
-                    "auto",
-                    crate::bench_budget::OVERHEAD_BUDGETS,
-                ),
-                _ => agent_config(other, port, "auto"),
-            };
-            let mut agent = Agent::start(binary, &config, format!("127.0.0.1:{port}"))?;
-            let before = proc_usage(agent.pid()).context("agent /proc stat")?;
-            let r = cluster.pgbench(&run)?;
-            let after = proc_usage(agent.pid()).context("agent /proc stat")?;
-            let hit_ratio = if mode == Mode::Budgets {
-                Some(crate::bench_budget::hit_ratio(&agent)?)
-            } else {
-                None
-            };
-            agent.stop()?;
-            // SAFETY: sysconf is always safe to call.
-            let (hz, page) = unsafe {
-                (
-                    libc::sysconf(libc::_SC_CLK_TCK) as f64,
-                    libc::sysconf(libc::_SC_PAGESIZE) as u64,
-                )
-            };
-            let cpu = (after.0 - before.0) as f64 / hz / duration as f64;
-            Ok(Sample {
-                transport,
-                round,
-                mode,
-                tps: r.tps,
-                agent_cpu: Some(cpu),
-                agent_rss: Some(after.1 * page),
-                hit_ratio,
-            })
-        }
-    }
 }
 
 /// Runs 16 clients with the agent attached; returns (pgbench transactions, pgmon's count of

@@ -8,6 +8,8 @@
 mod bench;
 mod bench_budget;
 mod bench_health;
+mod bench_overhead;
+mod bench_probe;
 mod bench_storage;
 mod demo;
 mod package;

@@ -6,7 +6,7 @@ pub mod cluster;
 pub mod hooks;
 
 use std::{
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::Path,
     time::Duration,
 };
@@ -98,6 +98,22 @@ pub struct Capture {
     refused: Vec<(HookFamily, String)>,
     postmaster: u32,
     preexisting: Vec<u32>,
+    /// `capture.probe_stats`.
+    stats_wanted: bool,
+    /// Holds the kernel's run-time statistics on while the capture lives.
+    _stats: Option<OwnedFd>,
+}
+
+/// Run-time statistics of one kernel program since it was loaded (`bpf_prog_info`
+/// `run_time_ns` and `run_cnt`; counted only while statistics are enabled).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProgramStats {
+    /// The program's name in the object (`pgmon_sock_recv_length`, …).
+    pub name: String,
+    /// Summed run time, nanoseconds.
+    pub run_ns: u64,
+    /// Runs.
+    pub runs: u64,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> CaptureError {
@@ -171,6 +187,22 @@ impl Capture {
             PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_err("COUNTERS"))?;
         let tracked = HashMap::try_from(take(&mut ebpf, "TRACKED")?).map_err(map_err("TRACKED"))?;
 
+        let stats = if cfg.probe_stats {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %error_chain(&e),
+                        "capture.probe_stats: the kernel refused BPF_ENABLE_STATS (it needs \
+                         CAP_SYS_ADMIN); the probe run times stay 0 unless \
+                         `sysctl kernel.bpf_stats_enabled=1` is set"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mut capture = Capture {
             _ebpf: ebpf,
             ring,
@@ -181,6 +213,8 @@ impl Capture {
             refused,
             postmaster,
             preexisting: Vec::new(),
+            stats_wanted: cfg.probe_stats,
+            _stats: stats,
         };
         capture.seed_children();
         Ok(capture)
@@ -236,6 +270,28 @@ impl Capture {
     /// Number of processes in `TRACKED`.
     pub fn tracked_count(&self) -> usize {
         self.tracked.keys().count()
+    }
+
+    /// Run time and runs of each program that ran (the attached hook family and the
+    /// lifecycle probes), sorted by name; empty unless `capture.probe_stats`.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        if !self.stats_wanted {
+            return Vec::new();
+        }
+        let mut v: Vec<ProgramStats> = self
+            ._ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                (info.run_count() > 0).then(|| ProgramStats {
+                    name: name.to_string(),
+                    run_ns: info.run_time().as_nanos() as u64,
+                    runs: info.run_count(),
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// Sums the per-CPU counters.

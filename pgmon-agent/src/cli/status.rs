@@ -122,6 +122,21 @@ pub fn render(s: &Status) -> String {
         c.kernel.truncated_bytes,
         c.kernel.probe_errors
     );
+    if !c.probes.is_empty() {
+        let list: Vec<String> = c
+            .probes
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} runs {:.0} ns/run",
+                    p.name.trim_start_matches("pgmon_"),
+                    p.runs,
+                    p.run_ns as f64 / p.runs.max(1) as f64
+                )
+            })
+            .collect();
+        let _ = writeln!(o, "          kernel time: {}", list.join(", "));
+    }
     let _ = writeln!(
         o,
         "          desyncs {} frontend / {} backend, {} unattributed queries, {} encrypted sessions, {} oversized messages",

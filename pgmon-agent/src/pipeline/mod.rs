@@ -342,6 +342,12 @@ impl Pipeline {
         s.probe_errors.store(k.probe_errors, Relaxed);
         s.tracked_backends
             .store(capture.tracked_count() as u64, Relaxed);
+        let programs = capture.program_stats();
+        if !programs.is_empty()
+            && let Ok(mut p) = s.probe_stats.lock()
+        {
+            *p = programs;
+        }
         let n = self.normalizer.stats();
         s.statement_cache_hits.store(n.hits, Relaxed);
         s.statement_cache_misses.store(n.misses, Relaxed);
@@ -421,6 +427,7 @@ impl Pipeline {
                 statement_cache_misses: n.misses,
                 statement_cache_entries: self.normalizer.cached() as u64,
                 normalize_errors: n.errors,
+                probes: capture.program_stats(),
             },
             roles: self.stats.roles(&|fp| self.cost_of(fp)),
             budgets: self

@@ -1,0 +1,129 @@
+//! The throughput rounds of the overhead benchmark (`cargo xtask bench`, section 1): one
+//! `pgbench -S -c 2 -j 2` run in a given mode (detached, attached on one hook family, with
+//! budgets, or attached to another cluster), with the agent's CPU and RSS.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use pgmon_tests::{Agent, Cluster, PgbenchRun, Transport, free_port};
+
+use crate::bench::{agent_config, proc_usage};
+
+/// A way of running pgbench: without the agent, with it on one hook family, or with it
+/// attached to another cluster (the hooks run for every syscall on the host, but nothing
+/// of the measured cluster is copied: the floor no work inside the programs can remove).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    Detached,
+    Attached(&'static str),
+    /// `auto`, with budgets on (observe) for the pgbench role: every query charged, costed.
+    Budgets,
+    OtherCluster,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Detached => "detached",
+            Mode::Attached(h) => h,
+            Mode::Budgets => "auto, budgets on",
+            Mode::OtherCluster => "auto, on another cluster",
+        }
+    }
+}
+
+pub const MODES: [Mode; 5] = [
+    Mode::Detached,
+    Mode::Attached("tp_btf_sock"),
+    Mode::Attached("tp_btf"),
+    Mode::Budgets,
+    Mode::OtherCluster,
+];
+
+/// One overhead sample.
+pub struct Sample {
+    pub transport: Transport,
+    pub round: usize,
+    pub mode: Mode,
+    pub tps: f64,
+    /// Agent CPU, fraction of one core, and resident memory at the end (attached only).
+    pub agent_cpu: Option<f64>,
+    pub agent_rss: Option<u64>,
+    /// Cost-cache hit ratio over the run (budgets on only).
+    pub hit_ratio: Option<f64>,
+}
+
+pub fn overhead_run(
+    binary: &Path,
+    cluster: &Cluster,
+    other: &Cluster,
+    transport: Transport,
+    round: usize,
+    mode: Mode,
+    duration: u64,
+) -> Result<Sample> {
+    let run = PgbenchRun {
+        transport,
+        clients: 2,
+        jobs: 2,
+        transactions: None,
+        duration_s: Some(duration),
+        select_only: true,
+        no_vacuum: true,
+        ..PgbenchRun::new("bench", "bench")
+    };
+    match mode {
+        Mode::Detached => {
+            let r = cluster.pgbench(&run)?;
+            Ok(Sample {
+                transport,
+                round,
+                mode,
+                tps: r.tps,
+                agent_cpu: None,
+                agent_rss: None,
+                hit_ratio: None,
+            })
+        }
+        Mode::Attached(_) | Mode::Budgets | Mode::OtherCluster => {
+            let port = free_port();
+            let config = match mode {
+                Mode::Attached(hook) => agent_config(cluster, port, hook),
+                Mode::Budgets => crate::bench_budget::config(
+                    cluster,
+                    port,
+                    "auto",
+                    crate::bench_budget::OVERHEAD_BUDGETS,
+                ),
+                _ => agent_config(other, port, "auto"),
+            };
+            let mut agent = Agent::start(binary, &config, format!("127.0.0.1:{port}"))?;
+            let before = proc_usage(agent.pid()).context("agent /proc stat")?;
+            let r = cluster.pgbench(&run)?;
+            let after = proc_usage(agent.pid()).context("agent /proc stat")?;
+            let hit_ratio = if mode == Mode::Budgets {
+                Some(crate::bench_budget::hit_ratio(&agent)?)
+            } else {
+                None
+            };
+            agent.stop()?;
+            // SAFETY: sysconf is always safe to call.
+            let (hz, page) = unsafe {
+                (
+                    libc::sysconf(libc::_SC_CLK_TCK) as f64,
+                    libc::sysconf(libc::_SC_PAGESIZE) as u64,
+                )
+            };
+            let cpu = (after.0 - before.0) as f64 / hz / duration as f64;
+            Ok(Sample {
+                transport,
+                round,
+                mode,
+                tps: r.tps,
+                agent_cpu: Some(cpu),
+                agent_rss: Some(after.1 * page),
+                hit_ratio,
+            })
+        }
+    }
+}

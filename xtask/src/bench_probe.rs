@@ -1,0 +1,167 @@
+//! Where the capture overhead goes, in CPU time rather than throughput (`cargo xtask bench`,
+//! after the overhead rounds): one `pgbench -S -c 2 -j 2` run per transport with the agent
+//! on `auto` and `capture.probe_stats: true`, so the kernel times every run of pgmon's
+//! programs (`bpf_prog_info.run_time_ns`). Per transaction: the programs' time, the
+//! agent's own CPU (utime + stime, /proc/PID/stat), and the machine's busy CPU (every
+//! non-idle field of /proc/stat's `cpu` line, proc(5)). pgmon's share of the busy CPU is
+//! what a CPU-bound workload gives up, so `1 − share` is the throughput ratio the
+//! overhead rounds estimate, measured without their run-to-run noise (the timing itself
+//! adds two clock reads per program run, so the share is slightly high).
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use pgmon_tests::{Agent, Cluster, PgbenchRun, Transport, free_port};
+
+/// The figures of one run.
+pub struct ProbeCost {
+    pub transport: Transport,
+    pub tps: f64,
+    /// Kernel programs, nanoseconds per transaction, and per program (name, runs, ns/run).
+    pub probe_ns_per_tx: f64,
+    pub programs: Vec<(String, u64, f64)>,
+    /// Agent CPU, nanoseconds per transaction.
+    pub agent_ns_per_tx: f64,
+    /// The machine's busy CPU, nanoseconds per transaction.
+    pub busy_ns_per_tx: f64,
+}
+
+impl ProbeCost {
+    /// (programs + agent) ÷ busy CPU.
+    pub fn share(&self) -> f64 {
+        (self.probe_ns_per_tx + self.agent_ns_per_tx) / self.busy_ns_per_tx
+    }
+}
+
+/// Busy and total jiffies of the `cpu` line of /proc/stat (busy = all but idle and iowait).
+fn cpu_jiffies() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// (name, runs, run_ns) of each program in the agent's status.
+fn programs(agent: &Agent) -> Result<Vec<(String, u64, u64)>> {
+    let s = agent.status_json()?;
+    Ok(s["capture"]["probes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    (
+                        p["name"].as_str().unwrap_or_default().to_string(),
+                        p["runs"].as_u64().unwrap_or(0),
+                        p["run_ns"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// One measured run over `transport`.
+pub fn measure(
+    binary: &Path,
+    cluster: &Cluster,
+    transport: Transport,
+    duration: u64,
+) -> Result<ProbeCost> {
+    let port = free_port();
+    let config = crate::bench::agent_config(cluster, port, "auto\n  probe_stats: true");
+    let agent = Agent::start(binary, &config, format!("127.0.0.1:{port}"))?;
+    // SAFETY: sysconf is always safe to call.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let before = (
+        programs(&agent)?,
+        crate::bench::proc_usage(agent.pid()).context("agent /proc stat")?,
+        cpu_jiffies()?,
+    );
+    let r = cluster.pgbench(&PgbenchRun {
+        transport,
+        clients: 2,
+        jobs: 2,
+        transactions: None,
+        duration_s: Some(duration),
+        select_only: true,
+        no_vacuum: true,
+        ..PgbenchRun::new("bench", "bench")
+    })?;
+    // The status is published after each drain: wait one drain interval (50 ms) and more.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let after = (
+        programs(&agent)?,
+        crate::bench::proc_usage(agent.pid()).context("agent /proc stat")?,
+        cpu_jiffies()?,
+    );
+    drop(agent);
+    let tx = r.transactions_processed.max(1) as f64;
+    let mut probe_ns = 0.0;
+    let mut per_program = Vec::new();
+    for (name, runs, ns) in &after.0 {
+        let (runs0, ns0) = before
+            .0
+            .iter()
+            .find(|(n, ..)| n == name)
+            .map_or((0, 0), |(_, r, n)| (*r, *n));
+        let (runs, ns) = (runs - runs0, ns - ns0);
+        probe_ns += ns as f64;
+        if runs > 0 {
+            per_program.push((name.clone(), runs, ns as f64 / runs as f64));
+        }
+    }
+    let agent_ns = (after.1.0 - before.1.0) as f64 / hz * 1e9;
+    let busy_ns = (after.2.0 - before.2.0) as f64 / hz * 1e9;
+    Ok(ProbeCost {
+        transport,
+        tps: r.tps,
+        probe_ns_per_tx: probe_ns / tx,
+        programs: per_program,
+        agent_ns_per_tx: agent_ns / tx,
+        busy_ns_per_tx: busy_ns / tx,
+    })
+}
+
+/// The report section (Markdown) and its JSON.
+pub fn section(costs: &[ProbeCost]) -> (String, serde_json::Value) {
+    let mut md = String::from(
+        "\n## Where the overhead goes (CPU time, `capture.probe_stats`)\n\n\
+         One run per transport, agent on `auto` with the kernel timing its programs; not part \
+         of the ratios above. Per transaction: pgmon's kernel programs, the agent's own CPU, \
+         and the machine's busy CPU; `1 − share` is the throughput a CPU-bound workload keeps.\n\n\
+         | transport | TPS | kernel programs (ns/tx) | per program (runs, ns/run) | agent (ns/tx) | machine busy (ns/tx) | pgmon's share | 1 − share |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    let mut json = Vec::new();
+    for c in costs {
+        let programs = c
+            .programs
+            .iter()
+            .map(|(n, runs, ns)| format!("{} {runs}, {ns:.0}", n.trim_start_matches("pgmon_")))
+            .collect::<Vec<_>>()
+            .join("; ");
+        md.push_str(&format!(
+            "| {:?} | {:.0} | {:.0} | {programs} | {:.0} | {:.0} | {:.2} % | {:.3} |\n",
+            c.transport,
+            c.tps,
+            c.probe_ns_per_tx,
+            c.agent_ns_per_tx,
+            c.busy_ns_per_tx,
+            c.share() * 100.0,
+            1.0 - c.share()
+        ));
+        json.push(serde_json::json!({
+            "transport": format!("{:?}", c.transport), "tps": c.tps,
+            "probe_ns_per_tx": c.probe_ns_per_tx, "agent_ns_per_tx": c.agent_ns_per_tx,
+            "busy_ns_per_tx": c.busy_ns_per_tx, "share": c.share(),
+            "programs": c.programs.iter().map(|(n, r, ns)| serde_json::json!({"program": n, "runs": r, "ns_per_run": ns})).collect::<Vec<_>>(),
+        }));
+    }
+    (md, serde_json::Value::Array(json))
+}
