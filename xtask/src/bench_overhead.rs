@@ -53,6 +53,22 @@ pub struct Sample {
     pub hit_ratio: Option<f64>,
 }
 
+/// The overhead workload: `pgbench -S -c 2 -j 2 -T duration` as role `bench` over
+/// `transport`.
+pub fn select_only_run(transport: Transport, duration: u64) -> PgbenchRun {
+    PgbenchRun {
+        transport,
+        clients: 2,
+        jobs: 2,
+        transactions: None,
+        duration_s: Some(duration),
+        select_only: true,
+        no_vacuum: true,
+        ..PgbenchRun::new("bench", "bench")
+    }
+}
+
+/// One run of the overhead workload in `mode` (the agent started and stopped around it).
 pub fn overhead_run(
     binary: &Path,
     cluster: &Cluster,
@@ -62,16 +78,7 @@ pub fn overhead_run(
     mode: Mode,
     duration: u64,
 ) -> Result<Sample> {
-    let run = PgbenchRun {
-        transport,
-        clients: 2,
-        jobs: 2,
-        transactions: None,
-        duration_s: Some(duration),
-        select_only: true,
-        no_vacuum: true,
-        ..PgbenchRun::new("bench", "bench")
-    };
+    let run = select_only_run(transport, duration);
     match mode {
         Mode::Detached => {
             let r = cluster.pgbench(&run)?;

@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use pgmon_tests::{Agent, Cluster, PgbenchRun, Transport, free_port};
+use pgmon_tests::{Agent, Cluster, Transport, free_port};
 
 /// The figures of one run.
 pub struct ProbeCost {
@@ -83,16 +83,7 @@ pub fn measure(
         crate::bench::proc_usage(agent.pid()).context("agent /proc stat")?,
         cpu_jiffies()?,
     );
-    let r = cluster.pgbench(&PgbenchRun {
-        transport,
-        clients: 2,
-        jobs: 2,
-        transactions: None,
-        duration_s: Some(duration),
-        select_only: true,
-        no_vacuum: true,
-        ..PgbenchRun::new("bench", "bench")
-    })?;
+    let r = cluster.pgbench(&crate::bench_overhead::select_only_run(transport, duration))?;
     // The status is published after each drain: wait one drain interval (50 ms) and more.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let after = (

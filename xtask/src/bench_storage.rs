@@ -21,6 +21,7 @@
 
 use std::{fmt::Write as _, path::Path, time::Duration};
 
+use crate::{bench::median, bench_budget::quantile};
 use anyhow::{Context as _, Result, bail};
 use pgmon_tests::{
     Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Transport, free_port, quote_ident,
@@ -57,38 +58,9 @@ pub struct StorageBenchArgs {
     pub storage_only: bool,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// The `q`-quantile (nearest rank) of `v`.
-fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
-
+/// Runs the sql/ `files` as the superuser in database `db`.
 fn install(cluster: &Cluster, db: &str, files: &[&str]) -> Result<()> {
-    let root = crate::util::workspace_root();
-    for f in files {
-        let out = cluster
-            .psql_cmd("postgres", db, Transport::Unix)
-            .arg("-f")
-            .arg(root.join(f))
-            .output()?;
-        if !out.status.success() {
-            bail!("{f} in {db}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
-    Ok(())
+    files.iter().try_for_each(|f| cluster.run_sql_file(db, f))
 }
 
 /// The agent's policy; `fast`: full recount every 10 s and catalog refresh every 5 s (for
@@ -345,10 +317,7 @@ pub fn section(binary: &Path, args: &StorageBenchArgs) -> Result<(String, serde_
     drop(agent);
 
     let recount = median(recounts.clone());
-    let (p50, p99) = (
-        quantile(latencies.clone(), 0.5),
-        quantile(latencies.clone(), 0.99),
-    );
+    let (p50, p99) = (quantile(&latencies, 0.5), quantile(&latencies, 0.99));
     let (ratio, pl_ratio) = (median(c_ratios.clone()), median(pl_ratios.clone()));
     let list = |v: &[f64]| {
         v.iter()

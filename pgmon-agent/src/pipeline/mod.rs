@@ -427,7 +427,14 @@ impl Pipeline {
                 statement_cache_misses: n.misses,
                 statement_cache_entries: self.normalizer.cached() as u64,
                 normalize_errors: n.errors,
-                probes: capture.program_stats(),
+                // As published just before (run.rs publishes, then asks for status).
+                probes: self
+                    .metrics
+                    .shared
+                    .probe_stats
+                    .lock()
+                    .map(|p| p.clone())
+                    .unwrap_or_default(),
             },
             roles: self.stats.roles(&|fp| self.cost_of(fp)),
             budgets: self

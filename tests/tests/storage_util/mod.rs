@@ -14,15 +14,10 @@ use pgmon_tests::{
 
 /// Runs the sql/ files in database `db` as the superuser.
 pub fn install(cluster: &Cluster, db: &str, files: &[&str]) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for file in files {
-        let mut cmd = cluster.psql_cmd("postgres", db, Transport::Unix);
-        let out = cmd.arg("-f").arg(root.join(file)).output().expect("psql");
-        assert!(
-            out.status.success(),
-            "{file} in {db}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cluster
+            .run_sql_file(db, file)
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 }
 
