@@ -133,11 +133,12 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     let _ = writeln!(
         report,
         "# pgmon benchmark\n\nPostgreSQL 15, `pgbench -S -c 2 -j 2 -T {}` (scale 10), {} rounds per transport, \
-         kernel {}, {} cores. Ratios are attached ÷ detached within a round, the order of the modes rotating each round; medians over rounds. `auto, on another cluster` attaches the agent to a second cluster: a null control, its spread is the noise.\n",
+         kernel {}, {} cores. Ratios are attached ÷ detached within a round, the order of the modes rotating each round; medians over rounds. An attached agent runs {} s before pgbench starts (steady state: its start-up work is left out). `auto, on another cluster` attaches the agent to a second cluster: a null control, its spread is the noise.\n",
         args.duration,
         args.rounds,
         kernel.trim(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        crate::bench_overhead::SETTLE.as_secs(),
     );
 
     // 1. Overhead: CPU time, then the throughput rounds.

@@ -40,6 +40,12 @@ pub const MODES: [Mode; 5] = [
     Mode::OtherCluster,
 ];
 
+/// Time the agent runs before pgbench starts: the figure is the steady state of an agent
+/// that stays attached, so its one-off start-up work (the first run of every health loop,
+/// the `pg_stat_activity` seed, the first EXPLAIN of each statement with budgets on) is
+/// left out of the window.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One overhead sample.
 pub struct Sample {
     pub transport: Transport,
@@ -105,6 +111,7 @@ pub fn overhead_run(
                 _ => agent_config(other, port, "auto"),
             };
             let mut agent = Agent::start(binary, &config, format!("127.0.0.1:{port}"))?;
+            std::thread::sleep(SETTLE);
             let before = proc_usage(agent.pid()).context("agent /proc stat")?;
             let r = cluster.pgbench(&run)?;
             let after = proc_usage(agent.pid()).context("agent /proc stat")?;

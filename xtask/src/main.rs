@@ -38,7 +38,7 @@ enum Cmd {
     Test(test::TestArgs),
     /// Run the agent against a PostgreSQL 15 cluster with a mixed workload and show what it saw.
     Demo(demo::DemoArgs),
-    /// Measure the agent's overhead on pgbench (to be written; see bench.rs).
+    /// Measure the agent's overhead and the figures the issues name; writes bench/REPORT.md.
     Bench(bench::BenchArgs),
     /// Build the Debian package (target/debian/pgmon_<version>_amd64.deb).
     Package(package::PackageArgs),

@@ -89,6 +89,17 @@ pub fn shape(text: &[u8], out: &mut Vec<u8>) -> Option<u64> {
                 i = skip_number(text, i);
                 out.push(b'?');
             }
+            _ if is_ident_start(c) => {
+                // A keyword or identifier, copied in one piece: most of a statement's bytes
+                // (this run was a third of the scan's time byte by byte, measured with
+                // `pgmon-agent replay` on pgbench traffic).
+                let start = i;
+                i += 1;
+                while i < n && is_ident_continue(text[i]) {
+                    i += 1;
+                }
+                out.extend_from_slice(&text[start..i]);
+            }
             _ => {
                 out.push(c);
                 i += 1;
@@ -100,10 +111,20 @@ pub fn shape(text: &[u8], out: &mut Vec<u8>) -> Option<u64> {
     Some(h.finish())
 }
 
+/// A byte that starts an identifier or keyword (PostgreSQL docs 4.1.1: a letter, `_`, or a
+/// non-ASCII byte).
+fn is_ident_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+}
+
+/// A byte that continues one (also digits and `$`).
+fn is_ident_continue(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
 /// Whether the previous output byte continues an identifier (so a digit or `$` belongs to it).
 fn prev_is_ident(out: &[u8]) -> bool {
-    out.last()
-        .is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80)
+    out.last().is_some_and(|&b| is_ident_continue(b))
 }
 
 /// `E'…'`: the output ends in a lone `e`/`E` that is not the tail of a longer identifier.
