@@ -35,7 +35,7 @@ pub use cluster::{Cluster, ClusterOptions, Transport};
 pub use pgbench::{PgbenchResult, PgbenchRun, Protocol, parse_pgbench_output};
 pub use proc::{PostgresUser, pid_alive, postgres_user};
 pub use session::HeldSession;
-pub use sql::{quote_ident, quote_literal};
+pub use sql::{STORAGE_MONITOR_SQL, STORAGE_TENANT_SQL, quote_ident, quote_literal};
 pub use webhook::Receiver;
 
 /// Directory that `cargo xtask setup` installs the npm package

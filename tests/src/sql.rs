@@ -211,6 +211,18 @@ fn abbreviate(sql: &str) -> String {
     s
 }
 
+/// pgmon's SQL for the database the agent connects to when storage quotas are on: roles,
+/// enforcement and the storage tables and trigger (`sql/001`, `002`, `004`), in that order.
+pub const STORAGE_MONITOR_SQL: [&str; 3] = [
+    "sql/001_roles.sql",
+    "sql/002_enforcement.sql",
+    "sql/004_storage.sql",
+];
+
+/// pgmon's SQL for a tenant database whose tables the storage trigger watches (`sql/002`,
+/// `004`).
+pub const STORAGE_TENANT_SQL: [&str; 2] = ["sql/002_enforcement.sql", "sql/004_storage.sql"];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -332,15 +332,7 @@ fn api(version: PgVersion) {
 /// Storage quotas on, the agent as `pgmon`.
 fn as_pgmon_with_quotas(version: PgVersion) {
     let cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
-    storage_util::install(
-        &cluster,
-        "postgres",
-        &[
-            "sql/001_roles.sql",
-            "sql/002_enforcement.sql",
-            "sql/004_storage.sql",
-        ],
-    );
+    storage_util::install(&cluster, "postgres", &pgmon_tests::STORAGE_MONITOR_SQL);
     storage_util::role(&cluster, "tenant", "");
     storage_util::database(&cluster, "tenants");
     storage_util::sql(

@@ -33,15 +33,7 @@ const ROLES: &str = concat!(
 
 fn quotas(version: PgVersion) {
     let cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
-    install(
-        &cluster,
-        "postgres",
-        &[
-            "sql/001_roles.sql",
-            "sql/002_enforcement.sql",
-            "sql/004_storage.sql",
-        ],
-    );
+    install(&cluster, "postgres", &pgmon_tests::STORAGE_MONITOR_SQL);
     for r in ["quota", "manual", "wide", "empty", "exempt_me", "dual"] {
         role(&cluster, r, "");
     }
@@ -67,11 +59,7 @@ fn quotas(version: PgVersion) {
             ),
         );
     }
-    install(
-        &cluster,
-        "tenants",
-        &["sql/002_enforcement.sql", "sql/004_storage.sql"],
-    );
+    install(&cluster, "tenants", &pgmon_tests::STORAGE_TENANT_SQL);
     // `other` has no pgmon SQL at all: counted by the periodic recount only.
     sql(
         &cluster,

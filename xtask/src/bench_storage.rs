@@ -99,21 +99,9 @@ pub fn section(binary: &Path, args: &StorageBenchArgs) -> Result<(String, serde_
             ..ClusterOptions::default()
         },
     )?;
-    install(
-        &cluster,
-        "postgres",
-        &[
-            "sql/001_roles.sql",
-            "sql/002_enforcement.sql",
-            "sql/004_storage.sql",
-        ],
-    )?;
+    install(&cluster, "postgres", &pgmon_tests::STORAGE_MONITOR_SQL)?;
     cluster.psql_admin("CREATE DATABASE quota")?;
-    install(
-        &cluster,
-        "quota",
-        &["sql/002_enforcement.sql", "sql/004_storage.sql"],
-    )?;
+    install(&cluster, "quota", &pgmon_tests::STORAGE_TENANT_SQL)?;
     cluster.psql(
         "postgres",
         "quota",
@@ -149,11 +137,7 @@ pub fn section(binary: &Path, args: &StorageBenchArgs) -> Result<(String, serde_
     }
     cluster.psql_admin("CREATE ROLE pgb LOGIN")?;
     cluster.psql_admin("CREATE DATABASE pgb OWNER pgb")?;
-    install(
-        &cluster,
-        "pgb",
-        &["sql/002_enforcement.sql", "sql/004_storage.sql"],
-    )?;
+    install(&cluster, "pgb", &pgmon_tests::STORAGE_TENANT_SQL)?;
     cluster.pgbench_init("pgb", "pgb", 10)?;
 
     let port = free_port();

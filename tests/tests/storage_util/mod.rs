@@ -25,22 +25,10 @@ pub fn install(cluster: &Cluster, db: &str, files: &[&str]) {
 /// `tenants` (also with the storage SQL) that `slow` may create tables in.
 pub fn slow_tenant_cluster(version: PgVersion) -> Cluster {
     let cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
-    install(
-        &cluster,
-        "postgres",
-        &[
-            "sql/001_roles.sql",
-            "sql/002_enforcement.sql",
-            "sql/004_storage.sql",
-        ],
-    );
+    install(&cluster, "postgres", &pgmon_tests::STORAGE_MONITOR_SQL);
     role(&cluster, "slow", "");
     database(&cluster, "tenants");
-    install(
-        &cluster,
-        "tenants",
-        &["sql/002_enforcement.sql", "sql/004_storage.sql"],
-    );
+    install(&cluster, "tenants", &pgmon_tests::STORAGE_TENANT_SQL);
     cluster
 }
 
