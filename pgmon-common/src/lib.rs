@@ -10,9 +10,14 @@
 /// the size of its send buffer (`PQ_SEND_BUFFER_SIZE`).
 pub const CHUNK_BYTES: usize = 8192;
 
-/// Bytes of payload in a small record. Calls that move at most this many bytes (every
-/// `pgbench -S` request and reply) are copied into a 512-byte reservation instead of an
-/// 8 KiB one, so the ring buffer holds ~16× more of them.
+/// Bytes of payload in a tiny record (128 bytes in all, two cache lines). Calls that move
+/// at most this many bytes (a short query, a one-row reply: every `pgbench -S` request and
+/// reply) take a quarter of a small record's ring space, so the ring memory the kernel
+/// writes and the agent reads between two drains is a quarter as large and stays in cache.
+pub const TINY_CHUNK_BYTES: usize = 128 - core::mem::size_of::<EventHeader>();
+
+/// Bytes of payload in a small record (512 bytes in all). Calls up to this size are copied
+/// into a 512-byte reservation instead of an 8 KiB one.
 pub const SMALL_CHUNK_BYTES: usize = 512 - core::mem::size_of::<EventHeader>();
 
 /// Most chunks one syscall is split into; with [`CHUNK_BYTES`] that is 64 KiB per call.
@@ -57,8 +62,8 @@ pub mod flags {
 
 /// Header of every ring-buffer record. 40 bytes, no implicit padding.
 ///
-/// A record is this header followed by `len` payload bytes (in a [`SmallRecord`] or a
-/// [`LargeRecord`]).
+/// A record is this header followed by `len` payload bytes (in a [`TinyRecord`], a
+/// [`SmallRecord`] or a [`LargeRecord`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventHeader {
@@ -82,19 +87,20 @@ pub struct EventHeader {
     pub _pad: u32,
 }
 
-/// A record whose payload fits [`SMALL_CHUNK_BYTES`]: 512 bytes in all.
+/// A ring-buffer record with room for `N` payload bytes; the agent reads `header.len` of
+/// them, whatever `N` is.
 #[repr(C)]
-pub struct SmallRecord {
+pub struct Record<const N: usize> {
     pub header: EventHeader,
-    pub data: [u8; SMALL_CHUNK_BYTES],
+    pub data: [u8; N],
 }
 
+/// A record whose payload fits [`TINY_CHUNK_BYTES`]: 128 bytes in all.
+pub type TinyRecord = Record<TINY_CHUNK_BYTES>;
+/// A record whose payload fits [`SMALL_CHUNK_BYTES`]: 512 bytes in all.
+pub type SmallRecord = Record<SMALL_CHUNK_BYTES>;
 /// A record of up to [`CHUNK_BYTES`] of payload.
-#[repr(C)]
-pub struct LargeRecord {
-    pub header: EventHeader,
-    pub data: [u8; CHUNK_BYTES],
-}
+pub type LargeRecord = Record<CHUNK_BYTES>;
 
 /// Indices of the per-CPU counter array `COUNTERS` (a `PerCpuArray<u64>`); the agent sums
 /// the CPUs and exports them.
@@ -153,6 +159,7 @@ pub const CONFIG_FORK_CHILD_PID_OFFSET: u32 = 3;
 pub const CONFIG_LEN: u32 = 4;
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 40);
+const _: () = assert!(core::mem::size_of::<TinyRecord>() == 128);
 const _: () = assert!(core::mem::size_of::<SmallRecord>() == 512);
 const _: () = assert!(core::mem::size_of::<LargeRecord>() == 40 + CHUNK_BYTES);
 const _: () = assert!(core::mem::size_of::<TrackedProcess>() == 24);

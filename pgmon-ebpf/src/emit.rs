@@ -1,21 +1,46 @@
-//! Copying one syscall's bytes into the ring buffer, in chunks of at most 8 KiB.
+//! Copying one syscall's bytes into the ring buffer, in chunks of at most 8 KiB, each in
+//! the smallest of three record sizes (128 B, 512 B, 8 KiB + header) that holds it.
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_ktime_get_ns, generated::bpf_probe_read_user},
 };
 use pgmon_common::{
-    CHUNK_BYTES, CONFIG_MAX_BYTES_PER_CALL, CONFIG_WAKEUP_BYTES, EventHeader, LargeRecord,
-    MAX_BYTES_PER_CALL, MAX_CHUNKS_PER_CALL, MIN_BYTES_PER_CALL, SMALL_CHUNK_BYTES, SmallRecord,
-    TAIL_BYTES, TrackedProcess, counter, flags,
+    CHUNK_BYTES, CONFIG_MAX_BYTES_PER_CALL, CONFIG_WAKEUP_BYTES, EventHeader, MAX_BYTES_PER_CALL,
+    MAX_CHUNKS_PER_CALL, MIN_BYTES_PER_CALL, Record, SMALL_CHUNK_BYTES, TAIL_BYTES,
+    TINY_CHUNK_BYTES, TinyRecord, TrackedProcess, counter, flags,
 };
 
-use crate::{EVENTS, bump, config};
+use crate::{COUNTERS, EVENTS, bump, config};
 
 /// Smallest power of two above each payload size, minus one.
+const TINY_MASK: usize = TINY_CHUNK_BYTES.next_power_of_two() - 1;
 const SMALL_MASK: usize = SMALL_CHUNK_BYTES.next_power_of_two() - 1;
 const LARGE_MASK: usize = (CHUNK_BYTES + 1).next_power_of_two() - 1;
-const _: () = assert!(SMALL_MASK >= SMALL_CHUNK_BYTES && LARGE_MASK >= CHUNK_BYTES);
+const _: () = assert!(
+    TINY_MASK >= TINY_CHUNK_BYTES && SMALL_MASK >= SMALL_CHUNK_BYTES && LARGE_MASK >= CHUNK_BYTES
+);
+
+/// A tiny or small record asks whether to wake the agent (a `bpf_ringbuf_query` helper
+/// call, ~50 ns here) only when its CPU's record count is a multiple of this; a large one
+/// always asks. The early wakeup is a safety valve for a ring filling faster than the drain
+/// timer empties it: this lets it come at most 15 × 512 B = 7.5 KiB per CPU late, against a
+/// threshold of a quarter of a ring of ≥ 1 MiB.
+const WAKEUP_CHECK_EVERY: u64 = 16;
+
+/// Counts one submitted record in this CPU's `EVENTS` counter; returns the new count
+/// (0 if the counter cannot be read, so a wakeup check is made).
+#[inline(always)]
+fn count_event() -> u64 {
+    match COUNTERS.get_ptr_mut(counter::EVENTS) {
+        // SAFETY: per-CPU slot, programs do not preempt each other on one CPU.
+        Some(p) => unsafe {
+            *p += 1;
+            *p
+        },
+        None => 0,
+    }
+}
 
 /// Submit flag: no wakeup unless the ring buffer holds more than `CONFIG_WAKEUP_BYTES`.
 /// A wakeup per record halves pgbench TPS on 2 cores (DESIGN.md, measured); the agent
@@ -51,10 +76,10 @@ fn mark_lost(tracked: *mut TrackedProcess) {
 /// Emits a record with no payload (fork, exit).
 #[inline(always)]
 pub fn emit_marker(kind: u32, pid: u32) {
-    match EVENTS.reserve::<SmallRecord>(0) {
+    match EVENTS.reserve::<TinyRecord>(0) {
         Some(mut entry) => {
             let rec = entry.as_mut_ptr();
-            // SAFETY: reserved memory of SmallRecord size; only the header is written and
+            // SAFETY: reserved memory of TinyRecord size; only the header is written and
             // len = 0 tells the agent not to read the payload.
             unsafe {
                 (*rec).header = EventHeader {
@@ -64,8 +89,8 @@ pub fn emit_marker(kind: u32, pid: u32) {
                     ..EventHeader::default()
                 };
             }
+            count_event();
             entry.submit(wakeup_flag(config(CONFIG_WAKEUP_BYTES) as u64));
-            bump(counter::EVENTS, 1);
         }
         None => bump(counter::DROPPED, 1),
     }
@@ -133,10 +158,12 @@ pub fn emit_call(kind: u32, pid: u32, tracked: *mut TrackedProcess, fd: u32, buf
             _pad: 0,
         };
         let src = (buf + offset as u64) as *const core::ffi::c_void;
-        let outcome = if (len as usize) <= SMALL_CHUNK_BYTES {
-            emit_small(header, src, len, wake)
+        let outcome = if (len as usize) <= TINY_CHUNK_BYTES {
+            emit_chunk::<TINY_CHUNK_BYTES, TINY_MASK>(header, src, len, wake)
+        } else if (len as usize) <= SMALL_CHUNK_BYTES {
+            emit_chunk::<SMALL_CHUNK_BYTES, SMALL_MASK>(header, src, len, wake)
         } else {
-            emit_large(header, src, len, wake)
+            emit_chunk::<CHUNK_BYTES, LARGE_MASK>(header, src, len, wake)
         };
         if !submitted(outcome, tracked, rest) {
             return;
@@ -160,7 +187,7 @@ pub fn emit_call(kind: u32, pid: u32, tracked: *mut TrackedProcess, fd: u32, buf
             _pad: 0,
         };
         let src = (buf + offset as u64) as *const core::ffi::c_void;
-        let outcome = emit_small(header, src, TAIL_BYTES, wake);
+        let outcome = emit_chunk::<SMALL_CHUNK_BYTES, SMALL_MASK>(header, src, TAIL_BYTES, wake);
         submitted(outcome, tracked, TAIL_BYTES);
     }
 }
@@ -195,22 +222,29 @@ enum Outcome {
     ReadFailed,
 }
 
+/// Copies one chunk of `len` ≤ `N` bytes at `src` into a fresh `Record<N>` reservation
+/// and submits it. `MASK` is the smallest power of two above `N`, minus one.
 #[inline(always)]
-fn emit_small(header: EventHeader, src: *const core::ffi::c_void, len: u32, wake: u64) -> Outcome {
-    let Some(mut entry) = EVENTS.reserve::<SmallRecord>(0) else {
+fn emit_chunk<const N: usize, const MASK: usize>(
+    header: EventHeader,
+    src: *const core::ffi::c_void,
+    len: u32,
+    wake: u64,
+) -> Outcome {
+    let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
         return Outcome::RingFull;
     };
     let rec = entry.as_mut_ptr();
-    // Mask with a power of two minus one (a no-op for len ≤ 1023) so the verifier sees a
-    // bounded size, then check the real bound.
-    // The volatile read keeps LLVM from folding the bound check below into the caller's
-    // branch, where the verifier would lose the link between the check and the size.
-    let n = unsafe { core::ptr::read_volatile(&len) } as usize & SMALL_MASK;
-    if n > SMALL_CHUNK_BYTES {
+    // Mask with a power of two minus one (a no-op for a length within bounds) so the
+    // verifier sees a bounded size, then check the real bound. The volatile read keeps LLVM
+    // from folding the bound check below into the caller's branch, where the verifier would
+    // lose the link between the check and the size.
+    let n = unsafe { core::ptr::read_volatile(&len) } as usize & MASK;
+    if n > N {
         entry.discard(0);
         return Outcome::ReadFailed;
     }
-    // SAFETY: `rec` is a reservation of SmallRecord size; n ≤ SMALL_CHUNK_BYTES.
+    // SAFETY: `rec` is a reservation of Record<N> size; n ≤ N.
     let rc = unsafe {
         (*rec).header = header;
         bpf_probe_read_user((*rec).data.as_mut_ptr().cast(), n as u32, src)
@@ -219,32 +253,11 @@ fn emit_small(header: EventHeader, src: *const core::ffi::c_void, len: u32, wake
         entry.discard(0);
         return Outcome::ReadFailed;
     }
-    entry.submit(wakeup_flag(wake));
-    bump(counter::EVENTS, 1);
-    Outcome::Submitted
-}
-
-#[inline(always)]
-fn emit_large(header: EventHeader, src: *const core::ffi::c_void, len: u32, wake: u64) -> Outcome {
-    let Some(mut entry) = EVENTS.reserve::<LargeRecord>(0) else {
-        return Outcome::RingFull;
-    };
-    let rec = entry.as_mut_ptr();
-    let n = unsafe { core::ptr::read_volatile(&len) } as usize & LARGE_MASK;
-    if n > CHUNK_BYTES {
-        entry.discard(0);
-        return Outcome::ReadFailed;
-    }
-    // SAFETY: `rec` is a reservation of LargeRecord size; n ≤ CHUNK_BYTES.
-    let rc = unsafe {
-        (*rec).header = header;
-        bpf_probe_read_user((*rec).data.as_mut_ptr().cast(), n as u32, src)
-    };
-    if rc != 0 {
-        entry.discard(0);
-        return Outcome::ReadFailed;
-    }
-    entry.submit(wakeup_flag(wake));
-    bump(counter::EVENTS, 1);
+    let count = count_event();
+    entry.submit(if N == CHUNK_BYTES || count % WAKEUP_CHECK_EVERY == 0 {
+        wakeup_flag(wake)
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    });
     Outcome::Submitted
 }
