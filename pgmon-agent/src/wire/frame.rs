@@ -434,8 +434,10 @@ impl Reader {
         }
         let size = if self.typed { 5 } else { 4 };
         let mut h = [0u8; 5];
-        if self.hdr_len == 0 && rest.len() >= size {
-            h[..size].copy_from_slice(&rest[..size]);
+        if self.hdr_len == 0 && rest.len() >= 5 {
+            // A fixed-size copy (inlined, not a libc memcpy call: 10 % of the agent's time
+            // under pgbench when it was one); an untyped header ignores the fifth byte.
+            h.copy_from_slice(&rest[..5]);
             *pos += size;
         } else {
             let have = usize::from(self.hdr_len);
