@@ -11,7 +11,7 @@ use pgmon_common::{
     TINY_CHUNK_BYTES, TinyRecord, TrackedProcess, counter, flags,
 };
 
-use crate::{COUNTERS, EVENTS, bump, config};
+use crate::{EVENTS, bump, config};
 
 /// Smallest power of two above each payload size, minus one.
 const TINY_MASK: usize = TINY_CHUNK_BYTES.next_power_of_two() - 1;
@@ -21,33 +21,24 @@ const _: () = assert!(
     TINY_MASK >= TINY_CHUNK_BYTES && SMALL_MASK >= SMALL_CHUNK_BYTES && LARGE_MASK >= CHUNK_BYTES
 );
 
-/// A tiny or small record asks whether to wake the agent (a `bpf_ringbuf_query` helper
-/// call, ~50 ns here) only when its CPU's record count is a multiple of this; a large one
-/// always asks. The early wakeup is a safety valve for a ring filling faster than the drain
-/// timer empties it: this lets it come at most 15 × 512 B = 7.5 KiB per CPU late, against a
-/// threshold of a quarter of a ring of ≥ 1 MiB.
+/// A tiny or small record asks whether to wake the agent only when its CPU's record count
+/// is a multiple of this; a large one and a marker always ask. The early wakeup is a safety
+/// valve for a ring filling faster than the drain timer empties it: this lets it come at
+/// most 15 × 512 B = 7.5 KiB per CPU late, against a threshold of a quarter of a ring of
+/// ≥ 1 MiB.
 const WAKEUP_CHECK_EVERY: u64 = 16;
 
-/// Counts one submitted record in this CPU's `EVENTS` counter; returns the new count
-/// (0 if the counter cannot be read, so a wakeup check is made).
+/// Submit flag: no wakeup unless the ring buffer holds more than `threshold` bytes
+/// (`CONFIG_WAKEUP_BYTES`). A wakeup per record halves pgbench TPS on 2 cores (DESIGN.md,
+/// measured); the agent drains on a short timer instead. The ring is asked (a
+/// `bpf_ringbuf_query` helper call, ~50 ns here) only when `always`, or when `count`, this
+/// CPU's record count, is a multiple of [`WAKEUP_CHECK_EVERY`].
 #[inline(always)]
-fn count_event() -> u64 {
-    match COUNTERS.get_ptr_mut(counter::EVENTS) {
-        // SAFETY: per-CPU slot, programs do not preempt each other on one CPU.
-        Some(p) => unsafe {
-            *p += 1;
-            *p
-        },
-        None => 0,
-    }
-}
-
-/// Submit flag: no wakeup unless the ring buffer holds more than `CONFIG_WAKEUP_BYTES`.
-/// A wakeup per record halves pgbench TPS on 2 cores (DESIGN.md, measured); the agent
-/// drains on a short timer instead.
-#[inline(always)]
-fn wakeup_flag(threshold: u64) -> u64 {
-    if threshold != 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) > threshold {
+fn wakeup_flag(threshold: u64, count: u64, always: bool) -> u64 {
+    if (always || count % WAKEUP_CHECK_EVERY == 0)
+        && threshold != 0
+        && EVENTS.query(BPF_RB_AVAIL_DATA as u64) > threshold
+    {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
@@ -89,10 +80,12 @@ pub fn emit_marker(kind: u32, pid: u32) {
                     ..EventHeader::default()
                 };
             }
-            count_event();
-            entry.submit(wakeup_flag(config(CONFIG_WAKEUP_BYTES) as u64));
+            let count = bump(counter::EVENTS, 1);
+            entry.submit(wakeup_flag(config(CONFIG_WAKEUP_BYTES) as u64, count, true));
         }
-        None => bump(counter::DROPPED, 1),
+        None => {
+            bump(counter::DROPPED, 1);
+        }
     }
 }
 
@@ -253,11 +246,7 @@ fn emit_chunk<const N: usize, const MASK: usize>(
         entry.discard(0);
         return Outcome::ReadFailed;
     }
-    let count = count_event();
-    entry.submit(if N == CHUNK_BYTES || count % WAKEUP_CHECK_EVERY == 0 {
-        wakeup_flag(wake)
-    } else {
-        BPF_RB_NO_WAKEUP as u64
-    });
+    let count = bump(counter::EVENTS, 1);
+    entry.submit(wakeup_flag(wake, count, N == CHUNK_BYTES));
     Outcome::Submitted
 }

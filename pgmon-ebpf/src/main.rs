@@ -45,12 +45,17 @@ static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_LEN, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// Adds `n` to per-CPU counter `idx`.
+/// Adds `n` to per-CPU counter `idx`; returns this CPU's new count (0 if the slot cannot
+/// be read).
 #[inline(always)]
-fn bump(idx: u32, n: u64) {
-    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+fn bump(idx: u32, n: u64) -> u64 {
+    match COUNTERS.get_ptr_mut(idx) {
         // SAFETY: per-CPU slot, programs do not preempt each other on one CPU.
-        unsafe { *p += n };
+        Some(p) => unsafe {
+            *p += n;
+            *p
+        },
+        None => 0,
     }
 }
 

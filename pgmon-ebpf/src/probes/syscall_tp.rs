@@ -64,7 +64,9 @@ fn on_exit(ctx: &TracePointContext) -> u32 {
     // SAFETY: read of the tracepoint record through bpf_probe_read.
     match unsafe { ctx.read_at::<i64>(RET) } {
         Ok(ret) => emit_call(kind, pid, tracked, fd, buf, ret),
-        Err(_) => bump(counter::PROBE_ERRORS, 1),
+        Err(_) => {
+            bump(counter::PROBE_ERRORS, 1);
+        }
     }
     0
 }
