@@ -43,16 +43,20 @@ fn effect(ladder: &[Step], step: Option<usize>) -> Effect {
     }
 }
 
-/// The SQL calls (function, argument) that move a role from one step to another, with the
-/// action name of each.
+/// The SQL calls (action name, statement, connection limit) that move a role from one
+/// step to another, in order.
+///
+/// Down from `lock` to a `connection_limit` step, the limit is set while the role is still
+/// NOLOGIN and only then is the budget's lock taken off (`pgmon.unlock_role`, which keeps
+/// the saved originals while the limit differs from them): at no moment does the role get
+/// its original connection limit back before the window says so.
 fn calls(ladder: &[Step], d: &Decision) -> Vec<(&'static str, &'static str, Option<i32>)> {
     let (from, to) = (effect(ladder, d.from), effect(ladder, d.to));
     if from == to {
         return Vec::new();
     }
-    let restore = ("restore", "SELECT pgmon.restore_role($1)::text", None);
     match to {
-        Effect::Original => vec![restore],
+        Effect::Original => vec![("restore", "SELECT pgmon.restore_role($1)::text", None)],
         Effect::Limit(l) => {
             let set = (
                 "connection_limit",
@@ -60,7 +64,8 @@ fn calls(ladder: &[Step], d: &Decision) -> Vec<(&'static str, &'static str, Opti
                 Some(l),
             );
             if from == Effect::Locked {
-                vec![restore, set]
+                let unlock = ("unlock", "SELECT pgmon.unlock_role($1, 'budget')", None);
+                vec![set, unlock]
             } else {
                 vec![set]
             }
@@ -310,5 +315,49 @@ impl Enforcer {
                 .await?,
         };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn step(at: f64, action: ActionKind, limit: Option<i32>) -> Step {
+        Step { at, action, limit }
+    }
+
+    /// The action names of the calls from step `from` to step `to` of the usual ladder
+    /// (warn, connection_limit 2, lock).
+    fn names(from: Option<usize>, to: Option<usize>) -> Vec<&'static str> {
+        let ladder = [
+            step(0.5, ActionKind::Warn, None),
+            step(1.0, ActionKind::ConnectionLimit, Some(2)),
+            step(2.0, ActionKind::Lock, None),
+        ];
+        let d = Decision {
+            role: Arc::from("r"),
+            tier: "free".into(),
+            from,
+            to,
+            utilisation: 0.0,
+            spend: 0.0,
+            at_ms: 0,
+        };
+        calls(&ladder, &d).into_iter().map(|(a, _, _)| a).collect()
+    }
+
+    #[test]
+    fn each_move_calls_what_it_changes_and_no_more() {
+        assert!(names(None, Some(0)).is_empty(), "warn changes no setting");
+        assert_eq!(names(Some(0), Some(1)), ["connection_limit"]);
+        assert_eq!(names(None, Some(2)), ["lock"]);
+        assert_eq!(names(Some(1), Some(2)), ["lock"]);
+        // Down from lock to the limit: the limit first, then LOGIN back.
+        assert_eq!(names(Some(2), Some(1)), ["connection_limit", "unlock"]);
+        assert_eq!(names(Some(2), Some(0)), ["restore"]);
+        assert_eq!(names(Some(1), None), ["restore"]);
+        assert!(names(Some(0), None).is_empty());
     }
 }

@@ -27,7 +27,8 @@ pub struct RoleLabels {
 /// `{action, result}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
-    /// `warn`, `connection_limit`, `lock`, `restore`.
+    /// `warn`, `connection_limit`, `lock`, `unlock` (down from `lock` to a limit),
+    /// `restore`.
     pub action: &'static str,
     /// `applied`, `observed` (observe mode), `refused` (the SQL function refused the
     /// role), `failed`.
