@@ -145,6 +145,13 @@ pub struct TrackedProcess {
     pub _pad: u32,
 }
 
+/// Pids per element of the `TRACKED_PIDS` prefilter (`Array<u64>`): pid `p` is byte
+/// `p % 8` of element `p / 8`, non-zero when `p` may be in `TRACKED`. The agent sizes the
+/// map from `/proc/sys/kernel/pid_max` at load and sets the bytes of the backends it seeds
+/// through an mmap of it (`BPF_F_MMAPABLE`): one-byte stores, so the agent and the kernel
+/// never overwrite each other's bytes of one element.
+pub const PIDS_PER_ELEMENT: u32 = 8;
+
 /// Index in the `CONFIG` array (`Array<u32>`) of the tracked postmaster's pid. Read by the
 /// fork probe; the agent rewrites it if the postmaster restarts.
 pub const CONFIG_POSTMASTER_PID: u32 = 0;

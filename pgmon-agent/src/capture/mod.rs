@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod hooks;
+pub mod pids;
 
 use std::{
     os::fd::{AsFd, AsRawFd, OwnedFd},
@@ -81,6 +82,9 @@ pub enum CaptureError {
     /// The fork/exit tracepoints could not be attached.
     #[error("process lifecycle probes")]
     Lifecycle(#[source] HookError),
+    /// The `TRACKED_PIDS` map could not be mapped into the agent.
+    #[error("mapping the TRACKED_PIDS map into memory")]
+    PidMap(#[source] std::io::Error),
     /// No socket hook family could be attached; each refusal is listed.
     #[error("no hook family could be attached: {}", .0.iter().map(|(f, e)| format!("{}: {e}", f.name())).collect::<Vec<_>>().join("; "))]
     NoHook(Vec<(HookFamily, String)>),
@@ -93,6 +97,8 @@ pub struct Capture {
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     tracked: HashMap<MapData, u32, TrackedProcess>,
+    /// The `TRACKED_PIDS` prefilter, set for every pid seeded into `tracked`.
+    pids: pids::PidBytes,
     config: Array<MapData, u32>,
     hook: HookFamily,
     refused: Vec<(HookFamily, String)>,
@@ -130,10 +136,12 @@ impl Capture {
         let postmaster = cluster::postmaster_pid(data_directory)?;
         let fork_offset = cluster::fork_child_pid_offset()?;
         raise_memlock_limit();
+        let pid_elements = pids::elements();
 
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", cfg.ring_buffer_bytes)
             .map_max_entries("TRACKED", cfg.max_backends)
+            .map_max_entries("TRACKED_PIDS", pid_elements)
             .load(EBPF_OBJECT)
             .map_err(CaptureError::Load)?;
 
@@ -186,6 +194,19 @@ impl Capture {
         let counters =
             PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?).map_err(map_err("COUNTERS"))?;
         let tracked = HashMap::try_from(take(&mut ebpf, "TRACKED")?).map_err(map_err("TRACKED"))?;
+        let pids = match take(&mut ebpf, "TRACKED_PIDS")? {
+            aya::maps::Map::Array(data) => {
+                pids::PidBytes::new(data, pid_elements).map_err(CaptureError::PidMap)?
+            }
+            _ => {
+                return Err(CaptureError::Map {
+                    name: "TRACKED_PIDS",
+                    source: aya::maps::MapError::InvalidName {
+                        name: "TRACKED_PIDS".into(),
+                    },
+                });
+            }
+        };
 
         let stats = if cfg.probe_stats {
             match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
@@ -208,6 +229,7 @@ impl Capture {
             ring,
             counters,
             tracked,
+            pids,
             config,
             hook,
             refused,
@@ -225,8 +247,9 @@ impl Capture {
     fn seed_children(&mut self) {
         let children = cluster::children_of(self.postmaster);
         for &pid in &children {
-            if let Err(e) = self.tracked.insert(pid, TrackedProcess::default(), 0) {
-                tracing::warn!(pid, error = %e, "cannot track an existing backend");
+            match self.tracked.insert(pid, TrackedProcess::default(), 0) {
+                Ok(()) => self.pids.mark(pid),
+                Err(e) => tracing::warn!(pid, error = %e, "cannot track an existing backend"),
             }
         }
         self.preexisting = children;

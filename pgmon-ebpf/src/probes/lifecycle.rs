@@ -11,7 +11,7 @@ use pgmon_common::{
     CONFIG_FORK_CHILD_PID_OFFSET, CONFIG_POSTMASTER_PID, TrackedProcess, counter, kind,
 };
 
-use crate::{TRACKED, bump, config, emit::emit_marker};
+use crate::{TRACKED, bump, config, emit::emit_marker, mark_pid, may_be_tracked};
 
 #[tracepoint(category = "sched", name = "sched_process_fork")]
 pub fn pgmon_fork(ctx: TracePointContext) -> u32 {
@@ -41,6 +41,7 @@ fn try_fork(ctx: &TracePointContext) -> Result<(), i64> {
     TRACKED
         .insert(child as u32, TrackedProcess::default(), 0)
         .map_err(i64::from)?;
+    mark_pid(child as u32, 1);
     bump(counter::FORKS, 1);
     emit_marker(kind::FORK, child as u32);
     Ok(())
@@ -54,7 +55,8 @@ pub fn pgmon_exit(_ctx: TracePointContext) -> u32 {
     if tid != tgid {
         return 0; // a thread, not the process
     }
-    if TRACKED.get_ptr(tgid).is_some() {
+    if may_be_tracked(tgid) && TRACKED.get_ptr(tgid).is_some() {
+        mark_pid(tgid, 0);
         let _ = TRACKED.remove(tgid);
         emit_marker(kind::EXIT, tgid);
     } else if tgid == config(CONFIG_POSTMASTER_PID) {
