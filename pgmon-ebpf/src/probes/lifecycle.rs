@@ -55,9 +55,10 @@ pub fn pgmon_exit(_ctx: TracePointContext) -> u32 {
     if tid != tgid {
         return 0; // a thread, not the process
     }
-    if may_be_tracked(tgid) && TRACKED.get_ptr(tgid).is_some() {
+    // The delete fails (ENOENT) for a pid that was not tracked: one hash operation, not a
+    // lookup and then a delete.
+    if may_be_tracked(tgid) && TRACKED.remove(tgid).is_ok() {
         mark_pid(tgid, 0);
-        let _ = TRACKED.remove(tgid);
         emit_marker(kind::EXIT, tgid);
     } else if tgid == config(CONFIG_POSTMASTER_PID) {
         emit_marker(kind::EXIT, tgid);
