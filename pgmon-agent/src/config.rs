@@ -94,8 +94,9 @@ pub struct CaptureConfig {
     /// `raw_tracepoint`.
     pub hooks: HookChoice,
     /// Size of the ring buffer shared with the kernel, bytes; a power of two, at least
-    /// 1 MiB. Default 16 MiB: ~123 000 tiny records (a short query or a one-row reply:
-    /// 128 bytes and the ring's 8-byte header), ~1.2 s of `pgbench -S` at 50 000
+    /// 1 MiB. A record takes its payload, a 40-byte header and the ring's 8-byte header,
+    /// rounded up to 8 bytes: ~112 bytes for a `pgbench -S` request, ~120 for its one-row
+    /// reply. Default 16 MiB: ~145 000 such records, ~1.4 s of `pgbench -S` at 50 000
     /// transactions/s, the highest rate measured here.
     pub ring_buffer_bytes: u32,
     /// Bytes copied per `recvfrom`/`sendto` call, 1024 to 65536 (default 65536). A backend

@@ -10,16 +10,6 @@
 /// the size of its send buffer (`PQ_SEND_BUFFER_SIZE`).
 pub const CHUNK_BYTES: usize = 8192;
 
-/// Bytes of payload in a tiny record (128 bytes in all, two cache lines). Calls that move
-/// at most this many bytes (a short query, a one-row reply: every `pgbench -S` request and
-/// reply) take a quarter of a small record's ring space, so the ring memory the kernel
-/// writes and the agent reads between two drains is a quarter as large and stays in cache.
-pub const TINY_CHUNK_BYTES: usize = 128 - core::mem::size_of::<EventHeader>();
-
-/// Bytes of payload in a small record (512 bytes in all). Calls up to this size are copied
-/// into a 512-byte reservation instead of an 8 KiB one.
-pub const SMALL_CHUNK_BYTES: usize = 512 - core::mem::size_of::<EventHeader>();
-
 /// Most chunks one syscall is split into; with [`CHUNK_BYTES`] that is 64 KiB per call.
 /// Bytes past the effective cap (the lesser of this and the configured
 /// `capture.max_bytes_per_call`) are not copied; the record says how many were skipped.
@@ -28,9 +18,9 @@ pub const MAX_CHUNKS_PER_CALL: u32 = 8;
 /// Upper bound of `capture.max_bytes_per_call`.
 pub const MAX_BYTES_PER_CALL: u32 = CHUNK_BYTES as u32 * MAX_CHUNKS_PER_CALL;
 
-/// Bytes kept from the end of a call longer than the cap (one small record): a reply's last
-/// messages (CommandComplete, ErrorResponse, ReadyForQuery) are there.
-pub const TAIL_BYTES: u32 = SMALL_CHUNK_BYTES as u32;
+/// Bytes kept from the end of a call longer than the cap: a reply's last messages
+/// (CommandComplete, ErrorResponse, ReadyForQuery) are there.
+pub const TAIL_BYTES: u32 = 472;
 
 /// Lower bound of `capture.max_bytes_per_call` (room for a head and a tail).
 pub const MIN_BYTES_PER_CALL: u32 = 1024;
@@ -53,8 +43,10 @@ pub mod flags {
     /// `TAIL_BYTES`), and the bytes between the previous record's end and `offset` were
     /// not copied.
     pub const TRUNCATED: u32 = 1 << 0;
-    /// At least one earlier record of this backend was lost (ring buffer full): the agent
-    /// must resynchronise this backend's streams before trusting them again.
+    /// At least one earlier record of this backend was lost (ring buffer full, or its bytes
+    /// could not be read): the agent must resynchronise this backend's streams before
+    /// trusting them again. The kernel keeps the mark in the backend's pid-state byte
+    /// ([`pid_state::LOST`]) until a record carries it.
     pub const LOST_BEFORE: u32 = 1 << 1;
     /// This record is the last chunk of its call.
     pub const LAST_CHUNK: u32 = 1 << 2;
@@ -62,8 +54,8 @@ pub mod flags {
 
 /// Header of every ring-buffer record. 40 bytes, no implicit padding.
 ///
-/// A record is this header followed by `len` payload bytes (in a [`TinyRecord`], a
-/// [`SmallRecord`] or a [`LargeRecord`]).
+/// A record is this header followed by `len` payload bytes; the ring buffer rounds each
+/// record up to 8 bytes. A fork or exit record is the header alone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventHeader {
@@ -87,20 +79,14 @@ pub struct EventHeader {
     pub _pad: u32,
 }
 
-/// A ring-buffer record with room for `N` payload bytes; the agent reads `header.len` of
-/// them, whatever `N` is.
+/// A record with room for the largest chunk. The kernel programs assemble each record in a
+/// per-CPU scratch copy of this and hand the ring buffer its first `40 + header.len` bytes
+/// (one `bpf_ringbuf_output`: a reservation must have a constant size).
 #[repr(C)]
-pub struct Record<const N: usize> {
+pub struct Record {
     pub header: EventHeader,
-    pub data: [u8; N],
+    pub data: [u8; CHUNK_BYTES],
 }
-
-/// A record whose payload fits [`TINY_CHUNK_BYTES`]: 128 bytes in all.
-pub type TinyRecord = Record<TINY_CHUNK_BYTES>;
-/// A record whose payload fits [`SMALL_CHUNK_BYTES`]: 512 bytes in all.
-pub type SmallRecord = Record<SMALL_CHUNK_BYTES>;
-/// A record of up to [`CHUNK_BYTES`] of payload.
-pub type LargeRecord = Record<CHUNK_BYTES>;
 
 /// Indices of the per-CPU counter array `COUNTERS` (a `PerCpuArray<u64>`); the agent sums
 /// the CPUs and exports them.
@@ -123,34 +109,51 @@ pub mod counter {
     pub const COUNT: u32 = 8;
 }
 
-/// Value of the `TRACKED` map (key: backend pid). 24 bytes.
+/// Value of the `TRACKED` map (key: backend pid). 16 bytes.
 ///
-/// It also carries the arguments of the backend's `recvfrom`/`sendto` in flight, from
-/// syscall entry to exit (tracepoint families): a backend is one single-threaded process,
-/// so it has at most one call in flight, and keeping the arguments here saves a hash-map
-/// insert and delete per call.
+/// It carries the arguments of the backend's `recvfrom`/`sendto` in flight, from syscall
+/// entry to exit (the `tracepoint` family, whose exit record lacks them): a backend is one
+/// single-threaded process, so it has at most one call in flight, and keeping the arguments
+/// here saves a hash-map insert and delete per call.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TrackedProcess {
-    /// Bits of [`flags`]; the kernel sets [`flags::LOST_BEFORE`] when a record of this
-    /// process was dropped and clears it on the next one it manages to submit.
-    pub flags: u32,
-    /// [`kind::RECV`] or [`kind::SEND`] while a call is in flight, 0 otherwise.
-    pub inflight_kind: u32,
     /// User-space buffer of the call in flight.
     pub inflight_buf: u64,
+    /// [`kind::RECV`] or [`kind::SEND`] while a call is in flight, 0 otherwise.
+    pub inflight_kind: u32,
     /// Socket file descriptor of the call in flight.
     pub inflight_fd: u32,
-    /// Explicit padding; always 0.
-    pub _pad: u32,
 }
 
-/// Pids per element of the `TRACKED_PIDS` prefilter (`Array<u64>`): pid `p` is byte
-/// `p % 8` of element `p / 8`, non-zero when `p` may be in `TRACKED`. The agent sizes the
-/// map from `/proc/sys/kernel/pid_max` at load and sets the bytes of the backends it seeds
-/// through an mmap of it (`BPF_F_MMAPABLE`): one-byte stores, so the agent and the kernel
-/// never overwrite each other's bytes of one element.
+/// `PID_MAX_LIMIT` on 64-bit kernels (include/linux/threads.h): no pid reaches it, whatever
+/// `kernel.pid_max` is set to.
+pub const PID_MAX_LIMIT: u32 = 4 * 1024 * 1024;
+
+/// Pids per element of the pid-state map `TRACKED_PIDS` (an `Array<u64>`): pid `p` is
+/// byte `p % 8` of element `p / 8`, a set of [`pid_state`] bits.
 pub const PIDS_PER_ELEMENT: u32 = 8;
+
+/// Elements of `TRACKED_PIDS`: a byte for every pid below [`PID_MAX_LIMIT`] (4 MiB,
+/// allocated by the kernel at load), so no pid ever falls outside it.
+pub const PID_STATE_ELEMENTS: u32 = PID_MAX_LIMIT / PIDS_PER_ELEMENT;
+
+/// Bits of a pid's byte in `TRACKED_PIDS`: the state the socket programs read, and write,
+/// on every call instead of looking the pid up in `TRACKED` (an inlined array load against
+/// a hash lookup: ~80 ns less per backend call here, `capture.probe_stats`).
+///
+/// [`TRACKED`](pid_state::TRACKED) is set after the pid's `TRACKED` insert (by the fork
+/// program, or by the agent for the backends it seeds, with a one-byte atomic OR into its
+/// mmap of the map: a map update would rewrite 8 pids' bytes) and the byte is cleared when
+/// the exit program removes the pid. The other bits are written only by programs running
+/// in that pid.
+pub mod pid_state {
+    /// The pid is a process of the tracked cluster.
+    pub const TRACKED: u8 = 1;
+    /// A record of this pid was lost; the next record it submits carries
+    /// [`crate::flags::LOST_BEFORE`].
+    pub const LOST: u8 = 2;
+}
 
 /// Index in the `CONFIG` array (`Array<u32>`) of the tracked postmaster's pid. Read by the
 /// fork probe; the agent rewrites it if the postmaster restarts.
@@ -166,10 +169,9 @@ pub const CONFIG_FORK_CHILD_PID_OFFSET: u32 = 3;
 pub const CONFIG_LEN: u32 = 4;
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 40);
-const _: () = assert!(core::mem::size_of::<TinyRecord>() == 128);
-const _: () = assert!(core::mem::size_of::<SmallRecord>() == 512);
-const _: () = assert!(core::mem::size_of::<LargeRecord>() == 40 + CHUNK_BYTES);
-const _: () = assert!(core::mem::size_of::<TrackedProcess>() == 24);
+const _: () = assert!(core::mem::size_of::<Record>() == 40 + CHUNK_BYTES);
+const _: () = assert!(core::mem::size_of::<TrackedProcess>() == 16);
+const _: () = assert!(TAIL_BYTES < MIN_BYTES_PER_CALL / 2);
 
 #[cfg(feature = "user")]
 mod pod {

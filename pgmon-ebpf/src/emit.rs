@@ -1,5 +1,11 @@
-//! Copying one syscall's bytes into the ring buffer, in chunks of at most 8 KiB, each in
-//! the smallest of three record sizes (128 B, 512 B, 8 KiB + header) that holds it.
+//! Copying one syscall's bytes into the ring buffer, in chunks of at most 8 KiB, each a
+//! record of its exact size (header + payload, rounded up to 8 bytes by the ring).
+//!
+//! A record is assembled in a per-CPU scratch record (`SCRATCH`) and copied into the ring
+//! with one `bpf_ringbuf_output` call: a reservation must have a constant size, so the
+//! alternative is a reserve and a submit of a fixed-size slot, two helper calls where this
+//! makes one (helper calls dominate a record's cost here: ~40–130 ns each with this
+//! host's retpoline and SRSO mitigations, `capture.probe_stats`).
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -7,25 +13,20 @@ use aya_ebpf::{
 };
 use pgmon_common::{
     CHUNK_BYTES, CONFIG_MAX_BYTES_PER_CALL, CONFIG_WAKEUP_BYTES, EventHeader, MAX_BYTES_PER_CALL,
-    MAX_CHUNKS_PER_CALL, MIN_BYTES_PER_CALL, Record, SMALL_CHUNK_BYTES, TAIL_BYTES,
-    TINY_CHUNK_BYTES, TinyRecord, TrackedProcess, counter, flags,
+    MAX_CHUNKS_PER_CALL, MIN_BYTES_PER_CALL, TAIL_BYTES, counter, flags, pid_state,
 };
 
-use crate::{EVENTS, bump, config};
+use crate::{EVENTS, SCRATCH, bump, config};
 
-/// Smallest power of two above each payload size, minus one.
-const TINY_MASK: usize = TINY_CHUNK_BYTES.next_power_of_two() - 1;
-const SMALL_MASK: usize = SMALL_CHUNK_BYTES.next_power_of_two() - 1;
-const LARGE_MASK: usize = (CHUNK_BYTES + 1).next_power_of_two() - 1;
-const _: () = assert!(
-    TINY_MASK >= TINY_CHUNK_BYTES && SMALL_MASK >= SMALL_CHUNK_BYTES && LARGE_MASK >= CHUNK_BYTES
-);
+/// Smallest power of two above a chunk's largest payload, minus one.
+const CHUNK_MASK: usize = (CHUNK_BYTES + 1).next_power_of_two() - 1;
+const HEADER_BYTES: usize = core::mem::size_of::<EventHeader>();
 
-/// A tiny or small record asks whether to wake the agent only when its CPU's record count
-/// is a multiple of this; a large one and a marker always ask. The early wakeup is a safety
-/// valve for a ring filling faster than the drain timer empties it: this lets it come at
-/// most 15 × 512 B = 7.5 KiB per CPU late, against a threshold of a quarter of a ring of
-/// ≥ 1 MiB.
+/// A record of at most 512 bytes asks whether to wake the agent only when its CPU's record
+/// count is a multiple of this; a larger one and a marker always ask. The early wakeup is a
+/// safety valve for a ring filling faster than the drain timer empties it: this lets it
+/// come at most 15 × 512 B = 7.5 KiB per CPU late, against a threshold of a quarter of a
+/// ring of ≥ 1 MiB.
 const WAKEUP_CHECK_EVERY: u64 = 16;
 
 /// Submit flag: no wakeup unless the ring buffer holds more than `threshold` bytes
@@ -45,35 +46,36 @@ fn wakeup_flag(threshold: u64, count: u64, always: bool) -> u64 {
     }
 }
 
-/// Takes (and clears) the backend's "a record was lost" mark.
+/// Takes (and clears) the backend's "a record was lost" mark from its pid-state byte.
 #[inline(always)]
-fn take_lost(tracked: *mut TrackedProcess) -> u32 {
-    // SAFETY: `tracked` is this backend's TRACKED value, valid for this program run.
+fn take_lost(state: *mut u8) -> u32 {
+    // SAFETY: `state` is this backend's byte in TRACKED_PIDS, valid for this program run;
+    // only programs running in this backend write its bits other than TRACKED.
     unsafe {
-        let f = (*tracked).flags;
-        if f & flags::LOST_BEFORE != 0 {
-            (*tracked).flags = f & !flags::LOST_BEFORE;
+        let v = *state;
+        if v & pid_state::LOST == 0 {
+            return 0;
         }
-        f & flags::LOST_BEFORE
+        *state = v & !pid_state::LOST;
     }
+    flags::LOST_BEFORE
 }
 
 #[inline(always)]
-fn mark_lost(tracked: *mut TrackedProcess) {
+fn mark_lost(state: *mut u8) {
     // SAFETY: as in `take_lost`.
-    unsafe { (*tracked).flags |= flags::LOST_BEFORE };
+    unsafe { *state |= pid_state::LOST };
 }
 
 /// Emits a record with no payload (fork, exit).
 #[inline(always)]
 pub fn emit_marker(kind: u32, pid: u32) {
-    match EVENTS.reserve::<TinyRecord>(0) {
+    match EVENTS.reserve::<EventHeader>(0) {
         Some(mut entry) => {
             let rec = entry.as_mut_ptr();
-            // SAFETY: reserved memory of TinyRecord size; only the header is written and
-            // len = 0 tells the agent not to read the payload.
+            // SAFETY: reserved memory of EventHeader size; len = 0.
             unsafe {
-                (*rec).header = EventHeader {
+                *rec = EventHeader {
                     ts_ns: bpf_ktime_get_ns(),
                     kind,
                     pid,
@@ -97,9 +99,9 @@ pub fn emit_marker(kind: u32, pid: u32) {
 /// agent still sees each query end even when a large result is cut; the bytes in between
 /// are skipped by length inside the DataRows that hold them.
 ///
-/// `tracked` is the backend's `TRACKED` value, which the caller has already looked up.
+/// `state` is the backend's pid-state byte, which the caller has already looked up.
 #[inline(always)]
-pub fn emit_call(kind: u32, pid: u32, tracked: *mut TrackedProcess, fd: u32, buf: u64, ret: i64) {
+pub fn emit_call(kind: u32, pid: u32, state: *mut u8, fd: u32, buf: u64, ret: i64) {
     if ret <= 0 {
         return;
     }
@@ -123,7 +125,7 @@ pub fn emit_call(kind: u32, pid: u32, tracked: *mut TrackedProcess, fd: u32, buf
     };
     let wake = config(CONFIG_WAKEUP_BYTES) as u64;
     let ts_ns = unsafe { bpf_ktime_get_ns() };
-    let mut lost = take_lost(tracked);
+    let mut lost = take_lost(state);
 
     let mut i = 0u32;
     while i < MAX_CHUNKS_PER_CALL {
@@ -151,14 +153,7 @@ pub fn emit_call(kind: u32, pid: u32, tracked: *mut TrackedProcess, fd: u32, buf
             _pad: 0,
         };
         let src = (buf + offset as u64) as *const core::ffi::c_void;
-        let outcome = if (len as usize) <= TINY_CHUNK_BYTES {
-            emit_chunk::<TINY_CHUNK_BYTES, TINY_MASK>(header, src, len, wake)
-        } else if (len as usize) <= SMALL_CHUNK_BYTES {
-            emit_chunk::<SMALL_CHUNK_BYTES, SMALL_MASK>(header, src, len, wake)
-        } else {
-            emit_chunk::<CHUNK_BYTES, LARGE_MASK>(header, src, len, wake)
-        };
-        if !submitted(outcome, tracked, rest) {
+        if !submitted(emit_chunk(header, src, wake), state, rest) {
             return;
         }
         lost = 0;
@@ -180,26 +175,25 @@ pub fn emit_call(kind: u32, pid: u32, tracked: *mut TrackedProcess, fd: u32, buf
             _pad: 0,
         };
         let src = (buf + offset as u64) as *const core::ffi::c_void;
-        let outcome = emit_chunk::<SMALL_CHUNK_BYTES, SMALL_MASK>(header, src, TAIL_BYTES, wake);
-        submitted(outcome, tracked, TAIL_BYTES);
+        submitted(emit_chunk(header, src, wake), state, TAIL_BYTES);
     }
 }
 
 /// Counts a chunk that was not submitted and marks the stream as having a hole; returns
 /// whether it was submitted.
 #[inline(always)]
-fn submitted(outcome: Outcome, tracked: *mut TrackedProcess, rest: u32) -> bool {
+fn submitted(outcome: Outcome, state: *mut u8, rest: u32) -> bool {
     match outcome {
         Outcome::Submitted => true,
         Outcome::RingFull => {
             bump(counter::DROPPED, 1);
             bump(counter::DROPPED_BYTES, rest as u64);
-            mark_lost(tracked);
+            mark_lost(state);
             false
         }
         Outcome::ReadFailed => {
             bump(counter::PROBE_ERRORS, 1);
-            mark_lost(tracked);
+            mark_lost(state);
             false
         }
     }
@@ -211,42 +205,45 @@ enum Outcome {
     Submitted,
     /// No room in the ring buffer.
     RingFull,
-    /// The user-memory read failed (or the length failed its bound check).
+    /// The user-memory read failed (or the length failed its bound check, or the scratch
+    /// record could not be had).
     ReadFailed,
 }
 
-/// Copies one chunk of `len` ≤ `N` bytes at `src` into a fresh `Record<N>` reservation
-/// and submits it. `MASK` is the smallest power of two above `N`, minus one.
+/// Copies the chunk `header` describes (`header.len` ≤ [`CHUNK_BYTES`] bytes at `src`)
+/// into this CPU's scratch record for its kind, then the record, at its exact size, into
+/// the ring buffer.
 #[inline(always)]
-fn emit_chunk<const N: usize, const MASK: usize>(
-    header: EventHeader,
-    src: *const core::ffi::c_void,
-    len: u32,
-    wake: u64,
-) -> Outcome {
-    let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
-        return Outcome::RingFull;
+fn emit_chunk(header: EventHeader, src: *const core::ffi::c_void, wake: u64) -> Outcome {
+    let Some(rec) = SCRATCH.get_ptr_mut(header.kind & 1) else {
+        return Outcome::ReadFailed;
     };
-    let rec = entry.as_mut_ptr();
     // Mask with a power of two minus one (a no-op for a length within bounds) so the
     // verifier sees a bounded size, then check the real bound. The volatile read keeps LLVM
     // from folding the bound check below into the caller's branch, where the verifier would
     // lose the link between the check and the size.
-    let n = unsafe { core::ptr::read_volatile(&len) } as usize & MASK;
-    if n > N {
-        entry.discard(0);
+    let n = unsafe { core::ptr::read_volatile(&header.len) } as usize & CHUNK_MASK;
+    if n > CHUNK_BYTES {
         return Outcome::ReadFailed;
     }
-    // SAFETY: `rec` is a reservation of Record<N> size; n ≤ N.
+    // SAFETY: `rec` is this CPU's scratch record (no other run of this program can use it
+    // meanwhile: see SCRATCH); n ≤ CHUNK_BYTES, the size of its data.
     let rc = unsafe {
         (*rec).header = header;
         bpf_probe_read_user((*rec).data.as_mut_ptr().cast(), n as u32, src)
     };
     if rc != 0 {
-        entry.discard(0);
         return Outcome::ReadFailed;
     }
-    let count = bump(counter::EVENTS, 1);
-    entry.submit(wakeup_flag(wake, count, N == CHUNK_BYTES));
+    // SAFETY: the first HEADER_BYTES + n ≤ size_of::<Record>() bytes of the scratch
+    // record, all written above.
+    let bytes = unsafe { core::slice::from_raw_parts(rec.cast::<u8>(), HEADER_BYTES + n) };
+    // This CPU's count once this record is in (the sampling of `wakeup_flag`).
+    let count = bump(counter::EVENTS, 0) + 1;
+    let flag = wakeup_flag(wake, count, n + HEADER_BYTES > 512);
+    if EVENTS.output::<[u8]>(bytes, flag).is_err() {
+        return Outcome::RingFull;
+    }
+    bump(counter::EVENTS, 1);
     Outcome::Submitted
 }

@@ -2,8 +2,8 @@
 //!
 //! They watch the client sockets of one PostgreSQL cluster's backends: the postmaster's pid
 //! is written into `CONFIG` by the agent, the fork probe adds each child it forks to
-//! `TRACKED`, and the socket probes copy the bytes every tracked backend receives and sends
-//! into the `EVENTS` ring buffer (see `pgmon_common` for the record layout). Nothing here
+//! `TRACKED` and marks it in `TRACKED_PIDS`, and the socket probes copy the bytes every
+//! tracked backend receives and sends into the `EVENTS` ring buffer (see `pgmon_common` for the record layout). Nothing here
 //! blocks or changes a syscall: a probe that fails counts the failure and returns.
 //!
 //! Probe families, one file each under `probes/`, cheapest first:
@@ -27,7 +27,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use pgmon_common::{CONFIG_LEN, PIDS_PER_ELEMENT, TrackedProcess, counter};
+use pgmon_common::{
+    CONFIG_LEN, PID_STATE_ELEMENTS, PIDS_PER_ELEMENT, Record, TrackedProcess, counter, pid_state,
+};
 
 /// Records for the agent. Size set by the agent at load time (`capture.ring_buffer_bytes`).
 #[map]
@@ -38,15 +40,21 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 #[map]
 static TRACKED: HashMap<u32, TrackedProcess> = HashMap::with_max_entries(65_536, 0);
 
-/// One byte per pid, non-zero when the pid may be in `TRACKED` (layout:
-/// `pgmon_common::PIDS_PER_ELEMENT`). Every socket call of every process on the host runs
-/// the hook, and almost none is a backend's: this inlined array load turns them away for
-/// about 40–50 ns less than the `TRACKED` hash lookup (`capture.probe_stats` under
-/// `pgbench -S` against another cluster: 151 → 101 ns per send, 121 → 84 ns per receive).
-/// Set after the `TRACKED` insert (fork probe, agent seeding), cleared at exit; a stale
-/// non-zero byte only costs the hash lookup. Size set by the agent from `pid_max`.
+/// One state byte per pid (`pgmon_common::pid_state`, layout
+/// `pgmon_common::PIDS_PER_ELEMENT`), covering every possible pid. Every socket call of
+/// every process on the host runs the hook, and almost none is a backend's: one inlined
+/// array load turns them away (`capture.probe_stats` under `pgbench -S` against another
+/// cluster: 151 → 101 ns per send and 121 → 84 ns per receive against a `TRACKED` lookup),
+/// and a backend's call reads and writes its state here too, never in `TRACKED`.
 #[map]
-static TRACKED_PIDS: Array<u64> = Array::with_max_entries(4096, BPF_F_MMAPABLE);
+static TRACKED_PIDS: Array<u64> = Array::with_max_entries(PID_STATE_ELEMENTS, BPF_F_MMAPABLE);
+
+/// Per-CPU scratch records, one per kind of call (index `kind & 1`): a record is
+/// assembled here and copied into `EVENTS` at its exact size. A program never runs twice
+/// at once on one CPU (the kernel skips a nested run and counts it in the program's
+/// `recursion_misses`), and the receive and send programs use different slots.
+#[map]
+static SCRATCH: PerCpuArray<Record> = PerCpuArray::with_max_entries(2, 0);
 
 /// Run-time settings written by the agent (indices `pgmon_common::CONFIG_*`).
 #[map]
@@ -76,55 +84,47 @@ fn config(idx: u32) -> u32 {
     CONFIG.get(idx).copied().unwrap_or(0)
 }
 
-/// Whether `pid` may be in `TRACKED` (its `TRACKED_PIDS` byte is set, or the pid lies
-/// beyond the map because `pid_max` grew after load).
+/// `pid`'s state byte if it is a process of the tracked cluster.
 #[inline(always)]
-fn may_be_tracked(pid: u32) -> bool {
-    match TRACKED_PIDS.get_ptr(pid / PIDS_PER_ELEMENT) {
-        // SAFETY: an 8-byte map value; the offset is < 8.
-        Some(p) => unsafe { *p.cast::<u8>().add((pid % PIDS_PER_ELEMENT) as usize) != 0 },
-        None => true,
-    }
+fn tracked(pid: u32) -> Option<*mut u8> {
+    let e = TRACKED_PIDS.get_ptr_mut(pid / PIDS_PER_ELEMENT)?;
+    // SAFETY: an 8-byte map value; the offset is < 8.
+    let p = unsafe { e.cast::<u8>().add((pid % PIDS_PER_ELEMENT) as usize) };
+    // SAFETY: as above.
+    (unsafe { *p } & pid_state::TRACKED != 0).then_some(p)
 }
 
-/// Sets `pid`'s `TRACKED_PIDS` byte to `v` (one-byte store: the other pids' bytes of the
-/// element, which other CPUs and the agent write, are untouched).
+/// Sets `pid`'s state byte to `v` (a one-byte store: the other pids' bytes of the element,
+/// which other CPUs and the agent write, are untouched).
 #[inline(always)]
-fn mark_pid(pid: u32, v: u8) {
+fn set_pid_state(pid: u32, v: u8) {
     if let Some(p) = TRACKED_PIDS.get_ptr_mut(pid / PIDS_PER_ELEMENT) {
-        // SAFETY: as in `may_be_tracked`.
+        // SAFETY: as in `tracked`.
         unsafe {
             core::ptr::write_volatile(p.cast::<u8>().add((pid % PIDS_PER_ELEMENT) as usize), v)
         };
     }
 }
 
-/// `pid`'s TRACKED value if it is a backend of the tracked cluster.
-#[inline(always)]
-fn tracked(pid: u32) -> Option<*mut TrackedProcess> {
-    if !may_be_tracked(pid) {
-        return None;
-    }
-    TRACKED.get_ptr_mut(pid)
-}
-
 /// Syscall entry of a tracked backend: remembers the call's arguments in its `TRACKED`
-/// value `p` (from [`tracked`]).
+/// value.
 #[inline(always)]
-fn call_enter(p: *mut TrackedProcess, kind: u32, fd: u32, buf: u64) {
-    // SAFETY: map value pointer, valid for this program run.
-    unsafe {
-        (*p).inflight_buf = buf;
-        (*p).inflight_fd = fd;
-        (*p).inflight_kind = kind;
+fn call_enter(pid: u32, kind: u32, fd: u32, buf: u64) {
+    if let Some(p) = TRACKED.get_ptr_mut(pid) {
+        // SAFETY: map value pointer, valid for this program run.
+        unsafe {
+            (*p).inflight_buf = buf;
+            (*p).inflight_fd = fd;
+            (*p).inflight_kind = kind;
+        }
     }
 }
 
-/// Syscall exit: takes the arguments saved by [`call_enter`] (kind, fd, buf) and the
-/// backend's TRACKED value, if a call is in flight.
+/// Syscall exit: takes the arguments saved by [`call_enter`] (kind, fd, buf), if a call
+/// is in flight.
 #[inline(always)]
-fn call_exit(pid: u32) -> Option<(u32, u32, u64, *mut TrackedProcess)> {
-    let p = tracked(pid)?;
+fn call_exit(pid: u32) -> Option<(u32, u32, u64)> {
+    let p = TRACKED.get_ptr_mut(pid)?;
     // SAFETY: map value pointer, valid for this program run.
     unsafe {
         let kind = (*p).inflight_kind;
@@ -132,7 +132,7 @@ fn call_exit(pid: u32) -> Option<(u32, u32, u64, *mut TrackedProcess)> {
             return None;
         }
         (*p).inflight_kind = 0;
-        Some((kind, (*p).inflight_fd, (*p).inflight_buf, p))
+        Some((kind, (*p).inflight_fd, (*p).inflight_buf))
     }
 }
 

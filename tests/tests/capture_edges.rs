@@ -1,5 +1,6 @@
 //! Privileged tests of what capture must get right at its edges: a lost monitor connection
-//! (retried, state resynced), a configured byte cap (truncation counted, stream kept), and
+//! (retried, state resynced), a configured byte cap (truncation counted, stream kept), a
+//! full ring buffer (drops counted, the backends that lost records resynchronised), and
 //! encrypted sessions (counted, never parsed). Real kernel, real agent, real clusters.
 
 use std::{process::Command, thread, time::Duration};
@@ -367,11 +368,110 @@ fn probe_stats_are_exported(version: PgVersion) {
     assert!(text.contains("kernel time: "), "{text}");
 }
 
+/// A full ring buffer: records the kernel cannot place are counted as dropped, the backend
+/// that lost some is marked (its pid-state byte) until its next record tells the agent,
+/// which resynchronises that connection and goes on counting it exactly.
+fn full_ring_is_counted_and_resynced(version: PgVersion) {
+    let cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
+    cluster.create_role_with_db("ivan").expect("role");
+    cluster.pgbench_init("ivan", "ivan", 1).expect("pgbench -i");
+    let mut ivan = cluster
+        .hold_session("ivan", "ivan", Transport::Unix)
+        .expect("session");
+    let port = free_port();
+    // The smallest ring, drained once a second: a stopped agent lets it fill in well
+    // under the pgbench run below.
+    let agent = Agent::start(
+        &agent_binary().expect("binary"),
+        &config(
+            &cluster,
+            port,
+            "  ring_buffer_bytes: 1048576\n  drain_interval_ms: 1000\n",
+        ),
+        format!("127.0.0.1:{port}"),
+    )
+    .expect("agent");
+    let sql = |tag: &str| format!("SELECT '{tag}' AS ring_phase");
+    let fp = fingerprint(&sql("x"));
+    for _ in 0..3 {
+        ivan.run(&sql("before")).expect("query");
+    }
+    assert_eq!(
+        wait_calls(&agent, "ivan", &fp, 3, Duration::from_secs(10)),
+        3
+    );
+
+    // SIGSTOP: the agent cannot drain; pgbench fills the ring, then ivan's queries find
+    // it full.
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &agent.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    let run = pgmon_tests::PgbenchRun {
+        clients: 2,
+        jobs: 2,
+        transactions: Some(10_000),
+        select_only: true,
+        no_vacuum: true,
+        ..pgmon_tests::PgbenchRun::new("ivan", "ivan")
+    };
+    let pgbench = cluster.pgbench(&run);
+    for _ in 0..4 {
+        ivan.run(&sql("during")).expect("query");
+    }
+    signal("-CONT");
+    let tx = pgbench.expect("pgbench").transactions_processed;
+    let dropped = agent.wait_metric(
+        "pgmon_capture_dropped_total",
+        &[],
+        Duration::from_secs(10),
+        |v| v > 0.0,
+    );
+
+    // Ivan's next record carries the loss: the agent resynchronises that connection at
+    // the reply's ReadyForQuery, so it counts that one query as unseen and every later one.
+    for _ in 0..5 {
+        ivan.run(&sql("after")).expect("query");
+    }
+    let lost = agent.wait_metric(
+        "pgmon_wire_desyncs_total",
+        &[("reason", "lost")],
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    );
+    let seen = wait_calls(&agent, "ivan", &fp, 3 + 4, Duration::from_secs(10));
+    // A late count would show up here.
+    thread::sleep(Duration::from_secs(2));
+    let seen = seen.max(calls(&agent, "ivan", &fp));
+    eprintln!(
+        "{version:?}: pgbench {tx} transactions with the agent stopped; dropped {dropped} \
+         records, {lost} streams resynchronised; ivan's statement counted {seen} \
+         (3 before, 4 during the stop, 5 after)"
+    );
+    assert_eq!(
+        seen,
+        3 + 4,
+        "none of the stopped period, the 4 after the one that resynchronised"
+    );
+    // What the agent did see of the stopped period is counted, never more than was sent.
+    let pgbench_fp = fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = $1");
+    assert!(
+        calls(&agent, "ivan", &pgbench_fp) < tx,
+        "drops lose pgbench statements"
+    );
+}
+
 fn all(version: PgVersion) {
     probe_stats_are_exported(version);
     every_hook_family_counts_exactly(version);
     monitor_connection_is_reopened(version);
     byte_cap_is_counted(version);
+    full_ring_is_counted_and_resynced(version);
     encrypted_sessions_are_counted(version);
 }
 

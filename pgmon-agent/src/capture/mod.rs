@@ -97,7 +97,8 @@ pub struct Capture {
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     tracked: HashMap<MapData, u32, TrackedProcess>,
-    /// The `TRACKED_PIDS` prefilter, set for every pid seeded into `tracked`.
+    /// The `TRACKED_PIDS` state bytes; the agent sets the `TRACKED` bit of every pid it
+    /// seeds into `tracked`.
     pids: pids::PidBytes,
     config: Array<MapData, u32>,
     hook: HookFamily,
@@ -136,12 +137,10 @@ impl Capture {
         let postmaster = cluster::postmaster_pid(data_directory)?;
         let fork_offset = cluster::fork_child_pid_offset()?;
         raise_memlock_limit();
-        let pid_elements = pids::elements();
 
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", cfg.ring_buffer_bytes)
             .map_max_entries("TRACKED", cfg.max_backends)
-            .map_max_entries("TRACKED_PIDS", pid_elements)
             .load(EBPF_OBJECT)
             .map_err(CaptureError::Load)?;
 
@@ -196,7 +195,7 @@ impl Capture {
         let tracked = HashMap::try_from(take(&mut ebpf, "TRACKED")?).map_err(map_err("TRACKED"))?;
         let pids = match take(&mut ebpf, "TRACKED_PIDS")? {
             aya::maps::Map::Array(data) => {
-                pids::PidBytes::new(data, pid_elements).map_err(CaptureError::PidMap)?
+                pids::PidBytes::new(data).map_err(CaptureError::PidMap)?
             }
             _ => {
                 return Err(CaptureError::Map {

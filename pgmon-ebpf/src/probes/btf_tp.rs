@@ -25,11 +25,11 @@ pub fn pgmon_btf_sys_exit(ctx: BtfTracePointContext) -> u32 {
         return 0;
     };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(tracked) = tracked(pid) else {
+    let Some(state) = tracked(pid) else {
         return 0;
     };
     // SAFETY: as above.
     let (fd, buf) = unsafe { ((*regs).rdi, (*regs).rsi) };
-    emit_call(kind, pid, tracked, fd as u32, buf, ret);
+    emit_call(kind, pid, state, fd as u32, buf, ret);
     0
 }

@@ -20,7 +20,7 @@ pub fn pgmon_fexit_sendto(ctx: FExitContext) -> u32 {
 #[inline(always)]
 fn on_exit(ctx: &FExitContext, kind: u32) -> u32 {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(tracked) = tracked(pid) else {
+    let Some(state) = tracked(pid) else {
         return 0;
     };
     // __sys_recvfrom(int fd, void __user *ubuf, size_t size, unsigned int flags, ...)
@@ -29,6 +29,6 @@ fn on_exit(ctx: &FExitContext, kind: u32) -> u32 {
     let buf: u64 = ctx.arg(1);
     // Both take 6 arguments; the return value follows them in the trampoline context.
     let ret: i64 = ctx.arg(6);
-    emit_call(kind, pid, tracked, fd as u32, buf, ret as i32 as i64);
+    emit_call(kind, pid, state, fd as u32, buf, ret as i32 as i64);
     0
 }

@@ -8,10 +8,10 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use pgmon_common::{
-    CONFIG_FORK_CHILD_PID_OFFSET, CONFIG_POSTMASTER_PID, TrackedProcess, counter, kind,
+    CONFIG_FORK_CHILD_PID_OFFSET, CONFIG_POSTMASTER_PID, TrackedProcess, counter, kind, pid_state,
 };
 
-use crate::{TRACKED, bump, config, emit::emit_marker, mark_pid, may_be_tracked};
+use crate::{TRACKED, bump, config, emit::emit_marker, set_pid_state, tracked};
 
 #[tracepoint(category = "sched", name = "sched_process_fork")]
 pub fn pgmon_fork(ctx: TracePointContext) -> u32 {
@@ -41,7 +41,7 @@ fn try_fork(ctx: &TracePointContext) -> Result<(), i64> {
     TRACKED
         .insert(child as u32, TrackedProcess::default(), 0)
         .map_err(i64::from)?;
-    mark_pid(child as u32, 1);
+    set_pid_state(child as u32, pid_state::TRACKED);
     bump(counter::FORKS, 1);
     emit_marker(kind::FORK, child as u32);
     Ok(())
@@ -55,10 +55,11 @@ pub fn pgmon_exit(_ctx: TracePointContext) -> u32 {
     if tid != tgid {
         return 0; // a thread, not the process
     }
-    // The delete fails (ENOENT) for a pid that was not tracked: one hash operation, not a
-    // lookup and then a delete.
-    if may_be_tracked(tgid) && TRACKED.remove(tgid).is_ok() {
-        mark_pid(tgid, 0);
+    // The state byte says whether the pid is tracked: the hash is touched only for the
+    // cluster's own processes.
+    if tracked(tgid).is_some() {
+        let _ = TRACKED.remove(tgid);
+        set_pid_state(tgid, 0);
         emit_marker(kind::EXIT, tgid);
     } else if tgid == config(CONFIG_POSTMASTER_PID) {
         emit_marker(kind::EXIT, tgid);

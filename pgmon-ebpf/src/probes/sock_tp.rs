@@ -48,7 +48,7 @@ pub fn pgmon_sock_send_length(ctx: BtfTracePointContext) -> u32 {
 #[inline(always)]
 fn on_socket_call(want: u32, ret: i64) -> u32 {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(tracked) = tracked(pid) else {
+    let Some(state) = tracked(pid) else {
         return 0;
     };
     // SAFETY: both helpers are allowed in tracing programs and return typed (BTF) pointers
@@ -61,6 +61,6 @@ fn on_socket_call(want: u32, ret: i64) -> u32 {
     if super::socket_call_kind(nr) != Some(want) {
         return 0;
     }
-    emit_call(want, pid, tracked, fd as u32, buf, ret);
+    emit_call(want, pid, state, fd as u32, buf, ret);
     0
 }

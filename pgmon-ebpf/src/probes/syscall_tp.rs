@@ -45,25 +45,28 @@ fn on_enter(ctx: &TracePointContext, kind: u32) -> u32 {
 #[inline(always)]
 fn try_enter(ctx: &TracePointContext, kind: u32) -> Result<(), i64> {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some(p) = tracked(pid) else {
+    if tracked(pid).is_none() {
         return Ok(());
-    };
+    }
     // SAFETY: reads of the tracepoint record through bpf_probe_read.
     let fd: u64 = unsafe { ctx.read_at(ARG0) }.map_err(i64::from)?;
     let buf: u64 = unsafe { ctx.read_at(ARG1) }.map_err(i64::from)?;
-    call_enter(p, kind, fd as u32, buf);
+    call_enter(pid, kind, fd as u32, buf);
     Ok(())
 }
 
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext) -> u32 {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let Some((kind, fd, buf, tracked)) = call_exit(pid) else {
+    let Some(state) = tracked(pid) else {
+        return 0;
+    };
+    let Some((kind, fd, buf)) = call_exit(pid) else {
         return 0;
     };
     // SAFETY: read of the tracepoint record through bpf_probe_read.
     match unsafe { ctx.read_at::<i64>(RET) } {
-        Ok(ret) => emit_call(kind, pid, tracked, fd, buf, ret),
+        Ok(ret) => emit_call(kind, pid, state, fd, buf, ret),
         Err(_) => {
             bump(counter::PROBE_ERRORS, 1);
         }
