@@ -1,9 +1,9 @@
 //! `cargo xtask bench`: the figures issue 2 names, each against a baseline taken in the
 //! same run (these machines are noisy and have 2 cores), written to `bench/`.
 //!
-//! 1. Overhead: `pgbench -S -c 2 -j 2` TPS with the agent attached ÷ TPS detached, per hook
-//!    family, over the unix socket and TCP. Each round runs every mode once, the order
-//!    rotated by one each round (a Latin square: over a multiple of five rounds every mode
+//! 1. Overhead: `pgbench -S -c 2 -j 2` TPS with the agent attached ÷ TPS detached (also
+//!    with budgets on), over the unix socket and TCP. Each round runs every mode once, the order
+//!    rotated by one each round (a Latin square: over a multiple of four rounds every mode
 //!    runs in every position equally often), so drift and position favour none; the ratio
 //!    is taken within each round, and the report gives medians. One mode attaches the
 //!    agent to another cluster: a null control, whose ratio shows the noise.
@@ -45,9 +45,10 @@ pub struct BenchArgs {
     /// Seconds per pgbench run.
     #[arg(long, default_value_t = 6)]
     duration: u64,
-    /// Rounds of the overhead comparison per transport (a multiple of the five modes keeps
-    /// the rotation balanced).
-    #[arg(long, default_value_t = 10)]
+    /// Rounds of the overhead comparison per transport (a multiple of the four modes keeps
+    /// the rotation balanced). One round's ratio swings by ±15 % on this host; 20 rounds
+    /// narrow the median's 95 % interval to the 6th–15th of 20.
+    #[arg(long, default_value_t = 20)]
     rounds: usize,
     /// Trials of the enforcement-latency measurement.
     #[arg(long, default_value_t = 40)]
@@ -87,6 +88,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     measure(&crate::util::agent_release_binary(), args)
 }
 
+/// `1st`, `2nd`, `3rd`, `4th`, … (`11th`–`13th` included).
+fn ordinal(k: usize) -> String {
+    let suffix = match (k % 10, k % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{k}{suffix}")
+}
+
 /// The median of `v` (NaN when empty).
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -107,7 +120,15 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 /// the 2nd and 9th of 10, 97.9 %). `None` below 6 samples, where no such `k` exists.
 pub fn median_interval(mut v: Vec<f64>) -> Option<(f64, f64)> {
     let n = v.len();
-    // P(Binomial(n, ½) ≤ j), summed exactly in f64 (n is a few dozen at most).
+    let k = sign_test_rank(n)?;
+    v.sort_by(f64::total_cmp);
+    Some((v[k - 1], v[n - k]))
+}
+
+/// The rank `k` of [`median_interval`] for `n` samples: the largest with
+/// P(Binomial(n, ½) < k) ≤ 2.5 %, summed exactly in f64 (n is a few dozen at most); `None`
+/// below 6 samples.
+pub fn sign_test_rank(n: usize) -> Option<usize> {
     let mut below = 0.0; // P(X < k)
     let mut choose = 1.0; // C(n, j)
     let mut k = 0;
@@ -120,11 +141,7 @@ pub fn median_interval(mut v: Vec<f64>) -> Option<(f64, f64)> {
         k = j + 1;
         choose = choose * (n - j) as f64 / (j + 1) as f64;
     }
-    if k == 0 {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    Some((v[k - 1], v[n - k]))
+    (k > 0).then_some(k)
 }
 
 /// An agent configuration for `cluster` on hook family `hook`, metrics on `port`.
@@ -210,7 +227,10 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     }
     let _ = writeln!(
         report,
-        "## Overhead\n\nThe interval is a distribution-free confidence interval of at least 95 % for the median ratio (sign test on the rounds' ratios: with 10 rounds, the 2nd smallest and the 2nd largest).\n\n| transport | mode | median TPS | median ratio | 95 % interval | ratios | agent CPU (median, % of a core) | agent RSS (median, MiB) |\n|---|---|---|---|---|---|---|---|"
+        "## Overhead\n\nThe interval is a distribution-free confidence interval of at least 95 % for the median ratio (sign test on the rounds' ratios: with {} rounds, the {} smallest and the {} largest).\n\n| transport | mode | median TPS | median ratio | 95 % interval | ratios | agent CPU (median, % of a core) | agent RSS (median, MiB) |\n|---|---|---|---|---|---|---|---|",
+        args.rounds,
+        ordinal(sign_test_rank(args.rounds).unwrap_or(0)),
+        ordinal(sign_test_rank(args.rounds).unwrap_or(0)),
     );
     let mut json_overhead = Vec::new();
     for transport in [Transport::Unix, Transport::Tcp] {
@@ -522,7 +542,7 @@ fn tempdir() -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::median_interval;
+    use super::{median_interval, ordinal};
 
     #[test]
     fn median_interval_takes_the_sign_test_ranks() {
@@ -534,5 +554,16 @@ mod tests {
         // n = 20: P(X < 6) = 2.07 %, P(X < 7) = 5.77 %.
         let v: Vec<f64> = (1..=20).map(f64::from).collect();
         assert_eq!(median_interval(v), Some((6.0, 15.0)));
+    }
+
+    #[test]
+    fn ordinals_read_as_english() {
+        let got: Vec<String> = [1, 2, 3, 4, 6, 11, 12, 13, 21, 22].map(ordinal).to_vec();
+        assert_eq!(
+            got,
+            [
+                "1st", "2nd", "3rd", "4th", "6th", "11th", "12th", "13th", "21st", "22nd"
+            ]
+        );
     }
 }
