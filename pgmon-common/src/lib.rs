@@ -5,9 +5,9 @@
 //! compile time.
 #![no_std]
 
-/// Bytes copied into one large record: the most a PostgreSQL backend reads from its client
-/// socket in one `recvfrom()` call (`PQ_RECV_BUFFER_SIZE`, src/backend/libpq/pqcomm.c), and
-/// the size of its send buffer (`PQ_SEND_BUFFER_SIZE`).
+/// Most payload bytes in one record (a chunk of a call): the most a PostgreSQL backend
+/// reads from its client socket in one `recvfrom()` call (`PQ_RECV_BUFFER_SIZE`,
+/// src/backend/libpq/pqcomm.c), and the size of its send buffer (`PQ_SEND_BUFFER_SIZE`).
 pub const CHUNK_BYTES: usize = 8192;
 
 /// Most chunks one syscall is split into; with [`CHUNK_BYTES`] that is 64 KiB per call.
