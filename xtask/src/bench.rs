@@ -7,6 +7,8 @@
 //!    runs in every position equally often), so drift and position favour none; the ratio
 //!    is taken within each round, and the report gives medians. One mode attaches the
 //!    agent to another cluster: a null control, whose ratio shows the noise.
+//!    Where it goes in CPU time ([`crate::bench_probe`]), and what a socket call of any
+//!    other process on the host pays ([`crate::bench_host`]).
 //! 2. Completeness under stress: 16 clients; loss = pgbench's transactions − pgmon's count
 //!    of the statement, with the kernel's drop counter beside it.
 //! 3. Pipeline throughput without a kernel: capture records of real pgbench traffic
@@ -194,7 +196,10 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
             args.duration,
         )?);
     }
-    let (probe_md, probe_json) = crate::bench_probe::section(&costs);
+    let (mut probe_md, probe_json) = crate::bench_probe::section(&costs);
+    let (host_md, host_json) =
+        crate::bench_host::section(&crate::bench_host::measure(binary, &cluster)?);
+    probe_md.push_str(&host_md);
     if args.probe_only {
         println!("{probe_md}");
         return Ok(());
@@ -399,7 +404,7 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     let out_dir = crate::util::workspace_root().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("REPORT.md"), &report)?;
-    let json = serde_json::json!({"overhead": json_overhead, "probe_cost": probe_json, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json, "health": health_json});
+    let json = serde_json::json!({"overhead": json_overhead, "probe_cost": probe_json, "other_process_socket_call": host_json, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json, "health": health_json});
     std::fs::write(
         out_dir.join("report.json"),
         serde_json::to_string_pretty(&json)?,

@@ -8,6 +8,7 @@
 mod bench;
 mod bench_budget;
 mod bench_health;
+mod bench_host;
 mod bench_overhead;
 mod bench_probe;
 mod bench_storage;
