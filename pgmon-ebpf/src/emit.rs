@@ -16,7 +16,7 @@ use pgmon_common::{
     MAX_CHUNKS_PER_CALL, MIN_BYTES_PER_CALL, TAIL_BYTES, counter, flags, pid_state,
 };
 
-use crate::{EVENTS, SCRATCH, bump, config};
+use crate::{EVENTS, SCRATCH, bump, config, counter_slot};
 
 /// Smallest power of two above a chunk's largest payload, minus one.
 const CHUNK_MASK: usize = (CHUNK_BYTES + 1).next_power_of_two() - 1;
@@ -238,12 +238,17 @@ fn emit_chunk(header: EventHeader, src: *const core::ffi::c_void, wake: u64) -> 
     // SAFETY: the first HEADER_BYTES + n ≤ size_of::<Record>() bytes of the scratch
     // record, all written above.
     let bytes = unsafe { core::slice::from_raw_parts(rec.cast::<u8>(), HEADER_BYTES + n) };
-    // This CPU's count once this record is in (the sampling of `wakeup_flag`).
-    let count = bump(counter::EVENTS, 0) + 1;
+    // Counted once it is in the ring; the count it will have samples `wakeup_flag`.
+    let events = counter_slot(counter::EVENTS);
+    // SAFETY: see `counter_slot`.
+    let count = events.map_or(0, |p| unsafe { *p }) + 1;
     let flag = wakeup_flag(wake, count, n + HEADER_BYTES > 512);
     if EVENTS.output::<[u8]>(bytes, flag).is_err() {
         return Outcome::RingFull;
     }
-    bump(counter::EVENTS, 1);
+    if let Some(p) = events {
+        // SAFETY: see `counter_slot`.
+        unsafe { *p = count };
+    }
     Outcome::Submitted
 }

@@ -3,8 +3,9 @@
 //! They watch the client sockets of one PostgreSQL cluster's backends: the postmaster's pid
 //! is written into `CONFIG` by the agent, the fork probe adds each child it forks to
 //! `TRACKED` and marks it in `TRACKED_PIDS`, and the socket probes copy the bytes every
-//! tracked backend receives and sends into the `EVENTS` ring buffer (see `pgmon_common` for the record layout). Nothing here
-//! blocks or changes a syscall: a probe that fails counts the failure and returns.
+//! tracked backend receives and sends into the `EVENTS` ring buffer (see `pgmon_common`
+//! for the record layout). Nothing here blocks or changes a syscall: a probe that fails
+//! counts the failure and returns.
 //!
 //! Probe families, one file each under `probes/`, cheapest first:
 //! - `fexit`: `fexit/__sys_recvfrom` and `fexit/__sys_sendto` (one program per call, args and
@@ -64,12 +65,19 @@ static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_LEN, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// This CPU's slot of counter `idx`. Programs do not preempt each other on one CPU, so a
+/// run may read and write it without atomics.
+#[inline(always)]
+fn counter_slot(idx: u32) -> Option<*mut u64> {
+    COUNTERS.get_ptr_mut(idx)
+}
+
 /// Adds `n` to per-CPU counter `idx`; returns this CPU's new count (0 if the slot cannot
 /// be read).
 #[inline(always)]
 fn bump(idx: u32, n: u64) -> u64 {
-    match COUNTERS.get_ptr_mut(idx) {
-        // SAFETY: per-CPU slot, programs do not preempt each other on one CPU.
+    match counter_slot(idx) {
+        // SAFETY: see `counter_slot`.
         Some(p) => unsafe {
             *p += n;
             *p

@@ -403,15 +403,9 @@ fn full_ring_is_counted_and_resynced(version: PgVersion) {
 
     // SIGSTOP: the agent cannot drain; pgbench fills the ring, then ivan's queries find
     // it full.
-    let signal = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, &agent.pid().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig}");
-    };
-    signal("-STOP");
+    // SAFETY: kill(2) on the agent we started.
+    let signal = |sig| unsafe { libc::kill(agent.pid() as i32, sig) };
+    assert_eq!(signal(libc::SIGSTOP), 0);
     let run = pgmon_tests::PgbenchRun {
         clients: 2,
         jobs: 2,
@@ -424,7 +418,7 @@ fn full_ring_is_counted_and_resynced(version: PgVersion) {
     for _ in 0..4 {
         ivan.run(&sql("during")).expect("query");
     }
-    signal("-CONT");
+    assert_eq!(signal(libc::SIGCONT), 0);
     let tx = pgbench.expect("pgbench").transactions_processed;
     let dropped = agent.wait_metric(
         "pgmon_capture_dropped_total",

@@ -160,20 +160,9 @@ fn scenario(version: PgVersion) {
     });
     // The datagram goes out before the reload, but the listener thread may not have taken
     // it yet on a busy machine.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while count(&notes, "RELOADING=1") == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        count(&notes, "RELOADING=1") >= 1,
-        "no RELOADING=1 in {:?}",
-        notes
-            .lock()
-            .expect("notes")
-            .iter()
-            .map(|(_, n)| n)
-            .collect::<Vec<_>>()
-    );
+    wait_until("RELOADING=1", Duration::from_secs(3), || {
+        count(&notes, "RELOADING=1") >= 1
+    });
     wait_until("new soft limit", Duration::from_secs(5), || {
         storage_role(&agent, "slow")
             .is_some_and(|r| r["soft_limit_bytes"].as_u64() == Some(1536 * 1024))
