@@ -44,8 +44,9 @@ pub struct BenchArgs {
     /// Skip the release build (use the agent binary already in target/release).
     #[arg(long)]
     no_build: bool,
-    /// Seconds per pgbench run.
-    #[arg(long, default_value_t = 6)]
+    /// Seconds per pgbench run. This host's TPS swings by ±15 % from one second to the next
+    /// (`pgbench -P 1`, detached), so a run's mean is the noise the ratios carry.
+    #[arg(long, default_value_t = 8)]
     duration: u64,
     /// Rounds of the overhead comparison per transport (a multiple of the four modes keeps
     /// the rotation balanced). One round's ratio swings by ±15 % on this host; 20 rounds
@@ -178,7 +179,7 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     let _ = writeln!(
         report,
         "# pgmon benchmark\n\nPostgreSQL 15, `pgbench -S -c 2 -j 2 -T {}` (scale 10), {} rounds per transport, \
-         kernel {}, {} cores. Ratios are attached ÷ detached within a round, the order of the modes rotating each round; medians over rounds. An attached agent runs {} s before pgbench starts (steady state: its start-up work is left out). `auto, on another cluster` attaches the agent to a second cluster: a null control, its spread is the noise.\n",
+         kernel {}, {} cores. Ratios are attached ÷ detached within a round, the order of the modes rotating each round; medians over rounds. Every run's pgbench starts {} s after the previous run ended; an attached agent runs through that pause (steady state: its start-up work is left out). `auto, on another cluster` attaches the agent to a second cluster: a null control, its spread is the noise.\n",
         args.duration,
         args.rounds,
         kernel.trim(),

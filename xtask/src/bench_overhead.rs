@@ -43,10 +43,12 @@ pub const MODES: [Mode; 4] = [
     Mode::OtherCluster,
 ];
 
-/// Time the agent runs before pgbench starts: the figure is the steady state of an agent
-/// that stays attached, so its one-off start-up work (the first run of every health loop,
-/// the `pg_stat_activity` seed, the first EXPLAIN of each statement with budgets on) is
-/// left out of the window.
+/// Pause before every run's pgbench. An attached agent runs this long before pgbench starts:
+/// the figure is the steady state of an agent that stays attached, so its one-off start-up
+/// work (the first run of every health loop, the `pg_stat_activity` seed, the first EXPLAIN
+/// of each statement with budgets on) is left out of the window. A detached run waits as
+/// long, so that no mode starts closer than another to the previous run's end (its
+/// backends' exit, its agent's teardown).
 pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One overhead sample.
@@ -90,6 +92,9 @@ pub fn overhead_run(
     let run = select_only_run(transport, duration);
     match mode {
         Mode::Detached => {
+            // The same pause as an attached run's: every run starts SETTLE after the one
+            // before it ended (and after that run's agent, if any, detached and exited).
+            std::thread::sleep(SETTLE);
             let r = cluster.pgbench(&run)?;
             Ok(Sample {
                 transport,
