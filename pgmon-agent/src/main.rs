@@ -1,7 +1,7 @@
 //! `pgmon-agent`: dispatches the subcommands of [`pgmon_agent::cli`].
 use clap::Parser as _;
 use pgmon_agent::cli::{
-    Cli, Command, check, check_config, doctor, emergency, install_sql, record, replay, run, status,
+    Cli, Command, check, check_config, doctor, emergency, fingerprint, install_sql, record, replay, run, status,
     unlock,
 };
 
@@ -24,6 +24,7 @@ fn main() -> std::process::ExitCode {
         Command::Run { config } => run::run(config, cli.log_format),
         Command::Status { addr, json, role } => status::status(*addr, *json, role.as_deref()),
         Command::CheckConfig { file } => check_config::check_config(file),
+        Command::Fingerprint { sql } => fingerprint::fingerprint(sql),
         Command::Unlock { role, addr } => unlock::unlock(*addr, role),
         Command::Record {
             config,

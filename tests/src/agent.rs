@@ -30,6 +30,32 @@ pub fn agent_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The fingerprint (16 hex digits) that the agent `binary` gives the single statement
+/// `sql`, from `pgmon-agent fingerprint`: for callers built without this crate's
+/// `fingerprint` feature (xtask, which must build before libclang is installed).
+///
+/// # Errors
+/// The binary does not run, fails, or prints no line for `sql`.
+pub fn agent_fingerprint(binary: &Path, sql: &str) -> Result<String> {
+    let out = Command::new(binary)
+        .args(["fingerprint", sql])
+        .output()
+        .with_context(|| format!("running {} fingerprint", binary.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} fingerprint {sql:?}: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+        .with_context(|| format!("{} fingerprint {sql:?} printed nothing", binary.display()))
+}
+
 /// How to start the agent beyond the defaults of [`Agent::start`].
 #[derive(Clone, Debug)]
 pub struct AgentOptions {

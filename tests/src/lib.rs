@@ -30,7 +30,7 @@ mod webhook;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 
-pub use agent::{Agent, AgentOptions, agent_binary};
+pub use agent::{Agent, AgentOptions, agent_binary, agent_fingerprint};
 pub use cluster::{Cluster, ClusterOptions, Transport};
 pub use pgbench::{PgbenchResult, PgbenchRun, Protocol, parse_pgbench_output};
 pub use proc::{PostgresUser, pid_alive, postgres_user};
@@ -132,21 +132,65 @@ impl std::fmt::Display for PgVersion {
 
 /// libpg_query's fingerprint of `sql` as 16 hex digits: the same function the agent uses,
 /// so a test can find a statement in the agent's status. Panics if `sql` does not parse.
+///
+/// Behind the `fingerprint` feature, which only this package's own tests turn on (through
+/// its dev-dependency on itself): `pg_query` needs libclang to build, and `cargo xtask`, which
+/// links this harness, must build on a machine that set-up has not prepared yet.
+#[cfg(feature = "fingerprint")]
 pub fn fingerprint(sql: &str) -> String {
     let fp =
         pg_query::fingerprint(sql, 0, 0).unwrap_or_else(|e| panic!("{sql:?} does not parse: {e}"));
     format!("{:016x}", fp.value)
 }
 
-/// True when running as root (effective uid 0). Otherwise prints
-/// `SKIP <test>: needs root (loads eBPF programs, runs clusters as postgres)` and returns
-/// false, so a test can `if !require_root("name") { return; }`.
+/// Environment variable naming a file that [`skip`] appends one line to per skipped test
+/// (`<test>: <reason>`); `cargo xtask test` sets it and counts the lines in its summary.
+pub const SKIP_LOG_ENV: &str = "PGMON_SKIP_LOG";
+
+/// True where every privileged test must run: as root, or under `CI=true` (CI runs as root;
+/// a CI run that is not root is itself the failure to report).
+pub fn must_run() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    root || std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Skips `test` because `missing` (a feature of the machine: root, a program, a kernel
+/// facility) is absent. Where tests must run ([`must_run`]) this panics with `missing` named,
+/// so a skip can never pass silently in CI or as root; elsewhere it prints
+/// `SKIP <test>: <missing>`, appends the same to the file named by [`SKIP_LOG_ENV`], and
+/// returns so the caller can `return`.
+pub fn skip(test: &str, missing: &str) {
+    if must_run() {
+        panic!("{test} cannot run here: {missing} (a privileged test may not skip as root or under CI=true)");
+    }
+    println!("SKIP {test}: {missing}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        use std::io::Write as _;
+        let line = format!("{test}: {missing}\n");
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("cannot record the skip in {}: {e}", path.to_string_lossy());
+        }
+    }
+}
+
+/// True when running as root (effective uid 0). Otherwise [`skip`]s `test` for want of
+/// root (it loads eBPF programs and runs clusters as `postgres`) and returns false, so a test
+/// can `if !require_root("name") { return; }`; under `CI=true` that skip is a failure.
 pub fn require_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    println!("SKIP {test}: needs root (loads eBPF programs, runs clusters as postgres)");
+    skip(
+        test,
+        "needs root (loads eBPF programs, runs clusters as postgres)",
+    );
     false
 }
 

@@ -205,7 +205,7 @@ fn on_path(name: &str) -> bool {
 #[test]
 fn agent_helper_against_a_stand_in() {
     if !on_path("python3") {
-        println!("SKIP agent_helper_against_a_stand_in: no python3");
+        pgmon_tests::skip("agent_helper_against_a_stand_in", "no python3 on PATH");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

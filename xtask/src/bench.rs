@@ -431,7 +431,10 @@ fn stress_run(
         &agent_config(cluster, port, "auto"),
         format!("127.0.0.1:{port}"),
     )?;
-    let fp = pgmon_tests::fingerprint("SELECT abalance FROM pgbench_accounts WHERE aid = $1");
+    let fp = pgmon_tests::agent_fingerprint(
+        binary,
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+    )?;
     let count = |agent: &Agent| agent.fingerprint_calls("bench", &fp);
     let before = count(&agent)?;
     let r = cluster.pgbench(&PgbenchRun {

@@ -125,7 +125,7 @@ pub fn enforcement_latency(binary: &Path, cluster: &Cluster, trials: usize) -> R
     )?;
     // Warm the cost cache: the fingerprint is costed once, for every role.
     let mut warm = connect(cluster, "lat_warm", "bench")?;
-    let fp = pgmon_tests::fingerprint(HEAVY);
+    let fp = pgmon_tests::agent_fingerprint(binary, HEAVY)?;
     let started = Instant::now();
     loop {
         warm.simple_query(HEAVY)?;

@@ -6,6 +6,8 @@
 //! - `bench`: overhead measurement (left to the lead; see `bench.rs`).
 
 mod bench;
+#[cfg(test)]
+mod bootstrap;
 mod bench_budget;
 mod bench_health;
 mod bench_host;

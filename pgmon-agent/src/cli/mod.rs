@@ -4,6 +4,7 @@ pub mod check;
 pub mod check_config;
 pub mod doctor;
 pub mod emergency;
+pub mod fingerprint;
 pub mod install_sql;
 pub mod record;
 pub mod reload;
@@ -49,6 +50,12 @@ pub enum Command {
         /// Show one role's fingerprints, most called first.
         #[arg(long)]
         role: Option<String>,
+    },
+    /// Print each statement's fingerprint (16 hex digits, the `fingerprint` label of
+    /// /metrics) and normalized text, as the agent computes them.
+    Fingerprint {
+        /// The SQL text (one or more statements); `-` reads standard input.
+        sql: String,
     },
     /// Record raw capture records to a file for `replay` (benchmarks; needs root).
     #[command(hide = true)]
