@@ -3,7 +3,10 @@
 //! - `setup`: installs what a fresh Debian 12 machine needs (idempotent, fast when done).
 //! - `test`: setup, release build of the workspace (agent + eBPF), then every test.
 //! - `demo`: a PostgreSQL 15 cluster with two roles under load, watched by the agent.
-//! - `bench`: overhead measurement (left to the lead; see `bench.rs`).
+//! - `bench`: the benchmarks of `bench.rs`; writes `bench/REPORT.md`.
+//! - `package`: the Debian package.
+//! - `fresh-check`: strips what `setup` installed and runs `demo` and `test` in a fresh
+//!   clone (the proof that both work on a new machine).
 
 mod bench;
 #[cfg(test)]
@@ -15,6 +18,7 @@ mod bench_overhead;
 mod bench_probe;
 mod bench_storage;
 mod demo;
+mod fresh_check;
 mod package;
 mod setup;
 mod test;
@@ -43,6 +47,9 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Measure the agent's overhead and the figures the issues name; writes bench/REPORT.md.
     Bench(bench::BenchArgs),
+    /// Prove the two commands on a machine as it comes: purge what setup installed, then
+    /// run `demo` and `test` in a fresh clone, timed (destructive: needs --yes; root).
+    FreshCheck(fresh_check::FreshCheckArgs),
     /// Build the Debian package (target/debian/pgmon_<version>_amd64.deb).
     Package(package::PackageArgs),
 }
@@ -55,6 +62,7 @@ fn main() {
         Cmd::Demo(args) => demo::run(&args),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Package(args) => package::run(&args),
+        Cmd::FreshCheck(args) => fresh_check::run(&args),
     };
     if let Err(e) = res {
         eprintln!("xtask: error: {e:#}");

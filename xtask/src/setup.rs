@@ -18,7 +18,7 @@ use crate::util::{cargo, run_capture, run_streaming, try_capture, which};
 /// Debian packages the build, the tests and the demo need. `clang` is not needed (bindgen
 /// uses libclang; C is compiled by gcc). `postgresql-contrib-15` is provided by
 /// `postgresql-15` on Debian 12 (pg_stat_statements).
-const APT_PACKAGES: &[&str] = &[
+pub(crate) const APT_PACKAGES: &[&str] = &[
     "gcc",
     "libc6-dev",
     "pkg-config",
