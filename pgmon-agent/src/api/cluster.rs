@@ -21,7 +21,8 @@ const WAL_RECEIVER: &str = "SELECT status, sender_host, sender_port, slot_name, 
      FROM pg_stat_wal_receiver";
 
 /// `/api/v1/overview`: sessions against `max_connections`, the oldest transaction and
-/// idle-in-transaction ages, lock waits, autovacuum workers, checkpoints, WAL position,
+/// idle-in-transaction ages, lock waits (their ages null on PostgreSQL 13, which does not
+/// record since when a lock is awaited), autovacuum workers, checkpoints, WAL position,
 /// transactions per database (with the rate the 60-second loop last computed) and the
 /// health loops' own state. The per-database lists keep their `limit` busiest entries
 /// (most sessions; most transactions) and say how many there were.
@@ -72,8 +73,10 @@ pub async fn overview(
             ],
         )
         .await?;
-    let waits = rec.raw(c, db, ("blocked", fast::BLOCKED), &[]).await?;
-    let waits: Vec<(i32, Vec<i32>, f64)> = waits
+    let waits = rec
+        .raw(c, db, ("blocked", fast::blocked_sql(s.version)), &[])
+        .await?;
+    let waits: Vec<(i32, Vec<i32>, Option<f64>)> = waits
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
@@ -87,16 +90,11 @@ pub async fn overview(
             &["phase", "count"],
         )
         .await?;
-    let checkpoints_sql = if s.version >= 170_000 {
-        medium::CHECKPOINTER
-    } else {
-        medium::BGWRITER
-    };
     let checkpoints = rec
         .rows(
             c,
             db,
-            ("checkpoints", checkpoints_sql),
+            ("checkpoints", medium::checkpoints_sql(s.version)),
             &[],
             &[
                 "timed",
@@ -156,7 +154,8 @@ pub async fn overview(
         "ages": ages.into_iter().next().unwrap_or(Value::Null),
         "locks": {
             "blocked_sessions": chains.blocked,
-            "longest_wait_seconds": chains.longest_wait,
+            // Unknown (null) on PostgreSQL 13, which has no pg_locks.waitstart.
+            "longest_wait_seconds": fast::lock_wait_known(s.version).then_some(chains.longest_wait),
             "longest_chain": chains.longest_chain,
             "waits": waits.iter().map(|(pid, by, secs)| json!({"pid": pid, "blocked_by": by, "wait_seconds": secs})).collect::<Vec<_>>(),
         },

@@ -213,7 +213,7 @@ impl Worker {
             search_path: &search_path,
             role: &req.role,
         };
-        let first = if s.version >= 160_000 {
+        let first = if generic_plan_explain(s.version) {
             explain_generic(&s.client, &setup, &c.text).await
         } else {
             explain_prepared(&s.client, &setup, c, None).await
@@ -384,6 +384,14 @@ async fn role_search_path(
     Ok(row.map(|r| r.get::<_, String>(0)))
 }
 
+/// True when the server (`server_version_num`) has `EXPLAIN (GENERIC_PLAN)` (PostgreSQL
+/// 16+; docs, "EXPLAIN"); before, the same cost comes from a prepared statement under
+/// `plan_cache_mode = force_generic_plan` (PostgreSQL 12+), so every version from 13 on
+/// gets an estimate.
+fn generic_plan_explain(version: u32) -> bool {
+    version >= crate::health::PG16
+}
+
 /// `"name"` with embedded quotes doubled (docs, section 4.1.1 "Identifiers and Key Words").
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -397,5 +405,14 @@ mod tests {
     fn identifiers_are_quoted() {
         assert_eq!(quote_ident("alice"), "\"alice\"");
         assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+
+    #[test]
+    fn generic_plan_explain_from_16_on() {
+        let by_version: Vec<bool> = [130_023, 140_023, 150_014, 160_000, 170_010, 180_004]
+            .into_iter()
+            .map(generic_plan_explain)
+            .collect();
+        assert_eq!(by_version, [false, false, false, true, true, true]);
     }
 }

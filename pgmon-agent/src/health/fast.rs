@@ -2,6 +2,8 @@
 //! longest idle-in-transaction session, blocking chains, autovacuum workers and their
 //! phases, temp files. Views: PostgreSQL docs, sections 27.2.3 (`pg_stat_activity`),
 //! 27.2.17 (`pg_stat_database`), 28.4.5 (`pg_stat_progress_vacuum`), 54.12 (`pg_locks`).
+//! Every statement works on PostgreSQL 13 to 18; the one that differs (the lock-wait age,
+//! which needs `pg_locks.waitstart`, 14+) is chosen by `server_version_num`.
 
 use std::collections::HashMap;
 
@@ -24,11 +26,31 @@ pub(crate) const AGES: &str = "SELECT \
      FROM pg_stat_activity";
 
 /// Sessions waiting on a heavyweight lock, who blocks them (`pg_blocking_pids`), and since
-/// when (`pg_locks.waitstart`, PostgreSQL 14+).
+/// when (`pg_locks.waitstart`, PostgreSQL 14+; docs, section 54.12 "pg_locks").
 pub(crate) const BLOCKED: &str = "SELECT a.pid, pg_blocking_pids(a.pid), \
      coalesce(extract(epoch FROM now() - (SELECT min(l.waitstart) FROM pg_locks l \
                                            WHERE l.pid = a.pid AND NOT l.granted)), 0)::float8 \
      FROM pg_stat_activity a WHERE a.wait_event_type = 'Lock'";
+
+/// [`BLOCKED`] for PostgreSQL 13, whose `pg_locks` has no `waitstart`: the time waited is
+/// unknown (NULL), not guessed (the statement's age would overstate it).
+pub(crate) const BLOCKED_13: &str = "SELECT a.pid, pg_blocking_pids(a.pid), NULL::float8 \
+     FROM pg_stat_activity a WHERE a.wait_event_type = 'Lock'";
+
+/// True when the server (`server_version_num`) records since when a lock is awaited
+/// (`pg_locks.waitstart`, PostgreSQL 14+).
+pub(crate) fn lock_wait_known(version: u32) -> bool {
+    version >= super::PG14
+}
+
+/// The lock-wait statement for the server `version`: [`BLOCKED`] or [`BLOCKED_13`].
+pub(crate) fn blocked_sql(version: u32) -> &'static str {
+    if lock_wait_known(version) {
+        BLOCKED
+    } else {
+        BLOCKED_13
+    }
+}
 
 pub(crate) const AUTOVACUUM: &str = "SELECT coalesce(p.phase, 'starting'), count(*)::float8 \
      FROM pg_stat_activity a LEFT JOIN pg_stat_progress_vacuum p ON p.pid = a.pid \
@@ -55,18 +77,21 @@ pub struct Fast {
     blocked: Statement,
     autovacuum: Statement,
     temp: Statement,
+    /// The server records lock-wait start times ([`lock_wait_known`]).
+    lock_wait_known: bool,
 }
 
 impl Fast {
-    /// Prepares the statements on `client`.
-    pub async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
+    /// Prepares the statements on `client`, for the server `version` (`server_version_num`).
+    pub async fn prepare(client: &Client, version: u32) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
             activity: client.prepare(ACTIVITY).await?,
             settings: client.prepare(SETTINGS).await?,
             ages: client.prepare(AGES).await?,
-            blocked: client.prepare(BLOCKED).await?,
+            blocked: client.prepare(blocked_sql(version)).await?,
             autovacuum: client.prepare(AUTOVACUUM).await?,
             temp: client.prepare(TEMP).await?,
+            lock_wait_known: lock_wait_known(version),
         })
     }
 
@@ -141,7 +166,7 @@ impl Fast {
             a.get(2),
         ));
 
-        let waits: Vec<(i32, Vec<i32>, f64)> = client
+        let waits: Vec<(i32, Vec<i32>, Option<f64>)> = client
             .query(&self.blocked, &[])
             .await?
             .iter()
@@ -154,12 +179,14 @@ impl Fast {
             Kind::Gauge,
             chains.blocked as f64,
         ));
-        out.push(Family::single(
-            "pgmon_lock_wait_max_seconds",
-            "Longest current lock wait, seconds.",
-            Kind::Gauge,
-            chains.longest_wait,
-        ));
+        if self.lock_wait_known {
+            out.push(Family::single(
+                "pgmon_lock_wait_max_seconds",
+                "Longest current lock wait, seconds (pg_locks.waitstart: PostgreSQL 14+; not exported on 13).",
+                Kind::Gauge,
+                chains.longest_wait,
+            ));
+        }
         out.push(Family::single(
             "pgmon_blocking_chain_max_length",
             "Sessions in the longest chain of blocked → blocker (0: none blocked).",
@@ -203,12 +230,12 @@ impl Fast {
     }
 }
 
-/// Blocking chains from (blocked pid, its blockers, seconds waited).
+/// Blocking chains from (blocked pid, its blockers, seconds waited if known).
 #[derive(Debug, Default, PartialEq)]
 pub struct Chains {
     /// Sessions that wait on at least one blocker.
     pub blocked: usize,
-    /// Longest wait, seconds.
+    /// Longest known wait, seconds (0 when none is known: nobody waits, or PostgreSQL 13).
     pub longest_wait: f64,
     /// Sessions in the longest blocked → blocker → … chain (a lone blocked session and
     /// its blocker make 2).
@@ -218,7 +245,7 @@ pub struct Chains {
 impl Chains {
     /// Follows each blocked session's first blocker up to the root (cycles, which the
     /// deadlock detector is about to break, are cut).
-    pub fn from_waits(waits: &[(i32, Vec<i32>, f64)]) -> Self {
+    pub fn from_waits(waits: &[(i32, Vec<i32>, Option<f64>)]) -> Self {
         let next: HashMap<i32, i32> = waits
             .iter()
             .filter_map(|(pid, by, _)| by.first().map(|b| (*pid, *b)))
@@ -241,7 +268,7 @@ impl Chains {
             longest_wait: waits
                 .iter()
                 .filter(|(_, by, _)| !by.is_empty())
-                .map(|w| w.2)
+                .filter_map(|w| w.2)
                 .fold(0.0, f64::max),
             longest_chain,
         }
@@ -257,10 +284,10 @@ mod tests {
         assert_eq!(Chains::from_waits(&[]), Chains::default());
         // 3 waits on 2, 2 waits on 1; 5 waits on 1: the longest chain is 3 → 2 → 1.
         let c = Chains::from_waits(&[
-            (3, vec![2], 1.0),
-            (2, vec![1], 4.5),
-            (5, vec![1], 0.5),
-            (9, vec![], 7.0),
+            (3, vec![2], Some(1.0)),
+            (2, vec![1], Some(4.5)),
+            (5, vec![1], Some(0.5)),
+            (9, vec![], Some(7.0)),
         ]);
         assert_eq!(
             c,
@@ -272,8 +299,22 @@ mod tests {
         );
         // A cycle ends.
         assert_eq!(
-            Chains::from_waits(&[(1, vec![2], 1.0), (2, vec![1], 1.0)]).longest_chain,
+            Chains::from_waits(&[(1, vec![2], Some(1.0)), (2, vec![1], Some(1.0))]).longest_chain,
             3
         );
+        // PostgreSQL 13: chains without wait times.
+        let c = Chains::from_waits(&[(3, vec![2], None), (2, vec![1], None)]);
+        assert_eq!((c.blocked, c.longest_chain, c.longest_wait), (2, 3, 0.0));
+    }
+
+    #[test]
+    fn the_lock_wait_age_is_read_from_14_on() {
+        assert_eq!(blocked_sql(130_023), BLOCKED_13);
+        assert!(!BLOCKED_13.contains("waitstart"));
+        assert!(!lock_wait_known(130_023));
+        for v in [140_000, 150_014, 160_014, 170_010, 180_004] {
+            assert_eq!(blocked_sql(v), BLOCKED, "{v}");
+            assert!(lock_wait_known(v));
+        }
     }
 }

@@ -1,24 +1,38 @@
 //! The 60-second loop: transactions per second from `pg_stat_database` deltas, checkpoints
 //! (`pg_stat_checkpointer` from PostgreSQL 17, `pg_stat_bgwriter` before: docs, section
 //! 27.2.15/27.2.16), the WAL position, replication lag per standby
-//! (`pg_stat_replication`), and the top statements of `pg_stat_statements` (docs,
-//! appendix F.32) when the extension is installed in the monitor's database.
+//! (`pg_stat_replication`), the top statements of `pg_stat_statements` (docs,
+//! appendix F.32) when the extension is installed in the monitor's database, and WAL and
+//! I/O statistics where the server has the views (`super::wal_io`: `pg_stat_wal` 14+,
+//! `pg_stat_io` 16+). Statements are chosen by `server_version_num` and work on 13 to 18.
 
 use std::{collections::HashMap, time::Instant};
 
 use tokio_postgres::{Client, Statement};
 
 use super::board::{Family, Kind};
+use super::wal_io::WalIo;
 
 pub(crate) const DATABASES: &str = "SELECT datname::text, xact_commit::float8, xact_rollback::float8 \
      FROM pg_stat_database WHERE datname IS NOT NULL";
 
-/// PostgreSQL 17 moved the checkpoint counters to `pg_stat_checkpointer`.
+/// PostgreSQL 17 moved the checkpoint counters to `pg_stat_checkpointer`; its columns
+/// here are the same in 17 and 18.
 pub(crate) const CHECKPOINTER: &str = "SELECT num_timed::float8, num_requested::float8, buffers_written::float8, \
      write_time / 1000, sync_time / 1000 FROM pg_stat_checkpointer";
+/// The checkpoint counters of `pg_stat_bgwriter`, PostgreSQL 13 to 16 (17 removed them).
 pub(crate) const BGWRITER: &str = "SELECT checkpoints_timed::float8, checkpoints_req::float8, \
      buffers_checkpoint::float8, checkpoint_write_time / 1000, checkpoint_sync_time / 1000 \
      FROM pg_stat_bgwriter";
+
+/// The checkpoint statement for the server `version`: [`CHECKPOINTER`] or [`BGWRITER`].
+pub(crate) fn checkpoints_sql(version: u32) -> &'static str {
+    if version >= super::PG17 {
+        CHECKPOINTER
+    } else {
+        BGWRITER
+    }
+}
 
 pub(crate) const WAL: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN coalesce(pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0'), 0) \
@@ -32,6 +46,8 @@ pub(crate) const REPLICATION: &str = "SELECT coalesce(nullif(application_name, '
                                    ELSE pg_current_wal_lsn() END, replay_lsn), 0)::float8 \
      FROM pg_stat_replication";
 
+/// `total_exec_time` is `pg_stat_statements` 1.8+ (PostgreSQL 13+; `total_time` before),
+/// the same column in every version from 13 to 18.
 const STATEMENTS: &str = "SELECT queryid::text, calls::float8, (total_exec_time / 1000)::float8, rows::float8 \
      FROM pg_stat_statements WHERE queryid IS NOT NULL ORDER BY total_exec_time DESC LIMIT $1";
 
@@ -42,6 +58,7 @@ pub struct Medium {
     wal: Statement,
     replication: Statement,
     statements: Option<Statement>,
+    wal_io: WalIo,
     top_n: i64,
     previous: Option<(Instant, HashMap<String, f64>)>,
 }
@@ -60,13 +77,7 @@ impl Medium {
             .get(0);
         Ok(Self {
             databases: client.prepare(DATABASES).await?,
-            checkpoints: client
-                .prepare(if version >= 170_000 {
-                    CHECKPOINTER
-                } else {
-                    BGWRITER
-                })
-                .await?,
+            checkpoints: client.prepare(checkpoints_sql(version)).await?,
             wal: client.prepare(WAL).await?,
             replication: client.prepare(REPLICATION).await?,
             statements: if has_pss {
@@ -74,6 +85,7 @@ impl Medium {
             } else {
                 None
             },
+            wal_io: WalIo::prepare(client, version).await?,
             top_n: top_n as i64,
             previous: None,
         })
@@ -185,6 +197,7 @@ impl Medium {
             lag_b.push(vec![("application_name", name)], r.get(2));
         }
         out.extend([lag_s, lag_b]);
+        out.extend(self.wal_io.run(client).await?);
 
         if let Some(st) = &self.statements {
             let mut calls = Family::new(
@@ -211,5 +224,20 @@ impl Medium {
             out.extend([calls, seconds, rows]);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_come_from_the_checkpointer_from_17_on() {
+        for v in [130_023, 140_023, 150_014, 160_014] {
+            assert_eq!(checkpoints_sql(v), BGWRITER, "{v}");
+        }
+        for v in [170_000, 170_010, 180_004] {
+            assert_eq!(checkpoints_sql(v), CHECKPOINTER, "{v}");
+        }
     }
 }
