@@ -1,5 +1,6 @@
 //! Privileged end-to-end tests of capture and attribution: the real kernel programs, the
-//! real agent binary, real PostgreSQL 15 and 18 clusters, real psql and pgbench.
+//! real agent binary, real clusters of every PostgreSQL major from 13 to 18, real psql and
+//! pgbench (Debian's, version 15, as the client of every server).
 //!
 //! Each test runs every scenario against one cluster and one agent, collects failures and
 //! panics at the end with all of them (and the agent's log tail), so one run shows the
@@ -261,6 +262,10 @@ fn suite(version: PgVersion) {
         });
     }
     let metrics = agent.metrics_text().expect("metrics");
+    // Why the stream was lost, if it was (e.g. `unknown_type`).
+    for line in pgmon_tests::metrics::filter_lines(&metrics, "pgmon_wire_desyncs_total{", 10) {
+        eprintln!("{version:?} {line}");
+    }
     for needle in [
         "pgmon_queries_total{role=\"alice\"",
         "pgmon_probe_info{hook=",
@@ -289,8 +294,28 @@ fn suite(version: PgVersion) {
 }
 
 #[test]
+fn capture_pg13() {
+    suite(PgVersion::Pg13);
+}
+
+#[test]
+fn capture_pg14() {
+    suite(PgVersion::Pg14);
+}
+
+#[test]
 fn capture_pg15() {
     suite(PgVersion::Pg15);
+}
+
+#[test]
+fn capture_pg16() {
+    suite(PgVersion::Pg16);
+}
+
+#[test]
+fn capture_pg17() {
+    suite(PgVersion::Pg17);
 }
 
 #[test]

@@ -1,15 +1,18 @@
-//! Privileged tests of the health pollers on PostgreSQL 15 and 18: each scenario is driven
-//! for real with psql sessions and the metric the loops export is asserted — a long
-//! transaction idle in transaction, a blocking chain, connections near `max_connections`,
-//! a temp-file spill, a WAL burst, a requested checkpoint (`pg_stat_bgwriter` on 15,
-//! `pg_stat_checkpointer` on 18), wraparound ages and relation sizes, and every loop's own
-//! success metric.
+//! Privileged tests of the health pollers on every PostgreSQL major from 13 to 18: each
+//! scenario is driven for real with psql sessions and the metric the loops export is
+//! asserted — a long transaction idle in transaction, a blocking chain (its lock-wait age
+//! from 14, which has `pg_locks.waitstart`; absent on 13), connections near
+//! `max_connections`, a temp-file spill, a WAL burst (with `pg_stat_wal`'s counters from
+//! 14 and `pg_stat_io`'s bytes from 16, absent before), a requested checkpoint
+//! (`pg_stat_bgwriter` before 17, `pg_stat_checkpointer` from 17), wraparound ages and
+//! relation sizes, and every loop's own success metric; and `pgmon-agent check` on each.
+//! `versions.rs` adds what the rest of the agent's SQL does on each version.
 
 use std::{thread, time::Duration};
 
 use pgmon_tests::{
     Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, Transport, agent_binary,
-    free_port, require_root,
+    free_port, metrics, require_root,
 };
 
 const APP: &str = "app";
@@ -90,7 +93,16 @@ fn health(version: PgVersion) {
         cluster.psql_background(APP, APP, "SELECT count(*) FROM t"),
     ];
     agent.wait_metric("pgmon_blocked_backends", &[], WAIT, |v| v == 2.0);
-    agent.wait_metric("pgmon_lock_wait_max_seconds", &[], WAIT, |v| v >= 1.0);
+    if version.major() >= 14 {
+        agent.wait_metric("pgmon_lock_wait_max_seconds", &[], WAIT, |v| v >= 1.0);
+    } else {
+        thread::sleep(Duration::from_millis(1500));
+        let m = agent.metrics().expect("metrics");
+        assert!(
+            metrics::find(&m, "pgmon_lock_wait_max_seconds", &[]).is_empty(),
+            "{version} has no pg_locks.waitstart: the lock-wait age must not be exported"
+        );
+    }
     assert!(agent.metric("pgmon_blocking_chain_max_length", &[]) >= 2.0);
     idle.run("ROLLBACK").expect("rollback");
     for w in &mut waiters {
@@ -128,7 +140,11 @@ fn health(version: PgVersion) {
         |v| v > before,
     );
 
-    // A WAL burst.
+    // A WAL burst: the WAL position, pg_stat_wal's records (14+), and on 18 pg_stat_io's
+    // relation extension by client backends (16+; absent on 15, never a made-up zero).
+    let io_extend = [("backend_type", "client backend"), ("object", "relation")];
+    let records = agent.metric("pgmon_wal_records_total", &[]);
+    let extended = agent.metric("pgmon_io_extend_bytes_total", &io_extend);
     let before = agent.metric("pgmon_wal_position_bytes_total", &[]);
     cluster
         .psql(
@@ -141,6 +157,49 @@ fn health(version: PgVersion) {
     agent.wait_metric("pgmon_wal_position_bytes_total", &[], WAIT, |v| {
         v >= before + 5.0e6
     });
+    let io = agent.metrics().expect("metrics");
+    let wal_families = [
+        "pgmon_wal_records_total",
+        "pgmon_wal_full_page_images_total",
+        "pgmon_wal_bytes_total",
+        "pgmon_wal_buffers_full_total",
+    ];
+    if version.major() >= 14 {
+        agent.wait_metric("pgmon_wal_records_total", &[], WAIT, |v| {
+            v >= records + 100_000.0
+        });
+        assert!(agent.metric("pgmon_wal_bytes_total", &[]) >= 5.0e6);
+        for family in wal_families {
+            assert!(!metrics::find(&io, family, &[]).is_empty(), "{family}");
+        }
+    } else {
+        for family in wal_families {
+            assert!(
+                metrics::find(&io, family, &[]).is_empty(),
+                "{family} exported on {version}, which has no pg_stat_wal"
+            );
+        }
+    }
+    let io_families = [
+        "pgmon_io_read_bytes_total",
+        "pgmon_io_write_bytes_total",
+        "pgmon_io_extend_bytes_total",
+    ];
+    if version.major() >= 16 {
+        agent.wait_metric("pgmon_io_extend_bytes_total", &io_extend, WAIT, |v| {
+            v >= extended + 5.0e6
+        });
+        for family in io_families {
+            assert!(!metrics::find(&io, family, &[]).is_empty(), "{family}");
+        }
+    } else {
+        for family in io_families {
+            assert!(
+                metrics::find(&io, family, &[]).is_empty(),
+                "{family} exported on {version}, which has no pg_stat_io"
+            );
+        }
+    }
 
     // A requested checkpoint, from whichever view this version has.
     let before = agent.metric("pgmon_checkpoints_total", &[("kind", "requested")]);
@@ -249,9 +308,37 @@ fn check_report(version: PgVersion) {
 }
 
 #[test]
+fn check_pg13() {
+    if require_root("check_pg13") {
+        check_report(PgVersion::Pg13);
+    }
+}
+
+#[test]
+fn check_pg14() {
+    if require_root("check_pg14") {
+        check_report(PgVersion::Pg14);
+    }
+}
+
+#[test]
 fn check_pg15() {
     if require_root("check_pg15") {
         check_report(PgVersion::Pg15);
+    }
+}
+
+#[test]
+fn check_pg16() {
+    if require_root("check_pg16") {
+        check_report(PgVersion::Pg16);
+    }
+}
+
+#[test]
+fn check_pg17() {
+    if require_root("check_pg17") {
+        check_report(PgVersion::Pg17);
     }
 }
 
@@ -263,9 +350,37 @@ fn check_pg18() {
 }
 
 #[test]
+fn health_pg13() {
+    if require_root("health_pg13") {
+        health(PgVersion::Pg13);
+    }
+}
+
+#[test]
+fn health_pg14() {
+    if require_root("health_pg14") {
+        health(PgVersion::Pg14);
+    }
+}
+
+#[test]
 fn health_pg15() {
     if require_root("health_pg15") {
         health(PgVersion::Pg15);
+    }
+}
+
+#[test]
+fn health_pg16() {
+    if require_root("health_pg16") {
+        health(PgVersion::Pg16);
+    }
+}
+
+#[test]
+fn health_pg17() {
+    if require_root("health_pg17") {
+        health(PgVersion::Pg17);
     }
 }
 
