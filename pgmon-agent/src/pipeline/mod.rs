@@ -211,6 +211,10 @@ impl Pipeline {
         let key = (pid, h.fd);
         let conn = match self.conns.get_mut(&key) {
             Some(c) => c,
+            // A backend forked under our eyes first receives its client's startup packet;
+            // a socket it only sends on is not a client connection (PostgreSQL ≤ 14
+            // backends send statistics to the collector's UDP socket).
+            None if backend.fresh && h.kind == kind::SEND => return,
             None => {
                 backend.fds.push(h.fd);
                 let limits = Limits {
