@@ -1,8 +1,8 @@
 //! `pgmon-agent`: dispatches the subcommands of [`pgmon_agent::cli`].
 use clap::Parser as _;
 use pgmon_agent::cli::{
-    Cli, Command, check, check_config, doctor, emergency, fingerprint, install_sql, record, replay, run, status,
-    unlock,
+    Cli, Command, check, check_config, doctor, emergency, fingerprint, install_sql, record, replay,
+    run, status, unlock,
 };
 
 fn main() -> std::process::ExitCode {

@@ -265,7 +265,9 @@ pub fn must_run() -> bool {
 /// returns so the caller can `return`.
 pub fn skip(test: &str, missing: &str) {
     if must_run() {
-        panic!("{test} cannot run here: {missing} (a privileged test may not skip as root or under CI=true)");
+        panic!(
+            "{test} cannot run here: {missing} (a privileged test may not skip as root or under CI=true)"
+        );
     }
     println!("SKIP {test}: {missing}");
     if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {

@@ -15,9 +15,15 @@ pub const NEEDS_SETUP: &[(&str, &str)] = &[
     ("bindgen", "libclang"),
     ("clang-sys", "libclang"),
     ("llvm-sys", "LLVM's development files"),
-    ("aya-build", "rust-src, bpf-linker and LLVM (builds the eBPF crate)"),
+    (
+        "aya-build",
+        "rust-src, bpf-linker and LLVM (builds the eBPF crate)",
+    ),
     ("bpf-linker", "LLVM's development files"),
-    ("pgmon-agent", "the eBPF object, built by aya-build (rust-src, bpf-linker)"),
+    (
+        "pgmon-agent",
+        "the eBPF object, built by aya-build (rust-src, bpf-linker)",
+    ),
     ("pgmon-ebpf", "rust-src and bpf-linker"),
     ("pq-sys", "libpq's development files"),
     ("prost-build", "protoc"),
@@ -91,8 +97,7 @@ mod tests {
             }
         }
         for (name, links) in links_by_package() {
-            if tree.contains(&name) && !LINKS_WITHOUT_SETUP.iter().any(|ok| links.starts_with(ok))
-            {
+            if tree.contains(&name) && !LINKS_WITHOUT_SETUP.iter().any(|ok| links.starts_with(ok)) {
                 problems.push(format!("{name} (links the native library `{links}`)"));
             }
         }

@@ -111,7 +111,11 @@ pub fn run(args: &FreshCheckArgs) -> Result<()> {
             .args(["log", "-1", "--format=%h %s"])
             .current_dir(&clone),
     )?;
-    println!("fresh-check: clone of {} at {}", head.trim(), clone.display());
+    println!(
+        "fresh-check: clone of {} at {}",
+        head.trim(),
+        clone.display()
+    );
     let mut times = Vec::new();
     let mut failure = None;
     for task in ["demo", "test"] {
@@ -199,10 +203,14 @@ fn strip() -> Result<()> {
         .context("neither CARGO_HOME nor HOME is set")?;
     let linker = cargo_home.join("bin/bpf-linker");
     if linker.exists() {
-        let mut uninstall = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        let mut uninstall =
+            Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
         uninstall.args(["uninstall", "bpf-linker"]);
         if let Err(e) = run_capture(&mut uninstall) {
-            eprintln!("xtask: `{}`: {e:#}; removing the file", describe(&uninstall));
+            eprintln!(
+                "xtask: `{}`: {e:#}; removing the file",
+                describe(&uninstall)
+            );
             std::fs::remove_file(&linker)
                 .with_context(|| format!("cannot remove {}", linker.display()))?;
         }
@@ -210,7 +218,10 @@ fn strip() -> Result<()> {
     }
 
     let toolchains = run_capture(Command::new("rustup").args(["toolchain", "list"]))?;
-    for tc in toolchains.lines().filter_map(|l| l.split_whitespace().next()) {
+    for tc in toolchains
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+    {
         let components = try_capture(Command::new("rustup").args([
             "component",
             "list",

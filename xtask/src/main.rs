@@ -9,14 +9,14 @@
 //!   clone (the proof that both work on a new machine).
 
 mod bench;
-#[cfg(test)]
-mod bootstrap;
 mod bench_budget;
 mod bench_health;
 mod bench_host;
 mod bench_overhead;
 mod bench_probe;
 mod bench_storage;
+#[cfg(test)]
+mod bootstrap;
 mod demo;
 mod fresh_check;
 mod package;

@@ -205,10 +205,7 @@ test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; fini
         assert_eq!(tally.binaries, 2);
         assert_eq!(tally.failed_names, ["a::two"]);
         let summary = Summary::new(tally, "capture_pg18: needs root\n");
-        assert_eq!(
-            (summary.passed, summary.failed, summary.skipped),
-            (2, 1, 2)
-        );
+        assert_eq!((summary.passed, summary.failed, summary.skipped), (2, 1, 2));
         assert_eq!(
             summary.skipped_lines,
             [
