@@ -253,9 +253,13 @@ pub const SKIP_LOG_ENV: &str = "PGMON_SKIP_LOG";
 /// True where every privileged test must run: as root, or under `CI=true` (CI runs as root;
 /// a CI run that is not root is itself the failure to report).
 pub fn must_run() -> bool {
+    is_root() || std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Effective uid 0.
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    root || std::env::var("CI").is_ok_and(|v| v == "true")
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Skips `test` because `missing` (a feature of the machine: root, a program, a kernel
@@ -288,8 +292,7 @@ pub fn skip(test: &str, missing: &str) {
 /// root (it loads eBPF programs and runs clusters as `postgres`) and returns false, so a test
 /// can `if !require_root("name") { return; }`; under `CI=true` that skip is a failure.
 pub fn require_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if is_root() {
         return true;
     }
     skip(

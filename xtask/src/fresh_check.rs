@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{describe, run_capture, run_streaming, try_capture, workspace_root};
+use crate::util::{cargo, describe, run_capture, run_streaming, try_capture, workspace_root};
 
 /// Packages of [`crate::setup::APT_PACKAGES`] that a new machine already has (read off a new
 /// machine of this kind: the Rust toolchain, gcc and make, Debian's PostgreSQL 15 with
@@ -163,7 +163,7 @@ fn setup_only_packages() -> Vec<&'static str> {
 /// `cargo xtask <task>` in `dir`, as a user would type it there: stdin closed, the target
 /// directory the clone's own.
 fn xtask_in(dir: &Path, task: &str) -> Command {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut cmd = cargo();
     cmd.current_dir(dir)
         .args(["xtask", task])
         .env_remove("CARGO_TARGET_DIR")
@@ -203,8 +203,7 @@ fn strip() -> Result<()> {
         .context("neither CARGO_HOME nor HOME is set")?;
     let linker = cargo_home.join("bin/bpf-linker");
     if linker.exists() {
-        let mut uninstall =
-            Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        let mut uninstall = cargo();
         uninstall.args(["uninstall", "bpf-linker"]);
         if let Err(e) = run_capture(&mut uninstall) {
             eprintln!(
