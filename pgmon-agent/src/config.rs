@@ -86,6 +86,19 @@ pub enum HookChoice {
     RawTracepoint,
 }
 
+/// Whether to read TLS sessions' plaintext (`capture.tls`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsChoice {
+    /// Entry-only uprobes on `SSL_accept`, `SSL_read`, `SSL_write` and `SSL_get_error` of
+    /// the libssl the postmaster maps, when it maps one and they attach (default).
+    #[default]
+    Auto,
+    /// No probe in libssl: TLS sessions are counted as unreadable and their backends
+    /// charged by CPU time.
+    Off,
+}
+
 /// Kernel capture settings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -124,6 +137,12 @@ pub struct CaptureConfig {
     /// and exports what `sysctl kernel.bpf_stats_enabled=1` (set by an administrator)
     /// gives.
     pub probe_stats: bool,
+    /// TLS sessions' plaintext: `auto` (default) or `off`. With `auto` the agent probes the
+    /// entry of libssl's `SSL_accept`, `SSL_read`, `SSL_write` and `SSL_get_error` in the
+    /// library file the postmaster maps (never a return probe: those can kill a process
+    /// under a seccomp filter on Linux ≥ 6.11); every process on the host that calls them
+    /// takes a breakpoint trap (~1–2 µs), and only the cluster's backends' bytes are kept.
+    pub tls: TlsChoice,
 }
 
 /// Normalization and per-statement statistics.
@@ -168,6 +187,7 @@ impl Default for CaptureConfig {
             max_message_bytes: 1 << 20,
             max_backends: 65_536,
             probe_stats: false,
+            tls: TlsChoice::Auto,
         }
     }
 }

@@ -48,6 +48,60 @@ pub struct DesyncLabels {
     pub reason: &'static str,
 }
 
+/// `{readable}`: `true` when pgmon reads the session's plaintext (TLS through the libssl
+/// probes), `false` when it cannot (GSSAPI encryption, TLS with `capture.tls: off` or an
+/// unprobed library).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadableLabels {
+    pub readable: &'static str,
+}
+
+/// `{state, library}` of `pgmon_tls_capture_info`: `on` with the libssl file probed, or
+/// `off` with an empty library.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsCaptureLabels {
+    pub state: &'static str,
+    pub library: String,
+}
+
+/// Encrypted sessions, by whether pgmon reads them.
+#[derive(Clone, Default)]
+pub struct EncryptedSessions {
+    /// Open now.
+    pub open: Family<ReadableLabels, Gauge>,
+    /// Ever opened (so a session shorter than a scrape still shows).
+    pub total: Family<ReadableLabels, Counter>,
+}
+
+impl EncryptedSessions {
+    fn labels(readable: bool) -> ReadableLabels {
+        ReadableLabels {
+            readable: if readable { "true" } else { "false" },
+        }
+    }
+
+    /// A session became encrypted, and pgmon does (`readable`) or does not read it.
+    pub fn opened(&self, readable: bool) {
+        let l = Self::labels(readable);
+        self.open.get_or_create(&l).inc();
+        self.total.get_or_create(&l).inc();
+    }
+
+    /// A session counted by [`Self::opened`] ended.
+    pub fn closed(&self, readable: bool) {
+        self.open.get_or_create(&Self::labels(readable)).dec();
+    }
+
+    /// Open sessions: (readable, unreadable).
+    pub fn open_now(&self) -> (i64, i64) {
+        // One statement each: a family's guard lives to the end of its statement, and a
+        // second get_or_create that must insert would wait for it forever.
+        let readable = self.open.get_or_create(&Self::labels(true)).get();
+        let unreadable = self.open.get_or_create(&Self::labels(false)).get();
+        (readable, unreadable)
+    }
+}
+
 /// `{result}`: `applied` or `refused`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -60,6 +114,7 @@ pub struct RoleDbHandles {
     pub queries: Counter,
     pub duration: Histogram,
     pub connections: Gauge,
+    pub unreadable_cpu: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 /// Values the capture thread publishes for scrapes (kernel counters, top-K, cache sizes).
@@ -104,12 +159,15 @@ pub struct Metrics {
     duration: Family<RoleDbLabels, Histogram, fn() -> Histogram>,
     errors: Family<ErrorLabels, Counter>,
     connections: Family<RoleDbLabels, Gauge>,
+    unreadable_cpu: Family<RoleDbLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// Protocol desynchronisations, by direction.
     pub desyncs: Family<DesyncLabels, Counter>,
     /// Queries whose connection could not be attributed to a role.
     pub unattributed: Counter,
-    /// Sessions that negotiated TLS or GSS encryption (uninspectable), open now.
-    pub encrypted_sessions: Gauge,
+    /// Sessions that negotiated TLS or GSS encryption, by whether pgmon reads them.
+    pub encrypted_sessions: EncryptedSessions,
+    /// `pgmon_tls_capture_info`: 1 for the TLS capture's state and library.
+    pub tls_capture: Family<TlsCaptureLabels, Gauge>,
     /// Messages longer than `capture.max_message_bytes`, not reassembled.
     pub oversized_messages: Counter,
     /// Connections attributed through pg_stat_activity (opened before the agent).
@@ -152,9 +210,12 @@ impl Metrics {
         );
         let errors = Family::<ErrorLabels, Counter>::default();
         let connections = Family::<RoleDbLabels, Gauge>::default();
+        let unreadable_cpu =
+            Family::<RoleDbLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
         let desyncs = Family::<DesyncLabels, Counter>::default();
         let unattributed = Counter::default();
-        let encrypted_sessions = Gauge::default();
+        let encrypted_sessions = EncryptedSessions::default();
+        let tls_capture = Family::<TlsCaptureLabels, Gauge>::default();
         let oversized_messages = Counter::default();
         let attributed_late = Counter::default();
         let db_connect_errors = Counter::default();
@@ -184,6 +245,11 @@ impl Metrics {
             connections.clone(),
         );
         registry.register(
+            "pgmon_unreadable_cpu_seconds",
+            "CPU time of backends whose sessions pgmon cannot read (GSSAPI, TLS without the libssl probes), by role and database: what their budgets are charged instead of statements",
+            unreadable_cpu.clone(),
+        );
+        registry.register(
             "pgmon_wire_desyncs",
             "Times a connection's protocol stream could not be followed and was resynchronised",
             desyncs.clone(),
@@ -195,8 +261,19 @@ impl Metrics {
         );
         registry.register(
             "pgmon_encrypted_sessions",
-            "Open sessions using TLS or GSS encryption, whose queries pgmon cannot see",
-            encrypted_sessions.clone(),
+            "Open sessions using TLS or GSS encryption, by whether pgmon reads their plaintext \
+             (readable: TLS through the libssl probes; not readable: GSSAPI, or TLS with the probes off)",
+            encrypted_sessions.open.clone(),
+        );
+        registry.register(
+            "pgmon_encrypted_sessions_opened",
+            "Sessions that became encrypted, by whether pgmon reads their plaintext (a session shorter than a scrape shows here)",
+            encrypted_sessions.total.clone(),
+        );
+        registry.register(
+            "pgmon_tls_capture_info",
+            "1 for the TLS capture's state (on: libssl's SSL_read/SSL_write plaintext is read; off) and the libssl file probed",
+            tls_capture.clone(),
         );
         registry.register(
             "pgmon_oversized_messages",
@@ -245,9 +322,11 @@ impl Metrics {
             duration,
             errors,
             connections,
+            unreadable_cpu,
             desyncs,
             unattributed,
             encrypted_sessions,
+            tls_capture,
             oversized_messages,
             attributed_late,
             db_connect_errors,
@@ -255,6 +334,23 @@ impl Metrics {
             last_reload_successful,
             shared,
         })
+    }
+
+    /// Publishes the TLS capture's state as `pgmon_tls_capture_info`.
+    pub fn set_tls_capture(&self, tls: &crate::capture::tls::TlsCapture) {
+        use crate::capture::tls::TlsCapture;
+        self.tls_capture.clear();
+        let labels = match tls {
+            TlsCapture::On { library, .. } => TlsCaptureLabels {
+                state: "on",
+                library: library.clone(),
+            },
+            TlsCapture::Off { .. } => TlsCaptureLabels {
+                state: "off",
+                library: String::new(),
+            },
+        };
+        self.tls_capture.get_or_create(&labels).set(1);
     }
 
     /// Handles for one (role, database).
@@ -267,6 +363,7 @@ impl Metrics {
             queries: self.queries.get_or_create(&l).clone(),
             duration: self.duration.get_or_create(&l).clone(),
             connections: self.connections.get_or_create(&l).clone(),
+            unreadable_cpu: self.unreadable_cpu.get_or_create(&l).clone(),
         }
     }
 

@@ -57,7 +57,14 @@ pub struct CaptureStatus {
     pub desyncs_frontend: u64,
     pub desyncs_backend: u64,
     pub unattributed_queries: u64,
+    /// Encrypted sessions open now (TLS or GSSAPI), readable or not.
     pub encrypted_sessions: i64,
+    /// Of those, the ones whose plaintext pgmon reads (TLS through the libssl probes).
+    #[serde(default)]
+    pub encrypted_sessions_readable: i64,
+    /// TLS capture: on (library, functions) or off (reason).
+    #[serde(default = "tls_unknown")]
+    pub tls: crate::capture::tls::TlsCapture,
     pub oversized_messages: u64,
     pub late_attributions: u64,
     pub statement_cache_hits: u64,
@@ -67,6 +74,12 @@ pub struct CaptureStatus {
     /// Run time and runs of each kernel program (`capture.probe_stats`; empty otherwise).
     #[serde(default)]
     pub probes: Vec<crate::capture::ProgramStats>,
+}
+
+fn tls_unknown() -> crate::capture::tls::TlsCapture {
+    crate::capture::tls::TlsCapture::Off {
+        reason: "not reported by this agent".to_owned(),
+    }
 }
 
 /// A hook family the kernel would not take.

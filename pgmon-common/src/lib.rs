@@ -50,7 +50,15 @@ pub mod flags {
     pub const LOST_BEFORE: u32 = 1 << 1;
     /// This record is the last chunk of its call.
     pub const LAST_CHUNK: u32 = 1 << 2;
+    /// The payload is TLS plaintext, taken at libssl's `SSL_read`/`SSL_write` (the record's
+    /// `fd` is [`crate::TLS_FD`]), not bytes of the socket.
+    pub const TLS: u32 = 1 << 3;
 }
+
+/// `EventHeader::fd` of a TLS plaintext record: the libssl probes do not see the socket,
+/// and a backend has one client connection (`MyProcPort`), so the agent joins the record to
+/// the backend's one TLS connection.
+pub const TLS_FD: u32 = u32::MAX;
 
 /// Header of every ring-buffer record. 40 bytes, no implicit padding.
 ///
@@ -109,12 +117,13 @@ pub mod counter {
     pub const COUNT: u32 = 8;
 }
 
-/// Value of the `TRACKED` map (key: backend pid). 16 bytes.
+/// Value of the `TRACKED` map (key: backend pid). 40 bytes.
 ///
 /// It carries the arguments of the backend's `recvfrom`/`sendto` in flight, from syscall
 /// entry to exit (the `tracepoint` family, whose exit record lacks them): a backend is one
 /// single-threaded process, so it has at most one call in flight, and keeping the arguments
-/// here saves a hash-map insert and delete per call.
+/// here saves a hash-map insert and delete per call. The TLS probes keep theirs apart:
+/// libssl's own socket calls happen inside `SSL_read`/`SSL_write`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TrackedProcess {
@@ -124,7 +133,26 @@ pub struct TrackedProcess {
     pub inflight_kind: u32,
     /// Socket file descriptor of the call in flight.
     pub inflight_fd: u32,
+    /// The `SSL *` of the backend's client session: the one its `SSL_accept` took (a
+    /// backend accepts exactly one TLS session, `be_tls_open_server`), or for a backend
+    /// already running when the agent started, the first one it reads or writes. Calls on
+    /// any other `SSL *` (a libpq connection the backend opened itself: dblink,
+    /// postgres_fdw) are not its client's and are left alone. 0 until known.
+    pub tls_ssl: u64,
+    /// Plaintext buffer of the `SSL_read`/`SSL_write` in flight, from its entry to the
+    /// `SSL_get_error(ssl, n)` that PostgreSQL calls right after it (`be_tls_read`,
+    /// `be_tls_write` in src/backend/libpq/be-secure-openssl.c).
+    pub tls_buf: u64,
+    /// [`kind::RECV`] (`SSL_read`) or [`kind::SEND`] (`SSL_write`) while one is in
+    /// flight, 0 otherwise.
+    pub tls_kind: u32,
+    /// [`ORIGIN_FORKED`] when the fork probe added the process (so its `SSL_accept`, if
+    /// any, was seen), 0 when the agent seeded it from /proc.
+    pub origin: u32,
 }
+
+/// `TrackedProcess::origin` of a process the fork probe added.
+pub const ORIGIN_FORKED: u32 = 1;
 
 /// `PID_MAX_LIMIT` on 64-bit kernels (include/linux/threads.h): no pid reaches it, whatever
 /// `kernel.pid_max` is set to.
@@ -153,6 +181,10 @@ pub mod pid_state {
     /// A record of this pid was lost; the next record it submits carries
     /// [`crate::flags::LOST_BEFORE`].
     pub const LOST: u8 = 2;
+    /// The backend's client session is TLS (set by the TLS probes at its `SSL_accept`, or
+    /// at the first `SSL_read`/`SSL_write` of a backend older than the agent): its socket
+    /// carries ciphertext, which the socket programs no longer copy.
+    pub const TLS: u8 = 4;
 }
 
 /// Index in the `CONFIG` array (`Array<u32>`) of the tracked postmaster's pid. Read by the
@@ -170,7 +202,7 @@ pub const CONFIG_LEN: u32 = 4;
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 40);
 const _: () = assert!(core::mem::size_of::<Record>() == 40 + CHUNK_BYTES);
-const _: () = assert!(core::mem::size_of::<TrackedProcess>() == 16);
+const _: () = assert!(core::mem::size_of::<TrackedProcess>() == 40);
 const _: () = assert!(TAIL_BYTES < MIN_BYTES_PER_CALL / 2);
 
 #[cfg(feature = "user")]

@@ -99,9 +99,22 @@ pub fn emit_marker(kind: u32, pid: u32) {
 /// agent still sees each query end even when a large result is cut; the bytes in between
 /// are skipped by length inside the DataRows that hold them.
 ///
-/// `state` is the backend's pid-state byte, which the caller has already looked up.
+/// `state` is the backend's pid-state byte, which the caller has already looked up. A
+/// backend whose session is TLS ([`pid_state::TLS`]) has its socket calls left alone: they
+/// carry ciphertext, and the TLS probes copy the plaintext instead.
 #[inline(always)]
 pub fn emit_call(kind: u32, pid: u32, state: *mut u8, fd: u32, buf: u64, ret: i64) {
+    // SAFETY: `state` is this backend's byte in TRACKED_PIDS, valid for this program run.
+    if unsafe { *state } & pid_state::TLS != 0 {
+        return;
+    }
+    emit_bytes(kind, pid, state, fd, buf, ret, 0);
+}
+
+/// [`emit_call`]'s copy, for socket bytes and TLS plaintext alike; `extra` is or-ed into
+/// every record's flags ([`flags::TLS`] for plaintext).
+#[inline(always)]
+pub fn emit_bytes(kind: u32, pid: u32, state: *mut u8, fd: u32, buf: u64, ret: i64, extra: u32) {
     if ret <= 0 {
         return;
     }
@@ -125,7 +138,7 @@ pub fn emit_call(kind: u32, pid: u32, state: *mut u8, fd: u32, buf: u64, ret: i6
     };
     let wake = config(CONFIG_WAKEUP_BYTES) as u64;
     let ts_ns = unsafe { bpf_ktime_get_ns() };
-    let mut lost = take_lost(state);
+    let mut carried = take_lost(state) | extra;
 
     let mut i = 0u32;
     while i < MAX_CHUNKS_PER_CALL {
@@ -140,7 +153,7 @@ pub fn emit_call(kind: u32, pid: u32, state: *mut u8, fd: u32, buf: u64, ret: i6
             rest
         };
         let last = !truncated && offset + len >= head_total;
-        let f = lost | if last { flags::LAST_CHUNK } else { 0 };
+        let f = carried | if last { flags::LAST_CHUNK } else { 0 };
         let header = EventHeader {
             ts_ns,
             kind,
@@ -156,7 +169,7 @@ pub fn emit_call(kind: u32, pid: u32, state: *mut u8, fd: u32, buf: u64, ret: i6
         if !submitted(emit_chunk(header, src, wake), state, rest) {
             return;
         }
-        lost = 0;
+        carried = extra;
         i += 1;
     }
     if truncated {
@@ -171,7 +184,7 @@ pub fn emit_call(kind: u32, pid: u32, state: *mut u8, fd: u32, buf: u64, ret: i6
             len: TAIL_BYTES,
             call_bytes,
             offset,
-            flags: lost | flags::LAST_CHUNK | flags::TRUNCATED,
+            flags: carried | flags::LAST_CHUNK | flags::TRUNCATED,
             _pad: 0,
         };
         let src = (buf + offset as u64) as *const core::ffi::c_void;

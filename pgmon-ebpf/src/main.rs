@@ -16,7 +16,8 @@
 //! - `syscall_tp`: `tracepoint/syscalls/sys_{enter,exit}_{recvfrom,sendto}`,
 //! - `raw_tp`: `raw_tp/sys_exit` alone, arguments read with `bpf_probe_read_kernel`.
 //!
-//! `lifecycle` (fork and exit of tracked processes) is shared by all families.
+//! `lifecycle` (fork and exit of tracked processes) is shared by all families; `tls`
+//! (entry-only uprobes in libssl) adds the plaintext of TLS sessions to any of them.
 #![no_std]
 #![no_main]
 

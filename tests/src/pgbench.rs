@@ -158,7 +158,14 @@ impl Cluster {
     /// Runs pgbench to completion and parses its report. Fails, quoting the whole output,
     /// when pgbench exits non-zero (e.g. an aborted client) or the report is not parseable.
     pub fn pgbench(&self, run: &PgbenchRun) -> Result<PgbenchResult> {
+        self.pgbench_env(run, &[])
+    }
+
+    /// [`Cluster::pgbench`] with libpq environment variables set (e.g. `PGSSLMODE`,
+    /// `require`: TLS over TCP).
+    pub fn pgbench_env(&self, run: &PgbenchRun, env: &[(&str, &str)]) -> Result<PgbenchResult> {
         let mut cmd = self.pgbench_command(run)?;
+        cmd.envs(env.iter().copied());
         let out = run_ok(&mut cmd)?;
         let text = format!(
             "{}{}",

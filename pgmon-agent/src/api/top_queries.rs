@@ -273,6 +273,7 @@ mod tests {
             errors: 0,
             errors_by_class: Default::default(),
             connections: 0,
+            unreadable_cpu_seconds: 0.0,
             p50_ms: None,
             p99_ms: None,
             fingerprints: fps

@@ -295,6 +295,34 @@ impl Budgets {
         }
     }
 
+    /// Charges `cpu_seconds` of CPU time that a backend of `role` used while pgmon could not
+    /// read its statements (an unreadable encrypted session), converted to the tier's unit
+    /// (`Tier::cpu_second_cost` planner units per second for `plan_cost`, as they are for
+    /// `exec_seconds`).
+    pub fn charge_cpu(&mut self, now_ms: u64, role: &Arc<str>, cpu_seconds: f64) {
+        let Some(r) = self.role(role) else {
+            return;
+        };
+        let (unit, tier) = (r.unit, r.tier.clone());
+        let amount = match unit {
+            Unit::ExecSeconds => cpu_seconds,
+            Unit::PlanCost => {
+                cpu_seconds
+                    * self
+                        .policy
+                        .policy
+                        .tiers
+                        .get(&tier)
+                        .map_or(150_000.0, |t| t.cpu_second_cost)
+            }
+        };
+        if let Some(r) = self.roles.get_mut(role) {
+            r.ledger.charge(now_ms, amount);
+            r.dirty = true;
+            r.unsaved = true;
+        }
+    }
+
     fn plan_cost(&mut self, now_ms: u64, role: &Arc<str>, database: &Arc<str>, stmt: &Stmt) -> f64 {
         if !self.cost_enabled || stmt.fingerprint == 0 {
             return self.default_cost;

@@ -43,10 +43,23 @@ pub struct Tier {
     /// max(0, spend − burst) ÷ budget (default 0: utilisation = spend ÷ budget).
     #[serde(default)]
     pub burst: f64,
+    /// What one second of CPU time of a backend whose statements pgmon cannot read (a
+    /// GSSAPI-encrypted session, or TLS with `capture.tls: off`) is charged, in
+    /// `plan_cost` units (default 150 000: the generic-plan cost per second of execution of
+    /// pgbench-table scans and aggregates measured here, 148 000–217 000). An
+    /// `exec_seconds` tier charges those CPU seconds as they are. Such a backend is charged
+    /// once a second by the CPU time it used (`/proc/<pid>/stat` utime + stime), to the role
+    /// `pg_stat_activity` names.
+    #[serde(default = "default_cpu_second_cost")]
+    pub cpu_second_cost: f64,
 }
 
 fn default_window() -> u64 {
     60
+}
+
+fn default_cpu_second_cost() -> f64 {
+    150_000.0
 }
 
 /// One role → tier rule; the first rule that matches wins.

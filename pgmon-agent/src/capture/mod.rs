@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod hooks;
 pub mod pids;
+pub mod tls;
 
 use std::{
     os::fd::{AsFd, AsRawFd, OwnedFd},
@@ -103,6 +104,7 @@ pub struct Capture {
     config: Array<MapData, u32>,
     hook: HookFamily,
     refused: Vec<(HookFamily, String)>,
+    tls: tls::TlsCapture,
     postmaster: u32,
     preexisting: Vec<u32>,
     /// `capture.probe_stats`.
@@ -182,6 +184,7 @@ impl Capture {
             }
         }
         let hook = chosen.ok_or_else(|| CaptureError::NoHook(refused.clone()))?;
+        let tls = tls::attach(&mut ebpf, cfg.tls, postmaster);
 
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(CaptureError::Map {
@@ -232,6 +235,7 @@ impl Capture {
             config,
             hook,
             refused,
+            tls,
             postmaster,
             preexisting: Vec::new(),
             stats_wanted: cfg.probe_stats,
@@ -267,6 +271,11 @@ impl Capture {
     /// Families tried before the chosen one, and why the kernel refused each.
     pub fn refused(&self) -> &[(HookFamily, String)] {
         &self.refused
+    }
+
+    /// Whether TLS sessions' plaintext is captured, from which library, or why not.
+    pub fn tls(&self) -> &tls::TlsCapture {
+        &self.tls
     }
 
     /// The postmaster being followed.

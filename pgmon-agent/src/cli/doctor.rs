@@ -138,6 +138,22 @@ pub fn run_checks(config_path: &Path) -> Vec<Finding> {
                         }
                     ),
                 );
+                match c.tls() {
+                    crate::capture::tls::TlsCapture::On { library, functions } => r.ok(
+                        "tls",
+                        format!(
+                            "TLS plaintext read by entry probes on {} in {library}",
+                            functions.join(", ")
+                        ),
+                    ),
+                    crate::capture::tls::TlsCapture::Off { reason } => r.warn(
+                        "tls",
+                        format!(
+                            "TLS capture off ({reason}): TLS sessions' statements are not \
+                             seen; their backends are charged by CPU time"
+                        ),
+                    ),
+                }
             }
             Err(e) => r.fail("hooks", crate::capture::error_chain(&e)),
         }

@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    capture::tls::TlsCapture,
     attribution,
     budget::{
         Budgets, Channels,
@@ -53,7 +54,16 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
         preexisting_backends = capture.preexisting().len(),
         "capture attached"
     );
+    match capture.tls() {
+        TlsCapture::On { library, .. } => {
+            tracing::info!(%library, "TLS capture on: entry probes on SSL_accept, SSL_read, SSL_write, SSL_get_error");
+        }
+        TlsCapture::Off { reason } => {
+            tracing::info!(%reason, "TLS capture off: TLS sessions are counted as unreadable and charged by CPU time");
+        }
+    }
     let metrics = Metrics::new(hook.name(), hook.cost_rank());
+    metrics.set_tls_capture(capture.tls());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -357,6 +367,7 @@ fn capture_loop(
     let mut last_publish = Instant::now();
     let mut last_pid_check = Instant::now();
     pipeline.set_preexisting(capture.preexisting());
+    pipeline.set_tls_capture(capture.tls().is_on());
     while !stop.load(Ordering::Relaxed) {
         capture.wait(interval);
         let (_, bad) = capture.drain(|record| pipeline.on_record(&record));

@@ -139,12 +139,23 @@ pub fn render(s: &Status) -> String {
     }
     let _ = writeln!(
         o,
-        "          desyncs {} frontend / {} backend, {} unattributed queries, {} encrypted sessions, {} oversized messages",
-        c.desyncs_frontend,
-        c.desyncs_backend,
-        c.unattributed_queries,
+        "          desyncs {} frontend / {} backend, {} unattributed queries, {} oversized messages",
+        c.desyncs_frontend, c.desyncs_backend, c.unattributed_queries, c.oversized_messages
+    );
+    let _ = match &c.tls {
+        crate::capture::tls::TlsCapture::On { library, functions } => writeln!(
+            o,
+            "     tls: on, entry probes on {} in {library}",
+            functions.join(", ")
+        ),
+        crate::capture::tls::TlsCapture::Off { reason } => writeln!(o, "     tls: off ({reason})"),
+    };
+    let _ = writeln!(
+        o,
+        "          {} encrypted sessions open: {} read through libssl, {} unreadable (charged by CPU time)",
         c.encrypted_sessions,
-        c.oversized_messages
+        c.encrypted_sessions_readable,
+        c.encrypted_sessions - c.encrypted_sessions_readable
     );
     let _ = writeln!(
         o,

@@ -44,13 +44,37 @@ enum Identity {
     Unknown,
 }
 
+/// Whether pgmon reads an encrypted session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Crypto {
+    /// TLS negotiated (SSLRequest answered `S`, or a direct TLS ClientHello) at `since_ns`
+    /// (CLOCK_MONOTONIC); its plaintext has not shown yet.
+    Awaiting { since_ns: u64 },
+    /// Its plaintext comes from the libssl probes.
+    Readable,
+    /// Nothing of it can be read (GSSAPI, TLS with the probes off or not reaching it): its
+    /// backend is charged by CPU time.
+    Unreadable,
+}
+
+/// How long a TLS session may go without plaintext before it counts as unreadable. The
+/// handshake and the StartupMessage take milliseconds; a session whose libssl is not the
+/// probed one never shows any.
+const AWAIT_PLAINTEXT_NS: u64 = 3_000_000_000;
+
+/// How often the CPU time of unreadable backends is read and charged.
+const CPU_CHARGE_EVERY_MS: u64 = 200;
+
 /// A backend process of the tracked cluster.
 #[derive(Debug)]
 struct Backend {
     identity: Identity,
     /// Forked after the capture attached (its first bytes are a startup packet).
     fresh: bool,
-    encrypted: bool,
+    /// Set once the session is encrypted.
+    crypto: Option<Crypto>,
+    /// CPU time (clock ticks) already charged, for an unreadable backend.
+    cpu_ticks: Option<u64>,
     fds: Vec<u32>,
 }
 
@@ -100,6 +124,12 @@ pub struct Pipeline {
     max_message_bytes: u32,
     top_k: usize,
     counters: Counters,
+    /// The libssl probes are attached: a TLS session's plaintext is expected.
+    tls_on: bool,
+    /// Backends whose sessions are unreadable, charged by CPU time.
+    unreadable: std::collections::HashSet<u32>,
+    last_cpu_charge_ms: u64,
+    last_crypto_check_ms: u64,
 }
 
 impl Pipeline {
@@ -127,7 +157,17 @@ impl Pipeline {
             max_message_bytes: u32::try_from(config.capture.max_message_bytes).unwrap_or(u32::MAX),
             top_k: config.query.top_k_fingerprints,
             counters: Counters::default(),
+            tls_on: false,
+            unreadable: Default::default(),
+            last_cpu_charge_ms: 0,
+            last_crypto_check_ms: 0,
         }
+    }
+
+    /// Whether the libssl probes are attached (`Capture::tls`): without them every TLS
+    /// session is unreadable from its start.
+    pub fn set_tls_capture(&mut self, on: bool) {
+        self.tls_on = on;
     }
 
     /// Charges completed statements to `link`'s budgets from now on.
@@ -140,6 +180,16 @@ impl Pipeline {
     /// roles, re-evaluates the ladder, and once a second sends the changed ledgers.
     pub fn tick(&mut self) {
         self.now_ms = crate::http::now_ms();
+        if self.now_ms.saturating_sub(self.last_crypto_check_ms) >= 1000 {
+            self.last_crypto_check_ms = self.now_ms;
+            self.expire_awaiting(monotonic_ns());
+        }
+        if !self.unreadable.is_empty()
+            && self.now_ms.saturating_sub(self.last_cpu_charge_ms) >= CPU_CHARGE_EVERY_MS
+        {
+            self.last_cpu_charge_ms = self.now_ms;
+            self.charge_unreadable_cpu();
+        }
         let Some(link) = &mut self.budget else {
             return;
         };
@@ -184,14 +234,23 @@ impl Pipeline {
 
     fn end_backend(&mut self, pid: u32) {
         self.preexisting.remove(&pid);
+        self.unreadable.remove(&pid);
         let Some(b) = self.backends.remove(&pid) else {
             return;
         };
         for fd in &b.fds {
             self.conns.remove(&(pid, *fd));
         }
-        if b.encrypted {
-            self.metrics.encrypted_sessions.dec();
+        let sessions = &self.metrics.encrypted_sessions;
+        match b.crypto {
+            Some(Crypto::Readable) => sessions.closed(true),
+            Some(Crypto::Unreadable) => sessions.closed(false),
+            // Ended before its plaintext showed or its wait ran out: never read.
+            Some(Crypto::Awaiting { .. }) => {
+                sessions.opened(false);
+                sessions.closed(false);
+            }
+            None => {}
         }
         match b.identity {
             Identity::Known(id) => self.stats.connection(id, -1),
@@ -208,6 +267,21 @@ impl Pipeline {
             // Not forked under our eyes: a connection opened before the agent.
             Backend::new(false)
         });
+        if h.flags & flags::TLS != 0 {
+            // Plaintext from libssl: the session is read, whatever was thought of it.
+            let sessions = &self.metrics.encrypted_sessions;
+            match backend.crypto {
+                Some(Crypto::Readable) => {}
+                Some(Crypto::Unreadable) => {
+                    sessions.closed(false);
+                    sessions.opened(true);
+                    backend.cpu_ticks = None;
+                    self.unreadable.remove(&pid);
+                }
+                Some(Crypto::Awaiting { .. }) | None => sessions.opened(true),
+            }
+            backend.crypto = Some(Crypto::Readable);
+        }
         let key = (pid, h.fd);
         let conn = match self.conns.get_mut(&key) {
             Some(c) => c,
@@ -239,6 +313,8 @@ impl Pipeline {
         let mut sink = ConnSink {
             budgets: self.budget.as_mut().map(|l| &mut l.budgets),
             now_ms: self.now_ms,
+            record_ns: h.ts_ns,
+            tls_on: self.tls_on,
             backend,
             normalizer: &mut self.normalizer,
             stats: &mut self.stats,
@@ -281,6 +357,76 @@ impl Pipeline {
             conn.wire.backend(h.ts_ns, r.data, &mut sink);
             if missing_after > 0 {
                 conn.wire.backend_gap(missing_after, &mut sink);
+            }
+        }
+        if backend_unreadable(self.backends.get(&pid)) {
+            self.start_unreadable(pid);
+        }
+    }
+
+    /// A session of `pid` turned out unreadable: counts it, asks pg_stat_activity for its
+    /// role (its StartupMessage was inside the encryption), and charges its CPU time from
+    /// now on.
+    fn start_unreadable(&mut self, pid: u32) {
+        let Some(b) = self.backends.get_mut(&pid) else {
+            return;
+        };
+        if b.cpu_ticks.is_some() {
+            return;
+        }
+        if matches!(b.identity, Identity::AwaitStartup) {
+            b.identity = Identity::Pending(Vec::new());
+            let _ = self.lookups.send(pid);
+        }
+        b.cpu_ticks = Some(cpu_ticks(pid).unwrap_or(0));
+        self.unreadable.insert(pid);
+    }
+
+    /// TLS sessions that waited [`AWAIT_PLAINTEXT_NS`] for plaintext in vain become
+    /// unreadable.
+    fn expire_awaiting(&mut self, now_ns: u64) {
+        let expired: Vec<u32> = self
+            .backends
+            .iter_mut()
+            .filter_map(|(pid, b)| match b.crypto {
+                Some(Crypto::Awaiting { since_ns })
+                    if now_ns.saturating_sub(since_ns) > AWAIT_PLAINTEXT_NS =>
+                {
+                    b.crypto = Some(Crypto::Unreadable);
+                    Some(*pid)
+                }
+                _ => None,
+            })
+            .collect();
+        for pid in expired {
+            self.metrics.encrypted_sessions.opened(false);
+            self.start_unreadable(pid);
+        }
+    }
+
+    /// Charges each unreadable backend the CPU time it used since the last charge, to its
+    /// role (once pg_stat_activity has named it).
+    fn charge_unreadable_cpu(&mut self) {
+        let hz = clock_ticks_per_second();
+        for pid in &self.unreadable {
+            let Some(b) = self.backends.get_mut(pid) else {
+                continue;
+            };
+            let Identity::Known(rd) = b.identity else {
+                continue;
+            };
+            let Some(now) = cpu_ticks(*pid) else {
+                continue;
+            };
+            let before = b.cpu_ticks.replace(now).unwrap_or(now);
+            let seconds = now.saturating_sub(before) as f64 / hz;
+            if seconds <= 0.0 {
+                continue;
+            }
+            self.stats.unreadable_cpu(rd, seconds);
+            if let Some(link) = &mut self.budget {
+                let (role, _) = self.stats.names(rd);
+                link.budgets.charge_cpu(self.now_ms, role, seconds);
             }
         }
     }
@@ -424,7 +570,12 @@ impl Pipeline {
                 desyncs_frontend: c.desyncs_frontend,
                 desyncs_backend: c.desyncs_backend,
                 unattributed_queries: c.unattributed,
-                encrypted_sessions: self.metrics.encrypted_sessions.get(),
+                encrypted_sessions: {
+                    let (r, u) = self.metrics.encrypted_sessions.open_now();
+                    r + u
+                },
+                encrypted_sessions_readable: self.metrics.encrypted_sessions.open_now().0,
+                tls: capture.tls().clone(),
                 oversized_messages: c.oversized,
                 late_attributions: c.late_attributions,
                 statement_cache_hits: n.hits,
@@ -456,16 +607,56 @@ impl Backend {
         Self {
             identity: Identity::AwaitStartup,
             fresh,
-            encrypted: false,
+            crypto: None,
+            cpu_ticks: None,
             fds: Vec::new(),
         }
     }
+}
+
+/// Whether `b` is unreadable and not yet charged by CPU time.
+fn backend_unreadable(b: Option<&Backend>) -> bool {
+    b.is_some_and(|b| b.crypto == Some(Crypto::Unreadable) && b.cpu_ticks.is_none())
+}
+
+/// CLOCK_MONOTONIC now, nanoseconds (the clock of `bpf_ktime_get_ns`, so of record
+/// timestamps).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// utime + stime of process `pid`, clock ticks (proc(5), `/proc/<pid>/stat` fields 14 and
+/// 15); `None` once it is gone.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split_whitespace();
+    // After the command: state is field 3, so utime (14) is the 12th and stime the 13th.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// `sysconf(_SC_CLK_TCK)`: the unit of [`cpu_ticks`] (100 on Linux).
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as f64 } else { 100.0 }
 }
 
 /// The [`wire::Sink`] of one connection: charges what the parser reports.
 struct ConnSink<'a> {
     budgets: Option<&'a mut Budgets>,
     now_ms: u64,
+    /// The record's timestamp (CLOCK_MONOTONIC, ns).
+    record_ns: u64,
+    /// The libssl probes are attached.
+    tls_on: bool,
     backend: &'a mut Backend,
     normalizer: &'a mut Normalizer,
     stats: &'a mut Stats,
@@ -500,11 +691,19 @@ impl wire::Sink for ConnSink<'_> {
         };
     }
 
-    fn encrypted(&mut self, _how: Encryption) {
-        if !self.backend.encrypted {
-            self.backend.encrypted = true;
-            self.metrics.encrypted_sessions.inc();
+    fn encrypted(&mut self, how: Encryption) {
+        if self.backend.crypto.is_some() {
+            return;
         }
+        let readable_later = self.tls_on && how != Encryption::Gss;
+        self.backend.crypto = Some(if readable_later {
+            Crypto::Awaiting {
+                since_ns: self.record_ns,
+            }
+        } else {
+            self.metrics.encrypted_sessions.opened(false);
+            Crypto::Unreadable
+        });
     }
 
     fn cancel_request(&mut self) {

@@ -42,6 +42,8 @@ pub struct RoleDb {
     /// Executions whose completion was seen, durations in microseconds.
     latency_us: hdrhistogram::Histogram<u64>,
     pub connections: i64,
+    /// CPU time of its backends whose sessions pgmon could not read, seconds.
+    pub unreadable_cpu_seconds: f64,
     fingerprints: AHashMap<u64, FingerprintCounters>,
     handles: RoleDbHandles,
 }
@@ -89,6 +91,7 @@ impl Stats {
             latency_us: hdrhistogram::Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
                 .expect("constant bounds are valid"),
             connections: 0,
+            unreadable_cpu_seconds: 0.0,
             fingerprints: AHashMap::new(),
         });
         self.index.insert((role, database), id);
@@ -134,6 +137,14 @@ impl Stats {
 
     /// An ErrorResponse not tied to a counted execution (a Parse or Bind error, a failed
     /// login): counted in the role's errors, not in its queries.
+    /// Counts `seconds` of CPU time used by a backend of `id` whose session pgmon cannot
+    /// read (what its budget is charged instead of statements).
+    pub fn unreadable_cpu(&mut self, id: RoleDbId, seconds: f64) {
+        let r = &mut self.role_dbs[id];
+        r.unreadable_cpu_seconds += seconds;
+        r.handles.unreadable_cpu.inc_by(seconds);
+    }
+
     pub fn error(&mut self, id: RoleDbId, sqlstate: [u8; 5]) {
         let r = &mut self.role_dbs[id];
         Self::count_error(&self.metrics, r, sqlstate);
@@ -220,6 +231,10 @@ pub struct RoleStatus {
     /// Errors by SQLSTATE class, e.g. `"22": 3` (data exception).
     pub errors_by_class: std::collections::BTreeMap<String, u64>,
     pub connections: i64,
+    /// CPU time of the role's backends whose sessions pgmon could not read (GSSAPI, TLS
+    /// without the libssl probes), seconds: charged to its budget instead of statements.
+    #[serde(default)]
+    pub unreadable_cpu_seconds: f64,
     /// Median and 99th percentile of execution time, milliseconds (request to completion
     /// on the wire); null before the first completion.
     pub p50_ms: Option<f64>,
@@ -339,6 +354,7 @@ impl RoleStatus {
             errors: dbs.iter().map(|r| r.errors).sum(),
             errors_by_class,
             connections: dbs.iter().map(|r| r.connections).sum(),
+            unreadable_cpu_seconds: dbs.iter().map(|r| r.unreadable_cpu_seconds).sum(),
             p50_ms: q(0.5),
             p99_ms: q(0.99),
             fingerprints,

@@ -8,7 +8,8 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use pgmon_common::{
-    CONFIG_FORK_CHILD_PID_OFFSET, CONFIG_POSTMASTER_PID, TrackedProcess, counter, kind, pid_state,
+    CONFIG_FORK_CHILD_PID_OFFSET, CONFIG_POSTMASTER_PID, ORIGIN_FORKED, TrackedProcess, counter, kind,
+    pid_state,
 };
 
 use crate::{TRACKED, bump, config, emit::emit_marker, set_pid_state, tracked};
@@ -39,7 +40,14 @@ fn try_fork(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     TRACKED
-        .insert(child as u32, TrackedProcess::default(), 0)
+        .insert(
+            child as u32,
+            TrackedProcess {
+                origin: ORIGIN_FORKED,
+                ..TrackedProcess::default()
+            },
+            0,
+        )
         .map_err(i64::from)?;
     set_pid_state(child as u32, pid_state::TRACKED);
     bump(counter::FORKS, 1);

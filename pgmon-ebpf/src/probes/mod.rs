@@ -6,6 +6,7 @@ pub mod lifecycle;
 pub mod raw_tp;
 pub mod sock_tp;
 pub mod syscall_tp;
+pub mod tls;
 
 use pgmon_common::kind;
 
