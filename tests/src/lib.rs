@@ -88,6 +88,14 @@ pub const PG15_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 /// a Prometheus server).
 pub const PROMTOOL: &str = "/opt/pgmon-test/promtool/usr/bin/promtool";
 
+/// Python of the virtual environment that `cargo xtask setup` makes for the driver tests
+/// (`/usr/bin/python3 -m venv`), with [`PSYCOPG_VERSION`] of psycopg and its binary wheel
+/// from PyPI, which bundles its own libpq (17+: `sslnegotiation=direct`).
+pub const PSYCOPG_PYTHON: &str = "/opt/pgmon-test/venv/bin/python";
+
+/// The psycopg release set-up installs (`psycopg[binary]==`).
+pub const PSYCOPG_VERSION: &str = "3.3.9";
+
 /// Debian's `psql`; used as the client for every server version.
 pub const PSQL: &str = "/usr/bin/psql";
 

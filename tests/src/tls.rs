@@ -16,7 +16,9 @@ impl Cluster {
         let dir = self.base_dir();
         let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
         let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
             .args(["-subj", "/CN=localhost", "-keyout"])
             .arg(&key)
             .arg("-out")
@@ -47,7 +49,12 @@ impl Cluster {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let out = Command::new(crate::PSQL)
-                .args(["-X", "-At", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"])
+                .args([
+                    "-X",
+                    "-At",
+                    "-c",
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                ])
                 .arg(format!(
                     "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require",
                     self.port()

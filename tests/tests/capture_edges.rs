@@ -202,7 +202,10 @@ fn encrypted_sessions_are_counted(version: PgVersion) {
         m.contains("pgmon_encrypted_sessions_opened_total{readable=\"false\"} 1"),
         "{m}"
     );
-    assert!(m.contains("pgmon_tls_capture_info{state=\"off\",library=\"\"} 1"), "{m}");
+    assert!(
+        m.contains("pgmon_tls_capture_info{state=\"off\",library=\"\"} 1"),
+        "{m}"
+    );
     // The TLS session has ended: the gauge is back to 0, and nothing was misparsed.
     assert_eq!(capture_counter(&agent, "encrypted_sessions"), 0);
     assert_eq!(capture_counter(&agent, "desyncs_frontend"), 0);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
-use pgmon_tests::{PG_NPM_PACKAGE, PROMTOOL, PgVersion};
+use pgmon_tests::{PG_NPM_PACKAGE, PROMTOOL, PSYCOPG_PYTHON, PSYCOPG_VERSION, PgVersion};
 
 use crate::util::{cargo, run_capture, run_streaming, try_capture, which};
 
@@ -41,6 +41,8 @@ pub(crate) const APT_PACKAGES: &[&str] = &[
     // The alert tests receive the agent's email on a loopback SMTP server (run with
     // Debian's /usr/bin/python3 -m aiosmtpd).
     "python3-aiosmtpd",
+    // The driver tests run psycopg 3 from PyPI in a virtual environment of Debian's python3.
+    "python3-venv",
 ];
 
 const CREATECLUSTER_CONF: &str = "/etc/postgresql-common/createcluster.conf";
@@ -64,8 +66,54 @@ pub fn run() -> Result<()> {
     }
     native_trigger()?;
     promtool()?;
+    psycopg()?;
     tracefs()?;
     Ok(())
+}
+
+/// psycopg [`PSYCOPG_VERSION`] with its binary wheel (which bundles libpq) in a virtual
+/// environment of Debian's python3 whose interpreter is [`PSYCOPG_PYTHON`]: a driver not
+/// written here, for the TLS tests (pipeline mode, `sslnegotiation=direct`).
+fn psycopg() -> Result<()> {
+    let python = Path::new(PSYCOPG_PYTHON);
+    let version = || {
+        try_capture(Command::new(python).args(["-c", "import psycopg; print(psycopg.__version__)"]))
+            .map(|v| v.trim().to_owned())
+    };
+    if version().as_deref() == Some(PSYCOPG_VERSION) {
+        ok(&format!("psycopg {PSYCOPG_VERSION} ({PSYCOPG_PYTHON})"));
+        return Ok(());
+    }
+    let venv = python.ancestors().nth(2).expect("venv/bin/python");
+    run_capture(
+        Command::new("/usr/bin/python3")
+            .arg("-m")
+            .arg("venv")
+            .arg("--clear")
+            .arg(venv),
+    )?;
+    run_capture(
+        Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-input",
+                "--disable-pip-version-check",
+            ])
+            .arg(format!("psycopg[binary]=={PSYCOPG_VERSION}")),
+    )?;
+    match version() {
+        Some(v) if v == PSYCOPG_VERSION => {
+            println!("installed psycopg {v} in {}", venv.display());
+            Ok(())
+        }
+        other => bail!(
+            "psycopg installed in {} but reports {other:?}",
+            venv.display()
+        ),
+    }
 }
 
 /// `promtool` at [`PROMTOOL`]: Debian's `prometheus` package downloaded and unpacked with
