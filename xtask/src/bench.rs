@@ -19,6 +19,8 @@
 //! 5. Budgets ([`crate::bench_budget`]): enforcement latency, the cost worker's rate, and the
 //!    overhead and cost-cache hit ratio with budgets on.
 //! 6. Storage quotas ([`crate::bench_storage`]) and health pollers ([`crate::bench_health`]).
+//! 7. TLS sessions ([`crate::bench_tls`]): throughput with TLS capture, and what another
+//!    process's SSL call pays.
 
 use std::{
     fmt::Write as _,
@@ -63,6 +65,8 @@ pub struct BenchArgs {
     storage: crate::bench_storage::StorageBenchArgs,
     #[command(flatten)]
     health: crate::bench_health::HealthBenchArgs,
+    #[command(flatten)]
+    tls: crate::bench_tls::TlsBenchArgs,
 }
 
 /// Setup, build, then [`measure`].
@@ -88,11 +92,27 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("{md}");
         return Ok(());
     }
+    if args.tls.tls_only {
+        let (md, json) =
+            crate::bench_tls::section(&crate::util::agent_release_binary(), &args.tls)?;
+        let out_dir = crate::util::workspace_root().join("bench");
+        std::fs::create_dir_all(&out_dir)?;
+        std::fs::write(
+            out_dir.join("TLS.md"),
+            format!("# pgmon TLS benchmark\n{md}"),
+        )?;
+        std::fs::write(
+            out_dir.join("tls.json"),
+            serde_json::to_string_pretty(&json)?,
+        )?;
+        println!("{md}\nwritten to {}", out_dir.join("TLS.md").display());
+        return Ok(());
+    }
     measure(&crate::util::agent_release_binary(), args)
 }
 
 /// `1st`, `2nd`, `3rd`, `4th`, … (`11th`–`13th` included).
-fn ordinal(k: usize) -> String {
+pub fn ordinal(k: usize) -> String {
     let suffix = match (k % 10, k % 100) {
         (_, 11..=13) => "th",
         (1, _) => "st",
@@ -401,11 +421,13 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     report.push_str(&storage_md);
     let (health_md, health_json) = crate::bench_health::section(binary, &args.health)?;
     report.push_str(&health_md);
+    let (tls_md, tls_json) = crate::bench_tls::section(binary, &args.tls)?;
+    report.push_str(&tls_md);
 
     let out_dir = crate::util::workspace_root().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("REPORT.md"), &report)?;
-    let json = serde_json::json!({"overhead": json_overhead, "probe_cost": probe_json, "other_process_socket_call": host_json, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json, "health": health_json});
+    let json = serde_json::json!({"overhead": json_overhead, "probe_cost": probe_json, "other_process_socket_call": host_json, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json, "health": health_json, "tls": tls_json});
     std::fs::write(
         out_dir.join("report.json"),
         serde_json::to_string_pretty(&json)?,

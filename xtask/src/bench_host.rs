@@ -43,7 +43,7 @@ impl HostCost {
 }
 
 /// This thread's CPU time, nanoseconds.
-fn thread_cpu_ns() -> u64 {
+pub fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
