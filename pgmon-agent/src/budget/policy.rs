@@ -48,7 +48,7 @@ pub struct Tier {
     /// `plan_cost` units (default 150 000: the generic-plan cost per second of execution of
     /// pgbench-table scans and aggregates measured here, 148 000–217 000). An
     /// `exec_seconds` tier charges those CPU seconds as they are. Such a backend is charged
-    /// once a second by the CPU time it used (`/proc/<pid>/stat` utime + stime), to the role
+    /// every 200 ms by the CPU time it used since (`/proc/<pid>/stat` utime + stime), to the role
     /// `pg_stat_activity` names.
     #[serde(default = "default_cpu_second_cost")]
     pub cpu_second_cost: f64,

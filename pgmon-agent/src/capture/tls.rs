@@ -177,7 +177,10 @@ mod tests {
             libssl_in_maps(maps),
             Some("/usr/lib/x86_64-linux-gnu/libssl.so.3")
         );
-        assert_eq!(libssl_in_maps("7f00-7f01 r-xp 0 fe:01 1 /lib/libc.so.6\n"), None);
+        assert_eq!(
+            libssl_in_maps("7f00-7f01 r-xp 0 fe:01 1 /lib/libc.so.6\n"),
+            None
+        );
         let spaced = "7f00-7f01 r-xp 0 fe:01 1     /opt/my pg/lib/libssl.so.1.1\n";
         assert_eq!(libssl_in_maps(spaced), Some("/opt/my pg/lib/libssl.so.1.1"));
     }

@@ -19,12 +19,12 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    capture::tls::TlsCapture,
     attribution,
     budget::{
         Budgets, Channels,
         enforce::{self, Enforcer},
     },
+    capture::tls::TlsCapture,
     capture::{Capture, cluster},
     config::Config,
     cost::{Costs, worker::Worker},
