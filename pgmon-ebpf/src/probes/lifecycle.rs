@@ -8,8 +8,8 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use pgmon_common::{
-    CONFIG_FORK_CHILD_PID_OFFSET, CONFIG_POSTMASTER_PID, ORIGIN_FORKED, TrackedProcess, counter, kind,
-    pid_state,
+    CONFIG_FORK_CHILD_PID_OFFSET, CONFIG_POSTMASTER_PID, ORIGIN_FORKED, TrackedProcess, counter,
+    kind, pid_state,
 };
 
 use crate::{TRACKED, bump, config, emit::emit_marker, set_pid_state, tracked};
