@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod hooks;
 pub mod pids;
+pub mod probe_point;
 pub mod tls;
 
 use std::{

@@ -1,7 +1,9 @@
 //! TLS capture: finds the libssl the postmaster maps and attaches the entry-only uprobes of
 //! `pgmon-ebpf/src/probes/tls.rs` to it, once for the whole host (`UProbeScope::AllProcesses`:
 //! the kernel plants the breakpoints in every process mapping the file, forked backends
-//! included; the programs keep only tracked backends' calls).
+//! included; the programs keep only tracked backends' calls). Each probe sits on the first
+//! instruction of the function that the kernel emulates, when decoding proves it equivalent
+//! to the entry ([`super::probe_point`]): one trap per call instead of two.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +12,7 @@ use aya::{
     programs::{ProgramError, UProbe, uprobe::UProbeScope},
 };
 
+use super::probe_point;
 use crate::config::TlsChoice;
 
 /// The programs and the libssl functions they are attached to, in attach order
@@ -29,7 +32,8 @@ pub enum TlsCapture {
     On {
         /// The libssl file, as the postmaster maps it.
         library: String,
-        /// The libssl functions probed (entry only).
+        /// The libssl functions probed and where, e.g. `SSL_read+0x16 (js, emulated)` or
+        /// `SSL_accept (sub, single-stepped: why)` ([`super::probe_point::ProbePoint::describe`]).
         functions: Vec<String>,
     },
     /// No probe in libssl; TLS sessions are unreadable, and why.
@@ -61,6 +65,15 @@ pub enum TlsError {
     /// linked statically).
     #[error("the postmaster (pid {0}) maps no libssl.so*: TLS sessions stay unreadable")]
     NoLibssl(u32),
+    /// The function's bytes could not be read from the library (no such symbol, not an
+    /// x86-64 ELF object).
+    #[error("where to probe {function}")]
+    ProbePoint {
+        /// The libssl function.
+        function: &'static str,
+        #[source]
+        source: Box<probe_point::PointError>,
+    },
     /// The embedded object lacks a program (a build mismatch).
     #[error("program {0} is missing from the embedded object")]
     Missing(&'static str),
@@ -88,13 +101,13 @@ pub fn attach(ebpf: &mut Ebpf, choice: TlsChoice, postmaster: u32) -> TlsCapture
         };
     }
     let result = libssl_of(postmaster).and_then(|lib| {
-        try_attach(ebpf, &lib)?;
-        Ok(lib)
+        let functions = try_attach(ebpf, &lib)?;
+        Ok((lib, functions))
     });
     match result {
-        Ok(lib) => TlsCapture::On {
+        Ok((lib, functions)) => TlsCapture::On {
             library: lib.display().to_string(),
-            functions: PROBES.iter().map(|(_, f)| (*f).to_owned()).collect(),
+            functions,
         },
         Err(e) => {
             for (name, _) in PROBES {
@@ -109,8 +122,15 @@ pub fn attach(ebpf: &mut Ebpf, choice: TlsChoice, postmaster: u32) -> TlsCapture
     }
 }
 
-fn try_attach(ebpf: &mut Ebpf, lib: &Path) -> Result<(), TlsError> {
+/// Attaches every probe of [`PROBES`]; returns where each went, described for `status`.
+fn try_attach(ebpf: &mut Ebpf, lib: &Path) -> Result<Vec<String>, TlsError> {
+    let mut functions = Vec::with_capacity(PROBES.len());
     for (program, function) in PROBES {
+        let (point, why_not) =
+            probe_point::probe_point(lib, function).map_err(|source| TlsError::ProbePoint {
+                function,
+                source: Box::new(source),
+            })?;
         let p: &mut UProbe = ebpf
             .program_mut(program)
             .ok_or(TlsError::Missing(program))?
@@ -118,10 +138,13 @@ fn try_attach(ebpf: &mut Ebpf, lib: &Path) -> Result<(), TlsError> {
             .map_err(|source| attach_error(program, function, lib, source))?;
         p.load()
             .map_err(|source| attach_error(program, function, lib, source))?;
-        p.attach(function, lib, UProbeScope::AllProcesses)
+        p.attach(point.file_offset, lib, UProbeScope::AllProcesses)
             .map_err(|source| attach_error(program, function, lib, source))?;
+        let described = point.describe(function, why_not.as_deref());
+        tracing::debug!(probe = %described, file_offset = point.file_offset, "TLS probe attached");
+        functions.push(described);
     }
-    Ok(())
+    Ok(functions)
 }
 
 fn attach_error(
