@@ -280,7 +280,7 @@ impl Libssl {
     fn open() -> Result<Self> {
         let name = c"libssl.so.3";
         // SAFETY: a constant, NUL-terminated library name.
-        let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW) };
+        let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
         if handle.is_null() {
             bail!("dlopen(libssl.so.3): {}", dlerror());
         }
