@@ -215,6 +215,13 @@ impl Metrics {
         let desyncs = Family::<DesyncLabels, Counter>::default();
         let unattributed = Counter::default();
         let encrypted_sessions = EncryptedSessions::default();
+        // Both series exist from the start at 0, so dashboards and rate() see them before the
+        // first encrypted session.
+        for readable in [true, false] {
+            let l = EncryptedSessions::labels(readable);
+            let _ = encrypted_sessions.open.get_or_create(&l);
+            let _ = encrypted_sessions.total.get_or_create(&l);
+        }
         let tls_capture = Family::<TlsCaptureLabels, Gauge>::default();
         let oversized_messages = Counter::default();
         let attributed_late = Counter::default();
