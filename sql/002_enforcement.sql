@@ -313,8 +313,10 @@ $$;
 -- pgmon.role_locks) and terminates all its client backends, `batch` at a time, newest first
 -- (NOLOGIN alone does not end existing sessions). Saves the original settings like
 -- set_connection_limit. Returns the number terminated. NOLOGIN is only seen by logins after
--- this transaction commits: a caller that must leave no session behind calls
--- pgmon.terminate_backends once more after the commit.
+-- this transaction commits, so a session terminated before the commit can log in again:
+-- with batch = 0 it only locks, and the caller terminates in a second transaction once
+-- this one has committed (pgmon.terminate_backends), which leaves a reconnecting client
+-- nothing to come back to.
 -- (Before lock holders it took only the role: that signature is dropped.)
 DROP FUNCTION IF EXISTS pgmon.lock_role(name);
 CREATE OR REPLACE FUNCTION pgmon.lock_role(target name, lock_holder text DEFAULT 'budget',
@@ -330,8 +332,8 @@ BEGIN
         RAISE EXCEPTION 'pgmon.lock_role: holder must be budget or storage (got %)', lock_holder
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF batch IS NULL OR batch < 1 THEN
-        RAISE EXCEPTION 'pgmon.lock_role: need batch >= 1 (got %)', batch
+    IF batch IS NULL OR batch < 0 THEN
+        RAISE EXCEPTION 'pgmon.lock_role: need batch >= 0 (got %)', batch
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     INSERT INTO pgmon.role_original (rolname, rolconnlimit, rolcanlogin)
@@ -340,6 +342,9 @@ BEGIN
     INSERT INTO pgmon.role_locks (rolname, holder) VALUES (target, lock_holder)
     ON CONFLICT (rolname, holder) DO NOTHING;
     EXECUTE format('ALTER ROLE %I NOLOGIN', target);
+    IF batch = 0 THEN
+        RETURN 0;
+    END IF;
     RETURN pgmon.terminate_all_beyond(target, 0, batch);
 END
 $$;

@@ -1,6 +1,7 @@
 //! Applies storage transitions in the monitor database, one at a time, in order: the lock
-//! (`pgmon.lock_role(role, 'storage', batch)`, then `pgmon.terminate_backends` once more
-//! after its commit, for sessions that logged in before NOLOGIN was visible) and the
+//! (`pgmon.lock_role(role, 'storage', 0)`, NOLOGIN alone, committed; then
+//! `pgmon.terminate_backends(role, 0, batch)`, so no session ends before new logins are
+//! refused) and the
 //! unlock (`pgmon.unlock_role(role, 'storage')`), both from sql/002_enforcement.sql, which
 //! refuse superusers, replication roles and the exempt list themselves and never unlock a
 //! role the 'storage' holder does not hold; then the audit row, the persisted state
@@ -174,13 +175,7 @@ impl Enforcer {
         sql: &str,
         role: &str,
     ) -> Result<Result<String, String>, tokio_postgres::Error> {
-        let batch = i32::try_from(self.batch).unwrap_or(100);
-        let r = if action == "lock" {
-            client.query_one(sql, &[&role, &batch]).await
-        } else {
-            client.query_one(sql, &[&role]).await
-        };
-        match r {
+        match client.query_one(sql, &[&role]).await {
             Ok(row) => {
                 self.metrics.action(action, "applied");
                 Ok(Ok(row.get::<_, Option<String>>(0).unwrap_or_default()))
@@ -259,30 +254,34 @@ impl Enforcer {
                 (a, Ok("dry run (storage.dry_run)".to_owned()))
             }
             Action::Lock => {
+                // Lock first, then terminate: NOLOGIN is visible to logins only from its
+                // commit on, so the lock commits alone (batch 0) and the sessions are ended
+                // after it; a client reconnecting in a loop finds the door shut.
                 let first = self
                     .call(
                         client,
                         "lock",
-                        "SELECT pgmon.lock_role($1, 'storage', $2)::text",
+                        "SELECT pgmon.lock_role($1, 'storage', 0)::text",
                         role,
                     )
                     .await?;
                 let outcome = match first {
-                    Ok(n) => {
-                        // NOLOGIN is visible to logins from the commit on: sweep once more.
-                        let again = client
+                    Ok(_) => {
+                        let ended = client
                             .query_one(
                                 "SELECT pgmon.terminate_backends($1, 0, $2)",
                                 &[&role, &batch],
                             )
                             .await
-                            .map(|r| r.get::<_, i32>(0))
-                            .unwrap_or(0);
-                        let n: i64 = n.parse().unwrap_or(0);
-                        Ok(format!(
-                            "applied: NOLOGIN, {} session(s) terminated",
-                            n + i64::from(again)
-                        ))
+                            .map(|r| r.get::<_, i32>(0));
+                        match ended {
+                            Ok(n) => Ok(format!("applied: NOLOGIN, {n} session(s) terminated")),
+                            Err(e) => Ok(format!(
+                                "applied: NOLOGIN; terminating its sessions failed: {}",
+                                e.as_db_error()
+                                    .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+                            )),
+                        }
                     }
                     Err(e) => Err(e),
                 };
