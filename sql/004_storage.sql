@@ -6,7 +6,10 @@
 --   pgmon.storage_state    the agent's per-role state machine (ok, soft, hard, locked) and
 --                          its timers, so a restart continues a grace period where it was
 --                          (used in the agent's monitor database)
---   pgmon.storage_notify() statement-level trigger function: NOTIFY pgmon_storage, '<owner>'
+--   pgmon.storage_notify() statement-level trigger function: NOTIFY pgmon_storage with
+--                          '<owner> US <relation oid> US <pg_total_relation_size>' (US =
+--                          the unit separator, E'\x1f'): the size lets the agent recount a
+--                          role at once when the write brings it near its hard limit
 --   pgmon.storage_ddl_end() event trigger on ddl_command_end: attaches that trigger to each
 --                          new table (and partition) of a limited role, and notifies for
 --                          DDL that changes a role's bytes without DML (CREATE TABLE AS,
@@ -119,7 +122,8 @@ BEGIN
     BEGIN
         IF pg_catalog.current_setting('max_prepared_transactions') = '0'
            AND pg_catalog.pg_notification_queue_usage() < 0.5 THEN
-            PERFORM pg_catalog.pg_notify('pgmon_storage', TG_ARGV[0]);
+            PERFORM pg_catalog.pg_notify('pgmon_storage', TG_ARGV[0] || E'\x1f' || TG_RELID::int8::text
+                || E'\x1f' || pg_catalog.pg_total_relation_size(TG_RELID)::text);
         END IF;
         PERFORM pg_catalog.set_config('pgmon.storage_notified', TG_ARGV[0] || ':' || second, false);
         PERFORM pg_catalog.set_config('pgmon.storage_notified_set', seen || TG_ARGV[0] || E'\n', false);
@@ -236,7 +240,8 @@ BEGIN
                 r.rel, CASE WHEN pgmon.storage_limited(r.owner) THEN r.owner END);
         END IF;
         IF pgmon.storage_limited(r.owner) THEN
-            PERFORM pg_catalog.pg_notify('pgmon_storage', r.owner);
+            PERFORM pg_catalog.pg_notify('pgmon_storage', r.owner || E'\x1f' || r.rel::oid::int8::text
+                || E'\x1f' || pg_catalog.pg_total_relation_size(r.rel)::text);
         END IF;
     END LOOP;
 EXCEPTION WHEN OTHERS THEN
@@ -310,6 +315,34 @@ BEGIN
 END
 $$;
 
+-- Large objects: a tenant's lo_from_bytea / lo_import / lo_write store their bytes as
+-- 2 KB pages in pg_largeobject (LOBLKSIZE = BLCKSZ / 4; docs, section 73.4 "pg_largeobject"
+-- and chapter 35 "Large Objects"), a catalog the superuser owns, so counting relations by
+-- owner misses them. They belong to pg_largeobject_metadata.lomowner. Charged: pages × 2 KB
+-- (the last page of each object may be partly empty, so this rounds up by less than 2 KB per
+-- object), counted from the (loid, pageno) index where the visibility map allows, not by
+-- reading the data. `roles` NULL: every non-superuser owner; else those named.
+-- SECURITY DEFINER: pg_largeobject is readable by superusers only (docs, "pg_largeobject").
+-- Writing a large object fires no trigger (catalogs have none), so the agent sees it at its
+-- next full recount, or when the same role's table writes notify.
+CREATE OR REPLACE FUNCTION pgmon.storage_large_objects(roles text[])
+RETURNS TABLE (owner text, bytes bigint)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.rolname::text,
+           (count(*) * (current_setting('block_size')::int8 / 4))::int8
+      FROM pg_catalog.pg_largeobject_metadata m
+      JOIN pg_catalog.pg_roles r ON r.oid = m.lomowner
+      JOIN pg_catalog.pg_largeobject l ON l.loid = m.oid
+     WHERE NOT r.rolsuper AND (roles IS NULL OR r.rolname::text = ANY (roles))
+     GROUP BY 1
+$$;
+
+REVOKE ALL ON FUNCTION pgmon.storage_large_objects(text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgmon.storage_large_objects(text[]) TO pgmon;
 REVOKE ALL ON FUNCTION pgmon.storage_notify() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.storage_limited(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.storage_set_trigger(regclass, name) FROM PUBLIC;

@@ -2,8 +2,9 @@
  * pgmon_storage: the storage trigger of sql/004_storage.sql (pgmon.storage_notify) in C.
  *
  * Statement level, after INSERT, UPDATE or TRUNCATE on a table of a limited role;
- * tgargs[0] is the table owner's name. It sends pg_notify('pgmon_storage', owner) at most
- * once per session, owner and second (the transaction's start second), exactly as the
+ * tgargs[0] is the table owner's name. It sends pg_notify('pgmon_storage',
+ * owner US relid US pg_total_relation_size(relid)) (US = 0x1F) at most once per session,
+ * owner and second (the transaction's start second), exactly as the
  * PL/pgSQL version does, but without PL/pgSQL's per-call costs (function environment,
  * expression state per transaction, the trigger-argument array, the key string and its
  * lookup): measured on pgbench TPC-B-like (four trigger calls per transaction, fsync off,
@@ -31,6 +32,7 @@
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "utils/fmgrprotos.h"
+#include "utils/rel.h"
 #include "utils/timestamp.h"
 
 PG_MODULE_MAGIC;
@@ -106,7 +108,15 @@ pgmon_storage_notify(PG_FUNCTION_ARGS)
 
 	if (max_prepared_xacts == 0 &&
 		DatumGetFloat8(DirectFunctionCall1(pg_notification_queue_usage, (Datum) 0)) < 0.5)
-		Async_Notify("pgmon_storage", owner);
+	{
+		Oid			relid = RelationGetRelid(trigdata->tg_relation);
+		int64		bytes = DatumGetInt64(DirectFunctionCall1(pg_total_relation_size,
+															  ObjectIdGetDatum(relid)));
+		char	   *payload = psprintf("%s\x1f%u\x1f" INT64_FORMAT, owner, relid, bytes);
+
+		Async_Notify("pgmon_storage", payload);
+		pfree(payload);
+	}
 
 	if (remembered_count < REMEMBERED)
 		strlcpy(remembered[remembered_count++], owner, NAMEDATALEN);

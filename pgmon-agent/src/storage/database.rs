@@ -30,8 +30,14 @@ pub enum Scope {
 /// What a database task reports.
 #[derive(Debug)]
 pub enum DbEvent {
-    /// A trigger or the event trigger notified for `role`.
-    Notified { db: Arc<str>, role: String },
+    /// A trigger or the event trigger notified for `role`; `relation` is the written
+    /// relation's (oid, bytes as `pg_total_relation_size` said when it notified), when the
+    /// payload carries it ([`parse_payload`]).
+    Notified {
+        db: Arc<str>,
+        role: String,
+        relation: Option<(u32, u64)>,
+    },
     /// Bytes per role in `db`, measured from `started_ms` (unix ms); `epoch` when it was
     /// part of a full recount of every database.
     Counted {
@@ -145,16 +151,20 @@ impl DbTask {
         });
         let _driver = AbortOnDrop(driver);
         let client = Arc::new(client);
-        let installed = match client
+        let (installed, large_objects) = match client
             .query_one(
-                "SELECT to_regprocedure('pgmon.storage_attach_batch(oid, integer)') IS NOT NULL",
+                "SELECT to_regprocedure('pgmon.storage_attach_batch(oid, integer)') IS NOT NULL, \
+                        to_regprocedure('pgmon.storage_large_objects(text[])') IS NOT NULL",
                 &[],
             )
             .await
         {
-            Ok(row) => row.get::<_, bool>(0),
+            Ok(row) => (row.get::<_, bool>(0), row.get::<_, bool>(1)),
             Err(e) => return End::Retry(crate::capture::error_chain(&e)),
         };
+        if installed && !large_objects {
+            tracing::warn!(database = %self.name, "storage: this database's sql/004_storage.sql predates large-object counting: large objects are not charged here until it is applied again (pgmon-agent install-sql)");
+        }
         if installed {
             let table = self.limits.borrow_and_update().clone();
             if let Err(e) = sync_limits(&client, &self.name, &table).await {
@@ -172,19 +182,24 @@ impl DbTask {
             error: None,
         });
         if !first {
-            self.count(&client, Scope::All, None);
+            self.count(&client, Scope::All, None, large_objects);
         }
         loop {
             tokio::select! {
                 n = nrx.recv() => match n {
-                    Some(role) => {
-                        let _ = self.events.send(Event::Db(DbEvent::Notified { db: self.name.clone(), role }));
+                    Some(payload) => {
+                        let (role, relation) = parse_payload(&payload);
+                        let _ = self.events.send(Event::Db(DbEvent::Notified {
+                            db: self.name.clone(),
+                            role: role.to_owned(),
+                            relation,
+                        }));
                     }
                     None => return End::Retry("connection lost".into()),
                 },
                 cmd = self.cmds.recv() => match cmd {
                     None => return End::Stop,
-                    Some(DbCmd::Count(roles)) => self.count(&client, Scope::Roles(roles), None),
+                    Some(DbCmd::Count(roles)) => self.count(&client, Scope::Roles(roles), None, large_objects),
                     Some(DbCmd::Full(epoch)) => {
                         if !installed {
                             // Installed since? A fresh session syncs and listens.
@@ -194,7 +209,7 @@ impl DbTask {
                                 return End::Retry("sql/004_storage.sql installed meanwhile; reconnecting to listen".into());
                             }
                         }
-                        self.count(&client, Scope::All, Some(epoch));
+                        self.count(&client, Scope::All, Some(epoch), large_objects);
                     }
                 },
                 changed = self.limits.changed(), if installed => {
@@ -209,8 +224,9 @@ impl DbTask {
     }
 
     /// Counts `scope` on a task of its own: the query goes on this connection (queued
-    /// behind any other), the stat(2) calls on the blocking pool.
-    fn count(&self, client: &Arc<Client>, scope: Scope, epoch: Option<u64>) {
+    /// behind any other), the stat(2) calls on the blocking pool; with `large_objects`, the
+    /// owners' large objects are added ([`usage::LARGE_OBJECTS_SQL`]).
+    fn count(&self, client: &Arc<Client>, scope: Scope, epoch: Option<u64>, large_objects: bool) {
         let (client, db, events, dir) = (
             client.clone(),
             self.name.clone(),
@@ -238,11 +254,32 @@ impl DbTask {
                     return;
                 }
             };
-            let Ok(bytes) =
+            let lo_rows = if large_objects {
+                let roles: Option<&Vec<String>> = match &scope {
+                    Scope::All => None,
+                    Scope::Roles(r) => Some(r),
+                };
+                match client.query(usage::LARGE_OBJECTS_SQL, &[&roles]).await {
+                    Ok(rows) => rows
+                        .into_iter()
+                        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                        .collect(),
+                    Err(e) => {
+                        tracing::warn!(database = %db, error = %e, "storage: counting large objects failed");
+                        return;
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            let Ok(mut bytes) =
                 tokio::task::spawn_blocking(move || usage::sum_by_owner(&dir, rows)).await
             else {
                 return;
             };
+            for (owner, b) in lo_rows {
+                *bytes.entry(owner).or_default() += u64::try_from(b).unwrap_or(0);
+            }
             let _ = events.send(Event::Db(DbEvent::Counted {
                 db,
                 scope,
@@ -251,6 +288,21 @@ impl DbTask {
                 epoch,
             }));
         });
+    }
+}
+
+/// The payload of a `pgmon_storage` notification (sql/004_storage.sql): `owner`, or
+/// `owner US relid US bytes` (US = the unit separator, 0x1F, which no sane role name
+/// holds) when the trigger measured the relation it wrote. A payload whose tail does not
+/// parse is all owner.
+pub fn parse_payload(payload: &str) -> (&str, Option<(u32, u64)>) {
+    let mut parts = payload.rsplitn(3, '\u{1f}');
+    let (Some(bytes), Some(relid), Some(owner)) = (parts.next(), parts.next(), parts.next()) else {
+        return (payload, None);
+    };
+    match (relid.parse(), bytes.parse()) {
+        (Ok(relid), Ok(bytes)) => (owner, Some((relid, bytes))),
+        _ => (payload, None),
     }
 }
 
@@ -315,4 +367,22 @@ pub async fn sync_limits(
         "storage: limits synced"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_payload;
+
+    #[test]
+    fn payloads() {
+        assert_eq!(parse_payload("alice"), ("alice", None));
+        assert_eq!(
+            parse_payload("alice\u{1f}16384\u{1f}83886080"),
+            ("alice", Some((16384, 83_886_080)))
+        );
+        // An owner with spaces or digits, and a tail that does not parse.
+        assert_eq!(parse_payload("12 x\u{1f}1\u{1f}2"), ("12 x", Some((1, 2))));
+        assert_eq!(parse_payload("a\u{1f}b\u{1f}c"), ("a\u{1f}b\u{1f}c", None));
+        assert_eq!(parse_payload("a\u{1f}1"), ("a\u{1f}1", None));
+    }
 }

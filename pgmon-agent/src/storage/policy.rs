@@ -191,6 +191,11 @@ pub struct StoragePolicy {
     pub usage_ttl_seconds: Option<f64>,
     /// Overrides the preset: sessions terminated per batch when a role is locked.
     pub termination_batch: Option<u32>,
+    /// A role whose last counted usage is within this fraction of its hard limit (at least
+    /// `(1 − margin) × hard_limit` bytes) is recounted on every notification, the usage
+    /// TTL notwithstanding; the TTL throttles only roles farther away (default 0.2; 0..=1,
+    /// 1 recounts every role on every notification).
+    pub near_limit_margin: f64,
     /// Decide, audit, log and notify, but neither lock nor unlock (default false).
     pub dry_run: bool,
     /// Role → limits rules, first match wins.
@@ -229,6 +234,7 @@ impl Default for StoragePolicy {
             mode: Preset::SharedHosting,
             usage_ttl_seconds: None,
             termination_batch: None,
+            near_limit_margin: 0.2,
             dry_run: false,
             roles: Vec::new(),
             default_limits: None,
@@ -353,6 +359,12 @@ impl StoragePolicy {
             }
             None => self.mode.usage_ttl_ms(),
         };
+        if !(0.0..=1.0).contains(&self.near_limit_margin) {
+            return Err((
+                "storage.near_limit_margin".into(),
+                "must be within 0..=1 (a fraction of the hard limit)".into(),
+            ));
+        }
         let termination_batch = match self.termination_batch {
             Some(b) if (1..=10_000).contains(&b) => b,
             Some(_) => {

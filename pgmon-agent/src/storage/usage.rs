@@ -1,6 +1,7 @@
 //! A role's usage: the bytes of every relation it owns in every database (tables, their
 //! TOAST tables, indexes, materialized views, sequences; temporary tables too), every fork
-//! (main with all its 1 GB segments, free space map, visibility map, init).
+//! (main with all its 1 GB segments, free space map, visibility map, init), and of the
+//! large objects it owns ([`LARGE_OBJECTS_SQL`]).
 //!
 //! One query per database lists each such relation's owner and file path
 //! (`pg_relation_filepath`, which reads the catalog and takes no lock; PostgreSQL docs,
@@ -29,6 +30,12 @@ pub const ROLES_SQL: &str = "SELECT o.rolname::text, pg_catalog.pg_relation_file
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles o ON o.oid = c.relowner \
      WHERE c.relkind IN ('r', 'i', 't', 'm', 'S') AND NOT o.rolsuper \
        AND o.rolname::text = ANY ($1)";
+
+/// Bytes of the large objects of each non-superuser owner, `$1` (`text[]`) naming the
+/// owners or NULL for all: `pgmon.storage_large_objects` of sql/004_storage.sql (pages of
+/// `pg_largeobject` × 2 KB, by `pg_largeobject_metadata.lomowner`), rows (owner, bytes).
+pub const LARGE_OBJECTS_SQL: &str =
+    "SELECT owner, bytes FROM pgmon.storage_large_objects($1::text[])";
 
 /// Size of one file, 0 when it does not exist (a relation dropped meanwhile, a fork it
 /// never had).

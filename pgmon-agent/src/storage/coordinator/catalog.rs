@@ -77,6 +77,8 @@ impl Coordinator {
                             counted: false,
                             last_count: HashMap::new(),
                             due: HashMap::new(),
+                            growth: 0,
+                            reported: HashMap::new(),
                             enforcement_error: None,
                         },
                     );

@@ -43,10 +43,23 @@ struct RoleEntry {
     counted: bool,
     /// Last count per database (unix ms), for the usage cache TTL.
     last_count: HashMap<DbName, u64>,
+    /// Growth the notifications reported since the role's last count, bytes: for each
+    /// relation, its reported size minus the size it last reported
+    /// ([`DbEvent::Notified`]'s `relation`; a first report counts whole).
+    growth: u64,
+    /// The last size each written relation reported, by (database, oid).
+    reported: HashMap<(DbName, u32), u64>,
     /// Counts due per database: (unix ms, trailing). A notified count is followed by one
     /// trailing count [`TRAILING_MS`] or the TTL later, whichever is longer.
     due: HashMap<DbName, (u64, bool)>,
     enforcement_error: Option<String>,
+}
+
+/// Whether `e`'s last counted usage (all databases) plus the growth reported since is at
+/// least `(1 − margin)` of its hard limit (`storage.near_limit_margin`).
+fn near_limit(e: &RoleEntry, margin: f64) -> bool {
+    let total: u64 = e.per_db.values().map(|(b, _)| b).sum();
+    total.saturating_add(e.growth) as f64 >= (1.0 - margin) * e.limits.hard as f64
 }
 
 struct DbEntry {
@@ -243,13 +256,25 @@ impl Coordinator {
     fn on_event(&mut self, ev: Event) {
         let now = now_ms();
         match ev {
-            Event::Db(DbEvent::Notified { db, role }) => {
+            Event::Db(DbEvent::Notified { db, role, relation }) => {
                 let ttl = self.policy.usage_ttl_ms;
+                let margin = self.policy.policy.near_limit_margin;
                 let Some(e) = self.roles.get_mut(&role) else {
                     return;
                 };
+                if let Some((relid, bytes)) = relation {
+                    let before = e.reported.insert((db.clone(), relid), bytes).unwrap_or(0);
+                    e.growth = e.growth.saturating_add(bytes.saturating_sub(before));
+                }
                 let last = e.last_count.get(&db).copied().unwrap_or(0);
-                let at = (last + ttl).max(now);
+                // Near its hard limit (its last count plus the growth reported since) a
+                // role is recounted at once: the TTL only spares the database the counts
+                // of roles with room left.
+                let at = if near_limit(e, margin) {
+                    now
+                } else {
+                    (last + ttl).max(now)
+                };
                 let due = e.due.entry(db).or_insert((at, false));
                 *due = (due.0.min(at), false);
                 if at <= now {
@@ -328,6 +353,8 @@ impl Coordinator {
                 Some((_, at)) if *at > started_ms => false,
                 _ => {
                     e.per_db.insert(db.clone(), (b, started_ms));
+                    // The count saw what was reported before it started.
+                    e.growth = 0;
                     true
                 }
             }
@@ -423,9 +450,15 @@ impl Coordinator {
     /// Sends the counts that are due, one command per database; each notified (not
     /// trailing) one schedules its trailing count.
     fn flush_due(&mut self, now: u64) {
-        let trail = self.policy.usage_ttl_ms.max(TRAILING_MS);
+        let far_trail = self.policy.usage_ttl_ms.max(TRAILING_MS);
+        let margin = self.policy.policy.near_limit_margin;
         let mut per_db: HashMap<DbName, Vec<String>> = HashMap::new();
         for (r, e) in self.roles.iter_mut() {
+            let trail = if near_limit(e, margin) {
+                TRAILING_MS
+            } else {
+                far_trail
+            };
             let mut trailing = Vec::new();
             e.due.retain(|db, (at, is_trailing)| {
                 if *at > now {
