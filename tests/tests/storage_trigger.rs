@@ -40,7 +40,14 @@ fn notifications(cluster: &Cluster, script: &str) -> HashMap<String, usize> {
             line.strip_prefix("Asynchronous notification \"pgmon_storage\" with payload \"")
         {
             let payload = rest.split('"').next().unwrap_or_default();
-            *counts.entry(payload.to_string()).or_insert(0) += 1;
+            // owner US relid US bytes: the size is a number the agent can use.
+            let parts: Vec<&str> = payload.split('\u{1f}').collect();
+            assert_eq!(parts.len(), 3, "payload {payload:?}");
+            assert!(
+                parts[1].parse::<u32>().is_ok() && parts[2].parse::<u64>().is_ok(),
+                "{payload:?}"
+            );
+            *counts.entry(parts[0].to_string()).or_insert(0) += 1;
         }
     }
     counts
