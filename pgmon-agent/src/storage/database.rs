@@ -165,14 +165,20 @@ impl DbTask {
         if installed && !large_objects {
             tracing::warn!(database = %self.name, "storage: this database's sql/004_storage.sql predates large-object counting: large objects are not charged here until it is applied again (pgmon-agent install-sql)");
         }
+        // The trigger walk runs in the background (it can take a minute over tens of
+        // thousands of tables): counts and notifications are served from the start, and
+        // the event trigger covers tables made meanwhile. Dropping it (a new walk after a
+        // limits change, or the session's end) aborts it.
+        let mut _walk: Option<AbortOnDrop> = None;
         if installed {
             let table = self.limits.borrow_and_update().clone();
-            if let Err(e) = sync_limits(&client, &self.name, &table).await {
+            if let Err(e) = upsert_limits(&client, &table).await {
                 return End::Retry(format!("syncing pgmon.storage_limits: {e}"));
             }
             if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
                 return End::Retry(crate::capture::error_chain(&e));
             }
+            _walk = Some(spawn_walk(client.clone(), self.name.clone(), table.len()));
         } else {
             tracing::warn!(database = %self.name, "storage: sql/004_storage.sql is not installed in this database: its usage is counted by the periodic recount only (install it as a superuser: psql -d DB -f sql/004_storage.sql)");
         }
@@ -215,9 +221,10 @@ impl DbTask {
                 changed = self.limits.changed(), if installed => {
                     if changed.is_err() { return End::Stop }
                     let table = self.limits.borrow_and_update().clone();
-                    if let Err(e) = sync_limits(&client, &self.name, &table).await {
+                    if let Err(e) = upsert_limits(&client, &table).await {
                         return End::Retry(format!("syncing pgmon.storage_limits: {e}"));
                     }
+                    _walk = Some(spawn_walk(client.clone(), self.name.clone(), table.len()));
                 }
             }
         }
@@ -314,14 +321,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Replaces `pgmon.storage_limits` in `db` with `table` (one statement), then walks the
-/// tables whose trigger must be attached, corrected or removed with
-/// `pgmon.storage_attach_batch`, 50 tables per call, each call its own short transaction.
-/// This is the sync the agent runs at start, on every reconnect, and whenever the limited
-/// roles change.
-pub async fn sync_limits(
+/// Replaces `pgmon.storage_limits` with `table` (one statement). Run at start, on every
+/// reconnect and whenever the limited roles change, before [`attach_walk`].
+pub async fn upsert_limits(
     client: &Client,
-    db: &str,
     table: &LimitTable,
 ) -> Result<(), tokio_postgres::Error> {
     let names: Vec<&str> = table.iter().map(|(r, _, _)| r.as_str()).collect();
@@ -341,6 +344,28 @@ pub async fn sync_limits(
             &[&names, &soft, &hard],
         )
         .await?;
+    Ok(())
+}
+
+/// [`attach_walk`] on a task of its own; a failure is logged (the next sync walks again).
+fn spawn_walk(client: Arc<Client>, db: Arc<str>, limited_roles: usize) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        if let Err(e) = attach_walk(&client, &db, limited_roles).await {
+            tracing::warn!(database = %db, error = %crate::capture::error_chain(&e), "storage: the trigger walk failed; the next limits sync or reconnect walks again");
+        }
+    }))
+}
+
+/// Walks the tables whose trigger must be attached, corrected or removed with
+/// `pgmon.storage_attach_batch`, 50 tables per call, each call its own short transaction
+/// (queued on the connection between the counts' queries, never holding them up for longer
+/// than one batch).
+pub async fn attach_walk(
+    client: &Client,
+    db: &str,
+    limited_roles: usize,
+) -> Result<(), tokio_postgres::Error> {
+    let started = std::time::Instant::now();
     let (mut attached, mut detached, mut busy) = (0, 0, 0);
     let mut after: Option<u32> = None;
     loop {
@@ -360,11 +385,12 @@ pub async fn sync_limits(
     }
     tracing::info!(
         database = db,
-        limited_roles = table.len(),
+        limited_roles,
         attached,
         detached,
         busy,
-        "storage: limits synced"
+        seconds = started.elapsed().as_secs_f64(),
+        "storage: limits synced, triggers walked"
     );
     Ok(())
 }
