@@ -92,6 +92,14 @@ impl EncryptedSessions {
         self.open.get_or_create(&Self::labels(readable)).dec();
     }
 
+    /// Sessions opened since the agent started: (readable, unreadable).
+    pub fn opened_so_far(&self) -> (u64, u64) {
+        // One statement each, as in open_now.
+        let readable = self.total.get_or_create(&Self::labels(true)).get();
+        let unreadable = self.total.get_or_create(&Self::labels(false)).get();
+        (readable, unreadable)
+    }
+
     /// Open sessions: (readable, unreadable).
     pub fn open_now(&self) -> (i64, i64) {
         // One statement each: a family's guard lives to the end of its statement, and a

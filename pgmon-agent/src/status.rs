@@ -62,6 +62,9 @@ pub struct CaptureStatus {
     /// Of those, the ones whose plaintext pgmon reads (TLS through the libssl probes).
     #[serde(default)]
     pub encrypted_sessions_readable: i64,
+    /// Encrypted sessions opened since the agent started: (read through libssl, unreadable).
+    #[serde(default)]
+    pub encrypted_sessions_opened: (u64, u64),
     /// TLS capture: on (library, functions) or off (reason).
     #[serde(default = "tls_unknown")]
     pub tls: crate::capture::tls::TlsCapture,

@@ -3,8 +3,10 @@
 //! Role `shop` owns database `shop` (pgbench tables, scale 5) and runs pgbench: the first
 //! half of the time TPC-B-like with `-M simple`, the second half select-only with
 //! `-M extended`. Role `analyst` (SELECT on the pgbench tables) runs an analytic mix in a
-//! loop: aggregates, joins, GROUP BY, window functions, and a few deliberately failing
-//! queries. Then the agent's `status` and a sample of its `/metrics` are printed. The agent
+//! loop over TCP: aggregates, joins, GROUP BY, window functions, and a few deliberately
+//! failing queries. The cluster has `ssl = on` with a self-signed certificate, as Debian's
+//! packages do, so the analyst's session speaks TLS (libpq's default `sslmode=prefer`) and
+//! `status` shows it read through libssl. Then the agent's `status` and a sample of its `/metrics` are printed. The agent
 //! and the cluster are stopped on every path (drop), Ctrl-C included.
 
 use std::path::Path;
@@ -85,8 +87,10 @@ fn demo(binary: &Path, version: PgVersion, args: &DemoArgs) -> Result<()> {
         cluster.port(),
         cluster.postmaster_pid()
     );
+    cluster.enable_ssl()?;
+    println!("   ssl = on (self-signed certificate, as Debian ships it): TCP clients speak TLS");
     println!(
-        "== roles: shop (owns db shop, pgbench -i -s {}), analyst (SELECT)",
+        "== roles: shop (owns db shop, pgbench -i -s {}, unix socket), analyst (SELECT, TCP + TLS)",
         args.scale
     );
     cluster.create_role_with_db("shop")?;

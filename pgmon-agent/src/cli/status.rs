@@ -152,10 +152,12 @@ pub fn render(s: &Status) -> String {
     };
     let _ = writeln!(
         o,
-        "          {} encrypted sessions open: {} read through libssl, {} unreadable (charged by CPU time)",
+        "          {} encrypted sessions open: {} read through libssl, {} unreadable (charged by CPU time); since start: {} read, {} unreadable",
         c.encrypted_sessions,
         c.encrypted_sessions_readable,
-        c.encrypted_sessions - c.encrypted_sessions_readable
+        c.encrypted_sessions - c.encrypted_sessions_readable,
+        c.encrypted_sessions_opened.0,
+        c.encrypted_sessions_opened.1
     );
     let _ = writeln!(
         o,

@@ -575,6 +575,7 @@ impl Pipeline {
                     r + u
                 },
                 encrypted_sessions_readable: self.metrics.encrypted_sessions.open_now().0,
+                encrypted_sessions_opened: self.metrics.encrypted_sessions.opened_so_far(),
                 tls: capture.tls().clone(),
                 oversized_messages: c.oversized,
                 late_attributions: c.late_attributions,
