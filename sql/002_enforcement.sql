@@ -281,12 +281,17 @@ BEGIN
 END
 $$;
 
--- Lowers (or raises) target's connection limit and terminates its newest client backends
--- so that at most `lim` remain (none when lim is -1, i.e. no limit). The role's settings
--- before pgmon's first change are kept in pgmon.role_original. The new limit only applies
--- to later logins (PostgreSQL docs, "CREATE ROLE", CONNECTION LIMIT), and only once this
--- transaction commits, hence the terminations. Returns the number terminated.
-CREATE OR REPLACE FUNCTION pgmon.set_connection_limit(target name, lim int)
+-- Lowers (or raises) target's connection limit and terminates its newest client backends,
+-- `batch` at a time, so that at most `lim` remain (none when lim is -1, i.e. no limit). The
+-- role's settings before pgmon's first change are kept in pgmon.role_original. The new
+-- limit only applies to later logins (PostgreSQL docs, "CREATE ROLE", CONNECTION LIMIT),
+-- and only once this transaction commits, hence the terminations. With batch = 0 it only
+-- sets the limit, and the caller terminates in later transactions once this one has
+-- committed (pgmon.terminate_backends), so an ended session cannot take the freed slot
+-- back under the old limit. Returns the number terminated.
+-- (Before it took a batch it took only (target, lim): that signature is dropped.)
+DROP FUNCTION IF EXISTS pgmon.set_connection_limit(name, int);
+CREATE OR REPLACE FUNCTION pgmon.set_connection_limit(target name, lim int, batch int DEFAULT 100)
 RETURNS int
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -298,14 +303,18 @@ BEGIN
         RAISE EXCEPTION 'pgmon.set_connection_limit: need lim >= -1 (got %)', lim
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF batch IS NULL OR batch < 0 THEN
+        RAISE EXCEPTION 'pgmon.set_connection_limit: need batch >= 0 (got %)', batch
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     INSERT INTO pgmon.role_original (rolname, rolconnlimit, rolcanlogin)
     SELECT rolname, rolconnlimit, rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = target
     ON CONFLICT (rolname) DO NOTHING;
     EXECUTE format('ALTER ROLE %I CONNECTION LIMIT %s', target, lim);
-    IF lim = -1 THEN
+    IF lim = -1 OR batch = 0 THEN
         RETURN 0;
     END IF;
-    RETURN pgmon.terminate_all_beyond(target, lim);
+    RETURN pgmon.terminate_all_beyond(target, lim, batch);
 END
 $$;
 
@@ -465,14 +474,14 @@ REVOKE ALL ON FUNCTION pgmon.signal_backends(name, int, int, int[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.await_exit(int[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.terminate_backends(name, int, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.terminate_all_beyond(name, int, int) FROM PUBLIC;
-REVOKE ALL ON FUNCTION pgmon.set_connection_limit(name, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgmon.set_connection_limit(name, int, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.lock_role(name, text, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.lock_holders(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.unlock_role(name, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.restore_role(name) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgmon.check_enforceable(name) TO pgmon;
 GRANT EXECUTE ON FUNCTION pgmon.terminate_backends(name, int, int) TO pgmon;
-GRANT EXECUTE ON FUNCTION pgmon.set_connection_limit(name, int) TO pgmon;
+GRANT EXECUTE ON FUNCTION pgmon.set_connection_limit(name, int, int) TO pgmon;
 GRANT EXECUTE ON FUNCTION pgmon.lock_role(name, text, int) TO pgmon;
 GRANT EXECUTE ON FUNCTION pgmon.unlock_role(name, text) TO pgmon;
 GRANT EXECUTE ON FUNCTION pgmon.restore_role(name) TO pgmon;

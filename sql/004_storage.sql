@@ -6,6 +6,9 @@
 --   pgmon.storage_state    the agent's per-role state machine (ok, soft, hard, locked) and
 --                          its timers, so a restart continues a grace period where it was
 --                          (used in the agent's monitor database)
+--   pgmon.storage_usage    each limited role's bytes per database at the last counts, and
+--   pgmon.storage_counted  the databases those rows wholly cover, so a restart enforces at
+--                          once (monitor database)
 --   pgmon.storage_notify() statement-level trigger function: NOTIFY pgmon_storage with
 --                          '<owner> US <relation oid> US <pg_total_relation_size>' (US =
 --                          the unit separator, E'\x1f'): the size lets the agent recount a
@@ -70,6 +73,28 @@ CREATE TABLE IF NOT EXISTS pgmon.storage_state (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgmon.storage_state TO pgmon;
+
+-- Each limited role's bytes per database at the agent's last counts (used in the monitor
+-- database), so a restarted agent judges every role from its first second instead of
+-- after its first full recount. Written after each full recount, only the rows that moved
+-- by at least 1 % of the role's hard limit (and at least one 8 kB page): at most one row
+-- per (role, database) per recount, and none for a role whose bytes stand still.
+CREATE TABLE IF NOT EXISTS pgmon.storage_usage (
+    role       name   NOT NULL,
+    datname    name   NOT NULL,
+    bytes      bigint NOT NULL CHECK (bytes >= 0),
+    counted_at timestamptz NOT NULL,
+    PRIMARY KEY (role, datname)
+);
+GRANT SELECT, INSERT, UPDATE, DELETE ON pgmon.storage_usage TO pgmon;
+
+-- The databases whose every role the agent has counted at least once (the rows above cover
+-- them wholly: a role without a row owns nothing there).
+CREATE TABLE IF NOT EXISTS pgmon.storage_counted (
+    datname       name PRIMARY KEY,
+    first_counted timestamptz NOT NULL DEFAULT now()
+);
+GRANT SELECT, INSERT, UPDATE, DELETE ON pgmon.storage_counted TO pgmon;
 
 -- The per-table trigger, statement level, after INSERT, UPDATE or TRUNCATE (DELETE frees
 -- no bytes until a VACUUM, which the periodic recount sees). TG_ARGV[0] is the table

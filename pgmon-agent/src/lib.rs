@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod cost;
 pub mod daemon;
+pub mod enforcement;
 pub mod health;
 pub mod http;
 pub mod metrics;

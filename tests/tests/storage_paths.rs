@@ -121,6 +121,16 @@ fn reconnect_loop(cluster: &Cluster, agent: &Agent) {
                 .iter()
                 .any(|a| a.contains(":lock:applied"))
         });
+        let result = sql(
+            cluster,
+            "postgres",
+            "postgres",
+            "SELECT result FROM pgmon.audit WHERE role = 'churn' AND action = 'lock'",
+        );
+        assert!(
+            result.contains("4 session(s) terminated"),
+            "all 4 sessions ended in batches of 3: {result}"
+        );
         // From the first sweep on, nobody is in, and nobody gets in for 3 s of retries.
         let mut seen = Vec::new();
         for _ in 0..15 {
@@ -233,7 +243,13 @@ fn all(version: PgVersion) {
     }
     database(&cluster, "tenants");
     install(&cluster, "tenants", &pgmon_tests::STORAGE_TENANT_SQL);
-    let agent = start_agent(&cluster, |y| y);
+    // A batch smaller than the 4 reconnecting sessions: the lock's sweep takes two.
+    let agent = start_agent(&cluster, |y| {
+        y.replace(
+            "  enabled: true\n",
+            "  enabled: true\n  termination_batch: 3\n",
+        )
+    });
     large_objects(&cluster, &agent);
     reconnect_loop(&cluster, &agent);
     drop(agent);

@@ -2,7 +2,9 @@
 //! and 18: the agent killed with SIGKILL during a hard grace period and restarted locks
 //! the role when the grace that began before the crash ends (not a full grace after the
 //! restart); killed again while the role is locked, the restarted agent still knows the
-//! lock it applied, and unlocks it once the role is back under its hard limit.
+//! lock it applied, and unlocks it once the role is back under its hard limit. The usage
+//! counted before a crash is persisted (pgmon.storage_usage) and judged on at once by the
+//! restarted agent, before its first full recount.
 
 mod storage_util;
 
@@ -57,7 +59,24 @@ fn restart(version: PgVersion) {
         state(&agent, "slow") == "hard"
     });
     let crossed = Instant::now();
-    std::thread::sleep(Duration::from_secs(3));
+    let counted = server_usage(&cluster, "tenants", "slow");
+    let persisted = || {
+        sql(
+            &cluster,
+            "postgres",
+            "postgres",
+            "SELECT coalesce(sum(bytes), 0) FROM pgmon.storage_usage \
+             WHERE role = 'slow' AND datname = 'tenants'",
+        )
+        .trim()
+        .parse::<u64>()
+        .expect("bytes")
+    };
+    // A full recount runs every 2 s and persists what moved by 1 % of the hard limit.
+    wait_until("slow's usage persisted", Duration::from_secs(3), || {
+        persisted().abs_diff(counted) <= 20_000
+    });
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(crossed.elapsed()));
     sigkill(&mut agent);
     drop(agent);
     assert!(can_login(&cluster, "slow"), "the grace had not ended");
@@ -66,6 +85,12 @@ fn restart(version: PgVersion) {
     wait_until("slow resumed", Duration::from_secs(5), || {
         storage_role(&agent, "slow").is_some()
     });
+    let log = agent.log();
+    assert!(
+        log.contains("usage_roles=1")
+            && log.contains("judging roles on their persisted usage until the first full recount"),
+        "the restarted agent judges on the persisted usage at once:\n{log}"
+    );
     let left = storage_role(&agent, "slow").expect("slow resumed")["time_left_seconds"].as_f64();
     assert_eq!(state(&agent, "slow"), "hard", "resumed in hard");
     if let Some(left) = left {

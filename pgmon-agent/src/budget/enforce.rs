@@ -44,7 +44,8 @@ fn effect(ladder: &[Step], step: Option<usize>) -> Effect {
 }
 
 /// The SQL calls (action name, statement, connection limit) that move a role from one
-/// step to another, in order.
+/// step to another, in order. The lock and the connection limit commit alone (batch 0);
+/// [`Enforcer::apply`] ends the sessions after ([`crate::enforcement`]).
 ///
 /// Down from `lock` to a `connection_limit` step, the limit is set while the role is still
 /// NOLOGIN and only then is the budget's lock taken off (`pgmon.unlock_role`, which keeps
@@ -60,7 +61,7 @@ fn calls(ladder: &[Step], d: &Decision) -> Vec<(&'static str, &'static str, Opti
         Effect::Limit(l) => {
             let set = (
                 "connection_limit",
-                "SELECT pgmon.set_connection_limit($1, $2)::text",
+                "SELECT pgmon.set_connection_limit($1, $2, 0)::text",
                 Some(l),
             );
             if from == Effect::Locked {
@@ -70,7 +71,11 @@ fn calls(ladder: &[Step], d: &Decision) -> Vec<(&'static str, &'static str, Opti
                 vec![set]
             }
         }
-        Effect::Locked => vec![("lock", "SELECT pgmon.lock_role($1)::text", None)],
+        Effect::Locked => vec![(
+            "lock",
+            "SELECT pgmon.lock_role($1, 'budget', 0)::text",
+            None,
+        )],
     }
 }
 
@@ -270,7 +275,26 @@ impl Enforcer {
                     Some(l) => client.query_one(sql, &[&role, &l]).await,
                     None => client.query_one(sql, &[&role]).await,
                 };
+                // Sessions beyond what the committed step allows (none when locked).
+                let keep = match action {
+                    "lock" => Some(0),
+                    "connection_limit" => limit.filter(|l| *l >= 0),
+                    _ => None,
+                };
                 match r {
+                    Ok(_) if keep.is_some() => {
+                        self.metrics.action(action, "applied");
+                        let keep = keep.unwrap_or(0);
+                        let batch = crate::enforcement::DEFAULT_BATCH;
+                        match crate::enforcement::terminate_beyond(client, &role, keep, batch).await
+                        {
+                            Ok(n) => format!("applied: {n}"),
+                            Err(e) if e.as_db_error().is_some() => {
+                                format!("applied; terminating its sessions failed: {e}")
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
                     Ok(row) => {
                         self.metrics.action(action, "applied");
                         format!(

@@ -1,6 +1,7 @@
 //! Applies storage transitions in the monitor database, one at a time, in order: the lock
 //! (`pgmon.lock_role(role, 'storage', 0)`, NOLOGIN alone, committed; then
-//! `pgmon.terminate_backends(role, 0, batch)`, so no session ends before new logins are
+//! `pgmon.terminate_backends(role, 0, batch)` batch after batch
+//! ([`crate::enforcement::terminate_beyond`]), so no session ends before new logins are
 //! refused) and the
 //! unlock (`pgmon.unlock_role(role, 'storage')`), both from sql/002_enforcement.sql, which
 //! refuse superusers, replication roles and the exempt list themselves and never unlock a
@@ -234,7 +235,7 @@ impl Enforcer {
         limits: &Limits,
         reply: &mut Option<oneshot::Sender<Result<String, String>>>,
     ) -> Result<(), tokio_postgres::Error> {
-        let batch = i32::try_from(self.batch).unwrap_or(100);
+        let batch = i32::try_from(self.batch).unwrap_or(crate::enforcement::DEFAULT_BATCH);
         let (action, outcome) = match t.action {
             Action::Record => (
                 match t.to {
@@ -267,13 +268,8 @@ impl Enforcer {
                     .await?;
                 let outcome = match first {
                     Ok(_) => {
-                        let ended = client
-                            .query_one(
-                                "SELECT pgmon.terminate_backends($1, 0, $2)",
-                                &[&role, &batch],
-                            )
-                            .await
-                            .map(|r| r.get::<_, i32>(0));
+                        let ended =
+                            crate::enforcement::terminate_beyond(client, role, 0, batch).await;
                         match ended {
                             Ok(n) => Ok(format!("applied: NOLOGIN, {n} session(s) terminated")),
                             Err(e) => Ok(format!(

@@ -10,6 +10,8 @@
 //!   of the limits, counts ([`usage`]).
 //! - [`enforce`]: applies transitions in the monitor database (lock, unlock, audit,
 //!   persisted state) in order.
+//! - [`snapshot`]: writes each role's counted bytes after every full recount and reads
+//!   them back at start, so a restart enforces before its first recount.
 //! - [`notify`]: Slack and JSON webhooks, off the enforcement path.
 
 pub mod coordinator;
@@ -18,6 +20,7 @@ pub mod enforce;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
+pub mod snapshot;
 pub mod state;
 pub mod usage;
 
@@ -155,16 +158,38 @@ pub async fn start(
             Default::default()
         }
     };
+    let loaded = match tokio::time::timeout(Duration::from_secs(10), async {
+        let c = connect_with_backoff(&monitor, "storage usage").await;
+        snapshot::load(&c).await
+    })
+    .await
+    {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %crate::capture::error_chain(&e), "storage: the persisted usage (pgmon.storage_usage) is unreadable: is sql/004_storage.sql up to date in the monitor database? Roles are judged after the first full recount");
+            Default::default()
+        }
+        Err(_) => Default::default(),
+    };
     tracing::info!(
         dry_run = policy.policy.dry_run,
         usage_ttl_ms = policy.usage_ttl_ms,
         termination_batch = policy.termination_batch,
         restored = persisted.len(),
+        usage_roles = loaded.roles(),
+        usage_age_seconds = loaded.age_ms(crate::http::now_ms()).map(|ms| ms / 1000),
         "storage quotas on"
     );
     let (tx, rx) = mpsc::unbounded_channel();
-    let c =
-        coordinator::Coordinator::new(policy, monitor, data_dir, metrics, tx.clone(), persisted);
+    let c = coordinator::Coordinator::new(
+        policy,
+        monitor,
+        data_dir,
+        metrics,
+        tx.clone(),
+        persisted,
+        loaded,
+    );
     tokio::spawn(c.serve(rx));
     StorageHandle { tx }
 }

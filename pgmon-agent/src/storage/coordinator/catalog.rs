@@ -67,13 +67,19 @@ impl Coordinator {
                         self.metrics.limits(&name, &limits);
                     }
                     self.metrics.phase(&name, quota.phase);
+                    let per_db = self
+                        .seed
+                        .usage
+                        .remove(&name)
+                        .map(|v| v.into_iter().map(|(d, b, at)| (d, (b, at))).collect())
+                        .unwrap_or_default();
                     self.roles.insert(
                         name,
                         RoleEntry {
                             limits,
                             limited: l.is_some(),
                             quota,
-                            per_db: HashMap::new(),
+                            per_db,
                             counted: false,
                             last_count: HashMap::new(),
                             due: HashMap::new(),

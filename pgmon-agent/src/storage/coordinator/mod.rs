@@ -21,6 +21,7 @@ use super::{
     metrics::{StorageMetrics, write_textfile},
     notify::Notifier,
     policy::{Compiled, Limits},
+    snapshot::{self, Loaded, Snapshot, UsageRow},
     state::{Quota, Transition},
 };
 use crate::http::now_ms;
@@ -39,7 +40,8 @@ struct RoleEntry {
     quota: Quota,
     /// Bytes per database and when they were measured (unix ms).
     per_db: HashMap<DbName, (u64, u64)>,
-    /// Counted since the agent started (timers wait for it: a persisted usage may be stale).
+    /// Counted since the agent started (timers wait for it: a persisted usage may be
+    /// stale). Before it, `per_db` holds the persisted counts, if any.
     counted: bool,
     /// Last count per database (unix ms), for the usage cache TTL.
     last_count: HashMap<DbName, u64>,
@@ -79,6 +81,13 @@ pub struct Coordinator {
     roles: HashMap<String, RoleEntry>,
     /// Persisted states of roles not seen in pg_roles yet.
     persisted: HashMap<String, Persisted>,
+    /// Persisted usage ([`snapshot`]): counts of roles not seen in pg_roles yet, and the
+    /// databases they cover wholly.
+    seed: Loaded,
+    /// Where the full recounts' results go to be persisted.
+    usage_tx: Option<watch::Sender<Arc<Snapshot>>>,
+    /// Databases counted whole since the agent started.
+    covered: std::collections::HashSet<DbName>,
     dbs: BTreeMap<DbName, DbEntry>,
     limits_tx: watch::Sender<Arc<LimitTable>>,
     permits: Arc<Semaphore>,
@@ -97,7 +106,8 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// A coordinator seeded with `persisted` states (applied when each role is listed).
+    /// A coordinator seeded with `persisted` states and `seed` usage (applied when each
+    /// role is listed).
     pub fn new(
         policy: Compiled,
         monitor: tokio_postgres::Config,
@@ -105,6 +115,7 @@ impl Coordinator {
         metrics: StorageMetrics,
         events: mpsc::UnboundedSender<Event>,
         persisted: HashMap<String, Persisted>,
+        seed: Loaded,
     ) -> Self {
         let (enforcer, enforcer_rx) = mpsc::unbounded_channel();
         Self {
@@ -117,6 +128,9 @@ impl Coordinator {
             enforcer_rx: Some(enforcer_rx),
             roles: HashMap::new(),
             persisted,
+            seed,
+            usage_tx: None,
+            covered: Default::default(),
             dbs: BTreeMap::new(),
             limits_tx: watch::Sender::new(Arc::new(Vec::new())),
             permits: Arc::new(Semaphore::new(2)),
@@ -143,6 +157,7 @@ impl Coordinator {
         if let Some(erx) = self.enforcer_rx.take() {
             tokio::spawn(enforcer.serve(erx));
         }
+        self.usage_tx = Some(snapshot::spawn_writer(self.monitor.clone(), &self.seed));
         let mut refresh = tokio::time::interval(Duration::from_secs(p.refresh_interval_seconds));
         let mut recount = tokio::time::interval(Duration::from_secs(p.recount_interval_seconds));
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -152,6 +167,7 @@ impl Coordinator {
         if let Err(e) = self.refresh(&first).await {
             tracing::warn!(error = %e, "storage: listing pg_roles/pg_database failed");
         }
+        self.apply_seed();
         let mut client = Some(first);
         refresh.tick().await;
         recount.tick().await;
@@ -355,6 +371,7 @@ impl Coordinator {
                     e.per_db.insert(db.clone(), (b, started_ms));
                     // The count saw what was reported before it started.
                     e.growth = 0;
+                    e.counted = true;
                     true
                 }
             }
@@ -362,6 +379,7 @@ impl Coordinator {
         let mut changed = Vec::new();
         match scope {
             Scope::All => {
+                self.covered.insert(db.clone());
                 for (r, e) in self.roles.iter_mut() {
                     if record(r, e) {
                         changed.push(r.clone());
@@ -400,6 +418,7 @@ impl Coordinator {
             self.last_recount = Some((secs, Instant::now()));
             self.epoch = None;
             self.textfile_dirty = true;
+            self.persist_usage();
             if !self.ready {
                 self.ready = true;
                 let now = now_ms();
@@ -420,12 +439,62 @@ impl Coordinator {
             return;
         };
         let total: u64 = e.per_db.values().map(|(b, _)| b).sum();
-        e.counted = true;
         let before = e.quota.under_since_ms;
         let ts = e.quota.observe(total, &e.limits, now);
         self.metrics.usage(role, total);
         self.textfile_dirty = true;
         self.after(role, ts, before);
+    }
+
+    /// Judges every role on its persisted counts at once when they cover every database
+    /// listed (a database created while the agent was away waits for the first recount).
+    fn apply_seed(&mut self) {
+        let covered = &self.seed.covered;
+        if self.dbs.is_empty() || !self.dbs.keys().all(|d| covered.contains(d)) {
+            if !self.seed.usage.is_empty() || !covered.is_empty() {
+                tracing::info!(
+                    "storage: the persisted usage does not cover every database; roles are judged after the first full recount"
+                );
+            }
+            return;
+        }
+        let now = now_ms();
+        tracing::info!(
+            roles = self.roles.values().filter(|e| !e.per_db.is_empty()).count(),
+            age_seconds = self.seed.age_ms(now).map(|ms| ms / 1000),
+            "storage: judging roles on their persisted usage until the first full recount"
+        );
+        self.seed.usage.clear();
+        self.ready = true;
+        let roles: Vec<String> = self.roles.keys().cloned().collect();
+        for r in roles {
+            self.observe(&r, now);
+        }
+    }
+
+    /// Hands every known count to the [`snapshot`] writer.
+    fn persist_usage(&self) {
+        let Some(tx) = &self.usage_tx else {
+            return;
+        };
+        let rows = self
+            .roles
+            .iter()
+            .flat_map(|(r, e)| {
+                e.per_db.iter().map(|(db, (bytes, at))| UsageRow {
+                    role: r.clone(),
+                    db: db.clone(),
+                    bytes: *bytes,
+                    counted_ms: *at,
+                    hard: e.limits.hard,
+                })
+            })
+            .collect();
+        tx.send_replace(Arc::new(Snapshot {
+            rows,
+            covered: self.covered.iter().cloned().collect(),
+            databases: self.dbs.keys().cloned().collect(),
+        }));
     }
 
     fn on_tick(&mut self) {

@@ -10,7 +10,8 @@ impl Coordinator {
             .iter()
             .map(|(r, e)| RoleStorageStatus {
                 role: r.clone(),
-                usage_bytes: e.counted.then(|| e.per_db.values().map(|(b, _)| b).sum()),
+                usage_bytes: (e.counted || !e.per_db.is_empty())
+                    .then(|| e.per_db.values().map(|(b, _)| b).sum()),
                 soft_limit_bytes: e.limits.soft,
                 hard_limit_bytes: e.limits.hard,
                 state: e.quota.phase,
