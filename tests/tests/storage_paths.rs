@@ -29,6 +29,7 @@ const ROLES: &str = concat!(
     "    - {match: churn, soft_limit: 1MB, hard_limit: 2MB}\n",
     "    - {match: near, soft_limit: 20MB, hard_limit: 30MB}\n",
     "    - {match: bulk, soft_limit: 20MB, hard_limit: 30MB}\n",
+    "    - {match: 'late*', soft_limit: 20MB, hard_limit: 30MB}\n",
 );
 
 fn start_agent(cluster: &Cluster, yaml: impl FnOnce(String) -> String) -> Agent {
@@ -175,6 +176,10 @@ fn near_limit(version: PgVersion) {
             "recount_interval_seconds: 2",
             "recount_interval_seconds: 600",
         )
+        .replace(
+            "refresh_interval_seconds: 1",
+            "refresh_interval_seconds: 600",
+        )
         .replace("hard_grace_period: 3", "hard_grace_period: 0")
     });
     wait_until("near counted", Duration::from_secs(10), || {
@@ -232,6 +237,29 @@ fn near_limit(version: PgVersion) {
          {} bytes past the hard limit",
         committed.elapsed(),
         bytes.saturating_sub(hard)
+    );
+    // A tenant created after the agent started (the catalog refresh 10 minutes away): its
+    // table and a 35 MB load at once. New roles are listed every second.
+    role(&cluster, "late_tenant", "");
+    sql(
+        &cluster,
+        "late_tenant",
+        "tenants",
+        "CREATE TABLE l (v text)",
+    );
+    let committed = Instant::now();
+    sql(
+        &cluster,
+        "late_tenant",
+        "tenants",
+        "INSERT INTO l SELECT repeat('l', 1000) FROM generate_series(1, 30000)",
+    );
+    wait_until("the new role locked", Duration::from_secs(4), || {
+        state(&agent, "late_tenant") == "locked"
+    });
+    eprintln!(
+        "{version:?}: a role created after start, locked {:?} after its load's commit",
+        committed.elapsed()
     );
 }
 

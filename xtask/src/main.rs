@@ -15,6 +15,7 @@ mod bench_host;
 mod bench_overhead;
 mod bench_probe;
 mod bench_storage;
+mod bench_storage_outrun;
 mod bench_tls;
 #[cfg(test)]
 mod bootstrap;

@@ -24,13 +24,14 @@ impl Coordinator {
         let now = now_ms();
         let rows = client
             .query(
-                "SELECT rolname::text, rolsuper OR rolreplication FROM pg_catalog.pg_roles",
+                "SELECT rolname::text, rolsuper OR rolreplication, oid::int8 FROM pg_catalog.pg_roles",
                 &[],
             )
             .await?;
         let mut listed = std::collections::HashSet::new();
         for r in rows {
             let (name, protected): (String, bool) = (r.get(0), r.get(1));
+            self.max_role_oid = self.max_role_oid.max(r.get(2));
             let limits = self.policy.limits_of(&name, protected);
             listed.insert(name.clone());
             match (self.roles.get_mut(&name), limits) {
@@ -51,43 +52,7 @@ impl Coordinator {
                     self.metrics.forget(&name);
                 }
                 (None, l) => {
-                    let p = self.persisted.remove(&name);
-                    let locked = p.as_ref().is_some_and(|p| p.quota.phase == Phase::Locked);
-                    let Some(limits) = l.or(locked.then_some(Limits {
-                        soft: 0,
-                        hard: 0,
-                        hard_grace_ms: 0,
-                        unlock_grace_ms: 0,
-                        manual_unlock: true,
-                    })) else {
-                        continue;
-                    };
-                    let quota = p.map_or_else(|| Quota::new(now), |p| p.quota);
-                    if l.is_some() {
-                        self.metrics.limits(&name, &limits);
-                    }
-                    self.metrics.phase(&name, quota.phase);
-                    let per_db = self
-                        .seed
-                        .usage
-                        .remove(&name)
-                        .map(|v| v.into_iter().map(|(d, b, at)| (d, (b, at))).collect())
-                        .unwrap_or_default();
-                    self.roles.insert(
-                        name,
-                        RoleEntry {
-                            limits,
-                            limited: l.is_some(),
-                            quota,
-                            per_db,
-                            counted: false,
-                            last_count: HashMap::new(),
-                            due: HashMap::new(),
-                            growth: 0,
-                            reported: HashMap::new(),
-                            enforcement_error: None,
-                        },
-                    );
+                    self.insert_role(name, l, now);
                 }
             }
         }
@@ -107,23 +72,7 @@ impl Coordinator {
             }
             self.metrics.forget(&name);
         }
-        let mut table: LimitTable = self
-            .roles
-            .iter()
-            .filter(|(_, e)| e.limited)
-            .map(|(r, e)| {
-                let b = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-                (r.clone(), b(e.limits.soft), b(e.limits.hard))
-            })
-            .collect();
-        table.sort();
-        self.limits_tx.send_if_modified(|t| {
-            let changed = **t != table;
-            if changed {
-                *t = Arc::new(table);
-            }
-            changed
-        });
+        self.sync_limit_table();
 
         let rows = client
             .query(
@@ -183,5 +132,120 @@ impl Coordinator {
             );
         }
         Ok(())
+    }
+
+    /// Lists the roles created since the last listing (oids above the highest seen; the
+    /// refresh every `refresh_interval_seconds` catches anything else) and, for each the
+    /// policy limits, adds it, syncs the limits to every database (so its new tables get
+    /// the trigger) and counts it there at once: a tenant created after the agent started
+    /// is judged within about a second, not at the next refresh. One index scan of
+    /// pg_authid a second.
+    pub(super) async fn poll_new_roles(
+        &mut self,
+        client: &Client,
+    ) -> Result<(), tokio_postgres::Error> {
+        let rows = client
+            .query(
+                "SELECT rolname::text, rolsuper OR rolreplication, oid::int8 \
+                 FROM pg_catalog.pg_roles WHERE oid > $1::int8::oid",
+                &[&self.max_role_oid],
+            )
+            .await?;
+        let now = now_ms();
+        let mut added = Vec::new();
+        for r in rows {
+            let (name, protected): (String, bool) = (r.get(0), r.get(1));
+            self.max_role_oid = self.max_role_oid.max(r.get(2));
+            if self.roles.contains_key(&name) {
+                continue;
+            }
+            let limits = self.policy.limits_of(&name, protected);
+            if limits.is_some() && self.insert_role(name.clone(), limits, now) {
+                added.push(name);
+            }
+        }
+        if added.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(roles = ?added, "storage: new limited roles; limits synced, counted at once");
+        self.sync_limit_table();
+        let dbs: Vec<DbName> = self.dbs.keys().cloned().collect();
+        for name in &added {
+            if let Some(e) = self.roles.get_mut(name) {
+                for db in &dbs {
+                    e.due.insert(db.clone(), (now, false));
+                }
+            }
+        }
+        self.flush_due(now);
+        Ok(())
+    }
+
+    /// Adds `name` with its limits `l` (or, when the policy does not limit it but pgmon
+    /// holds it locked, as a locked role only `unlock` frees), its persisted state and its
+    /// persisted usage. Returns false when there is nothing to track.
+    fn insert_role(&mut self, name: String, l: Option<Limits>, now: u64) -> bool {
+        let p = self.persisted.remove(&name);
+        let locked = p.as_ref().is_some_and(|p| p.quota.phase == Phase::Locked);
+        let Some(limits) = l.or(locked.then_some(Limits {
+            soft: 0,
+            hard: 0,
+            hard_grace_ms: 0,
+            unlock_grace_ms: 0,
+            manual_unlock: true,
+        })) else {
+            return false;
+        };
+        let quota = p.map_or_else(|| Quota::new(now), |p| p.quota);
+        if l.is_some() {
+            self.metrics.limits(&name, &limits);
+        }
+        self.metrics.phase(&name, quota.phase);
+        let per_db = self
+            .seed
+            .usage
+            .remove(&name)
+            .map(|v| v.into_iter().map(|(d, b, at)| (d, (b, at))).collect())
+            .unwrap_or_default();
+        self.roles.insert(
+            name,
+            RoleEntry {
+                limits,
+                limited: l.is_some(),
+                quota,
+                per_db,
+                counted: false,
+                last_count: HashMap::new(),
+                due: HashMap::new(),
+                last_notified: HashMap::new(),
+                rising: false,
+                growth: 0,
+                reported: HashMap::new(),
+                enforcement_error: None,
+            },
+        );
+        true
+    }
+
+    /// Publishes the limited roles and their limits to the database tasks (which sync
+    /// `pgmon.storage_limits` and walk the triggers when it changes).
+    fn sync_limit_table(&mut self) {
+        let mut table: LimitTable = self
+            .roles
+            .iter()
+            .filter(|(_, e)| e.limited)
+            .map(|(r, e)| {
+                let b = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                (r.clone(), b(e.limits.soft), b(e.limits.hard))
+            })
+            .collect();
+        table.sort();
+        self.limits_tx.send_if_modified(|t| {
+            let changed = **t != table;
+            if changed {
+                *t = Arc::new(table);
+            }
+            changed
+        });
     }
 }

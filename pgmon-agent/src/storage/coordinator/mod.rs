@@ -30,6 +30,14 @@ use crate::http::now_ms;
 /// a recount this long after a notified one sees what it kept quiet.
 pub const TRAILING_MS: u64 = 1_200;
 
+/// A role within the margin of its hard limit whose counts keep rising, and that was
+/// notified within [`TRAILING_MS`] (it is still writing), is recounted this often: the
+/// trigger speaks once a second, and a tenant committing ~150 MB/s in small transactions
+/// went 30–290 MB past its hard limit in that second (bench/STORAGE.md). A count is one
+/// catalog query of the role's relations per database; only roles writing their way
+/// towards the limit pay it, a role hovering below it does not.
+pub const FOLLOW_MS: u64 = 250;
+
 mod catalog;
 mod report;
 
@@ -52,8 +60,13 @@ struct RoleEntry {
     /// The last size each written relation reported, by (database, oid).
     reported: HashMap<(DbName, u32), u64>,
     /// Counts due per database: (unix ms, trailing). A notified count is followed by one
-    /// trailing count [`TRAILING_MS`] or the TTL later, whichever is longer.
+    /// trailing count [`TRAILING_MS`] or the TTL later, whichever is longer, or while the
+    /// role is following ([`FOLLOW_MS`]) by one every [`FOLLOW_MS`].
     due: HashMap<DbName, (u64, bool)>,
+    /// Last notification per database, unix ms.
+    last_notified: HashMap<DbName, u64>,
+    /// The last count of some database was higher than the one before it.
+    rising: bool,
     enforcement_error: Option<String>,
 }
 
@@ -88,6 +101,8 @@ pub struct Coordinator {
     usage_tx: Option<watch::Sender<Arc<Snapshot>>>,
     /// Databases counted whole since the agent started.
     covered: std::collections::HashSet<DbName>,
+    /// The highest role oid listed ([`Self::poll_new_roles`]).
+    max_role_oid: i64,
     dbs: BTreeMap<DbName, DbEntry>,
     limits_tx: watch::Sender<Arc<LimitTable>>,
     permits: Arc<Semaphore>,
@@ -131,6 +146,7 @@ impl Coordinator {
             seed,
             usage_tx: None,
             covered: Default::default(),
+            max_role_oid: 0,
             dbs: BTreeMap::new(),
             limits_tx: watch::Sender::new(Arc::new(Vec::new())),
             permits: Arc::new(Semaphore::new(2)),
@@ -161,6 +177,8 @@ impl Coordinator {
         let mut refresh = tokio::time::interval(Duration::from_secs(p.refresh_interval_seconds));
         let mut recount = tokio::time::interval(Duration::from_secs(p.recount_interval_seconds));
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut new_roles = tokio::time::interval(Duration::from_secs(1));
+        new_roles.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut textfile_at = Instant::now();
         // The first refresh lists roles and databases; the first recount follows it.
         let first = super::connect_with_backoff(&self.monitor, "storage catalog").await;
@@ -203,6 +221,13 @@ impl Coordinator {
                     }
                 }
                 _ = recount.tick() => self.start_recount(),
+                _ = new_roles.tick() => {
+                    if let Some(c) = client.as_ref().filter(|c| !c.is_closed())
+                        && let Err(e) = self.poll_new_roles(c).await
+                    {
+                        tracing::debug!(error = %e, "storage: listing new roles failed; the next refresh reconnects");
+                    }
+                }
                 _ = tick.tick() => {
                     self.on_tick();
                     if self.textfile_dirty && textfile_at.elapsed() >= Duration::from_secs(1) {
@@ -278,6 +303,7 @@ impl Coordinator {
                 let Some(e) = self.roles.get_mut(&role) else {
                     return;
                 };
+                e.last_notified.insert(db.clone(), now);
                 if let Some((relid, bytes)) = relation {
                     let before = e.reported.insert((db.clone(), relid), bytes).unwrap_or(0);
                     e.growth = e.growth.saturating_add(bytes.saturating_sub(before));
@@ -368,7 +394,8 @@ impl Coordinator {
             match e.per_db.get(&db) {
                 Some((_, at)) if *at > started_ms => false,
                 _ => {
-                    e.per_db.insert(db.clone(), (b, started_ms));
+                    let before = e.per_db.insert(db.clone(), (b, started_ms));
+                    e.rising = before.is_some_and(|(was, _)| b > was);
                     // The count saw what was reported before it started.
                     e.growth = 0;
                     e.counted = true;
@@ -517,31 +544,39 @@ impl Coordinator {
     }
 
     /// Sends the counts that are due, one command per database; each notified (not
-    /// trailing) one schedules its trailing count.
+    /// trailing) one schedules its trailing count, and a following role its next count.
     fn flush_due(&mut self, now: u64) {
         let far_trail = self.policy.usage_ttl_ms.max(TRAILING_MS);
         let margin = self.policy.policy.near_limit_margin;
         let mut per_db: HashMap<DbName, Vec<String>> = HashMap::new();
         for (r, e) in self.roles.iter_mut() {
-            let trail = if near_limit(e, margin) {
-                TRAILING_MS
-            } else {
-                far_trail
+            let near = near_limit(e, margin);
+            let trail = if near { TRAILING_MS } else { far_trail };
+            let mut next = Vec::new();
+            let notified = &e.last_notified;
+            let following = |db: &DbName| {
+                near && e.rising
+                    && notified
+                        .get(db)
+                        .is_some_and(|t| now.saturating_sub(*t) <= TRAILING_MS)
             };
-            let mut trailing = Vec::new();
             e.due.retain(|db, (at, is_trailing)| {
                 if *at > now {
                     return true;
                 }
                 per_db.entry(db.clone()).or_default().push(r.clone());
+                if following(db) {
+                    next.push((db.clone(), FOLLOW_MS));
+                } else if !*is_trailing {
+                    next.push((db.clone(), trail));
+                }
                 if !*is_trailing {
                     e.last_count.insert(db.clone(), now);
-                    trailing.push(db.clone());
                 }
                 false
             });
-            for db in trailing {
-                e.due.insert(db, (now + trail, true));
+            for (db, after) in next {
+                e.due.insert(db, (now + after, true));
             }
         }
         for (db, roles) in per_db {
