@@ -101,17 +101,19 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON pgmon.storage_counted TO pgmon;
 -- owner's name, set when the trigger is attached (and corrected when the owner changes),
 -- so a write costs no catalog lookup.
 -- What it costs is what tenants pay, so it notifies at most once per session, owner and
--- second (the transaction's start second): a NOTIFY makes its commit take a cluster-wide
--- lock and append to the queue, and wakes the agent's listening backend, once per
--- transaction otherwise. The agent recounts a notified role once more a little over a
+-- quarter second (of the transaction's start time): a NOTIFY makes its commit take a
+-- cluster-wide lock and append to the queue, and wakes the agent's listening backend, once
+-- per transaction otherwise. A whole second let a tenant committing ~150 MB/s in small
+-- transactions go 30-290 MB past its hard limit before the agent heard of it
+-- (bench/STORAGE.md). The agent recounts a notified role once more a little over a
 -- second later, which covers the writes this throttle kept quiet. Within a transaction
 -- pg_notify sends one notification per distinct (channel, payload) anyway (PostgreSQL
 -- docs, "NOTIFY": "If the same channel name is signaled multiple times with identical
 -- payload strings within the same transaction, only one instance of the notification
 -- event is delivered").
 -- PL/pgSQL version: the session settings pgmon.storage_notified (the last owner notified
--- and its second: one comparison for a session writing one owner's tables) and
--- pgmon.storage_notified_set (the second, then each owner notified in it, one per line:
+-- and its slot: one comparison for a session writing one owner's tables) and
+-- pgmon.storage_notified_set (the slot, then each owner notified in it, one per line:
 -- for a session writing several owners' tables). Settings made in a transaction that
 -- rolls back are undone with its notifications.
 -- It stays silent, leaving the role to the periodic recount,
@@ -130,7 +132,7 @@ CREATE OR REPLACE FUNCTION pgmon.storage_notify_plpgsql() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    second text := pg_catalog.date_part('epoch', pg_catalog.now())::int8::text;
+    second text := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now()) * 4)::int8::text;
     seen text;
 BEGIN
     IF pg_catalog.current_setting('pgmon.storage_notified', true) = TG_ARGV[0] || ':' || second THEN

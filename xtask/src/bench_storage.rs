@@ -14,10 +14,10 @@
 //!    hard limit; a superuser session polling on the server (1 ms) times from the moment
 //!    the rows are visible (the commit) to the moment the role has no session left and
 //!    `rolcanlogin` is false. p50 and p99 over `--storage-samples` roles. Target p99 < 1 s.
-//! 2b. Outrunning the hard limit in both modes ([`crate::bench_storage_outrun`]): CREATE
+//! 3. Outrunning the hard limit in both modes ([`crate::bench_storage_outrun`]): CREATE
 //!    TABLE then a separate 80 MB load, and a loop of 1 MB commits. Target: locked within
 //!    1 s of the load's commit; the bytes past the hard limit reported.
-//! 3. Write overhead: `pgbench` TPC-B-like (default script, four trigger calls per
+//! 4. Write overhead: `pgbench` TPC-B-like (default script, four trigger calls per
 //!    transaction) with the pgmon_storage_notify triggers disabled (ALTER TABLE … DISABLE
 //!    TRIGGER: the same tables), calling the C function (sql/native) and calling the
 //!    PL/pgSQL one (`pgmon.storage_notify()` replaced by each in turn), the agent listening
@@ -263,12 +263,12 @@ pub fn section(binary: &Path, args: &StorageBenchArgs) -> Result<(String, serde_
         drop(idle);
     }
 
-    // 2b. Outrunning the hard limit, in both modes.
+    // 3. Outrunning the hard limit, in both modes.
     drop(agent);
     let outrun =
         crate::bench_storage_outrun::run(&cluster, binary, "quota", args.storage_outrun_samples)?;
 
-    // 3. pgbench: triggers off, C, PL/pgSQL.
+    // 4. pgbench: triggers off, C, PL/pgSQL.
     let port = free_port();
     let agent = Agent::start(
         binary,

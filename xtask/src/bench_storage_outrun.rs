@@ -1,4 +1,4 @@
-//! Section 2b of the storage benchmark (issue 27): can a tenant outrun its hard limit?
+//! Section 3 of the storage benchmark (issue 27): can a tenant outrun its hard limit?
 //! For each mode (`shared_hosting`, whose 15 s usage cache TTL was the gap, and
 //! `enterprise_db`), roles `bulk_*` (hard limit 50 MB, grace 0) created before a fresh
 //! agent starts:

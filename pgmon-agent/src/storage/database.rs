@@ -347,11 +347,20 @@ pub async fn upsert_limits(
     Ok(())
 }
 
-/// [`attach_walk`] on a task of its own; a failure is logged (the next sync walks again).
+/// [`attach_walk`] on a task of its own, walked again a second later (five times at
+/// most) while tables were skipped because a writer held them; a failure is logged (the
+/// next sync walks again).
 fn spawn_walk(client: Arc<Client>, db: Arc<str>, limited_roles: usize) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
-        if let Err(e) = attach_walk(&client, &db, limited_roles).await {
-            tracing::warn!(database = %db, error = %crate::capture::error_chain(&e), "storage: the trigger walk failed; the next limits sync or reconnect walks again");
+        for _ in 0..6 {
+            match attach_walk(&client, &db, limited_roles).await {
+                Ok(0) => return,
+                Ok(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                Err(e) => {
+                    tracing::warn!(database = %db, error = %crate::capture::error_chain(&e), "storage: the trigger walk failed; the next limits sync or reconnect walks again");
+                    return;
+                }
+            }
         }
     }))
 }
@@ -359,12 +368,12 @@ fn spawn_walk(client: Arc<Client>, db: Arc<str>, limited_roles: usize) -> AbortO
 /// Walks the tables whose trigger must be attached, corrected or removed with
 /// `pgmon.storage_attach_batch`, 50 tables per call, each call its own short transaction
 /// (queued on the connection between the counts' queries, never holding them up for longer
-/// than one batch).
+/// than one batch). Returns how many tables were skipped as busy.
 pub async fn attach_walk(
     client: &Client,
     db: &str,
     limited_roles: usize,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<i32, tokio_postgres::Error> {
     let started = std::time::Instant::now();
     let (mut attached, mut detached, mut busy) = (0, 0, 0);
     let mut after: Option<u32> = None;
@@ -392,7 +401,7 @@ pub async fn attach_walk(
         seconds = started.elapsed().as_secs_f64(),
         "storage: limits synced, triggers walked"
     );
-    Ok(())
+    Ok(busy)
 }
 
 #[cfg(test)]

@@ -172,6 +172,7 @@ impl Coordinator {
         let dbs: Vec<DbName> = self.dbs.keys().cloned().collect();
         for name in &added {
             if let Some(e) = self.roles.get_mut(name) {
+                e.new_until = now + super::NEW_ROLE_MS;
                 for db in &dbs {
                     e.due.insert(db.clone(), (now, false));
                 }
@@ -217,8 +218,7 @@ impl Coordinator {
                 counted: false,
                 last_count: HashMap::new(),
                 due: HashMap::new(),
-                last_notified: HashMap::new(),
-                rising: false,
+                new_until: 0,
                 growth: 0,
                 reported: HashMap::new(),
                 enforcement_error: None,

@@ -26,17 +26,18 @@ use super::{
 };
 use crate::http::now_ms;
 
-/// The trigger notifies at most once per session, role and second (sql/004_storage.sql);
-/// a recount this long after a notified one sees what it kept quiet.
-pub const TRAILING_MS: u64 = 1_200;
+/// The trigger notifies at most once per session, role and quarter second
+/// (sql/004_storage.sql); a recount this long after a notified one sees what it kept
+/// quiet. A role within the margin of its hard limit that keeps writing is notified, and
+/// so counted, every quarter second.
+pub const TRAILING_MS: u64 = 600;
 
-/// A role within the margin of its hard limit whose counts keep rising, and that was
-/// notified within [`TRAILING_MS`] (it is still writing), is recounted this often: the
-/// trigger speaks once a second, and a tenant committing ~150 MB/s in small transactions
-/// went 30–290 MB past its hard limit in that second (bench/STORAGE.md). A count is one
-/// catalog query of the role's relations per database; only roles writing their way
-/// towards the limit pay it, a role hovering below it does not.
-pub const FOLLOW_MS: u64 = 250;
+/// A role listed after the agent started may have written before its tables had the
+/// trigger (the walk skips a table a writer holds, and attaches it only at the next
+/// walk), so it is counted every [`NEW_ROLE_EVERY_MS`] for its first [`NEW_ROLE_MS`].
+pub const NEW_ROLE_MS: u64 = 10_000;
+/// See [`NEW_ROLE_MS`].
+pub const NEW_ROLE_EVERY_MS: u64 = 500;
 
 mod catalog;
 mod report;
@@ -60,13 +61,11 @@ struct RoleEntry {
     /// The last size each written relation reported, by (database, oid).
     reported: HashMap<(DbName, u32), u64>,
     /// Counts due per database: (unix ms, trailing). A notified count is followed by one
-    /// trailing count [`TRAILING_MS`] or the TTL later, whichever is longer, or while the
-    /// role is following ([`FOLLOW_MS`]) by one every [`FOLLOW_MS`].
+    /// trailing count [`TRAILING_MS`] or the TTL later, whichever is longer.
     due: HashMap<DbName, (u64, bool)>,
-    /// Last notification per database, unix ms.
-    last_notified: HashMap<DbName, u64>,
-    /// The last count of some database was higher than the one before it.
-    rising: bool,
+    /// Counted every [`NEW_ROLE_EVERY_MS`] until then (unix ms): a role created after the
+    /// agent started.
+    new_until: u64,
     enforcement_error: Option<String>,
 }
 
@@ -303,7 +302,6 @@ impl Coordinator {
                 let Some(e) = self.roles.get_mut(&role) else {
                     return;
                 };
-                e.last_notified.insert(db.clone(), now);
                 if let Some((relid, bytes)) = relation {
                     let before = e.reported.insert((db.clone(), relid), bytes).unwrap_or(0);
                     e.growth = e.growth.saturating_add(bytes.saturating_sub(before));
@@ -394,8 +392,7 @@ impl Coordinator {
             match e.per_db.get(&db) {
                 Some((_, at)) if *at > started_ms => false,
                 _ => {
-                    let before = e.per_db.insert(db.clone(), (b, started_ms));
-                    e.rising = before.is_some_and(|(was, _)| b > was);
+                    e.per_db.insert(db.clone(), (b, started_ms));
                     // The count saw what was reported before it started.
                     e.growth = 0;
                     e.counted = true;
@@ -544,39 +541,38 @@ impl Coordinator {
     }
 
     /// Sends the counts that are due, one command per database; each notified (not
-    /// trailing) one schedules its trailing count, and a following role its next count.
+    /// trailing) one schedules its trailing count.
     fn flush_due(&mut self, now: u64) {
         let far_trail = self.policy.usage_ttl_ms.max(TRAILING_MS);
         let margin = self.policy.policy.near_limit_margin;
         let mut per_db: HashMap<DbName, Vec<String>> = HashMap::new();
         for (r, e) in self.roles.iter_mut() {
-            let near = near_limit(e, margin);
-            let trail = if near { TRAILING_MS } else { far_trail };
-            let mut next = Vec::new();
-            let notified = &e.last_notified;
-            let following = |db: &DbName| {
-                near && e.rising
-                    && notified
-                        .get(db)
-                        .is_some_and(|t| now.saturating_sub(*t) <= TRAILING_MS)
+            let trail = if near_limit(e, margin) {
+                TRAILING_MS
+            } else {
+                far_trail
             };
+            let trail = if now < e.new_until {
+                NEW_ROLE_EVERY_MS
+            } else {
+                trail
+            };
+            let mut trailing = Vec::new();
             e.due.retain(|db, (at, is_trailing)| {
                 if *at > now {
                     return true;
                 }
                 per_db.entry(db.clone()).or_default().push(r.clone());
-                if following(db) {
-                    next.push((db.clone(), FOLLOW_MS));
-                } else if !*is_trailing {
-                    next.push((db.clone(), trail));
+                if !*is_trailing || now < e.new_until {
+                    trailing.push(db.clone());
                 }
                 if !*is_trailing {
                     e.last_count.insert(db.clone(), now);
                 }
                 false
             });
-            for (db, after) in next {
-                e.due.insert(db, (now + after, true));
+            for db in trailing {
+                e.due.insert(db, (now + trail, true));
             }
         }
         for (db, roles) in per_db {
