@@ -93,6 +93,7 @@ CREATE TABLE IF NOT EXISTS pgmon.audit (
 );
 GRANT SELECT, INSERT ON pgmon.audit TO pgmon;
 GRANT USAGE ON SEQUENCE pgmon.audit_id_seq TO pgmon;
+CREATE INDEX IF NOT EXISTS audit_at ON pgmon.audit (at);
 
 -- The agent's persisted budget ledgers and the step it applied to each role.
 CREATE TABLE IF NOT EXISTS pgmon.budget_state (
@@ -101,13 +102,19 @@ CREATE TABLE IF NOT EXISTS pgmon.budget_state (
     step       int NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE TABLE IF NOT EXISTS pgmon.budget_ledger (
-    role         name NOT NULL,
-    bucket_start timestamptz NOT NULL,
-    spend        double precision NOT NULL,
-    PRIMARY KEY (role, bucket_start)
+-- One row per budgeted role: its window's spend as [[first unix second, spend], ...], at
+-- most 60 buckets whatever the window (the agent's Ledger::coarse), rewritten every
+-- budgets.persist_interval_seconds while the role is charged. Its size follows the number
+-- of roles, not time. (Before, pgmon.budget_ledger held a row per role and second and was
+-- never pruned: it is dropped.)
+DROP TABLE IF EXISTS pgmon.budget_ledger;
+CREATE TABLE IF NOT EXISTS pgmon.budget_ledgers (
+    role       name PRIMARY KEY,
+    tier       text NOT NULL,
+    buckets    jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
 );
-GRANT SELECT, INSERT, UPDATE, DELETE ON pgmon.budget_state, pgmon.budget_ledger TO pgmon;
+GRANT SELECT, INSERT, UPDATE, DELETE ON pgmon.budget_state, pgmon.budget_ledgers TO pgmon;
 
 -- Functions. Following PostgreSQL docs, "CREATE FUNCTION", section "Writing SECURITY
 -- DEFINER Functions Safely": each one pins search_path to pg_catalog with pg_temp last
@@ -472,6 +479,30 @@ $$;
 REVOKE ALL ON FUNCTION pgmon.check_enforceable(name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.signal_backends(name, int, int, int[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.await_exit(int[]) FROM PUBLIC;
+-- Deletes the audit rows older than `days` (>= 1; the agent passes audit.retention_days,
+-- every hour) and returns how many. The agent's role may insert audit rows but not delete
+-- them: only this function does, and only old ones.
+CREATE OR REPLACE FUNCTION pgmon.prune_audit(days int)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF days IS NULL OR days < 1 THEN
+        RAISE EXCEPTION 'pgmon.prune_audit: need days >= 1 (got %)', days
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    DELETE FROM pgmon.audit WHERE at < now() - make_interval(days => days);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+REVOKE ALL ON FUNCTION pgmon.prune_audit(int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgmon.prune_audit(int) TO pgmon;
 REVOKE ALL ON FUNCTION pgmon.terminate_backends(name, int, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.terminate_all_beyond(name, int, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgmon.set_connection_limit(name, int, int) FROM PUBLIC;

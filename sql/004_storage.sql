@@ -101,7 +101,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON pgmon.storage_counted TO pgmon;
 -- owner's name, set when the trigger is attached (and corrected when the owner changes),
 -- so a write costs no catalog lookup.
 -- What it costs is what tenants pay, so it notifies at most once per session, owner and
--- quarter second (of the transaction's start time): a NOTIFY makes its commit take a
+-- quarter second of the clock (not of the transaction's start time, which a DO block or
+-- procedure committing in a loop keeps for all its transactions): a NOTIFY makes its commit take a
 -- cluster-wide lock and append to the queue, and wakes the agent's listening backend, once
 -- per transaction otherwise. A whole second let a tenant committing ~150 MB/s in small
 -- transactions go 30-290 MB past its hard limit before the agent heard of it
@@ -132,7 +133,7 @@ CREATE OR REPLACE FUNCTION pgmon.storage_notify_plpgsql() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    second text := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now()) * 4)::int8::text;
+    second text := pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 4)::int8::text;
     seen text;
 BEGIN
     IF pg_catalog.current_setting('pgmon.storage_notified', true) = TG_ARGV[0] || ':' || second THEN

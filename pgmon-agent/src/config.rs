@@ -45,6 +45,9 @@ pub struct Config {
     /// Per-role storage quotas (soft and hard limits on the bytes each role owns).
     #[serde(default)]
     pub storage: crate::storage::policy::StoragePolicy,
+    /// How long `pgmon.audit` keeps its rows.
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// Which cluster pgmon watches, and how it reaches it.
@@ -353,6 +356,9 @@ impl Config {
                 field,
                 message,
             });
+        }
+        if self.audit.retention_days == 0 {
+            return Err(invalid("audit.retention_days", "must be ≥ 1".to_owned()));
         }
         if !(self.cost.default_cost >= 0.0 && self.cost.default_cost.is_finite()) {
             return Err(invalid("cost.default_cost", "must be ≥ 0".to_owned()));

@@ -3,6 +3,7 @@
 pub mod alerts;
 pub mod api;
 pub mod attribution;
+pub mod audit;
 pub mod budget;
 pub mod capture;
 pub mod cleanup;

@@ -4,8 +4,9 @@
  * Statement level, after INSERT, UPDATE or TRUNCATE on a table of a limited role;
  * tgargs[0] is the table owner's name. It sends pg_notify('pgmon_storage',
  * owner US relid US pg_total_relation_size(relid)) (US = 0x1F) at most once per session,
- * owner and quarter second (SLOTS_PER_SEC slots of the transaction's start time), exactly
- * as the
+ * owner and quarter second (SLOTS_PER_SEC slots of the clock: not of the transaction's
+ * start, which a DO block or procedure committing in a loop keeps for all its
+ * transactions, so it would be heard once), exactly as the
  * PL/pgSQL version does, but without PL/pgSQL's per-call costs (function environment,
  * expression state per transaction, the trigger-argument array, the key string and its
  * lookup): measured on pgbench TPC-B-like (four trigger calls per transaction, fsync off,
@@ -102,7 +103,7 @@ pgmon_storage_notify(PG_FUNCTION_ARGS)
 				 errmsg("pgmon_storage_notify: expects one argument, the table owner")));
 
 	owner = trigdata->tg_trigger->tgargs[0];
-	slot = GetCurrentTransactionStartTimestamp() / (USECS_PER_SEC / SLOTS_PER_SEC);
+	slot = GetCurrentTimestamp() / (USECS_PER_SEC / SLOTS_PER_SEC);
 	if (slot != remembered_slot)
 	{
 		remembered_slot = slot;

@@ -272,7 +272,8 @@ fn persisted_spend(cluster: &Cluster, role: &str) -> f64 {
             "postgres",
             "postgres",
             &format!(
-                "SELECT coalesce(sum(spend), 0) FROM pgmon.budget_ledger WHERE role = {}",
+                "SELECT coalesce(sum((b->>1)::float8), 0) FROM pgmon.budget_ledgers, \
+                 jsonb_array_elements(buckets) AS b WHERE role = {}",
                 quote_literal(role)
             ),
         )
@@ -312,7 +313,27 @@ fn sigkill(version: PgVersion) {
             3.0,
         ),
     );
+    // An audit row past audit.retention_days (90) and one inside it: the agent prunes
+    // the first at start and keeps the second.
+    cluster
+        .psql_admin(
+            "INSERT INTO pgmon.audit (at, role, source, step, action, result) VALUES \
+             (now() - interval '91 days', 'heavy', 'budget', 'old', 'warn', 'logged'), \
+             (now() - interval '89 days', 'heavy', 'budget', 'kept', 'warn', 'logged')",
+        )
+        .expect("old audit rows");
     let mut first = start_agent(&config, port);
+    wait_until("the old audit row pruned", Duration::from_secs(10), || {
+        audit(&cluster, "heavy").len() == 1
+    });
+    assert_eq!(
+        audit(&cluster, "heavy"),
+        ["warn:logged"],
+        "the 89-day row is kept"
+    );
+    cluster
+        .psql_admin("DELETE FROM pgmon.audit WHERE step = 'kept'")
+        .expect("clear");
 
     let t0 = Instant::now();
     while role_flags(&cluster, "heavy") != "true,2" {
@@ -333,6 +354,18 @@ fn sigkill(version: PgVersion) {
         }
         since.elapsed() >= Duration::from_secs(2) && close(persisted_spend(&cluster, "heavy"), now)
     });
+    // One row per role, whatever the window.
+    assert_eq!(
+        cluster
+            .query_value(
+                "postgres",
+                "postgres",
+                "SELECT count(*)::text || ',' || bool_and(jsonb_array_length(buckets) <= 60)::text \
+                 FROM pgmon.budget_ledgers",
+            )
+            .expect("ledgers"),
+        "1,true"
+    );
     let before = budget(&first, "heavy").expect("heavy's budget");
     assert_eq!(before["step"], "connection_limit", "{before}");
     let rows = audit(&cluster, "heavy");

@@ -2,7 +2,7 @@
 //! cluster with no agent: which implementation a database gets (C on PostgreSQL 15, where
 //! `cargo xtask setup` installs `$libdir/pgmon_storage`; PL/pgSQL on the npm PostgreSQL 18,
 //! which has no server headers), and that both notify the owner at most once per session,
-//! owner and quarter second, and again after a rolled-back (sub)transaction took its notification
+//! owner and quarter second of the clock (a DO block committing in a loop too), and again after a rolled-back (sub)transaction took its notification
 //! away.
 
 mod storage_util;
@@ -134,6 +134,19 @@ fn trigger(version: PgVersion) {
         counts.get("slow"),
         Some(&1),
         "after a ROLLBACK TO SAVEPOINT: {counts:?}"
+    );
+    // A DO block committing in a loop keeps one transaction start time for all its
+    // transactions: the throttle follows the clock, so ~1.2 s of commits is heard in
+    // each quarter second, not once.
+    let counts = notifications(
+        &cluster,
+        "DO $$ BEGIN FOR i IN 1..40 LOOP INSERT INTO t_slow VALUES (i); COMMIT; \
+         PERFORM pg_sleep(0.03); END LOOP; END $$;\n",
+    );
+    let n = counts.get("slow").copied().unwrap_or(0);
+    assert!(
+        (3..=7).contains(&n),
+        "a DO block committing for ~1.2 s: {n} notifications: {counts:?}"
     );
     // DELETE frees nothing until VACUUM: no trigger.
     let counts = notifications(&cluster, "DELETE FROM t_slow;\n");

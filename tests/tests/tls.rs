@@ -436,10 +436,10 @@ fn budget_follows_the_tenant_into_tls(version: PgVersion) {
         settled
     });
     drop(probe);
-    // The probe agent saved heavy's ledger in pgmon.budget_ledger, and the next agent would
+    // The probe agent saved heavy's ledger in pgmon.budget_ledgers, and the next agent would
     // restore it: start the enforcing agent from an empty window.
     cluster
-        .psql_admin("DELETE FROM pgmon.budget_ledger WHERE role = 'heavy'")
+        .psql_admin("DELETE FROM pgmon.budget_ledgers WHERE role = 'heavy'")
         .expect("clear the ledger");
 
     let agent = start_agent_with(

@@ -2,7 +2,8 @@
 //! (`sql/002_enforcement.sql`: `pgmon.set_connection_limit`, `pgmon.lock_role`,
 //! `pgmon.restore_role`, which refuse superusers, replication roles and the exempt list
 //! themselves), writes the audit row of every action and undo, and persists steps and
-//! ledgers (`pgmon.budget_state`, `pgmon.budget_ledger`) so a restart loses neither.
+//! ledgers (`pgmon.budget_state`, `pgmon.budget_ledgers`: one row per role) so a restart
+//! loses neither.
 //!
 //! A lost connection is reopened with exponential backoff (0.5 s doubling to 30 s); the
 //! decision in hand is applied once it is back.
@@ -98,19 +99,28 @@ pub async fn load(config: &tokio_postgres::Config) -> Persisted {
             return p;
         }
     }
-    if let Ok(rows) = client
+    match client
         .query(
-            "SELECT role::text, extract(epoch FROM bucket_start)::float8, spend \
-             FROM pgmon.budget_ledger WHERE bucket_start > now() - interval '1 day'",
+            "SELECT role::text, buckets::text FROM pgmon.budget_ledgers \
+             WHERE updated_at > now() - interval '1 day'",
             &[],
         )
         .await
     {
-        for r in rows {
-            p.buckets
-                .entry(r.get(0))
-                .or_default()
-                .push((r.get::<_, f64>(1) as u64, r.get(2)));
+        Ok(rows) => {
+            for r in rows {
+                match serde_json::from_str::<Vec<(u64, f64)>>(r.get(1)) {
+                    Ok(b) => {
+                        p.buckets.insert(r.get(0), b);
+                    }
+                    Err(e) => {
+                        tracing::warn!(role = %r.get::<_, String>(0), error = %e, "pgmon.budget_ledgers: a row that does not parse is ignored");
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "pgmon.budget_ledgers unreadable (is sql/002_enforcement.sql up to date?); ledgers start empty");
         }
     }
     p
@@ -224,20 +234,19 @@ impl Enforcer {
             ToEnforcer::Decision(d) => self.apply(client, d).await,
             ToEnforcer::Policy(_) => Ok(()),
             ToEnforcer::Ledgers(ledgers) => {
-                let (mut roles, mut secs, mut spends) = (Vec::new(), Vec::new(), Vec::new());
-                for (role, _tier, buckets) in ledgers {
-                    for (sec, v) in buckets {
-                        roles.push(role.to_string());
-                        secs.push(*sec as f64);
-                        spends.push(*v);
-                    }
-                }
+                let roles: Vec<String> = ledgers.iter().map(|(r, _, _)| r.to_string()).collect();
+                let tiers: Vec<&str> = ledgers.iter().map(|(_, t, _)| t.as_str()).collect();
+                let buckets: Vec<String> = ledgers
+                    .iter()
+                    .map(|(_, _, b)| serde_json::to_string(b).unwrap_or_else(|_| "[]".into()))
+                    .collect();
                 client
                     .execute(
-                        "INSERT INTO pgmon.budget_ledger (role, bucket_start, spend) \
-                         SELECT r, to_timestamp(s), v FROM unnest($1::text[], $2::float8[], $3::float8[]) AS u(r, s, v) \
-                         ON CONFLICT (role, bucket_start) DO UPDATE SET spend = EXCLUDED.spend",
-                        &[&roles, &secs, &spends],
+                        "INSERT INTO pgmon.budget_ledgers (role, tier, buckets) \
+                         SELECT r, t, b::jsonb FROM unnest($1::text[], $2::text[], $3::text[]) AS u(r, t, b) \
+                         ON CONFLICT (role) DO UPDATE \
+                           SET tier = EXCLUDED.tier, buckets = EXCLUDED.buckets, updated_at = now()",
+                        &[&roles, &tiers, &buckets],
                     )
                     .await?;
                 Ok(())

@@ -432,20 +432,33 @@ impl Budgets {
         }
     }
 
-    /// Sends the ledgers changed since the last call (the enforcer persists them).
-    pub fn snapshot(&mut self) {
+    /// Sends the ledgers changed since the last call, each as its window's spend in at most
+    /// [`ledger::PERSISTED_BUCKETS`] buckets ([`Ledger::coarse`]); the enforcer writes one
+    /// row per role. Called every `budgets.persist_interval_seconds`.
+    pub fn snapshot(&mut self, now_ms: u64) {
+        let tiers = &self.policy.policy.tiers;
         let changed: Vec<_> = self
             .roles
             .iter_mut()
             .filter(|(_, r)| r.unsaved)
             .map(|(role, r)| {
                 r.unsaved = false;
-                (role.clone(), r.tier.clone(), r.ledger.buckets().collect())
+                let window = tiers.get(&r.tier).map_or(60, |t| t.window_seconds);
+                (
+                    role.clone(),
+                    r.tier.clone(),
+                    r.ledger.coarse(now_ms, window),
+                )
             })
             .collect();
         if !changed.is_empty() {
             let _ = self.out.send(ToEnforcer::Ledgers(changed));
         }
+    }
+
+    /// Milliseconds between [`Self::snapshot`] calls.
+    pub fn persist_interval_ms(&self) -> u64 {
+        self.policy.policy.persist_interval_seconds * 1000
     }
 
     /// Fingerprints in the cost cache.

@@ -117,6 +117,10 @@ pub struct BudgetPolicy {
     /// Escalation ladder, ascending `at`. Default: 0.8 warn, 1.0 connection limit 5,
     /// 1.5 connection limit 1, 2.0 lock.
     pub ladder: Vec<Step>,
+    /// Seconds between writes of the changed ledgers to `pgmon.budget_ledgers` (one row
+    /// per role charged since the last write, whatever its window; default 5, 1..=300). A
+    /// crash loses at most this much spend.
+    pub persist_interval_seconds: u64,
 }
 
 impl Default for BudgetPolicy {
@@ -135,6 +139,7 @@ impl Default for BudgetPolicy {
                 step(1.5, ActionKind::ConnectionLimit, Some(1)),
                 step(2.0, ActionKind::Lock, None),
             ],
+            persist_interval_seconds: 5,
         }
     }
 }
@@ -168,6 +173,12 @@ impl BudgetPolicy {
             if t.burst < 0.0 {
                 return Err((format!("budgets.tiers.{name}.burst"), "must be ≥ 0".into()));
             }
+        }
+        if !(1..=300).contains(&self.persist_interval_seconds) {
+            return Err((
+                "budgets.persist_interval_seconds".into(),
+                "must be within 1..=300".into(),
+            ));
         }
         let mut rules = Vec::new();
         for (i, r) in self.roles.iter().enumerate() {

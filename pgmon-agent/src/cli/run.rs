@@ -182,6 +182,7 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         let ready = tokio::spawn(become_ready(monitor.clone(), hook.name()));
+        crate::audit::spawn_pruner(monitor.clone(), config.audit.retention_days);
         let watchdog = crate::daemon::watchdog_period()
             .map(|period| tokio::spawn(watchdog(period, drained.clone())));
         loop {

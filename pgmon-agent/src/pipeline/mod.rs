@@ -203,8 +203,8 @@ impl Pipeline {
             link.budgets.set_policy(p);
         }
         link.budgets.evaluate(self.now_ms);
-        if self.now_ms.saturating_sub(self.last_snapshot_ms) >= 1000 {
-            link.budgets.snapshot();
+        if self.now_ms.saturating_sub(self.last_snapshot_ms) >= link.budgets.persist_interval_ms() {
+            link.budgets.snapshot(self.now_ms);
             self.last_snapshot_ms = self.now_ms;
         }
         self.metrics
