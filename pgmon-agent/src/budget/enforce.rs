@@ -295,7 +295,11 @@ impl Enforcer {
                         self.metrics.action(action, "applied");
                         let keep = keep.unwrap_or(0);
                         let batch = crate::enforcement::DEFAULT_BATCH;
-                        match crate::enforcement::terminate_beyond(client, &role, keep, batch).await
+                        let pause = crate::enforcement::DEFAULT_PAUSE;
+                        match crate::enforcement::terminate_beyond(
+                            client, &role, keep, batch, pause,
+                        )
+                        .await
                         {
                             Ok(n) => format!("applied: {n}"),
                             Err(e) if e.as_db_error().is_some() => {

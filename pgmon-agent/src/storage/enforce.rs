@@ -36,8 +36,13 @@ pub enum Enforce {
     },
     /// Persist a state whose timers changed without a transition.
     Persist { role: String, quota: Quota },
-    /// A reloaded policy's `dry_run` and termination batch, for the transitions after it.
-    Configure { dry_run: bool, batch: u32 },
+    /// A reloaded policy's `dry_run`, termination batch and pause (ms), for the
+    /// transitions after it.
+    Configure {
+        dry_run: bool,
+        batch: u32,
+        pause_ms: u64,
+    },
 }
 
 /// A role's persisted state, read at start.
@@ -132,6 +137,8 @@ pub struct Enforcer {
     pub config: tokio_postgres::Config,
     pub dry_run: bool,
     pub batch: u32,
+    /// Pause between termination batches, ms (`storage.termination_pause_ms`).
+    pub pause_ms: u64,
     pub metrics: StorageMetrics,
     pub notifier: Notifier,
     /// Results go back to the coordinator (for status).
@@ -143,8 +150,13 @@ impl Enforcer {
     pub async fn serve(mut self, mut rx: mpsc::UnboundedReceiver<Enforce>) {
         let mut client = connect(&self.config).await;
         while let Some(msg) = rx.recv().await {
-            if let Enforce::Configure { dry_run, batch } = msg {
-                (self.dry_run, self.batch) = (dry_run, batch);
+            if let Enforce::Configure {
+                dry_run,
+                batch,
+                pause_ms,
+            } = msg
+            {
+                (self.dry_run, self.batch, self.pause_ms) = (dry_run, batch, pause_ms);
                 continue;
             }
             let mut msg = Some(msg);
@@ -268,8 +280,10 @@ impl Enforcer {
                     .await?;
                 let outcome = match first {
                     Ok(_) => {
+                        let pause = Duration::from_millis(self.pause_ms);
                         let ended =
-                            crate::enforcement::terminate_beyond(client, role, 0, batch).await;
+                            crate::enforcement::terminate_beyond(client, role, 0, batch, pause)
+                                .await;
                         match ended {
                             Ok(n) => Ok(format!("applied: NOLOGIN, {n} session(s) terminated")),
                             Err(e) => Ok(format!(

@@ -191,6 +191,10 @@ pub struct StoragePolicy {
     pub usage_ttl_seconds: Option<f64>,
     /// Overrides the preset: sessions terminated per batch when a role is locked.
     pub termination_batch: Option<u32>,
+    /// Pause between two batches of terminations, milliseconds (default 100, at most
+    /// 10 000): a role with a thousand sessions is ended over a second, not in one spike
+    /// of backend exits.
+    pub termination_pause_ms: u64,
     /// A role whose last counted usage is within this fraction of its hard limit (at least
     /// `(1 − margin) × hard_limit` bytes) is recounted on every notification, the usage
     /// TTL notwithstanding; the TTL throttles only roles farther away (default 0.2; 0..=1,
@@ -234,6 +238,7 @@ impl Default for StoragePolicy {
             mode: Preset::SharedHosting,
             usage_ttl_seconds: None,
             termination_batch: None,
+            termination_pause_ms: 100,
             near_limit_margin: 0.2,
             dry_run: false,
             roles: Vec::new(),
@@ -375,6 +380,12 @@ impl StoragePolicy {
             }
             None => self.mode.termination_batch(),
         };
+        if self.termination_pause_ms > 10_000 {
+            return Err((
+                "storage.termination_pause_ms".into(),
+                "must be within 0..=10000".into(),
+            ));
+        }
         for (field, v) in [
             (
                 "storage.recount_interval_seconds",

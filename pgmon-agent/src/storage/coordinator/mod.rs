@@ -165,6 +165,7 @@ impl Coordinator {
             config: self.monitor.clone(),
             dry_run: p.dry_run,
             batch: self.policy.termination_batch,
+            pause_ms: p.termination_pause_ms,
             metrics: self.metrics.clone(),
             notifier: Notifier::start(&p.notifications, self.metrics.clone()),
             events: self.events.clone(),
@@ -263,6 +264,7 @@ impl Coordinator {
         let _ = self.enforcer.send(Enforce::Configure {
             dry_run: new.dry_run,
             batch: policy.termination_batch,
+            pause_ms: new.termination_pause_ms,
         });
         self.policy = Arc::new(policy);
         self.reloaded = true;
