@@ -116,6 +116,35 @@ CREATE TABLE IF NOT EXISTS pgmon.budget_ledgers (
 );
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgmon.budget_state, pgmon.budget_ledgers TO pgmon;
 
+-- The cost worker's estimates, one row per fingerprint, written once when made (batched),
+-- deleted when they pass cost.cache_ttl_seconds or an operator forgets them. `signature`
+-- hashes the catalog rows of the relations the statement uses, taken before the plan: a
+-- restarted agent keeps only the estimates whose relations have not changed since.
+CREATE TABLE IF NOT EXISTS pgmon.cost_estimates (
+    fingerprint  bigint PRIMARY KEY,
+    datname      name NOT NULL,
+    cost         double precision NOT NULL,
+    relations    jsonb NOT NULL,
+    signature    bigint NOT NULL,
+    estimated_at timestamptz NOT NULL DEFAULT now()
+);
+-- The alert engine's state: one row per pending or firing alert (its `for` timer), and one
+-- per surge baseline (at most a day of one-a-minute rates). Rewritten when they change.
+CREATE TABLE IF NOT EXISTS pgmon.alert_state (
+    dedupe_key text PRIMARY KEY,
+    alert      jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS pgmon.alert_baselines (
+    rule       text NOT NULL,
+    entity     text NOT NULL,
+    baseline   jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (rule, entity)
+);
+GRANT SELECT, INSERT, UPDATE, DELETE
+    ON pgmon.cost_estimates, pgmon.alert_state, pgmon.alert_baselines TO pgmon;
+
 -- Functions. Following PostgreSQL docs, "CREATE FUNCTION", section "Writing SECURITY
 -- DEFINER Functions Safely": each one pins search_path to pg_catalog with pg_temp last
 -- (so every object is schema-qualified or from pg_catalog), and EXECUTE is revoked from

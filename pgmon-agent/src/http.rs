@@ -27,6 +27,8 @@ pub struct Endpoint {
     pub last_drain_ms: Arc<std::sync::atomic::AtomicU64>,
     /// The storage coordinator, when `storage.enabled`.
     pub storage: Option<crate::storage::StorageHandle>,
+    /// The cost cache and its persisted rows, when budgets and `cost.enabled` are on.
+    pub cost: Option<crate::cost::Control>,
     /// The read API.
     pub api: Arc<crate::api::Api>,
 }
@@ -79,6 +81,9 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() == Method::POST && req.uri().path() == "/api/v1/storage/unlock" {
         return Ok(unlock(&ep, peer, &req).await);
+    }
+    if req.method() == Method::POST && req.uri().path() == "/api/v1/cost/forget" {
+        return Ok(cost_forget(&ep, peer, &req).await);
     }
     if req.method() != Method::GET {
         return Ok(text(
@@ -215,6 +220,85 @@ async fn unlock(ep: &Endpoint, peer: SocketAddr, req: &Request<Incoming>) -> Res
     }
 }
 
+/// The values of a query string, decoded.
+fn query_params(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), percent_decode(v)))
+        .collect()
+}
+
+/// `POST /api/v1/cost/forget?fingerprint=HEX`, `?relation=NAME[&database=DB]` or
+/// `?all=true` (what `pgmon-agent cost forget` calls): 200 with what was forgotten, 400 on
+/// a bad request, 403 from a non-loopback peer, 404 when costing is off, 503 when the
+/// persisted rows could not be deleted (the cache was).
+async fn cost_forget(
+    ep: &Endpoint,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if !peer.ip().is_loopback() {
+        return text(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "cost forget is accepted from the agent's host only\n".into(),
+        );
+    }
+    let Some(cost) = &ep.cost else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "cost estimates are off (budgets.enabled or cost.enabled is false)\n".into(),
+        );
+    };
+    let what = match forget_of(&query_params(req)) {
+        Ok(w) => w,
+        Err(why) => return text(StatusCode::BAD_REQUEST, "text/plain", format!("{why}\n")),
+    };
+    match cost.forget(what).await {
+        Ok(msg) => text(StatusCode::OK, "text/plain", format!("{msg}\n")),
+        Err(msg) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("{msg}\n"),
+        ),
+    }
+}
+
+/// What the parameters of `/api/v1/cost/forget` name: exactly one of `fingerprint` (16 hex
+/// digits, as `/metrics` labels it), `relation` (with an optional `database`) or
+/// `all=true`.
+fn forget_of(params: &[(String, String)]) -> Result<crate::cost::Forget, String> {
+    use crate::cost::Forget;
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let unknown: Vec<&str> = params
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| !["fingerprint", "relation", "database", "all"].contains(k))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!("unknown parameter(s): {}", unknown.join(", ")));
+    }
+    match (get("fingerprint"), get("relation"), get("all")) {
+        (Some(f), None, None) if get("database").is_none() => u64::from_str_radix(f, 16)
+            .map(Forget::Fingerprint)
+            .map_err(|_| {
+                format!("fingerprint {f:?}: need 16 hex digits (the fingerprint label of /metrics)")
+            }),
+        (None, Some(r), None) if !r.is_empty() => Ok(Forget::Relation {
+            relation: r.rsplit('.').next().unwrap_or(r).to_owned(),
+            database: get("database").map(str::to_owned),
+        }),
+        (None, None, Some("true")) if get("database").is_none() => Ok(Forget::All),
+        _ => Err(
+            "need exactly one of ?fingerprint=HEX, ?relation=NAME[&database=DB], ?all=true".into(),
+        ),
+    }
+}
+
 /// Decodes `%XX` escapes (and `+` as a space) of a query-string value.
 pub(crate) fn percent_decode(v: &str) -> String {
     let hex = |c: u8| (c as char).to_digit(16);
@@ -254,6 +338,34 @@ pub fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cost_forget_takes_exactly_one_target() {
+        use crate::cost::Forget;
+        let p = |q: &[(&str, &str)]| {
+            super::forget_of(
+                &q.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            p(&[("fingerprint", "00000000000000ff")]),
+            Ok(Forget::Fingerprint(255))
+        );
+        assert_eq!(
+            p(&[("relation", "public.items"), ("database", "app")]),
+            Ok(Forget::Relation {
+                relation: "items".into(),
+                database: Some("app".into())
+            })
+        );
+        assert_eq!(p(&[("all", "true")]), Ok(Forget::All));
+        assert!(p(&[]).is_err());
+        assert!(p(&[("all", "true"), ("relation", "t")]).is_err());
+        assert!(p(&[("fingerprint", "xyz")]).unwrap_err().contains("hex"));
+        assert!(p(&[("relaton", "t")]).unwrap_err().contains("relaton"));
+    }
+
     #[test]
     fn query_values_decode() {
         assert_eq!(super::percent_decode("t%C3%A9nant+1"), "ténant 1");

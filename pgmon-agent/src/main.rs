@@ -1,8 +1,8 @@
 //! `pgmon-agent`: dispatches the subcommands of [`pgmon_agent::cli`].
 use clap::Parser as _;
 use pgmon_agent::cli::{
-    Cli, Command, check, check_config, doctor, emergency, fingerprint, install_sql, record, replay,
-    run, status, unlock,
+    Cli, Command, CostCommand, check, check_config, doctor, emergency, fingerprint, install_sql,
+    record, replay, run, status, unlock,
 };
 
 fn main() -> std::process::ExitCode {
@@ -21,6 +21,14 @@ fn main() -> std::process::ExitCode {
         };
     }
     let result = match &cli.command {
+        Command::Cost {
+            command:
+                CostCommand::Forget {
+                    target,
+                    database,
+                    addr,
+                },
+        } => pgmon_agent::cli::cost::forget(*addr, target, database.as_deref()),
         Command::Run { config } => run::run(config, cli.log_format),
         Command::Status { addr, json, role } => status::status(*addr, *json, role.as_deref()),
         Command::CheckConfig { file } => check_config::check_config(file),

@@ -15,6 +15,7 @@
 pub mod config;
 mod eval;
 mod notice;
+pub mod persist;
 pub mod rules;
 pub mod series;
 pub mod sql;
@@ -249,6 +250,7 @@ impl Collector for FiringCollector {
 pub fn start(
     runtime: &tokio::runtime::Runtime,
     config: &AlertsConfig,
+    monitor: &tokio_postgres::Config,
     board: Board,
     storage: Option<crate::storage::StorageHandle>,
     budgets: Option<crate::budget::metrics::BudgetMetrics>,
@@ -274,6 +276,7 @@ pub fn start(
             board,
             storage,
             budgets,
+            monitor: monitor.clone(),
         },
         book,
         notifier,
@@ -287,6 +290,20 @@ struct Sources {
     board: Board,
     storage: Option<crate::storage::StorageHandle>,
     budgets: Option<crate::budget::metrics::BudgetMetrics>,
+    /// Where the state is persisted ([`persist`]).
+    monitor: tokio_postgres::Config,
+}
+
+/// A session of the monitor database within 5 s, or none (tried again next time).
+async fn state_client(monitor: &tokio_postgres::Config) -> Option<tokio_postgres::Client> {
+    match tokio::time::timeout(Duration::from_secs(5), crate::attribution::connect(monitor)).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "alert state: cannot connect; persisted at a later evaluation");
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 async fn serve(
@@ -302,6 +319,24 @@ async fn serve(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let names = notifier.sink_names();
     let mut clock = TickClock::new();
+    let mut client = state_client(&sources.monitor).await;
+    let mut written = persist::Written::default();
+    if let Some(c) = &client {
+        match persist::load(c).await {
+            Ok((alerts, baselines)) => {
+                written = persist::Written::from_loaded(&alerts);
+                let (a, b) = engine.restore(alerts, baselines);
+                tracing::info!(
+                    alerts = a,
+                    baselines = b,
+                    "alert state restored from pgmon.alert_state and pgmon.alert_baselines"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "alert state unreadable (is sql/002_enforcement.sql up to date?); every alert starts inactive")
+            }
+        }
+    }
     loop {
         let at = ticker.tick().await;
         if reloads.has_changed().unwrap_or(false) {
@@ -338,6 +373,18 @@ async fn serve(
             notifier.send(notice::payload(&n, &instance));
         }
         book.publish(engine.view(now, names.clone()));
+        if client
+            .as_ref()
+            .is_none_or(tokio_postgres::Client::is_closed)
+        {
+            client = state_client(&sources.monitor).await;
+        }
+        if let Some(c) = &mut client
+            && let Err(e) = written.write(c, &engine).await
+        {
+            tracing::warn!(error = %e, "alert state: write failed; retried at the next evaluation");
+            client = None;
+        }
     }
 }
 

@@ -106,6 +106,18 @@ impl Baseline {
         }
     }
 
+    /// The observations and the time of the last one, to persist.
+    pub fn saved(&self) -> (Vec<f64>, Option<u64>) {
+        (self.values.iter().copied().collect(), self.last_ms)
+    }
+
+    /// Takes back what [`Baseline::saved`] gave (the newest `cap` observations).
+    pub fn restore(&mut self, values: Vec<f64>, last_ms: Option<u64>) {
+        let skip = values.len().saturating_sub(self.cap);
+        self.values = values.into_iter().skip(skip).collect();
+        self.last_ms = last_ms;
+    }
+
     /// Judges `rate` against the baseline as it was, then adds it (when a step has passed
     /// since the last observation). Surge: at least `min_samples` observations, `rate` >
     /// mean + `sigma`·sd (population standard deviation) and `rate` ≥ `floor`.

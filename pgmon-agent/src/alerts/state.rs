@@ -16,10 +16,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How bad.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Warning,
@@ -62,7 +62,7 @@ pub struct RuleMeta {
 }
 
 /// `pending` or `firing`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     Pending,
@@ -98,7 +98,7 @@ pub struct Alert {
     #[serde(rename = "last_notified", serialize_with = "rfc3339_opt")]
     pub last_notified_ms: Option<u64>,
     #[serde(skip)]
-    notified_severity: Option<Severity>,
+    pub(super) notified_severity: Option<Severity>,
     /// Notifications sent again while it kept firing.
     pub repeats: u32,
 }
@@ -263,6 +263,12 @@ impl Tracker {
             self.history.pop_front();
         }
         out
+    }
+
+    /// Puts back an alert saved by an earlier run (its timers as they were), unless one of
+    /// that key is already tracked.
+    pub fn restore(&mut self, alert: Alert) {
+        self.alerts.entry(alert.dedupe_key.clone()).or_insert(alert);
     }
 
     /// Pending and firing alerts, by dedupe key.

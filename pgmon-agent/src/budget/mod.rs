@@ -95,12 +95,19 @@ pub struct Budgets {
     default_cost: f64,
     requests: UnboundedSender<CostRequest>,
     max_pending: usize,
-    /// Fingerprints sent to the worker, with the default charges to correct:
-    /// (role, unix second, executions).
-    awaiting: HashMap<u64, Vec<(Arc<str>, u64, u32)>>,
+    /// Fingerprints sent to the worker, with the default charges to correct.
+    awaiting: HashMap<u64, Awaiting>,
     out: UnboundedSender<ToEnforcer>,
     cost_metrics: CostMetrics,
     metrics: BudgetMetrics,
+}
+
+/// A fingerprint sent to the worker.
+struct Awaiting {
+    /// The default charges to correct: (role, unix second, executions).
+    charges: Vec<(Arc<str>, u64, u32)>,
+    /// Executions since it was sent, shared with the worker's queue (most called first).
+    calls: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Where the budgets send their work.
@@ -355,21 +362,32 @@ impl Budgets {
                 let sec = now_ms / 1000;
                 let room = self.awaiting.len() < self.max_pending;
                 match self.awaiting.get_mut(&stmt.fingerprint) {
-                    Some(list) => match list.last_mut() {
-                        Some((r, s, n)) if r == role && *s == sec => *n += 1,
-                        _ => list.push((role.clone(), sec, 1)),
-                    },
+                    Some(a) => {
+                        a.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        match a.charges.last_mut() {
+                            Some((r, s, n)) if r == role && *s == sec => *n += 1,
+                            _ => a.charges.push((role.clone(), sec, 1)),
+                        }
+                    }
                     None if room => {
+                        let calls = Arc::new(std::sync::atomic::AtomicU32::new(1));
                         let req = CostRequest {
                             fingerprint: stmt.fingerprint,
                             normalized: stmt.normalized.clone(),
                             truncated: stmt.normalized_truncated,
                             role: role.clone(),
                             database: database.clone(),
+                            calls: calls.clone(),
                         };
                         if self.requests.send(req).is_ok() {
-                            self.awaiting
-                                .insert(stmt.fingerprint, vec![(role.clone(), sec, 1)]);
+                            self.cost_metrics.queue.sent();
+                            self.awaiting.insert(
+                                stmt.fingerprint,
+                                Awaiting {
+                                    charges: vec![(role.clone(), sec, 1)],
+                                    calls,
+                                },
+                            );
                         }
                     }
                     None => self.cost_metrics.error("queue_full"),
@@ -381,7 +399,7 @@ impl Budgets {
 
     /// Corrects the default charged for a fingerprint whose estimate has arrived.
     pub fn on_cost(&mut self, answer: CostAnswer) {
-        let Some(list) = self.awaiting.remove(&answer.fingerprint) else {
+        let Some(Awaiting { charges: list, .. }) = self.awaiting.remove(&answer.fingerprint) else {
             return;
         };
         let Some(cost) = answer.cost else {

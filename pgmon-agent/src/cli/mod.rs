@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod check_config;
+pub mod cost;
 pub mod doctor;
 pub mod emergency;
 pub mod fingerprint;
@@ -128,9 +129,33 @@ pub enum Command {
         #[arg(long, short, default_value = "/etc/pgmon/pgmon.yaml")]
         config: PathBuf,
     },
+    /// Forget cost estimates by hand (see `pgmon-agent cost forget --help`).
+    Cost {
+        #[command(subcommand)]
+        command: CostCommand,
+    },
     /// Check a policy file and exit 0 if it is usable, or print file:line:column: field: error.
     CheckConfig {
         /// The YAML policy file.
         file: PathBuf,
+    },
+}
+
+/// `pgmon-agent cost …`.
+#[derive(Debug, Subcommand)]
+pub enum CostCommand {
+    /// Forget estimates in the running agent's cache and in pgmon.cost_estimates (POST
+    /// /api/v1/cost/forget, accepted from this host only), with an audit row: the next
+    /// execution of each statement is planned again. For an estimate you believe wrong
+    /// (statistics changed, a setting changed) that DDL did not invalidate.
+    Forget {
+        #[command(flatten)]
+        target: cost::Target,
+        /// With --relation: only the estimates made in this database.
+        #[arg(long)]
+        database: Option<String>,
+        /// The agent's HTTP address (its metrics.listen).
+        #[arg(long, default_value = "127.0.0.1:8181")]
+        addr: SocketAddr,
     },
 }

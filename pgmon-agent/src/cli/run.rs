@@ -81,11 +81,11 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
     let drained = last_drain_ms.clone();
     let stop = Arc::new(AtomicBool::new(false));
 
-    let (budget_link, budget_policies) = match start_budgets(&config, &runtime, &monitor, &metrics)?
-    {
-        Some((link, tx)) => (Some(link), Some(tx)),
-        None => (None, None),
-    };
+    let (budget_link, budget_policies, cost_control) =
+        match start_budgets(&config, &runtime, &monitor, &metrics)? {
+            Some((link, tx, cost)) => (Some(link), Some(tx), cost),
+            None => (None, None, None),
+        };
     if config.health.enabled {
         crate::health::start(&runtime, &config.health, &monitor, &metrics.health);
     }
@@ -111,6 +111,7 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
         Some(crate::alerts::start(
             &runtime,
             &config.alerts,
+            &monitor,
             metrics.health.clone(),
             storage.clone(),
             config.budgets.enabled.then(|| metrics.budget.clone()),
@@ -139,6 +140,7 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
             status: status_tx,
             last_drain_ms: last_drain_ms.clone(),
             storage: storage.clone(),
+            cost: cost_control,
             api,
         },
     ));
@@ -249,7 +251,7 @@ fn start_budgets(
     runtime: &tokio::runtime::Runtime,
     monitor: &tokio_postgres::Config,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<Option<(BudgetLink, PolicySender)>> {
+) -> anyhow::Result<Option<(BudgetLink, PolicySender, Option<crate::cost::Control>)>> {
     if !config.budgets.enabled {
         return Ok(None);
     }
@@ -258,6 +260,7 @@ fn start_budgets(
         .compile()
         .map_err(|(field, message)| anyhow::anyhow!("{field}: {message}"))?;
     let costs = Costs::new(&config.cost);
+    let mut cost_control = None;
     let (request_tx, request_rx) = tokio::sync::mpsc::unbounded_channel();
     let (answer_tx, answer_rx) = std::sync::mpsc::channel();
     let (enforcer_tx, enforcer_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -274,7 +277,15 @@ fn start_budgets(
             costs.clone(),
             metrics.cost.clone(),
         );
-        runtime.spawn(worker.serve(request_rx, answer_tx));
+        let store = {
+            let _enter = runtime.enter();
+            crate::cost::store::Store::start(monitor.clone(), costs.ttl())
+        };
+        cost_control = Some(crate::cost::Control {
+            costs: costs.clone(),
+            store: store.clone(),
+        });
+        runtime.spawn(worker.serve(request_rx, answer_tx, Some((store, monitor.clone()))));
     }
     let persisted = runtime.block_on(async {
         match tokio::time::timeout(Duration::from_secs(10), enforce::load(monitor)).await {
@@ -322,6 +333,7 @@ fn start_budgets(
             policies: policy_rx,
         },
         policy_tx,
+        cost_control,
     )))
 }
 

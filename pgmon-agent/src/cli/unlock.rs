@@ -11,16 +11,24 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
 /// Unlocks `role` through the agent at `addr`; prints what `pgmon.unlock_role` answered.
 pub fn unlock(addr: SocketAddr, role: &str) -> anyhow::Result<()> {
+    let text = post(
+        addr,
+        &format!("/api/v1/storage/unlock?role={}", percent_encode(role)),
+    )
+    .with_context(|| role.to_owned())?;
+    println!("{role}: {text}");
+    Ok(())
+}
+
+/// POSTs to `path_and_query` of the agent at `addr` (40 s at most) and returns the answer's
+/// text; an error carries the answer of a non-2xx status, or says the agent is not there.
+pub(crate) fn post(addr: SocketAddr, path_and_query: &str) -> anyhow::Result<String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let text = rt.block_on(async {
+    rt.block_on(async {
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
-        let uri: hyper::Uri = format!(
-            "http://{addr}/api/v1/storage/unlock?role={}",
-            percent_encode(role)
-        )
-        .parse()?;
+        let uri: hyper::Uri = format!("http://{addr}{path_and_query}").parse()?;
         let req = hyper::Request::post(uri).body(Empty::new())?;
         let resp = tokio::time::timeout(std::time::Duration::from_secs(40), client.request(req))
             .await
@@ -32,16 +40,14 @@ pub fn unlock(addr: SocketAddr, role: &str) -> anyhow::Result<()> {
         let body = resp.into_body().collect().await?.to_bytes();
         let text = String::from_utf8_lossy(&body).trim().to_owned();
         if !code.is_success() {
-            bail!("{role}: {text} (HTTP {code})");
+            bail!("{text} (HTTP {code})");
         }
         Ok(text)
-    })?;
-    println!("{role}: {text}");
-    Ok(())
+    })
 }
 
 /// Escapes everything but unreserved characters (RFC 3986, section 2.3).
-fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {

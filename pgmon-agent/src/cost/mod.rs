@@ -6,7 +6,9 @@
 //! says the estimate is unknown; the caller then charges `cost.default_cost` and sends a
 //! [`CostRequest`] to the [`worker`], whose [`CostAnswer`] later corrects the charge.
 
+pub mod queue;
 pub mod rewrite;
+pub mod store;
 pub mod worker;
 
 use std::{sync::Arc, time::Duration};
@@ -73,6 +75,9 @@ pub struct CostRequest {
     pub role: Arc<str>,
     /// Its database: the plan is made there.
     pub database: Arc<str>,
+    /// Executions charged the default while it waits (the capture thread bumps it; the
+    /// worker takes the most called first: [`queue`]).
+    pub calls: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// The worker's answer for one fingerprint.
@@ -94,6 +99,49 @@ struct Entry {
     /// Names (without schema) of the relations the statement reads or writes, as
     /// libpg_query reports them: DDL on any of them forgets the entry.
     relations: Box<[Box<str>]>,
+    /// How long it is trusted from its insert: `cost.cache_ttl_seconds`, or what is left
+    /// of it for an estimate loaded from `pgmon.cost_estimates`.
+    ttl: Duration,
+}
+
+/// Expires each entry after its own [`Entry::ttl`].
+struct EntryExpiry;
+
+impl moka::Expiry<u64, Entry> for EntryExpiry {
+    fn expire_after_create(&self, _: &u64, e: &Entry, _: std::time::Instant) -> Option<Duration> {
+        Some(e.ttl)
+    }
+}
+
+/// Which estimates an operator forgets (`pgmon-agent cost forget`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Forget {
+    /// One fingerprint.
+    Fingerprint(u64),
+    /// Every estimate that uses a relation of this name (without schema), in `database`
+    /// or in every database.
+    Relation {
+        relation: String,
+        database: Option<String>,
+    },
+    /// Every estimate.
+    All,
+}
+
+impl std::fmt::Display for Forget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Forget::Fingerprint(fp) => {
+                write!(f, "fingerprint {}", crate::query::fingerprint_hex(*fp))
+            }
+            Forget::Relation {
+                relation,
+                database: Some(db),
+            } => write!(f, "relation {relation} in database {db}"),
+            Forget::Relation { relation, .. } => write!(f, "relation {relation} in every database"),
+            Forget::All => f.write_str("every estimate"),
+        }
+    }
 }
 
 /// The shared cache: fingerprint → generic-plan total cost (or `None`: not costable, the
@@ -102,6 +150,7 @@ struct Entry {
 #[derive(Clone)]
 pub struct Costs {
     cache: moka::sync::Cache<u64, Entry>,
+    ttl: Duration,
     /// Bumped by every insert and invalidation: a reader's local copy of entries is stale
     /// once this moves.
     generation: Arc<std::sync::atomic::AtomicU64>,
@@ -113,9 +162,10 @@ impl Costs {
         Self {
             cache: moka::sync::Cache::builder()
                 .max_capacity(config.cache_entries)
-                .time_to_live(Duration::from_secs(config.cache_ttl_seconds.max(1)))
+                .expire_after(EntryExpiry)
                 .support_invalidation_closures()
                 .build(),
+            ttl: Duration::from_secs(config.cache_ttl_seconds.max(1)),
             generation: Arc::default(),
         }
     }
@@ -144,19 +194,70 @@ impl Costs {
         database: &Arc<str>,
         relations: &[String],
     ) {
-        let relations = relations
-            .iter()
-            .map(|r| r.rsplit('.').next().unwrap_or(r).into())
-            .collect();
+        self.insert_for(fingerprint, cost, database, relations, self.ttl);
+    }
+
+    /// [`Costs::insert`] trusted for `ttl` only (an estimate loaded from
+    /// `pgmon.cost_estimates` keeps the rest of its `cost.cache_ttl_seconds`).
+    pub fn insert_for(
+        &self,
+        fingerprint: u64,
+        cost: Option<f64>,
+        database: &Arc<str>,
+        relations: &[String],
+        ttl: Duration,
+    ) {
+        let relations = relations.iter().map(|r| short_name(r).into()).collect();
         self.cache.insert(
             fingerprint,
             Entry {
                 cost,
                 database: database.clone(),
                 relations,
+                ttl: ttl.min(self.ttl),
             },
         );
         self.bump();
+    }
+
+    /// `cost.cache_ttl_seconds`.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Forgets what `what` names; returns how many estimates the cache held that matched.
+    pub fn forget(&self, what: &Forget) -> u64 {
+        let n = match what {
+            Forget::Fingerprint(fp) => u64::from(self.cache.remove(fp).is_some()),
+            Forget::Relation { relation, database } => {
+                let relation = short_name(relation);
+                let matches = |e: &Entry| {
+                    database.as_deref().is_none_or(|d| &*e.database == d)
+                        && e.relations.iter().any(|r| &**r == relation)
+                };
+                let n = self.cache.iter().filter(|(_, e)| matches(e)).count() as u64;
+                let (relation, database): (Box<str>, Option<Arc<str>>) =
+                    (relation.into(), database.as_deref().map(Arc::from));
+                if self
+                    .cache
+                    .invalidate_entries_if(move |_, e| {
+                        database.as_ref().is_none_or(|d| e.database == *d)
+                            && e.relations.contains(&relation)
+                    })
+                    .is_err()
+                {
+                    self.cache.invalidate_all();
+                }
+                n
+            }
+            Forget::All => {
+                let n = self.cache.iter().count() as u64;
+                self.cache.invalidate_all();
+                n
+            }
+        };
+        self.bump();
+        n
     }
 
     /// Forgets every estimate made in `database` that uses a relation named `relation`
@@ -183,6 +284,42 @@ impl Costs {
     }
 }
 
+/// What the HTTP endpoint needs to forget estimates by hand (`POST /api/v1/cost/forget`).
+#[derive(Clone)]
+pub struct Control {
+    pub costs: Costs,
+    pub store: store::Store,
+}
+
+impl Control {
+    /// Forgets `what` in the cache and in `pgmon.cost_estimates` (with an audit row and a
+    /// line under target `pgmon::enforcement`); says what was forgotten, or why the
+    /// persisted rows were not deleted.
+    pub async fn forget(&self, what: Forget) -> Result<String, String> {
+        let cached = self.costs.forget(&what);
+        let rows = self.store.forget(what.clone(), cached).await;
+        match &rows {
+            Ok(n) => {
+                tracing::warn!(target: "pgmon::enforcement", what = %what, cached, persisted = n, "cost forget")
+            }
+            Err(e) => {
+                tracing::warn!(target: "pgmon::enforcement", what = %what, cached, error = %e, "cost forget: the persisted rows were not deleted")
+            }
+        }
+        let rows = rows.map_err(|e| {
+            format!("{what}: {cached} estimate(s) forgotten in the cache, but pgmon.cost_estimates was not changed: {e}")
+        })?;
+        Ok(format!(
+            "{what}: {cached} estimate(s) forgotten in the cache, {rows} persisted row(s) deleted; the next execution is estimated anew"
+        ))
+    }
+}
+
+/// `schema.name` → `name` (estimates are keyed by relation names without schema).
+fn short_name(r: &str) -> &str {
+    r.rsplit('.').next().unwrap_or(r)
+}
+
 /// `{reason}` of `pgmon_cost_cache_errors_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -206,6 +343,16 @@ pub struct CostMetrics {
     pub estimate_seconds: Histogram,
     /// DDL notifications acted on (and sessions lost, which forget a database's estimates).
     pub invalidations: Counter,
+    /// The worker's queue (depth, oldest), read at scrape time.
+    pub queue: queue::QueueGauges,
+    /// Estimates restored from `pgmon.cost_estimates` at start, by result.
+    pub restored: Family<ResultLabels, Counter>,
+}
+
+/// `{result}` of `pgmon_cost_estimates_restored_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
 }
 
 impl CostMetrics {
@@ -218,6 +365,8 @@ impl CostMetrics {
             errors: Family::default(),
             estimated: Counter::default(),
             invalidations: Counter::default(),
+            queue: queue::QueueGauges::default(),
+            restored: Family::default(),
             estimate_seconds: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.5, 12),
             ),
@@ -257,6 +406,12 @@ impl CostMetrics {
             "Time to make one estimate (EXPLAIN round trips)",
             m.estimate_seconds.clone(),
         );
+        registry.register(
+            "pgmon_cost_estimates_restored",
+            "Estimates read from pgmon.cost_estimates at start: kept, or discarded because a relation they use changed while the agent was down (ddl) or they expired",
+            m.restored.clone(),
+        );
+        registry.register_collector(Box::new(m.queue.clone()));
         m
     }
 

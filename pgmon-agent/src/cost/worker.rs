@@ -24,7 +24,9 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
 use super::{
     CostAnswer, CostConfig, CostMetrics, CostRequest, Costs,
+    queue::Queue,
     rewrite::{self, Costable},
+    store::{self, Store},
 };
 
 /// Why one estimate failed (the `reason` label).
@@ -79,18 +81,76 @@ impl Worker {
         }
     }
 
-    /// Serves requests until `requests` closes; each answer goes to `answers` (the capture
-    /// thread) after the cache has it.
+    /// Serves requests until `requests` closes, most called first ([`Queue`]); each
+    /// answer goes to `answers` (the capture thread) after the cache has it. With `store`,
+    /// the estimates persisted by an earlier run are loaded first ([`store::load`]; the
+    /// requests that arrive meanwhile wait and are then answered from the cache), and each
+    /// new estimate is persisted.
     pub async fn serve(
         mut self,
         mut requests: UnboundedReceiver<CostRequest>,
         answers: Sender<CostAnswer>,
+        store: Option<(Store, tokio_postgres::Config)>,
     ) {
-        while let Some(req) = requests.recv().await {
-            let (cost, relations) = self.estimate(&req).await;
-            self.costs
-                .insert(req.fingerprint, cost, &req.database, &relations);
-            self.metrics.entries.set(self.costs.entries() as i64);
+        if let Some((_, monitor)) = &store {
+            let started = Instant::now();
+            let loaded = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                store::load(monitor, &self.base, &self.costs, &self.metrics),
+            )
+            .await;
+            match loaded {
+                Ok(Ok(l)) => tracing::info!(
+                    kept = l.kept,
+                    discarded_ddl = l.changed,
+                    discarded_unreachable = l.unreachable,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "cost estimates restored from pgmon.cost_estimates"
+                ),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "pgmon.cost_estimates unreadable (is sql/002_enforcement.sql up to date?); every fingerprint is estimated anew")
+                }
+                Err(_) => tracing::warn!(
+                    "pgmon.cost_estimates: not loaded within 60 s; the rest is estimated anew"
+                ),
+            }
+        }
+        let store = store.map(|(s, _)| s);
+        let mut queue = Queue::new(self.metrics.queue.clone());
+        loop {
+            if queue.is_empty() {
+                match requests.recv().await {
+                    Some(r) => queue.push(r, crate::http::now_ms()),
+                    None => return,
+                }
+            }
+            while let Ok(r) = requests.try_recv() {
+                queue.push(r, crate::http::now_ms());
+            }
+            let Some(req) = queue.pop() else { continue };
+            let cost = match self.costs.get(req.fingerprint) {
+                // Restored, or answered while this request waited.
+                Some(cost) => cost,
+                None => {
+                    let e = self.estimate(&req).await;
+                    self.costs
+                        .insert(req.fingerprint, e.cost, &req.database, &e.relations);
+                    if let (Some(store), Some(cost), Some(signature)) =
+                        (&store, e.cost, e.signature)
+                    {
+                        store.put(store::Estimate {
+                            fingerprint: req.fingerprint,
+                            database: req.database.clone(),
+                            cost,
+                            relations: e.relations.iter().map(|r| short(r).to_owned()).collect(),
+                            signature,
+                        });
+                    }
+                    self.metrics.entries.set(self.costs.entries() as i64);
+                    e.cost
+                }
+            };
+            queue.finished();
             let answer = CostAnswer {
                 fingerprint: req.fingerprint,
                 cost,
@@ -102,38 +162,52 @@ impl Worker {
     }
 
     /// The generic-plan total cost of `req`, or `None` (reason counted), with the
-    /// relations the statement uses (empty when it was refused before parsing them).
-    pub async fn estimate(&mut self, req: &CostRequest) -> (Option<f64>, Vec<String>) {
+    /// relations the statement uses (empty when it was refused before parsing them) and,
+    /// when it was planned, the signature of their catalog rows taken before the plan.
+    pub async fn estimate(&mut self, req: &CostRequest) -> Estimated {
+        let refused = |cost| Estimated {
+            cost,
+            relations: Vec::new(),
+            signature: None,
+        };
         if req.truncated {
             self.metrics.error(rewrite::Refusal::Truncated.as_str());
-            return (None, Vec::new());
+            return refused(None);
         }
         let costable = match rewrite::costable(&req.normalized) {
             Ok(c) => c,
-            Err(rewrite::Refusal::Free) => return (Some(0.0), Vec::new()),
+            Err(rewrite::Refusal::Free) => return refused(Some(0.0)),
             Err(r) => {
                 self.metrics.error(r.as_str());
-                return (None, Vec::new());
+                return refused(None);
             }
         };
-        let cost = self.estimate_costable(req, &costable).await;
-        (cost, costable.relations)
+        let (cost, signature) = self.estimate_costable(req, &costable).await;
+        Estimated {
+            cost,
+            relations: costable.relations,
+            signature,
+        }
     }
 
-    async fn estimate_costable(&mut self, req: &CostRequest, costable: &Costable) -> Option<f64> {
+    async fn estimate_costable(
+        &mut self,
+        req: &CostRequest,
+        costable: &Costable,
+    ) -> (Option<f64>, Option<i64>) {
         let started = Instant::now();
         let result = self.plan(req, costable).await;
         self.metrics
             .estimate_seconds
             .observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(cost) if cost.is_finite() => {
+            Ok((cost, signature)) if cost.is_finite() => {
                 self.metrics.estimated.inc();
-                Some(cost)
+                (Some(cost), Some(signature))
             }
             Ok(_) => {
                 self.metrics.error("no_plan");
-                None
+                (None, None)
             }
             Err(e) => {
                 let reason = reason_of(&e);
@@ -142,7 +216,7 @@ impl Worker {
                     self.sessions.remove(&req.database);
                 }
                 self.metrics.error(reason);
-                None
+                (None, None)
             }
         }
     }
@@ -194,16 +268,19 @@ impl Worker {
         Ok(&self.sessions[database])
     }
 
+    /// The plan's total cost and the [`store::signature`] of its relations, taken first.
     async fn plan(
         &mut self,
         req: &CostRequest,
         c: &Costable,
-    ) -> Result<f64, tokio_postgres::Error> {
+    ) -> Result<(f64, i64), tokio_postgres::Error> {
         let (statement_timeout, lock_timeout) = (
             self.config.statement_timeout_ms,
             self.config.lock_timeout_ms,
         );
         let s = self.session(&req.database).await?;
+        let names: Vec<String> = c.relations.iter().map(|r| short(r).to_owned()).collect();
+        let signature = store::signature(&names, &store::signatures(&s.client, &names).await?);
         let search_path = role_search_path(&s.client, &req.role)
             .await?
             .unwrap_or_else(|| "\"$user\", public".to_owned());
@@ -218,15 +295,33 @@ impl Worker {
         } else {
             explain_prepared(&s.client, &setup, c, None).await
         };
-        match first {
+        let cost = match first {
             // A parameter whose type PostgreSQL cannot infer (`SELECT $1`): declare them
             // all `text`, which is what an untyped literal would have been.
             Err(e) if reason_of(&e) == "indeterminate_parameter" => {
                 explain_prepared(&s.client, &setup, c, Some("text")).await
             }
             other => other,
-        }
+        }?;
+        Ok((cost, signature))
     }
+}
+
+/// What [`Worker::estimate`] found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Estimated {
+    /// Generic-plan total cost; `None`: not costable (the reason is counted).
+    pub cost: Option<f64>,
+    /// The relations the statement uses, as libpg_query names them.
+    pub relations: Vec<String>,
+    /// [`store::signature`] of those relations before the plan; `None` when no plan was
+    /// made (nothing to persist).
+    pub signature: Option<i64>,
+}
+
+/// `schema.name` → `name`.
+fn short(r: &str) -> &str {
+    r.rsplit('.').next().unwrap_or(r)
 }
 
 /// The channel `sql/003_ddl_notify.sql` notifies after DDL; the payload is a relation
