@@ -82,6 +82,21 @@ pub async fn connect_with_backoff(config: &tokio_postgres::Config, what: &'stati
     retried.expect("retries without limit")
 }
 
+/// True when `e` says pgmon's schema is not there or not for this role: SQLSTATE 42P01
+/// (undefined_table), 3F000 (invalid_schema_name) or 42501 (insufficient_privilege)
+/// (PostgreSQL docs, Appendix A). Retrying will not help; installing sql/ will.
+pub fn schema_missing(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        [
+            SqlState::UNDEFINED_TABLE,
+            SqlState::INVALID_SCHEMA_NAME,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ]
+        .contains(c)
+    })
+}
+
 const LOOKUP_SQL: &str = "SELECT pid, usename::text, datname::text, application_name \
      FROM pg_stat_activity WHERE pid = ANY($1) AND usename IS NOT NULL";
 

@@ -321,6 +321,7 @@ async fn serve(
     let mut clock = TickClock::new();
     let mut client = state_client(&sources.monitor).await;
     let mut written = persist::Written::default();
+    let mut persisting = true;
     if let Some(c) = &client {
         match persist::load(c).await {
             Ok((alerts, baselines)) => {
@@ -373,6 +374,9 @@ async fn serve(
             notifier.send(notice::payload(&n, &instance));
         }
         book.publish(engine.view(now, names.clone()));
+        if !persisting {
+            continue;
+        }
         if client
             .as_ref()
             .is_none_or(tokio_postgres::Client::is_closed)
@@ -382,7 +386,12 @@ async fn serve(
         if let Some(c) = &mut client
             && let Err(e) = written.write(c, &engine).await
         {
-            tracing::warn!(error = %e, "alert state: write failed; retried at the next evaluation");
+            if crate::attribution::schema_missing(&e) {
+                tracing::warn!(error = %e, "alert state is not persisted: pgmon.alert_state is missing or not writable (install sql/002_enforcement.sql in the monitor database)");
+                persisting = false;
+            } else {
+                tracing::warn!(error = %e, "alert state: write failed; retried at the next evaluation");
+            }
             client = None;
         }
     }

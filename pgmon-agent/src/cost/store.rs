@@ -126,6 +126,16 @@ async fn serve(
                 if !unwritten.is_empty() {
                     match write(c, &unwritten).await {
                         Ok(()) => unwritten.clear(),
+                        Err(e) if crate::attribution::schema_missing(&e) => {
+                            tracing::warn!(error = %e, "cost estimates are not persisted: pgmon.cost_estimates is missing or not writable (install sql/002_enforcement.sql in the monitor database)");
+                            // From now on: nothing is written, and a forget says why.
+                            while let Some(op) = rx.recv().await {
+                                if let Op::Forget(_, _, reply) = op {
+                                    let _ = reply.send(Err("pgmon.cost_estimates is missing or not writable".into()));
+                                }
+                            }
+                            return;
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, estimates = unwritten.len(), "pgmon.cost_estimates: write failed; retried at the next flush");
                             client = None;
