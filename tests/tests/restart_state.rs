@@ -212,6 +212,9 @@ fn estimates_and_alert_timers_survive_a_kill() {
     );
 
     // The alert is back, pending since the same instant.
+    wait_until("the alert restored", Duration::from_secs(10), || {
+        idle_alert(&agent).is_some()
+    });
     let again = idle_alert(&agent).expect("alert restored");
     assert_eq!(again["state"], "pending", "{again}");
     assert_eq!(rfc3339_ms(&again["active_since"]), active_since);
