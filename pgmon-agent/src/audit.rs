@@ -54,7 +54,7 @@ pub fn spawn_pruner(monitor: tokio_postgres::Config, retention_days: u32) {
         let mut every = tokio::time::interval(PRUNE_EVERY);
         loop {
             every.tick().await;
-            let client = crate::attribution::connect_with_backoff(&monitor, "audit pruning").await;
+            let client = crate::db::connect_with_backoff(&monitor, "audit pruning", None).await;
             match prune_once(&client, retention_days).await {
                 Ok((audit, ledgers)) => tracing::info!(
                     audit_rows = audit,
@@ -63,7 +63,7 @@ pub fn spawn_pruner(monitor: tokio_postgres::Config, retention_days: u32) {
                     "pruned pgmon.audit and pgmon.budget_ledgers"
                 ),
                 Err(e) => tracing::warn!(
-                    error = %crate::capture::error_chain(&e),
+                    error = %crate::util::error_chain(&e),
                     "pruning pgmon.audit failed (is sql/002_enforcement.sql up to date?); retried in an hour"
                 ),
             }

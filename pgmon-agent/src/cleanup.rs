@@ -221,7 +221,7 @@ pub async fn serve(
     monitor: tokio_postgres::Config,
     metrics: BudgetMetrics,
 ) {
-    let mut client = crate::attribution::connect_with_backoff(&monitor, "cleanup").await;
+    let mut client = crate::db::connect_with_backoff(&monitor, "cleanup", None).await;
     let mut policy = policies.borrow_and_update().clone();
     let new_ticker = |secs| {
         let mut t = tokio::time::interval(Duration::from_secs(secs));
@@ -253,7 +253,7 @@ pub async fn serve(
             continue;
         }
         if client.is_closed() {
-            client = crate::attribution::connect_with_backoff(&monitor, "cleanup").await;
+            client = crate::db::connect_with_backoff(&monitor, "cleanup", None).await;
             version = None;
         }
         let v = match version {

@@ -12,7 +12,7 @@ use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::serv
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::oneshot};
 
-use crate::{metrics::Metrics, status::Status};
+use crate::{metrics::Metrics, status::Status, util::now_ms};
 
 /// A request for a fresh status document, answered by the capture thread.
 pub type StatusRequest = oneshot::Sender<Status>;
@@ -326,14 +326,6 @@ pub(crate) fn percent_decode(v: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Milliseconds since the UNIX epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -55,21 +55,7 @@ pub fn duration(secs: f64) -> String {
     }
 }
 
-/// `12.0 MiB`.
-pub fn bytes(b: f64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b;
-    let mut i = 0;
-    while v.abs() >= 1024.0 && i + 1 < units.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{v:.0} B")
-    } else {
-        format!("{v:.1} {}", units[i])
-    }
-}
+use crate::util::bytes;
 
 fn label<'a>(labels: &'a [(&'static str, String)], name: &str) -> &'a str {
     labels

@@ -93,7 +93,7 @@ impl Engine {
             .partition(|a| a.state == Phase::Firing);
         View {
             enabled: true,
-            evaluated_at: Some(crate::storage::rfc3339(now_ms)),
+            evaluated_at: Some(crate::util::rfc3339(now_ms)),
             evaluation_interval_seconds: self.interval_seconds,
             notifiers,
             firing,
@@ -202,7 +202,7 @@ impl AlertBook {
         let envelope = crate::api::Envelope {
             endpoint: "/api/v1/alerts",
             database: None,
-            generated_at: crate::storage::rfc3339(crate::http::now_ms()),
+            generated_at: crate::util::rfc3339(crate::util::now_ms()),
             elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
             sql,
             data: serde_json::to_value(&v).unwrap_or_default(),
@@ -296,7 +296,7 @@ struct Sources {
 
 /// A session of the monitor database within 5 s, or none (tried again next time).
 async fn state_client(monitor: &tokio_postgres::Config) -> Option<tokio_postgres::Client> {
-    match tokio::time::timeout(Duration::from_secs(5), crate::attribution::connect(monitor)).await {
+    match tokio::time::timeout(Duration::from_secs(5), crate::db::connect(monitor)).await {
         Ok(Ok(c)) => Some(c),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "alert state: cannot connect; persisted at a later evaluation");
@@ -357,7 +357,7 @@ async fn serve(
                 }),
             None => None,
         };
-        let now = clock.at(at, crate::http::now_ms());
+        let now = clock.at(at, crate::util::now_ms());
         let inputs = Inputs {
             board: &sources.board,
             storage,
@@ -386,7 +386,7 @@ async fn serve(
         if let Some(c) = &mut client
             && let Err(e) = written.write(c, &engine).await
         {
-            if crate::attribution::schema_missing(&e) {
+            if crate::db::schema_missing(&e) {
                 tracing::warn!(error = %e, "alert state is not persisted: pgmon.alert_state is missing or not writable (install sql/002_enforcement.sql in the monitor database)");
                 persisting = false;
             } else {

@@ -98,7 +98,7 @@ pub fn payload(n: &Notice, instance: &str) -> Payload {
             super::eval::duration(n.at_ms.saturating_sub(fired) as f64 / 1000.0)
         ),
     };
-    let rfc = crate::storage::rfc3339;
+    let rfc = crate::util::rfc3339;
     let labels: String = a.labels.iter().map(|(k, v)| format!("{k}={v} ")).collect();
     let details = format!(
         "{text}\n\nalert: {}\nstatus: {:?}\nseverity: {}\ninstance: {instance}\nlabels: {}\nvalue: {}\n\

@@ -126,7 +126,7 @@ pub struct Notice {
 }
 
 fn rfc3339<S: serde::Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::storage::rfc3339(*ms))
+    s.serialize_str(&crate::util::rfc3339(*ms))
 }
 
 fn rfc3339_opt<S: serde::Serializer>(ms: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {

@@ -128,7 +128,7 @@ pub enum ApiError {
     UnknownDatabase(String),
     /// The monitor session could not be opened (503).
     #[error("cannot reach the cluster")]
-    Unreachable(#[source] crate::attribution::AttributionError),
+    Unreachable(#[source] crate::db::DbError),
     /// A statement failed (503 when the session closed or the statement timed out,
     /// 500 otherwise).
     #[error("query {name} failed")]
@@ -345,14 +345,14 @@ impl Api {
                 serde_json::to_string_pretty(&Envelope {
                     endpoint,
                     database,
-                    generated_at: crate::storage::rfc3339(crate::http::now_ms()),
+                    generated_at: crate::util::rfc3339(crate::util::now_ms()),
                     elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
                     sql,
                     data,
                 }),
             ),
             Err(e) => {
-                let error = crate::capture::error_chain(&e);
+                let error = crate::util::error_chain(&e);
                 tracing::debug!(endpoint, error = %error, "API request failed");
                 (
                     e.status(),

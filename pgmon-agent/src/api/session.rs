@@ -21,7 +21,7 @@ const DATABASE_EXISTS: &str =
 
 /// Opens a session with `monitor` and runs `setup` on it.
 async fn open(monitor: &tokio_postgres::Config, setup: &str) -> Result<Client, ApiError> {
-    let client = crate::attribution::connect(monitor)
+    let client = crate::db::connect(monitor)
         .await
         .map_err(ApiError::Unreachable)?;
     client

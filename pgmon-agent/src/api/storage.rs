@@ -83,7 +83,7 @@ pub async fn answer(
         let conn = match session::other(api, s, name).await {
             Ok(c) => c,
             Err(e) => {
-                skipped.push(json!({"datname": name, "error": crate::capture::error_chain(&e)}));
+                skipped.push(json!({"datname": name, "error": crate::util::error_chain(&e)}));
                 continue;
             }
         };

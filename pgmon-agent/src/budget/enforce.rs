@@ -13,7 +13,7 @@ use std::{collections::HashSet, time::Duration};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_postgres::Client;
 
-use crate::attribution::connect_with_backoff;
+use crate::db::connect_with_backoff;
 
 use super::{
     Decision, Persisted, ToEnforcer,
@@ -83,7 +83,7 @@ fn calls(ladder: &[Step], d: &Decision) -> Vec<(&'static str, &'static str, Opti
 /// Loads persisted steps and the last day's ledger buckets; an absent schema (SQL not
 /// installed) gives an empty state and a warning.
 pub async fn load(config: &tokio_postgres::Config) -> Persisted {
-    let client = connect_with_backoff(config, "enforcement").await;
+    let client = connect_with_backoff(config, "enforcement", None).await;
     let mut p = Persisted::default();
     match client
         .query("SELECT role::text, step FROM pgmon.budget_state", &[])
@@ -184,7 +184,7 @@ impl Enforcer {
         mut rx: UnboundedReceiver<ToEnforcer>,
         protected: std::sync::mpsc::Sender<HashSet<String>>,
     ) {
-        let mut client = connect_with_backoff(&self.config, "enforcement").await;
+        let mut client = connect_with_backoff(&self.config, "enforcement", None).await;
         let mut refresh = tokio::time::interval(Duration::from_secs(60));
         loop {
             tokio::select! {
@@ -210,7 +210,7 @@ impl Enforcer {
                     }
                     loop {
                         if client.is_closed() {
-                            client = connect_with_backoff(&self.config, "enforcement").await;
+                            client = connect_with_backoff(&self.config, "enforcement", None).await;
                         }
                         match self.handle(&client, &msg).await {
                             Err(e) if e.as_db_error().is_none() => {

@@ -176,7 +176,7 @@ impl Budgets {
                         to: None,
                         utilisation: 0.0,
                         spend: 0.0,
-                        at_ms: crate::http::now_ms(),
+                        at_ms: crate::util::now_ms(),
                     }));
                 }
             }
@@ -195,7 +195,7 @@ impl Budgets {
         let ladder_changed =
             format!("{:?}", policy.policy.ladder) != format!("{:?}", self.policy.policy.ladder);
         let mut undo = Vec::new();
-        let (protected, now) = (&self.protected, crate::http::now_ms());
+        let (protected, now) = (&self.protected, crate::util::now_ms());
         self.roles.retain(|role, r| {
             let tier = policy.tier_of(role, protected.contains(role.as_ref()));
             if let Some(step) = r.step

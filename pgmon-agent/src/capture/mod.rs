@@ -178,7 +178,7 @@ impl Capture {
                     break;
                 }
                 Err(e) => {
-                    let full = error_chain(&e);
+                    let full = crate::util::error_chain(&e);
                     tracing::info!(hook = family.name(), error = %full, "hook family refused, trying the next");
                     refused.push((family, short_reason(&full)));
                 }
@@ -216,7 +216,7 @@ impl Capture {
                 Ok(fd) => Some(fd),
                 Err(e) => {
                     tracing::warn!(
-                        error = %error_chain(&e),
+                        error = %crate::util::error_chain(&e),
                         "capture.probe_stats: the kernel refused BPF_ENABLE_STATS (it needs \
                          CAP_SYS_ADMIN); the probe run times stay 0 unless \
                          `sysctl kernel.bpf_stats_enabled=1` is set"
@@ -395,16 +395,4 @@ fn short_reason(full: &str) -> String {
         .find(". Verifier output")
         .map_or(first, |i| &first[..i]);
     cut.replace("the BPF_PROG_LOAD syscall returned ", "BPF_PROG_LOAD: ")
-}
-
-/// "a: b: c" from an error and its sources.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
-    s
 }

@@ -115,7 +115,7 @@ pub fn attach(ebpf: &mut Ebpf, choice: TlsChoice, postmaster: u32) -> TlsCapture
                     let _ = p.unload();
                 }
             }
-            let reason = crate::capture::error_chain(&e);
+            let reason = crate::util::error_chain(&e);
             tracing::warn!(error = %reason, "TLS capture is off");
             TlsCapture::Off { reason }
         }

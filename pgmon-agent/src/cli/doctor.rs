@@ -113,7 +113,7 @@ pub fn run_checks(config_path: &Path) -> Vec<Finding> {
             "postmaster",
             format!(
                 "{}; check cluster.data_directory and that the cluster runs",
-                crate::capture::error_chain(&e)
+                crate::util::error_chain(&e)
             ),
         ),
     }
@@ -155,7 +155,7 @@ pub fn run_checks(config_path: &Path) -> Vec<Finding> {
                     ),
                 }
             }
-            Err(e) => r.fail("hooks", crate::capture::error_chain(&e)),
+            Err(e) => r.fail("hooks", crate::util::error_chain(&e)),
         }
     }
     database(&mut r, &config);
@@ -219,7 +219,7 @@ fn kernel(r: &mut Report) {
 }
 
 fn database(r: &mut Report, config: &Config) {
-    let monitor = match crate::attribution::monitor_config(&config.cluster.connection) {
+    let monitor = match crate::db::monitor_config(&config.cluster.connection) {
         Ok(m) => m,
         Err(e) => {
             r.fail("database", format!("cluster.connection: {e}"));
@@ -234,7 +234,7 @@ fn database(r: &mut Report, config: &Config) {
         return;
     };
     rt.block_on(async {
-        let client = match crate::attribution::connect(&monitor).await {
+        let client = match crate::db::connect(&monitor).await {
             Ok(c) => c,
             Err(e) => {
                 r.fail(
@@ -242,7 +242,7 @@ fn database(r: &mut Report, config: &Config) {
                     format!(
                         "cannot connect with cluster.connection: {}; check the DSN, \
                          pg_hba.conf, and that `pgmon-agent install-sql` created the role",
-                        crate::capture::error_chain(&e)
+                        crate::util::error_chain(&e)
                     ),
                 );
                 return;

@@ -20,7 +20,7 @@ pub async fn terminate(
     monitor: &tokio_postgres::Config,
     reason: &str,
 ) -> anyhow::Result<Vec<Outcome>> {
-    let client = crate::attribution::connect(monitor).await?;
+    let client = crate::db::connect(monitor).await?;
     let rows = client
         .query(
             "SELECT pid, rolname::text, result FROM pgmon.emergency_terminate($1)",
@@ -70,7 +70,7 @@ pub fn emergency(path: &Path, yes: bool) -> anyhow::Result<()> {
             bail!("not confirmed; nothing done");
         }
     }
-    let monitor = crate::attribution::monitor_config(&config.cluster.connection)?;
+    let monitor = crate::db::monitor_config(&config.cluster.connection)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

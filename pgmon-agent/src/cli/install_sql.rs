@@ -49,7 +49,7 @@ pub fn install_sql(dsn: &str, databases: &[String], uninstall: bool) -> anyhow::
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let client = crate::attribution::connect(&base)
+        let client = crate::db::connect(&base)
             .await
             .context("connecting with --dsn")?;
         let superuser: bool = client
@@ -95,7 +95,7 @@ pub fn install_sql(dsn: &str, databases: &[String], uninstall: bool) -> anyhow::
         for db in &targets {
             let mut config = base.clone();
             config.dbname(db);
-            let c = crate::attribution::connect(&config)
+            let c = crate::db::connect(&config)
                 .await
                 .with_context(|| format!("connecting to database {db:?}"))?;
             if uninstall {

@@ -40,7 +40,7 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
     crate::daemon::init_logging(log_format);
     crate::daemon::require_capabilities()?;
 
-    let monitor = attribution::monitor_config(&config.cluster.connection)?;
+    let monitor = crate::db::monitor_config(&config.cluster.connection)?;
     let capture = Capture::attach(&config.capture, &config.cluster.data_directory)
         .context("attaching the capture")?;
     let hook = capture.hook();
@@ -131,7 +131,7 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
         monitor.clone(),
         lookup_rx,
         answer_tx,
-        metrics.clone(),
+        metrics.db_connect_errors.clone(),
     ));
     runtime.spawn(http::serve(
         listener,
@@ -213,7 +213,7 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
 /// Waits until the monitor database answers (retrying with backoff), then tells systemd
 /// the agent is ready: the probes are attached before this task starts.
 async fn become_ready(monitor: tokio_postgres::Config, hook: &'static str) {
-    let client = attribution::connect_with_backoff(&monitor, "readiness").await;
+    let client = crate::db::connect_with_backoff(&monitor, "readiness", None).await;
     drop(client);
     let status = format!("capturing with {hook}; database reached");
     tracing::info!(hook, "ready: probes attached, database reached");
@@ -229,11 +229,11 @@ async fn watchdog(period: Duration, last_drain_ms: Arc<AtomicU64>) {
     loop {
         tick.tick().await;
         let last = last_drain_ms.load(Ordering::Relaxed);
-        if last != 0 && http::now_ms().saturating_sub(last) < stale_ms {
+        if last != 0 && crate::util::now_ms().saturating_sub(last) < stale_ms {
             crate::daemon::notify_watchdog();
         } else if last != 0 {
             tracing::error!(
-                since_ms = http::now_ms().saturating_sub(last),
+                since_ms = crate::util::now_ms().saturating_sub(last),
                 "capture thread stalled: withholding the watchdog ping"
             );
         }
@@ -272,7 +272,7 @@ fn start_budgets(
             .as_deref()
             .unwrap_or(&config.cluster.connection);
         let worker = Worker::new(
-            attribution::monitor_config(conninfo)?,
+            crate::db::monitor_config(conninfo)?,
             config.cost.clone(),
             costs.clone(),
             metrics.cost.clone(),
@@ -411,7 +411,7 @@ fn capture_loop(
                 pipeline.set_preexisting(capture.preexisting());
             }
         }
-        last_drain_ms.store(http::now_ms(), Ordering::Relaxed);
+        last_drain_ms.store(crate::util::now_ms(), Ordering::Relaxed);
     }
     // Records still in the ring when we stop are counted, not processed.
     let (n, _) = capture.drain(|record| pipeline.on_record(&record));

@@ -218,18 +218,7 @@ pub fn render(s: &Status) -> String {
 
 /// `bytes` in the largest binary unit that keeps it ≥ 1 (`12.0 MiB`).
 fn size(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
+    crate::util::bytes(bytes as f64)
 }
 
 /// The storage section: databases not fully covered, then the `k` fullest roles with their

@@ -72,7 +72,7 @@ impl Collector for QueueGauges {
         let age = if oldest == 0 {
             0.0
         } else {
-            crate::http::now_ms().saturating_sub(oldest) as f64 / 1000.0
+            crate::util::now_ms().saturating_sub(oldest) as f64 / 1000.0
         };
         let m = e.encode_descriptor(
             "pgmon_cost_queue_oldest_seconds",

@@ -126,7 +126,7 @@ async fn serve(
                 if !unwritten.is_empty() {
                     match write(c, &unwritten).await {
                         Ok(()) => unwritten.clear(),
-                        Err(e) if crate::attribution::schema_missing(&e) => {
+                        Err(e) if crate::db::schema_missing(&e) => {
                             tracing::warn!(error = %e, "cost estimates are not persisted: pgmon.cost_estimates is missing or not writable (install sql/002_enforcement.sql in the monitor database)");
                             // From now on: nothing is written, and a forget says why.
                             while let Some(op) = rx.recv().await {
@@ -172,7 +172,7 @@ async fn connected<'a>(
         *client = None;
     }
     if client.is_none() {
-        match crate::attribution::connect(monitor).await {
+        match crate::db::connect(monitor).await {
             Ok(c) => *client = Some(c),
             Err(e) => {
                 tracing::warn!(error = %e, "pgmon.cost_estimates: cannot connect; retried at the next flush");
@@ -305,7 +305,7 @@ pub fn signature(relations: &[String], sigs: &HashMap<String, String>) -> i64 {
 pub enum LoadError {
     /// The monitor database is unreachable.
     #[error("cannot connect to the monitor database: {0}")]
-    Connect(#[from] crate::attribution::AttributionError),
+    Connect(#[from] crate::db::DbError),
     /// `pgmon.cost_estimates` is unreadable (sql/002 not up to date?) or a delete failed.
     #[error("pgmon.cost_estimates: {0}")]
     Query(#[from] tokio_postgres::Error),
@@ -332,7 +332,7 @@ pub async fn load(
     metrics: &CostMetrics,
 ) -> Result<Loaded, LoadError> {
     let ttl = costs.ttl();
-    let store = crate::attribution::connect(monitor).await?;
+    let store = crate::db::connect(monitor).await?;
     let rows = store
         .query(
             "SELECT fingerprint, datname::text, cost, relations::text, signature, \

@@ -120,12 +120,12 @@ impl Worker {
         loop {
             if queue.is_empty() {
                 match requests.recv().await {
-                    Some(r) => queue.push(r, crate::http::now_ms()),
+                    Some(r) => queue.push(r, crate::util::now_ms()),
                     None => return,
                 }
             }
             while let Ok(r) = requests.try_recv() {
-                queue.push(r, crate::http::now_ms());
+                queue.push(r, crate::util::now_ms());
             }
             let Some(req) = queue.pop() else { continue };
             let cost = match self.costs.get(req.fingerprint) {

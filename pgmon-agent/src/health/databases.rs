@@ -71,7 +71,7 @@ pub async fn slow(
     for db in names.into_iter().take(max_databases) {
         let mut config = monitor.clone();
         config.dbname(&db);
-        let c = match crate::attribution::connect(&config).await {
+        let c = match crate::db::connect(&config).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(database = %db, error = %e, "health: cannot connect; skipped this round");
@@ -149,7 +149,7 @@ pub async fn hourly(
     for (_, db) in dbs.into_iter().take(max_databases) {
         let mut config = monitor.clone();
         config.dbname(&db);
-        let Ok(c) = crate::attribution::connect(&config).await else {
+        let Ok(c) = crate::db::connect(&config).await else {
             continue;
         };
         c.batch_execute(setup).await?;

@@ -172,7 +172,7 @@ pub fn start(
 /// One pass of the 15-second and 60-second loops and of the wraparound query, on one
 /// session, published on a fresh board (for `pgmon-agent check`, without a running agent).
 pub async fn snapshot(monitor: &tokio_postgres::Config) -> anyhow::Result<Board> {
-    let client = crate::attribution::connect(monitor).await?;
+    let client = crate::db::connect(monitor).await?;
     client.batch_execute(&session_setup(10_000, 100)).await?;
     let version = client
         .query_one("SELECT current_setting('server_version_num')::int", &[])
@@ -279,7 +279,7 @@ async fn run_once(
     session: &mut Option<(Client, Prepared)>,
 ) -> anyhow::Result<Vec<Family>> {
     if session.as_ref().is_none_or(|(c, _)| c.is_closed()) {
-        let client = crate::attribution::connect(monitor).await?;
+        let client = crate::db::connect(monitor).await?;
         client.batch_execute(setup).await?;
         let version = client
             .query_one("SELECT current_setting('server_version_num')::int", &[])

@@ -182,7 +182,7 @@ impl Mailer {
             .send(m)
             .await
             .map(|_| ())
-            .map_err(|e| crate::capture::error_chain(&e))
+            .map_err(|e| crate::util::error_chain(&e))
     }
 }
 

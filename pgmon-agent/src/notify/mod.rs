@@ -289,7 +289,7 @@ async fn send_once(task: &Task, p: &Payload) -> Result<(), String> {
     let resp = tokio::time::timeout(timeout, client.request(req))
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))?
-        .map_err(|e| crate::capture::error_chain(&e))?;
+        .map_err(|e| crate::util::error_chain(&e))?;
     if resp.status().is_success() {
         Ok(())
     } else {

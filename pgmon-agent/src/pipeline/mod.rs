@@ -138,7 +138,7 @@ impl Pipeline {
     pub fn new(config: &Config, metrics: Arc<Metrics>, lookups: UnboundedSender<u32>) -> Self {
         Self {
             budget: None,
-            now_ms: crate::http::now_ms(),
+            now_ms: crate::util::now_ms(),
             last_snapshot_ms: 0,
             conns: HashMap::default(),
             backends: HashMap::default(),
@@ -179,7 +179,7 @@ impl Pipeline {
     /// Called after each drain: reads the clock, applies cost estimates and the protected
     /// roles, re-evaluates the ladder, and once a second sends the changed ledgers.
     pub fn tick(&mut self) {
-        self.now_ms = crate::http::now_ms();
+        self.now_ms = crate::util::now_ms();
         if self.now_ms.saturating_sub(self.last_crypto_check_ms) >= 1000 {
             self.last_crypto_check_ms = self.now_ms;
             self.expire_awaiting(monotonic_ns());

@@ -10,7 +10,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::{Event, usage};
-use crate::http::now_ms;
+use crate::util::now_ms;
 
 /// The notification channel of sql/004_storage.sql (003's is `pgmon_ddl`).
 pub const CHANNEL: &str = "pgmon_storage";
@@ -94,10 +94,17 @@ enum End {
 impl DbTask {
     /// Runs until the coordinator drops the command channel.
     pub async fn run(mut self) {
-        let mut delay = Duration::from_millis(500);
+        let mut backoff = crate::db::backoff();
         let mut first = true;
         loop {
-            match self.session(first).await {
+            let began = tokio::time::Instant::now();
+            let end = self.session(first).await;
+            // A session that lasted starts the next outage's delays over (0.5 s).
+            if began.elapsed() >= Duration::from_secs(30) {
+                backoff = crate::db::backoff();
+            }
+            let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+            match end {
                 End::Stop => return,
                 End::Retry(e) => {
                     tracing::warn!(database = %self.name, error = %e, retry_in = ?delay, "storage: database connection");
@@ -119,7 +126,6 @@ impl DbTask {
                     cmd = self.cmds.recv() => if cmd.is_none() { return },
                 }
             }
-            delay = (delay * 2).min(Duration::from_secs(30));
         }
     }
 
@@ -133,7 +139,7 @@ impl DbTask {
     async fn session(&mut self, first: bool) -> End {
         let (client, mut connection) = match self.config.connect(NoTls).await {
             Ok(c) => c,
-            Err(e) => return End::Retry(crate::capture::error_chain(&e)),
+            Err(e) => return End::Retry(crate::util::error_chain(&e)),
         };
         let (ntx, mut nrx) = mpsc::unbounded_channel::<String>();
         let driver = tokio::spawn(async move {
@@ -160,7 +166,7 @@ impl DbTask {
             .await
         {
             Ok(row) => (row.get::<_, bool>(0), row.get::<_, bool>(1)),
-            Err(e) => return End::Retry(crate::capture::error_chain(&e)),
+            Err(e) => return End::Retry(crate::util::error_chain(&e)),
         };
         if installed && !large_objects {
             tracing::warn!(database = %self.name, "storage: this database's sql/004_storage.sql predates large-object counting: large objects are not charged here until it is applied again (pgmon-agent install-sql)");
@@ -176,7 +182,7 @@ impl DbTask {
                 return End::Retry(format!("syncing pgmon.storage_limits: {e}"));
             }
             if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
-                return End::Retry(crate::capture::error_chain(&e));
+                return End::Retry(crate::util::error_chain(&e));
             }
             _walk = Some(spawn_walk(client.clone(), self.name.clone(), table.len()));
         } else {
@@ -357,7 +363,7 @@ fn spawn_walk(client: Arc<Client>, db: Arc<str>, limited_roles: usize) -> AbortO
                 Ok(0) => return,
                 Ok(_) => tokio::time::sleep(Duration::from_secs(1)).await,
                 Err(e) => {
-                    tracing::warn!(database = %db, error = %crate::capture::error_chain(&e), "storage: the trigger walk failed; the next limits sync or reconnect walks again");
+                    tracing::warn!(database = %db, error = %crate::util::error_chain(&e), "storage: the trigger walk failed; the next limits sync or reconnect walks again");
                     return;
                 }
             }

@@ -54,7 +54,7 @@ pub struct Persisted {
 }
 
 async fn connect(config: &tokio_postgres::Config) -> Client {
-    super::connect_with_backoff(config, "storage enforcement").await
+    crate::db::connect_with_backoff(config, "storage enforcement", None).await
 }
 
 /// Reads pgmon.storage_state and the 'storage' rows of pgmon.role_locks; a lock without a
@@ -344,7 +344,7 @@ impl Enforcer {
             soft_limit_bytes: limits.soft,
             hard_limit_bytes: limits.hard,
             grace_seconds: (t.to == Phase::Hard).then_some(limits.hard_grace_ms / 1000),
-            at: super::rfc3339(t.at_ms),
+            at: crate::util::rfc3339(t.at_ms),
             message: String::new(),
         };
         event.message = event.describe();

@@ -26,9 +26,7 @@ pub mod usage;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use backon::{ExponentialBuilder, Retryable};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::Client;
 
 use database::{DbEvent, DbState};
 use state::Phase;
@@ -159,14 +157,14 @@ pub async fn start(
         }
     };
     let loaded = match tokio::time::timeout(Duration::from_secs(10), async {
-        let c = connect_with_backoff(&monitor, "storage usage").await;
+        let c = crate::db::connect_with_backoff(&monitor, "storage usage", None).await;
         snapshot::load(&c).await
     })
     .await
     {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => {
-            tracing::warn!(error = %crate::capture::error_chain(&e), "storage: the persisted usage (pgmon.storage_usage) is unreadable: is sql/004_storage.sql up to date in the monitor database? Roles are judged after the first full recount");
+            tracing::warn!(error = %crate::util::error_chain(&e), "storage: the persisted usage (pgmon.storage_usage) is unreadable: is sql/004_storage.sql up to date in the monitor database? Roles are judged after the first full recount");
             Default::default()
         }
         Err(_) => Default::default(),
@@ -177,7 +175,7 @@ pub async fn start(
         termination_batch = policy.termination_batch,
         restored = persisted.len(),
         usage_roles = loaded.roles(),
-        usage_age_seconds = loaded.age_ms(crate::http::now_ms()).map(|ms| ms / 1000),
+        usage_age_seconds = loaded.age_ms(crate::util::now_ms()).map(|ms| ms / 1000),
         "storage quotas on"
     );
     let (tx, rx) = mpsc::unbounded_channel();
@@ -194,59 +192,5 @@ pub async fn start(
     StorageHandle { tx }
 }
 
-/// Opens a session with `config`, retrying with exponential backoff (0.5 s doubling to
-/// 30 s, with jitter) for as long as it takes.
-pub async fn connect_with_backoff(config: &tokio_postgres::Config, what: &'static str) -> Client {
-    let connect_once = || crate::attribution::connect(config);
-    let retried = connect_once
-        .retry(
-            ExponentialBuilder::new()
-                .with_min_delay(Duration::from_millis(500))
-                .with_max_delay(Duration::from_secs(30))
-                .with_jitter()
-                .without_max_times(),
-        )
-        .notify(|e, wait| {
-            tracing::warn!(error = %crate::capture::error_chain(e), retry_in = ?wait, "{what}: connection failed")
-        })
-        .await;
-    retried.expect("retries without limit")
-}
-
-/// `ms` since the UNIX epoch as RFC 3339 UTC with milliseconds (`2024-05-01T12:00:00.000Z`);
-/// days to civil date after Howard Hinnant's `civil_from_days`.
-pub fn rfc3339(ms: u64) -> String {
-    let (secs, milli) = (ms / 1000, ms % 1000);
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// A database name, shared by the coordinator and the database tasks.
 pub type DbName = Arc<str>;
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(
-            super::rfc3339(1_714_564_800_000),
-            "2024-05-01T12:00:00.000Z"
-        );
-    }
-}

@@ -201,7 +201,10 @@ pub fn spawn_writer(
             let (upserts, deletes) = diff(&written, &snap);
             let c = match client.take() {
                 Some(c) if !c.is_closed() => c,
-                _ => super::connect_with_backoff(&config, "storage usage persistence").await,
+                _ => {
+                    crate::db::connect_with_backoff(&config, "storage usage persistence", None)
+                        .await
+                }
             };
             match write(&c, &upserts, &deletes, &snap).await {
                 Ok(()) => {
@@ -219,7 +222,7 @@ pub fn spawn_writer(
                     client = Some(c);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %crate::capture::error_chain(&e), "storage: writing the persisted usage failed; retried with the next full recount");
+                    tracing::warn!(error = %crate::util::error_chain(&e), "storage: writing the persisted usage failed; retried with the next full recount");
                 }
             }
         }

@@ -8,13 +8,13 @@ use tokio_postgres::Client;
 
 use super::{Coordinator, DbEntry, RoleEntry};
 use crate::{
-    http::now_ms,
     storage::{
         DbName,
         database::{DbCmd, DbState, DbTask, LimitTable},
         policy::Limits,
         state::{Phase, Quota},
     },
+    util::now_ms,
 };
 
 impl Coordinator {

@@ -24,7 +24,7 @@ use super::{
     snapshot::{self, Loaded, Snapshot, UsageRow},
     state::{Quota, Transition},
 };
-use crate::http::now_ms;
+use crate::util::now_ms;
 
 /// The trigger notifies at most once per session, role and quarter second
 /// (sql/004_storage.sql); a recount this long after a notified one sees what it kept
@@ -181,7 +181,7 @@ impl Coordinator {
         new_roles.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut textfile_at = Instant::now();
         // The first refresh lists roles and databases; the first recount follows it.
-        let first = super::connect_with_backoff(&self.monitor, "storage catalog").await;
+        let first = crate::db::connect_with_backoff(&self.monitor, "storage catalog", None).await;
         if let Err(e) = self.refresh(&first).await {
             tracing::warn!(error = %e, "storage: listing pg_roles/pg_database failed");
         }
@@ -204,7 +204,7 @@ impl Coordinator {
                 _ = refresh.tick() => {
                     let c = match client.take() {
                         Some(c) if !c.is_closed() => c,
-                        _ => super::connect_with_backoff(&self.monitor, "storage catalog").await,
+                        _ => crate::db::connect_with_backoff(&self.monitor, "storage catalog", None).await,
                     };
                     match self.refresh(&c).await {
                         Ok(()) => {

@@ -1,0 +1,64 @@
+//! Small helpers every room uses, kept at the bottom of the module graph: the clock, error
+//! chains, RFC 3339 timestamps and byte sizes for people.
+
+/// Milliseconds since the UNIX epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// "a: b: c" from an error and its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
+/// `ms` since the UNIX epoch as RFC 3339 UTC with milliseconds (`2024-05-01T12:00:00.000Z`;
+/// `humantime`).
+pub fn rfc3339(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `b` bytes in the largest binary unit that keeps it ≥ 1: `512 B`, `12.0 MiB`.
+pub fn bytes(b: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = b;
+    let mut i = 0;
+    while v.abs() >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{v:.0} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(
+            super::rfc3339(1_714_564_800_000),
+            "2024-05-01T12:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(super::bytes(512.0), "512 B");
+        assert_eq!(super::bytes(12.0 * 1024.0 * 1024.0), "12.0 MiB");
+    }
+}
