@@ -12,7 +12,25 @@ use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::serv
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::oneshot};
 
+use serde::Deserialize;
+
 use crate::{metrics::Metrics, status::Status, util::now_ms};
+
+/// The HTTP endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address to listen on. Default `127.0.0.1:8181`.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8181)),
+        }
+    }
+}
 
 /// A request for a fresh status document, answered by the capture thread.
 pub type StatusRequest = oneshot::Sender<Status>;

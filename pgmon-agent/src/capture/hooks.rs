@@ -7,7 +7,7 @@ use aya::{
     programs::{BtfTracePoint, FExit, ProgramError, RawTracePoint, TracePoint},
 };
 
-use crate::config::HookChoice;
+use super::config::HookChoice;
 
 /// A family of hooks on the backends' `recvfrom`/`sendto` calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

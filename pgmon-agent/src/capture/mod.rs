@@ -3,6 +3,7 @@
 //! the ring buffer.
 
 pub mod cluster;
+pub mod config;
 pub mod hooks;
 pub mod pids;
 pub mod probe_point;
@@ -25,7 +26,7 @@ use pgmon_common::{
 
 pub use hooks::{HookError, HookFamily};
 
-use crate::config::CaptureConfig;
+use config::CaptureConfig;
 
 /// The kernel programs, built by `build.rs` (aya-build) for bpfel-unknown-none.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pgmon"));

@@ -12,8 +12,8 @@ use aya::{
     programs::{ProgramError, UProbe, uprobe::UProbeScope},
 };
 
+use super::config::TlsChoice;
 use super::probe_point;
-use crate::config::TlsChoice;
 
 /// The programs and the libssl functions they are attached to, in attach order
 /// (`SSL_get_error` first, so no read or write is remembered without its completion).

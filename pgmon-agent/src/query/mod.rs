@@ -7,6 +7,7 @@
 //! text (`pg_query_normalize`: constants replaced by `$n`). Text that libpg_query cannot
 //! parse is kept as one statement with fingerprint 0 and counted, never dropped.
 
+pub mod config;
 pub mod shape;
 
 use std::sync::Arc;
