@@ -21,6 +21,8 @@
 //! 6. Storage quotas ([`crate::bench_storage`]) and health pollers ([`crate::bench_health`]).
 //! 7. TLS sessions ([`crate::bench_tls`]): throughput with TLS capture, and what another
 //!    process's SSL call pays.
+//! 8. pgmon's own footprint in the database ([`crate::bench_footprint`]): rows and WAL it
+//!    writes with 1 000 budgeted roles active, and the size of its tables.
 
 use std::{
     fmt::Write as _,
@@ -67,6 +69,8 @@ pub struct BenchArgs {
     health: crate::bench_health::HealthBenchArgs,
     #[command(flatten)]
     tls: crate::bench_tls::TlsBenchArgs,
+    #[command(flatten)]
+    footprint: crate::bench_footprint::FootprintBenchArgs,
 }
 
 /// Setup, build, then [`measure`].
@@ -91,6 +95,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             crate::bench_health::section(&crate::util::agent_release_binary(), &args.health)?;
         println!("{md}");
         return Ok(());
+    }
+    if args.footprint.footprint_only {
+        return crate::bench_footprint::only(&crate::util::agent_release_binary(), &args.footprint);
     }
     if args.tls.tls_only {
         let (md, json) =
@@ -423,11 +430,13 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     report.push_str(&health_md);
     let (tls_md, tls_json) = crate::bench_tls::section(binary, &args.tls)?;
     report.push_str(&tls_md);
+    let (footprint_md, footprint_json) = crate::bench_footprint::section(binary, &args.footprint)?;
+    report.push_str(&footprint_md);
 
     let out_dir = crate::util::workspace_root().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("REPORT.md"), &report)?;
-    let json = serde_json::json!({"overhead": json_overhead, "probe_cost": probe_json, "other_process_socket_call": host_json, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json, "health": health_json, "tls": tls_json});
+    let json = serde_json::json!({"overhead": json_overhead, "probe_cost": probe_json, "other_process_socket_call": host_json, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json, "health": health_json, "tls": tls_json, "footprint": footprint_json});
     std::fs::write(
         out_dir.join("report.json"),
         serde_json::to_string_pretty(&json)?,

@@ -10,6 +10,9 @@
 
 mod bench;
 mod bench_budget;
+mod bench_footprint;
+mod bench_footprint_report;
+mod bench_footprint_workload;
 mod bench_health;
 mod bench_host;
 mod bench_overhead;
