@@ -25,7 +25,7 @@ fn main() -> std::process::ExitCode {
         Command::Status { addr, json, role } => status::status(*addr, *json, role.as_deref()),
         Command::CheckConfig { file } => check_config::check_config(file),
         Command::Fingerprint { sql } => fingerprint::fingerprint(sql),
-        Command::Unlock { role, addr } => unlock::unlock(*addr, role),
+        Command::Unlock { role, addr, budget } => unlock::unlock(*addr, role, *budget),
         Command::Record {
             config,
             out,

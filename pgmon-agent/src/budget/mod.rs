@@ -10,6 +10,7 @@ pub mod enforce;
 pub mod ledger;
 pub mod metrics;
 pub mod policy;
+pub mod reset;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -51,6 +52,9 @@ pub enum ToEnforcer {
     /// A reloaded policy (SIGHUP): the ladder, mode and exempt list from now on. Sent
     /// before any decision taken under it.
     Policy(Compiled),
+    /// A role's ledger and step reset by hand (`pgmon-agent unlock --budget`), sent after
+    /// the step's decision.
+    Reset(reset::Reset),
 }
 
 /// One role's ledger: (role, tier, buckets as (unix second, spend)).

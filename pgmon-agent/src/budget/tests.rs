@@ -247,3 +247,92 @@ fn a_changed_ladder_undoes_steps_under_the_old_one_first() {
         "re-escalated on the new one"
     );
 }
+
+#[test]
+fn a_reset_by_hand_empties_the_ledger_and_undoes_the_step() {
+    let (mut b, _req, mut out) = budgets(POLICY);
+    let heavy: Arc<str> = "heavy".into();
+    let db: Arc<str> = "db".into();
+    let t0 = 1_000_000;
+    for i in 0..20 {
+        b.charge(t0 + i, &heavy, &db, &stmt(1), 1_000_000_000);
+    }
+    b.evaluate(t0 + 100);
+    assert_eq!(decisions(&mut out), [(None, Some(3))]);
+
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    b.reset(
+        t0 + 200,
+        reset::ResetRequest {
+            role: "heavy".into(),
+            reply: tx,
+        },
+    );
+    let msgs: Vec<ToEnforcer> = std::iter::from_fn(|| out.try_recv().ok()).collect();
+    match msgs.as_slice() {
+        [ToEnforcer::Decision(d), ToEnforcer::Reset(r)] => {
+            assert_eq!((d.from, d.to), (Some(3), None), "the step flows as usual");
+            assert_eq!((r.from, r.spend, r.utilisation), (Some(3), 20.0, 2.0));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        rx.try_recv().is_err(),
+        "the enforcer answers, not the budgets"
+    );
+    let st = b.status(t0 + 200);
+    assert_eq!(
+        (st[0].spend, st[0].utilisation, st[0].step),
+        (0.0, 0.0, None)
+    );
+    // Nothing left to undo when the window passes.
+    b.evaluate(t0 + 30_000);
+    assert!(decisions(&mut out).is_empty());
+    // Charged again, it climbs again from zero.
+    for i in 0..8 {
+        b.charge(t0 + 31_000 + i, &heavy, &db, &stmt(1), 1_000_000_000);
+    }
+    b.evaluate(t0 + 31_100);
+    assert_eq!(decisions(&mut out), [(None, Some(0))]);
+}
+
+#[test]
+fn a_reset_of_a_role_without_a_budget_is_refused_at_once() {
+    let (mut b, _req, mut out) = budgets(POLICY);
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    b.reset(
+        1_000,
+        reset::ResetRequest {
+            role: "boss".into(),
+            reply: tx,
+        },
+    );
+    let answer = rx.try_recv().expect("answered").unwrap_err();
+    assert!(answer.contains("no budget"), "{answer}");
+    assert!(out.try_recv().is_err(), "nothing for the enforcer");
+}
+
+#[test]
+fn estimates_owed_from_before_a_reset_do_not_refill_the_ledger() {
+    let (mut b, _req, mut out) = budgets(
+        "enabled: true\ntiers:\n  free: {budget: 100000, window_seconds: 60}\ndefault_tier: free\n",
+    );
+    let role: Arc<str> = "t".into();
+    let db: Arc<str> = "db".into();
+    b.charge(5_000, &role, &db, &stmt(42), 1);
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    b.reset(
+        5_500,
+        reset::ResetRequest {
+            role: "t".into(),
+            reply: tx,
+        },
+    );
+    while out.try_recv().is_ok() {}
+    b.costs.insert(42, Some(8.5), &"db".into(), &[]);
+    b.on_cost(CostAnswer {
+        fingerprint: 42,
+        cost: Some(8.5),
+    });
+    assert_eq!(b.status(5_600)[0].spend, 0.0);
+}

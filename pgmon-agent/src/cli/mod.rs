@@ -96,12 +96,18 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// Unlock a role the storage quota locked (the way out of `manual_unlock: true`).
-    /// Asks the running agent (POST /api/v1/storage/unlock, accepted from this host only),
-    /// so its state machine, the audit and the notifications follow.
+    /// Unlock a role the storage quota locked (the way out of `manual_unlock: true`), or
+    /// with `--budget` give a role its query-cost budget back: its ledger is emptied, its
+    /// ladder step cleared, and the connection limit or NOLOGIN the step set is undone.
+    /// Asks the running agent (POST /api/v1/storage/unlock or /api/v1/budget/unlock,
+    /// accepted from this host only), so its state machines, the audit and the
+    /// notifications follow.
     Unlock {
         /// The role to unlock.
         role: String,
+        /// Reset the role's budget (ledger and ladder step) instead of its storage lock.
+        #[arg(long)]
+        budget: bool,
         /// The agent's HTTP address (its metrics.listen).
         #[arg(long, default_value = "127.0.0.1:8181")]
         addr: SocketAddr,
