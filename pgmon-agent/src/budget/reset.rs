@@ -69,7 +69,7 @@ impl Budgets {
             let _ = reply.send(Err(format!("{role}: tier {} is gone", r.tier)));
             return;
         };
-        let spend = r.ledger.spend(now_ms, tier.window_seconds);
+        let spend = r.ledger.spend(now_ms, tier.window_at(now_ms));
         let utilisation = (spend - tier.burst).max(0.0) / tier.budget;
         let from = r.step.take();
         r.ledger = Ledger::default();
