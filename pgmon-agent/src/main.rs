@@ -1,8 +1,8 @@
 //! `pgmon-agent`: dispatches the subcommands of [`pgmon_agent::cli`].
 use clap::Parser as _;
 use pgmon_agent::cli::{
-    Cli, Command, check, check_config, doctor, emergency, fingerprint, install_sql, record, replay,
-    run, status, unlock,
+    Cli, Command, check, check_config, cleanup, doctor, emergency, fingerprint, install_sql,
+    record, replay, run, status, unlock,
 };
 
 fn main() -> std::process::ExitCode {
@@ -20,6 +20,15 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Command::Cleanup {
+        config,
+        json,
+        dry_run,
+        ..
+    } = &cli.command
+    {
+        return cleanup::cleanup(config, *json, *dry_run, cli.log_format);
+    }
     let result = match &cli.command {
         Command::Run { config } => run::run(config, cli.log_format),
         Command::Status { addr, json, role } => status::status(*addr, *json, role.as_deref()),
@@ -32,7 +41,9 @@ fn main() -> std::process::ExitCode {
             seconds,
         } => record::record(config, out, *seconds),
         Command::Replay { file, passes, cold } => replay::replay(file, *passes, *cold),
-        Command::Check { .. } | Command::Doctor { .. } => unreachable!("handled above"),
+        Command::Check { .. } | Command::Doctor { .. } | Command::Cleanup { .. } => {
+            unreachable!("handled above")
+        }
         Command::InstallSql {
             dsn,
             databases,

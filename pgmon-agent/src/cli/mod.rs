@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod check_config;
+pub mod cleanup;
 pub mod doctor;
 pub mod emergency;
 pub mod fingerprint;
@@ -95,6 +96,32 @@ pub enum Command {
         /// Do not ask.
         #[arg(long)]
         yes: bool,
+    },
+    /// Run the `cleanup:` rules once, without a running agent, and report what was done.
+    ///
+    /// Sessions idle in transaction too long and lock-wait blockers are terminated,
+    /// statements running too long cancelled, each with a log line (target
+    /// pgmon::enforcement, on standard error) and an audit row (source cleanup). The rules
+    /// are the policy file's; `cleanup.enabled`, `mode` and `interval_seconds` (the
+    /// agent's loop) are not read: it acts unless `--dry-run`.
+    ///
+    /// Exit codes: 0 nothing to do, or every action applied (or observed with --dry-run);
+    /// 1 some action refused or failed (the report says which); 2 it could not run (policy
+    /// file, no rule with a limit, database unreachable, sql/005_sessions.sql missing).
+    Cleanup {
+        /// The YAML policy file (cluster.connection and the `cleanup:` rules).
+        #[arg(long, short, default_value = "/etc/pgmon/pgmon.yaml")]
+        config: PathBuf,
+        /// One round (required: the periodic cleanup is the agent's, `cleanup.enabled`).
+        #[arg(long, required = true)]
+        once: bool,
+        /// Print the report as one JSON document (actions with pid, role, rule, outcome and
+        /// result; counts by outcome).
+        #[arg(long)]
+        json: bool,
+        /// Decide, audit and log; signal nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Unlock a role the storage quota locked (the way out of `manual_unlock: true`), or
     /// with `--budget` give a role its query-cost budget back: its ledger is emptied, its
