@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pipeline;
 pub mod query;
+pub mod release;
 pub mod status;
 pub mod storage;
 pub mod wire;

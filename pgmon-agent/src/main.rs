@@ -2,7 +2,7 @@
 use clap::Parser as _;
 use pgmon_agent::cli::{
     Cli, Command, check, check_config, cleanup, doctor, emergency, fingerprint, install_sql,
-    record, replay, run, status, unlock,
+    record, release_all, replay, run, status, unlock,
 };
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +50,9 @@ fn main() -> std::process::ExitCode {
             uninstall,
         } => install_sql::install_sql(dsn, databases, *uninstall),
         Command::Emergency { config, yes } => emergency::emergency(config, *yes),
+        Command::ReleaseAll { config, yes } => {
+            release_all::release_all(config, *yes, cli.log_format)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -8,6 +8,7 @@ pub mod emergency;
 pub mod fingerprint;
 pub mod install_sql;
 pub mod record;
+pub mod release_all;
 pub mod reload;
 pub mod replay;
 pub mod run;
@@ -139,6 +140,25 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8181")]
         addr: SocketAddr,
     },
+    /// Take pgmon's hands off everything now, for when the monitor itself is the problem.
+    ///
+    /// Stops the running agent (found by its metrics.listen socket): `systemctl stop UNIT`
+    /// when it is a systemd unit's main process, SIGTERM otherwise (SIGKILL after 15 s).
+    /// Then gives back every role pgmon changed (storage and budget locks taken off, the
+    /// saved connection limit and LOGIN restored, ladder steps, ledgers and quota states
+    /// forgotten), with an audit row (source release-all) and a log line
+    /// (pgmon::enforcement) per role. Enforcement stays off until the agent is started
+    /// again, which judges every role afresh. Sessions already ended stay ended. Asks for
+    /// confirmation on a terminal; `--yes` skips it (required without a terminal). Exit
+    /// code 1 when anything was left undone (it says what; run it again).
+    ReleaseAll {
+        /// The YAML policy file (cluster.connection, metrics.listen).
+        #[arg(long, short, default_value = "/etc/pgmon/pgmon.yaml")]
+        config: PathBuf,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Apply pgmon's SQL (the role, its grants, the pgmon schema) to a cluster, as a
     /// superuser: idempotent, every database that allows connections unless `--database`.
     InstallSql {
@@ -166,4 +186,41 @@ pub enum Command {
         /// The YAML policy file.
         file: PathBuf,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn the_command_line_is_consistent_and_parses_the_manual_levers() {
+        Cli::command().debug_assert();
+        let parse = |args: &[&str]| Cli::try_parse_from([&["pgmon-agent"], args].concat());
+        match parse(&["unlock", "--budget", "heavy"]).unwrap().command {
+            Command::Unlock { role, budget, .. } => {
+                assert_eq!((role.as_str(), budget), ("heavy", true))
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["unlock", "heavy"]).unwrap().command {
+            Command::Unlock { budget, .. } => assert!(!budget, "storage by default"),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["cleanup", "--once", "--json"]).unwrap().command {
+            Command::Cleanup {
+                once,
+                json,
+                dry_run,
+                ..
+            } => assert_eq!((once, json, dry_run), (true, true, false)),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["cleanup"]).is_err(), "--once is required");
+        match parse(&["release-all", "--yes"]).unwrap().command {
+            Command::ReleaseAll { yes, .. } => assert!(yes),
+            other => panic!("{other:?}"),
+        }
+    }
 }
