@@ -21,6 +21,7 @@ use tokio_postgres::Client;
 
 use crate::budget::{metrics::BudgetMetrics, policy::Mode};
 
+pub mod once;
 mod sessions;
 
 pub use sessions::Session;
@@ -293,41 +294,62 @@ pub async fn serve(
             if reported.contains(&key) {
                 continue;
             }
-            let (kind, result) = if policy.config.mode == Mode::Observe {
-                reported.insert(key);
-                ("observed", "observed (mode: observe)".to_owned())
-            } else {
-                match act(&client, &a).await {
-                    Ok(r) => ("applied", format!("applied: {r}")),
-                    Err(e) if e.as_db_error().is_some() => {
-                        reported.insert(key);
-                        let kind = if e.code().is_some_and(|c| c.code() == "42501") {
-                            "refused"
-                        } else {
-                            "failed"
-                        };
-                        (kind, format!("{kind}: {e}"))
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cleanup connection lost");
-                        break;
-                    }
+            let observe = (policy.config.mode == Mode::Observe).then_some("mode: observe");
+            let (kind, _) = match carry_out(&client, &a, observe, "agent").await {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cleanup connection lost");
+                    break;
                 }
             };
-            metrics.action(a.action, kind);
-            tracing::warn!(target: "pgmon::enforcement", role = %a.target.role, pid = a.target.pid, action = a.action, rule = %a.rule, result = %result, "cleanup");
-            let audited = client
-                .execute(
-                    "INSERT INTO pgmon.audit (role, source, step, utilisation, action, result) \
-                     VALUES ($1, 'cleanup', $2, NULL, $3, $4)",
-                    &[&a.target.role, &a.rule, &a.action, &result],
-                )
-                .await;
-            if let Err(e) = audited {
-                tracing::warn!(error = %e, "cleanup: audit row not written (is sql/002_enforcement.sql installed?)");
+            if kind != "applied" {
+                // Observed, refused or failed: reported once for this session.
+                reported.insert(key);
             }
+            metrics.action(a.action, kind);
         }
     }
+}
+
+/// Carries out `a` (or, with `observe` naming why, only records it): the SQL call, one log
+/// line under `pgmon::enforcement` naming `via` (`agent` or `cleanup --once`), and an
+/// audit row (`source = 'cleanup'`). Returns the outcome (`applied`, `observed`,
+/// `refused`: the SQL function refused the role, `failed`) and the result as audited;
+/// errors only when the connection is lost.
+pub(crate) async fn carry_out(
+    client: &Client,
+    a: &Action,
+    observe: Option<&str>,
+    via: &str,
+) -> Result<(&'static str, String), tokio_postgres::Error> {
+    let (kind, result) = if let Some(why) = observe {
+        ("observed", format!("observed ({why})"))
+    } else {
+        match act(client, a).await {
+            Ok(r) => ("applied", format!("applied: {r}")),
+            Err(e) if e.as_db_error().is_some() => {
+                let kind = if e.code().is_some_and(|c| c.code() == "42501") {
+                    "refused"
+                } else {
+                    "failed"
+                };
+                (kind, format!("{kind}: {e}"))
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    tracing::warn!(target: "pgmon::enforcement", role = %a.target.role, pid = a.target.pid, action = a.action, rule = %a.rule, result = %result, via, "cleanup");
+    let audited = client
+        .execute(
+            "INSERT INTO pgmon.audit (role, source, step, utilisation, action, result) \
+             VALUES ($1, 'cleanup', $2, NULL, $3, $4)",
+            &[&a.target.role, &a.rule, &a.action, &result],
+        )
+        .await;
+    if let Err(e) = audited {
+        tracing::warn!(error = %e, "cleanup: audit row not written (is sql/002_enforcement.sql installed?)");
+    }
+    Ok((kind, result))
 }
 
 async fn act(client: &Client, a: &Action) -> Result<String, tokio_postgres::Error> {

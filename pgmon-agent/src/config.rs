@@ -337,6 +337,36 @@ mod tests {
     }
 
     #[test]
+    fn a_calendar_reset_and_a_window_exclude_each_other() {
+        let text = "cluster:\n  data_directory: /d\nbudgets:\n  tiers:\n    \
+                    free: {budget: 10, reset: daily}\n    \
+                    paid: {budget: 10, reset: hourly, window_seconds: 600}\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.starts_with("pgmon.yaml:6:"), "line of the tier: {e}");
+        assert!(
+            e.contains(
+                "budgets.tiers.paid.window_seconds: `window_seconds: 600` and `reset: hourly` exclude each other"
+            ),
+            "{e}"
+        );
+        // Refused at whichever of the two comes second, on the tier's line.
+        let swapped = text.replace(
+            "reset: hourly, window_seconds: 600",
+            "window_seconds: 600, reset: hourly",
+        );
+        let e = parse(&swapped).unwrap_err().to_string();
+        assert!(
+            e.starts_with("pgmon.yaml:6:") && e.contains("budgets.tiers.paid.reset: "),
+            "{e}"
+        );
+        let ok = parse(&text.replace(", window_seconds: 600", "")).expect("valid");
+        assert_eq!(
+            ok.budgets.tiers["paid"].reset,
+            Some(crate::budget::policy::Reset::Hourly)
+        );
+    }
+
+    #[test]
     fn yaml_syntax_error_has_a_position() {
         let e = parse("cluster: [\n").unwrap_err();
         match e {

@@ -1,7 +1,9 @@
 //! The HTTP endpoint (hyper): `/metrics` (Prometheus), `/healthz`, `/api/v1/status`, the
 //! read API ([`crate::api`]: `/api/v1/overview`, `/autovacuum`, `/top-queries`, `/storage`,
-//! `/partitions`, `/replication`), and `POST /api/v1/storage/unlock?role=NAME` (what `pgmon-agent unlock` calls), which is
-//! accepted from loopback peers only: anyone who can scrape a non-loopback
+//! `/partitions`, `/replication`), and the manual levers `POST /api/v1/storage/unlock?role=`,
+//! `POST /api/v1/budget/unlock?role=` (`pgmon-agent unlock [--budget]`) and
+//! `POST /api/v1/cost/forget` (`pgmon-agent cost forget`), which are accepted from
+//! loopback peers only: anyone who can scrape a non-loopback
 //! `metrics.listen` must not be able to unlock roles.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
@@ -47,6 +49,8 @@ pub struct Endpoint {
     pub storage: Option<crate::storage::StorageHandle>,
     /// The cost cache and its persisted rows, when budgets and `cost.enabled` are on.
     pub cost: Option<crate::cost::Control>,
+    /// To the capture thread's budgets, when `budgets.enabled`.
+    pub budget_reset: Option<std::sync::mpsc::Sender<crate::budget::reset::ResetRequest>>,
     /// The read API.
     pub api: Arc<crate::api::Api>,
 }
@@ -99,6 +103,9 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() == Method::POST && req.uri().path() == "/api/v1/storage/unlock" {
         return Ok(unlock(&ep, peer, &req).await);
+    }
+    if req.method() == Method::POST && req.uri().path() == "/api/v1/budget/unlock" {
+        return Ok(unlock_budget(&ep, peer, &req).await);
     }
     if req.method() == Method::POST && req.uri().path() == "/api/v1/cost/forget" {
         return Ok(cost_forget(&ep, peer, &req).await);
@@ -219,13 +226,7 @@ async fn unlock(ep: &Endpoint, peer: SocketAddr, req: &Request<Incoming>) -> Res
             "storage quotas are off (storage.enabled: false)\n".into(),
         );
     };
-    let role = req.uri().query().and_then(|q| {
-        q.split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == "role")
-            .map(|(_, v)| percent_decode(v))
-    });
-    let Some(role) = role.filter(|r| !r.is_empty()) else {
+    let Some(role) = role_param(req) else {
         return text(
             StatusCode::BAD_REQUEST,
             "text/plain",
@@ -235,6 +236,72 @@ async fn unlock(ep: &Endpoint, peer: SocketAddr, req: &Request<Incoming>) -> Res
     match storage.unlock(role).await {
         Ok(msg) => text(StatusCode::OK, "text/plain", format!("{msg}\n")),
         Err(msg) => text(StatusCode::CONFLICT, "text/plain", format!("{msg}\n")),
+    }
+}
+
+/// The `role` of the query string, if any and not empty.
+fn role_param(req: &Request<Incoming>) -> Option<String> {
+    query_params(req)
+        .into_iter()
+        .find(|(k, _)| k == "role")
+        .map(|(_, v)| v)
+        .filter(|r| !r.is_empty())
+}
+
+/// `POST /api/v1/budget/unlock?role=NAME`: resets the role's budget ledger and ladder step
+/// and gives back what the step took ([`crate::budget::reset`]). 200 with what was done
+/// and the role's settings now, 409 when the role has no budget (or the database
+/// refused), 403 from a non-loopback peer, 404 when budgets are off, 503 when the capture
+/// thread or the enforcer does not answer within 40 s.
+async fn unlock_budget(
+    ep: &Endpoint,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if !peer.ip().is_loopback() {
+        return text(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "unlock is accepted from the agent's host only\n".into(),
+        );
+    }
+    let Some(tx) = &ep.budget_reset else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "budgets are off (budgets.enabled: false)\n".into(),
+        );
+    };
+    let Some(role) = role_param(req) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "need ?role=NAME\n".into(),
+        );
+    };
+    let (reply, rx) = oneshot::channel();
+    let request = crate::budget::reset::ResetRequest { role, reply };
+    if tx.send(request).is_err() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "capture stopped\n".into(),
+        );
+    }
+    match tokio::time::timeout(Duration::from_secs(40), rx).await {
+        Ok(Ok(Ok(msg))) => text(StatusCode::OK, "text/plain", format!("{msg}\n")),
+        Ok(Ok(Err(msg))) => text(StatusCode::CONFLICT, "text/plain", format!("{msg}\n")),
+        Ok(Err(_)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "the enforcer dropped the request (its database connection failed; see the agent's log)\n"
+                .into(),
+        ),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "no answer within 40 s\n".into(),
+        ),
     }
 }
 

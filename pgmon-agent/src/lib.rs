@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pipeline;
 pub mod query;
+pub mod release;
 pub mod status;
 pub mod storage;
 pub mod util;

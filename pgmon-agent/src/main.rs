@@ -1,8 +1,8 @@
 //! `pgmon-agent`: dispatches the subcommands of [`pgmon_agent::cli`].
 use clap::Parser as _;
 use pgmon_agent::cli::{
-    Cli, Command, CostCommand, check, check_config, doctor, emergency, fingerprint, install_sql,
-    record, replay, run, status, unlock,
+    Cli, Command, CostCommand, check, check_config, cleanup, doctor, emergency, fingerprint,
+    install_sql, record, release_all, replay, run, status, unlock,
 };
 
 fn main() -> std::process::ExitCode {
@@ -20,6 +20,15 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Command::Cleanup {
+        config,
+        json,
+        dry_run,
+        ..
+    } = &cli.command
+    {
+        return cleanup::cleanup(config, *json, *dry_run, cli.log_format);
+    }
     let result = match &cli.command {
         Command::Cost {
             command:
@@ -33,20 +42,25 @@ fn main() -> std::process::ExitCode {
         Command::Status { addr, json, role } => status::status(*addr, *json, role.as_deref()),
         Command::CheckConfig { file } => check_config::check_config(file),
         Command::Fingerprint { sql } => fingerprint::fingerprint(sql),
-        Command::Unlock { role, addr } => unlock::unlock(*addr, role),
+        Command::Unlock { role, addr, budget } => unlock::unlock(*addr, role, *budget),
         Command::Record {
             config,
             out,
             seconds,
         } => record::record(config, out, *seconds),
         Command::Replay { file, passes, cold } => replay::replay(file, *passes, *cold),
-        Command::Check { .. } | Command::Doctor { .. } => unreachable!("handled above"),
+        Command::Check { .. } | Command::Doctor { .. } | Command::Cleanup { .. } => {
+            unreachable!("handled above")
+        }
         Command::InstallSql {
             dsn,
             databases,
             uninstall,
         } => install_sql::install_sql(dsn, databases, *uninstall),
         Command::Emergency { config, yes } => emergency::emergency(config, *yes),
+        Command::ReleaseAll { config, yes } => {
+            release_all::release_all(config, *yes, cli.log_format)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -232,6 +232,7 @@ impl Enforcer {
     async fn handle(&self, client: &Client, msg: &ToEnforcer) -> Result<(), tokio_postgres::Error> {
         match msg {
             ToEnforcer::Decision(d) => self.apply(client, d).await,
+            ToEnforcer::Reset(r) => self.reset(client, r).await,
             ToEnforcer::Policy(_) => Ok(()),
             ToEnforcer::Ledgers(ledgers) => {
                 let roles: Vec<String> = ledgers.iter().map(|(r, _, _)| r.to_string()).collect();
@@ -254,14 +255,19 @@ impl Enforcer {
         }
     }
 
-    async fn apply(&self, client: &Client, d: &Decision) -> Result<(), tokio_postgres::Error> {
-        let step_name = |s: Option<usize>| match s.and_then(|i| self.ladder.get(i)) {
+    /// A ladder step as the audit and the log name it, e.g. `ConnectionLimit(2) at 1`.
+    pub(super) fn step_name(&self, s: Option<usize>) -> String {
+        match s.and_then(|i| self.ladder.get(i)) {
             None => "none".to_owned(),
             Some(st) => match st.limit {
                 Some(l) => format!("{:?}({l}) at {}", st.action, st.at),
                 None => format!("{:?} at {}", st.action, st.at),
             },
-        };
+        }
+    }
+
+    async fn apply(&self, client: &Client, d: &Decision) -> Result<(), tokio_postgres::Error> {
+        let step_name = |s| self.step_name(s);
         let to_name = step_name(d.to);
         let mut outcomes: Vec<(&'static str, String)> = Vec::new();
         let going_up = d.to.unwrap_or(0) > d.from.unwrap_or(0) || d.from.is_none();

@@ -1,5 +1,6 @@
 //! Per-role query-cost budgets: charge each execution to its role's ledger, compute
-//! utilisation over the tier's rolling window, and decide the ladder step.
+//! utilisation over the tier's rolling window (or since its calendar reset), and decide
+//! the ladder step.
 //!
 //! [`Budgets`] lives on the capture thread and never blocks: decisions and ledger snapshots
 //! go to the [`enforce`] task, which applies them (or only audits them in observe mode) and
@@ -10,6 +11,8 @@ pub mod enforce;
 pub mod ledger;
 pub mod metrics;
 pub mod policy;
+pub mod reset;
+pub mod tier;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -51,6 +54,9 @@ pub enum ToEnforcer {
     /// A reloaded policy (SIGHUP): the ladder, mode and exempt list from now on. Sent
     /// before any decision taken under it.
     Policy(Compiled),
+    /// A role's ledger and step reset by hand (`pgmon-agent unlock --budget`), sent after
+    /// the step's decision.
+    Reset(reset::Reset),
 }
 
 /// One role's ledger: (role, tier, buckets as (unix second, spend)).
@@ -100,6 +106,9 @@ pub struct Budgets {
     out: UnboundedSender<ToEnforcer>,
     cost_metrics: CostMetrics,
     metrics: BudgetMetrics,
+    /// When [`Self::evaluate`] last ran, unix ms: a calendar period that began since then
+    /// has every role of its tier judged again.
+    last_evaluated_ms: u64,
 }
 
 /// A fingerprint sent to the worker.
@@ -145,6 +154,7 @@ impl Budgets {
             out: channels.enforcer,
             cost_metrics,
             metrics,
+            last_evaluated_ms: 0,
         };
         for (role, buckets) in persisted.buckets {
             let role: Arc<str> = role.into();
@@ -415,20 +425,27 @@ impl Budgets {
         }
     }
 
-    /// Recomputes utilisation for every role charged since the last call and every role
-    /// on a step (whose utilisation falls as the window moves); sends the step changes.
+    /// Recomputes utilisation for every role charged since the last call, every role on a
+    /// step (whose utilisation falls as the window moves), and every role of a tier whose
+    /// calendar period began since the last call (its spend is back to zero); sends the
+    /// step changes.
     pub fn evaluate(&mut self, now_ms: u64) {
         let ladder = &self.policy.policy.ladder;
+        let last = std::mem::replace(&mut self.last_evaluated_ms, now_ms);
         for (role, r) in self.roles.iter_mut() {
-            if !r.dirty && r.step.is_none() {
-                continue;
-            }
-            r.dirty = false;
             let Some(tier) = self.policy.policy.tiers.get(&r.tier) else {
                 continue;
             };
-            r.ledger.prune(now_ms, tier.window_seconds);
-            let spend = r.ledger.spend(now_ms, tier.window_seconds);
+            let new_period = tier
+                .period_start_ms(now_ms)
+                .is_some_and(|start| last < start);
+            if !r.dirty && r.step.is_none() && !new_period {
+                continue;
+            }
+            r.dirty = false;
+            let window = tier.window_at(now_ms);
+            r.ledger.prune(now_ms, window);
+            let spend = r.ledger.spend(now_ms, window);
             let utilisation = (spend - tier.burst).max(0.0) / tier.budget;
             let step = ladder.iter().rposition(|s| utilisation >= s.at);
             self.metrics
@@ -461,7 +478,7 @@ impl Budgets {
             .filter(|(_, r)| r.unsaved)
             .map(|(role, r)| {
                 r.unsaved = false;
-                let window = tiers.get(&r.tier).map_or(60, |t| t.window_seconds);
+                let window = tiers.get(&r.tier).map_or(60, |t| t.window_at(now_ms));
                 (
                     role.clone(),
                     r.tier.clone(),
@@ -505,7 +522,7 @@ impl Budgets {
             .iter()
             .filter_map(|(role, r)| {
                 let t = self.policy.policy.tiers.get(&r.tier)?;
-                let spend = r.ledger.spend(now_ms, t.window_seconds);
+                let spend = r.ledger.spend(now_ms, t.window_at(now_ms));
                 let utilisation = (spend - t.burst).max(0.0) / t.budget;
                 let step = r.step.map(|i| &ladder[i]);
                 Some(BudgetStatus {
@@ -515,6 +532,7 @@ impl Budgets {
                     spend,
                     budget: t.budget,
                     window_seconds: t.window_seconds,
+                    reset: t.reset,
                     utilisation,
                     step: step.map(|s| s.action),
                     step_at: step.map(|s| s.at),
@@ -548,7 +566,11 @@ pub struct BudgetStatus {
     pub unit: Unit,
     pub spend: f64,
     pub budget: f64,
+    /// The rolling window, or with `reset` the calendar period's length.
     pub window_seconds: u64,
+    /// The tier's calendar reset (`hourly`, `daily`); none: a rolling window.
+    #[serde(default)]
+    pub reset: Option<policy::Reset>,
     pub utilisation: f64,
     /// The ladder step applied (`None`: under every step).
     pub step: Option<ActionKind>,

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 
+pub use super::tier::{Reset, Tier};
+
 /// Whether decisions are acted on.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -25,41 +27,6 @@ pub enum Unit {
     PlanCost,
     /// Execution time on the wire (request → completion), seconds.
     ExecSeconds,
-}
-
-/// One tier.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tier {
-    /// Unit of `budget` and `burst`.
-    #[serde(default)]
-    pub unit: Unit,
-    /// Spend allowed per rolling window. Required, > 0.
-    pub budget: f64,
-    /// Length of the rolling window, seconds (default 60).
-    #[serde(default = "default_window")]
-    pub window_seconds: u64,
-    /// Spend above the budget tolerated before the ladder counts it: utilisation =
-    /// max(0, spend − burst) ÷ budget (default 0: utilisation = spend ÷ budget).
-    #[serde(default)]
-    pub burst: f64,
-    /// What one second of CPU time of a backend whose statements pgmon cannot read (a
-    /// GSSAPI-encrypted session, or TLS with `capture.tls: off`) is charged, in
-    /// `plan_cost` units (default 150 000: the generic-plan cost per second of execution of
-    /// pgbench-table scans and aggregates measured here, 148 000–217 000). An
-    /// `exec_seconds` tier charges those CPU seconds as they are. Such a backend is charged
-    /// every 200 ms by the CPU time it used since (`/proc/<pid>/stat` utime + stime), to the role
-    /// `pg_stat_activity` names.
-    #[serde(default = "default_cpu_second_cost")]
-    pub cpu_second_cost: f64,
-}
-
-fn default_window() -> u64 {
-    60
-}
-
-fn default_cpu_second_cost() -> f64 {
-    150_000.0
 }
 
 /// One role → tier rule; the first rule that matches wins.
@@ -293,6 +260,37 @@ mod tests {
         assert_eq!(c.tier_of("pgmon", false), None);
         assert_eq!(c.tier_of("bob", true), None, "superusers are exempt");
         assert_eq!(c.policy.ladder.len(), 4);
+    }
+
+    #[test]
+    fn a_calendar_reset_replaces_the_rolling_window() {
+        let p = policy(
+            "tiers:\n  h: {budget: 10, reset: hourly}\n  d: {budget: 10, reset: daily}\n  r: {budget: 10}\n",
+        );
+        let (h, d, r) = (&p.tiers["h"], &p.tiers["d"], &p.tiers["r"]);
+        assert_eq!((h.reset, h.window_seconds), (Some(Reset::Hourly), 3600));
+        assert_eq!((d.reset, d.window_seconds), (Some(Reset::Daily), 86_400));
+        assert_eq!(
+            (r.reset, r.window_seconds),
+            (None, 60),
+            "rolling by default"
+        );
+        // 12:34:56 UTC: 34 min 57 s of the hour count (the current second included), all
+        // of the day's 12 h 34 min 57 s, and the rolling window's 60 s.
+        let t = (19_000 * 86_400 + 12 * 3600 + 34 * 60 + 56) * 1000 + 500;
+        assert_eq!(h.window_at(t), 34 * 60 + 57);
+        assert_eq!(d.window_at(t), 12 * 3600 + 34 * 60 + 57);
+        assert_eq!(r.window_at(t), 60);
+        assert_eq!(
+            h.period_start_ms(t),
+            Some((19_000 * 86_400 + 12 * 3600) * 1000)
+        );
+        assert_eq!(d.period_start_ms(t), Some(19_000 * 86_400 * 1000));
+        assert_eq!(r.period_start_ms(t), None);
+        let e = yaml_serde::from_str::<BudgetPolicy>("tiers:\n  h: {budget: 1, reset: weekly}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `weekly`"), "{e}");
     }
 
     #[test]

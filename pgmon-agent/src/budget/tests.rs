@@ -247,3 +247,162 @@ fn a_changed_ladder_undoes_steps_under_the_old_one_first() {
         "re-escalated on the new one"
     );
 }
+
+#[test]
+fn a_reset_by_hand_empties_the_ledger_and_undoes_the_step() {
+    let (mut b, _req, mut out) = budgets(POLICY);
+    let heavy: Arc<str> = "heavy".into();
+    let db: Arc<str> = "db".into();
+    let t0 = 1_000_000;
+    for i in 0..20 {
+        b.charge(t0 + i, &heavy, &db, &stmt(1), 1_000_000_000);
+    }
+    b.evaluate(t0 + 100);
+    assert_eq!(decisions(&mut out), [(None, Some(3))]);
+
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    b.reset(
+        t0 + 200,
+        reset::ResetRequest {
+            role: "heavy".into(),
+            reply: tx,
+        },
+    );
+    let msgs: Vec<ToEnforcer> = std::iter::from_fn(|| out.try_recv().ok()).collect();
+    match msgs.as_slice() {
+        [ToEnforcer::Decision(d), ToEnforcer::Reset(r)] => {
+            assert_eq!((d.from, d.to), (Some(3), None), "the step flows as usual");
+            assert_eq!((r.from, r.spend, r.utilisation), (Some(3), 20.0, 2.0));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        rx.try_recv().is_err(),
+        "the enforcer answers, not the budgets"
+    );
+    let st = b.status(t0 + 200);
+    assert_eq!(
+        (st[0].spend, st[0].utilisation, st[0].step),
+        (0.0, 0.0, None)
+    );
+    // Nothing left to undo when the window passes.
+    b.evaluate(t0 + 30_000);
+    assert!(decisions(&mut out).is_empty());
+    // Charged again, it climbs again from zero.
+    for i in 0..8 {
+        b.charge(t0 + 31_000 + i, &heavy, &db, &stmt(1), 1_000_000_000);
+    }
+    b.evaluate(t0 + 31_100);
+    assert_eq!(decisions(&mut out), [(None, Some(0))]);
+}
+
+#[test]
+fn a_reset_of_a_role_without_a_budget_is_refused_at_once() {
+    let (mut b, _req, mut out) = budgets(POLICY);
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    b.reset(
+        1_000,
+        reset::ResetRequest {
+            role: "boss".into(),
+            reply: tx,
+        },
+    );
+    let answer = rx.try_recv().expect("answered").unwrap_err();
+    assert!(answer.contains("no budget"), "{answer}");
+    assert!(out.try_recv().is_err(), "nothing for the enforcer");
+}
+
+#[test]
+fn estimates_owed_from_before_a_reset_do_not_refill_the_ledger() {
+    let (mut b, _req, mut out) = budgets(
+        "enabled: true\ntiers:\n  free: {budget: 100000, window_seconds: 60}\ndefault_tier: free\n",
+    );
+    let role: Arc<str> = "t".into();
+    let db: Arc<str> = "db".into();
+    b.charge(5_000, &role, &db, &stmt(42), 1);
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    b.reset(
+        5_500,
+        reset::ResetRequest {
+            role: "t".into(),
+            reply: tx,
+        },
+    );
+    while out.try_recv().is_ok() {}
+    b.costs.insert(42, Some(8.5), &"db".into(), &[]);
+    b.on_cost(CostAnswer {
+        fingerprint: 42,
+        cost: Some(8.5),
+    });
+    assert_eq!(b.status(5_600)[0].spend, 0.0);
+}
+
+const HOURLY: &str = "enabled: true\n\
+    tiers:\n  free: {budget: 10, unit: exec_seconds, reset: hourly}\n\
+    default_tier: free\n";
+
+#[test]
+fn an_hourly_reset_counts_from_the_hour_and_gives_back_at_the_boundary() {
+    let (mut b, _req, mut out) = budgets(HOURLY);
+    let heavy: Arc<str> = "heavy".into();
+    let light: Arc<str> = "light".into();
+    let db: Arc<str> = "db".into();
+    let hour = 3600 * 1000;
+    let h0 = 480_000 * hour; // some hh:00:00 UTC
+    // Spent early in the hour, it still counts at hh:59:59 (a 60 s window would have
+    // forgotten it).
+    for i in 0..20 {
+        b.charge(h0 + 1_000 + i, &heavy, &db, &stmt(1), 1_000_000_000);
+    }
+    for _ in 0..4 {
+        b.charge(h0 + 2_000, &light, &db, &stmt(1), 1_000_000_000);
+    }
+    b.evaluate(h0 + 2_100);
+    assert_eq!(decisions(&mut out), [(None, Some(3))], "2.0 → lock");
+    b.evaluate(h0 + hour - 1);
+    assert!(decisions(&mut out).is_empty(), "still the same hour");
+    let st = b.status(h0 + hour - 1);
+    assert_eq!(st[0].spend, 20.0);
+    assert_eq!(st[0].reset, Some(policy::Reset::Hourly));
+    assert_eq!(st[0].window_seconds, 3600);
+    // The next hour: spend 0, the step undone at the first evaluation past the boundary.
+    b.evaluate(h0 + hour + 50);
+    assert_eq!(decisions(&mut out), [(Some(3), None)]);
+    assert!(b.status(h0 + hour + 50).iter().all(|r| r.spend == 0.0));
+    // The role on no step was judged again too: its utilisation reads 0, not 0.4.
+    let u: HashMap<String, f64> = b.metrics.utilisations().into_iter().collect();
+    assert_eq!(u["light"], 0.0);
+    assert_eq!(u["heavy"], 0.0);
+    // A charge in the last second of an hour is gone in the first of the next.
+    b.charge(h0 + 2 * hour - 1, &heavy, &db, &stmt(1), 5_000_000_000);
+    assert_eq!(b.status(h0 + 2 * hour - 1)[0].spend, 5.0);
+    assert_eq!(b.status(h0 + 2 * hour)[0].spend, 0.0);
+}
+
+#[test]
+fn a_daily_reset_is_at_midnight_utc_and_persists_only_the_day() {
+    let (mut b, _req, mut out) = budgets(&HOURLY.replace("hourly", "daily"));
+    let role: Arc<str> = "t".into();
+    let db: Arc<str> = "db".into();
+    let day = 86_400 * 1000;
+    let d0 = 20_000 * day; // 00:00:00 UTC
+    b.charge(d0 + day - 5_000, &role, &db, &stmt(1), 3_000_000_000);
+    b.charge(d0 + day + 5_000, &role, &db, &stmt(1), 2_000_000_000);
+    b.evaluate(d0 + day - 4_000);
+    b.evaluate(d0 + day + 6_000);
+    let _ = decisions(&mut out);
+    assert_eq!(b.status(d0 + day + 6_000)[0].spend, 2.0);
+    // Only today's spend is persisted: yesterday's is pruned and never written back.
+    b.snapshot(d0 + day + 6_000);
+    let ledgers: Vec<LedgerSnapshot> = std::iter::from_fn(|| out.try_recv().ok())
+        .filter_map(|m| match m {
+            ToEnforcer::Ledgers(l) => Some(l),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(ledgers.len(), 1);
+    let total: f64 = ledgers[0].2.iter().map(|(_, v)| v).sum();
+    assert_eq!(total, 2.0, "{:?}", ledgers[0].2);
+    assert!(ledgers[0].2.iter().all(|(s, _)| *s >= (d0 + day) / 1000));
+}

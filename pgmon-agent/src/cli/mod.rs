@@ -2,12 +2,14 @@
 
 pub mod check;
 pub mod check_config;
+pub mod cleanup;
 pub mod cost;
 pub mod doctor;
 pub mod emergency;
 pub mod fingerprint;
 pub mod install_sql;
 pub mod record;
+pub mod release_all;
 pub mod reload;
 pub mod replay;
 pub mod run;
@@ -97,15 +99,66 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// Unlock a role the storage quota locked (the way out of `manual_unlock: true`).
-    /// Asks the running agent (POST /api/v1/storage/unlock, accepted from this host only),
-    /// so its state machine, the audit and the notifications follow.
+    /// Run the `cleanup:` rules once, without a running agent, and report what was done.
+    ///
+    /// Sessions idle in transaction too long and lock-wait blockers are terminated,
+    /// statements running too long cancelled, each with a log line (target
+    /// pgmon::enforcement, on standard error) and an audit row (source cleanup). The rules
+    /// are the policy file's; `cleanup.enabled`, `mode` and `interval_seconds` (the
+    /// agent's loop) are not read: it acts unless `--dry-run`.
+    ///
+    /// Exit codes: 0 nothing to do, or every action applied (or observed with --dry-run);
+    /// 1 some action refused or failed (the report says which); 2 it could not run (policy
+    /// file, no rule with a limit, database unreachable, sql/005_sessions.sql missing).
+    Cleanup {
+        /// The YAML policy file (cluster.connection and the `cleanup:` rules).
+        #[arg(long, short, default_value = "/etc/pgmon/pgmon.yaml")]
+        config: PathBuf,
+        /// One round (required: the periodic cleanup is the agent's, `cleanup.enabled`).
+        #[arg(long, required = true)]
+        once: bool,
+        /// Print the report as one JSON document (actions with pid, role, rule, outcome and
+        /// result; counts by outcome).
+        #[arg(long)]
+        json: bool,
+        /// Decide, audit and log; signal nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Unlock a role the storage quota locked (the way out of `manual_unlock: true`), or
+    /// with `--budget` give a role its query-cost budget back: its ledger is emptied, its
+    /// ladder step cleared, and the connection limit or NOLOGIN the step set is undone.
+    /// Asks the running agent (POST /api/v1/storage/unlock or /api/v1/budget/unlock,
+    /// accepted from this host only), so its state machines, the audit and the
+    /// notifications follow.
     Unlock {
         /// The role to unlock.
         role: String,
+        /// Reset the role's budget (ledger and ladder step) instead of its storage lock.
+        #[arg(long)]
+        budget: bool,
         /// The agent's HTTP address (its metrics.listen).
         #[arg(long, default_value = "127.0.0.1:8181")]
         addr: SocketAddr,
+    },
+    /// Take pgmon's hands off everything now, for when the monitor itself is the problem.
+    ///
+    /// Stops the running agent (found by its metrics.listen socket): `systemctl stop UNIT`
+    /// when it is a systemd unit's main process, SIGTERM otherwise (SIGKILL after 15 s).
+    /// Then gives back every role pgmon changed (storage and budget locks taken off, the
+    /// saved connection limit and LOGIN restored, ladder steps, ledgers and quota states
+    /// forgotten), with an audit row (source release-all) and a log line
+    /// (pgmon::enforcement) per role. Enforcement stays off until the agent is started
+    /// again, which judges every role afresh. Sessions already ended stay ended. Asks for
+    /// confirmation on a terminal; `--yes` skips it (required without a terminal). Exit
+    /// code 1 when anything was left undone (it says what; run it again).
+    ReleaseAll {
+        /// The YAML policy file (cluster.connection, metrics.listen).
+        #[arg(long, short, default_value = "/etc/pgmon/pgmon.yaml")]
+        config: PathBuf,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
     },
     /// Apply pgmon's SQL (the role, its grants, the pgmon schema) to a cluster, as a
     /// superuser: idempotent, every database that allows connections unless `--database`.
@@ -158,4 +211,41 @@ pub enum CostCommand {
         #[arg(long, default_value = "127.0.0.1:8181")]
         addr: SocketAddr,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn the_command_line_is_consistent_and_parses_the_manual_levers() {
+        Cli::command().debug_assert();
+        let parse = |args: &[&str]| Cli::try_parse_from([&["pgmon-agent"], args].concat());
+        match parse(&["unlock", "--budget", "heavy"]).unwrap().command {
+            Command::Unlock { role, budget, .. } => {
+                assert_eq!((role.as_str(), budget), ("heavy", true))
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["unlock", "heavy"]).unwrap().command {
+            Command::Unlock { budget, .. } => assert!(!budget, "storage by default"),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["cleanup", "--once", "--json"]).unwrap().command {
+            Command::Cleanup {
+                once,
+                json,
+                dry_run,
+                ..
+            } => assert_eq!((once, json, dry_run), (true, true, false)),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["cleanup"]).is_err(), "--once is required");
+        match parse(&["release-all", "--yes"]).unwrap().command {
+            Command::ReleaseAll { yes, .. } => assert!(yes),
+            other => panic!("{other:?}"),
+        }
+    }
 }

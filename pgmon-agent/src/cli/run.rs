@@ -23,6 +23,7 @@ use crate::{
     budget::{
         Budgets, Channels,
         enforce::{self, Enforcer},
+        reset::ResetRequest,
     },
     capture::tls::TlsCapture,
     capture::{Capture, cluster},
@@ -77,6 +78,7 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
     let (lookup_tx, lookup_rx) = tokio::sync::mpsc::unbounded_channel();
     let (answer_tx, answer_rx) = std::sync::mpsc::channel();
     let (status_tx, status_rx) = std::sync::mpsc::channel::<StatusRequest>();
+    let (reset_tx, reset_rx) = std::sync::mpsc::channel::<ResetRequest>();
     let last_drain_ms = Arc::new(AtomicU64::new(0));
     let drained = last_drain_ms.clone();
     let stop = Arc::new(AtomicBool::new(false));
@@ -141,6 +143,7 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
             last_drain_ms: last_drain_ms.clone(),
             storage: storage.clone(),
             cost: cost_control,
+            budget_reset: config.budgets.enabled.then_some(reset_tx),
             api,
         },
     ));
@@ -162,8 +165,11 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
                     &mut pipeline,
                     &config,
                     &stop,
-                    &answer_rx,
-                    &status_rx,
+                    &Inbox {
+                        answers: answer_rx,
+                        status: status_rx,
+                        resets: reset_rx,
+                    },
                     &last_drain_ms,
                 );
             })?
@@ -362,19 +368,33 @@ fn start_storage(
     Ok(Some(handle))
 }
 
+/// What the capture thread is asked, besides its records.
+struct Inbox {
+    /// pg_stat_activity lookups answered.
+    answers: std::sync::mpsc::Receiver<attribution::Answer>,
+    /// Status documents to fill in.
+    status: std::sync::mpsc::Receiver<StatusRequest>,
+    /// Budgets to reset by hand (`pgmon-agent unlock --budget`).
+    resets: std::sync::mpsc::Receiver<ResetRequest>,
+}
+
 /// Drains the ring buffer every `capture.drain_interval_ms` (or sooner when the kernel
-/// wakes us), answers status requests, applies attribution answers, publishes counters,
-/// and follows a restarted postmaster. Returns when `stop` is set; dropping `capture`
+/// wakes us), answers status requests and budget resets, applies attribution answers,
+/// publishes counters, and follows a restarted postmaster. Returns when `stop` is set; dropping `capture`
 /// then detaches the probes.
 fn capture_loop(
     mut capture: Capture,
     pipeline: &mut Pipeline,
     config: &Config,
     stop: &AtomicBool,
-    answers: &std::sync::mpsc::Receiver<attribution::Answer>,
-    status: &std::sync::mpsc::Receiver<StatusRequest>,
+    inbox: &Inbox,
     last_drain_ms: &AtomicU64,
 ) {
+    let Inbox {
+        answers,
+        status,
+        resets,
+    } = inbox;
     let interval = Duration::from_millis(config.capture.drain_interval_ms);
     let started = Instant::now();
     let mut last_publish = Instant::now();
@@ -394,6 +414,9 @@ fn capture_loop(
         while let Ok(reply) = status.try_recv() {
             pipeline.publish(&capture);
             let _ = reply.send(pipeline.status(&capture, started, &config.cluster.data_directory));
+        }
+        while let Ok(request) = resets.try_recv() {
+            pipeline.reset_budget(request);
         }
         if last_publish.elapsed() >= Duration::from_millis(500) {
             pipeline.publish(&capture);

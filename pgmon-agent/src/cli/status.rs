@@ -307,12 +307,16 @@ fn render_role(r: &RoleStatus, budget: Option<&BudgetStatus>) -> String {
     if let Some(b) = budget {
         let _ = writeln!(
             o,
-            "budget: tier {}, spend {:.1} of {:.1} {:?} per {} s (utilisation {:.2}), step {}",
+            "budget: tier {}, spend {:.1} of {:.1} {:?} per {} (utilisation {:.2}), step {}",
             b.tier,
             b.spend,
             b.budget,
             b.unit,
-            b.window_seconds,
+            match b.reset {
+                Some(crate::budget::policy::Reset::Hourly) => "hour (UTC)".to_owned(),
+                Some(crate::budget::policy::Reset::Daily) => "day (UTC)".to_owned(),
+                None => format!("{} s", b.window_seconds),
+            },
             b.utilisation,
             b.step.map_or_else(|| "-".to_owned(), |s| format!("{s:?}"))
         );

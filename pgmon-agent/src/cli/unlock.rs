@@ -1,7 +1,12 @@
 //! `pgmon-agent unlock ROLE`: asks the running agent to unlock a role its storage quota
-//! locked (`POST /api/v1/storage/unlock?role=ROLE`). Going through the agent, rather than
-//! calling `pgmon.unlock_role` in SQL, keeps its state machine, the audit row, the log and
-//! the notifications in step; the agent accepts the request from loopback peers only.
+//! locked (`POST /api/v1/storage/unlock?role=ROLE`); `pgmon-agent unlock --budget ROLE`
+//! asks it to reset the role's query-cost budget, ledger and ladder step, and give back
+//! what the step took (`POST /api/v1/budget/unlock?role=ROLE`, [`crate::budget::reset`]).
+//! Going through the agent, rather than calling `pgmon.unlock_role` or
+//! `pgmon.restore_role` in SQL, keeps its state machines, the audit row, the log and the
+//! notifications in step (a budget step undone in SQL alone would be applied again by
+//! nobody, and its spend would still count); the agent accepts the request from loopback
+//! peers only.
 
 use std::net::SocketAddr;
 
@@ -9,11 +14,13 @@ use anyhow::{Context as _, bail};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
-/// Unlocks `role` through the agent at `addr`; prints what `pgmon.unlock_role` answered.
-pub fn unlock(addr: SocketAddr, role: &str) -> anyhow::Result<()> {
+/// Unlocks `role` through the agent at `addr` (its storage lock, or with `budget` its
+/// budget); prints what the agent answered.
+pub fn unlock(addr: SocketAddr, role: &str, budget: bool) -> anyhow::Result<()> {
+    let what = if budget { "budget" } else { "storage" };
     let text = post(
         addr,
-        &format!("/api/v1/storage/unlock?role={}", percent_encode(role)),
+        &format!("/api/v1/{what}/unlock?role={}", percent_encode(role)),
     )
     .with_context(|| role.to_owned())?;
     println!("{role}: {text}");

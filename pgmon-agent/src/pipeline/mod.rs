@@ -176,6 +176,19 @@ impl Pipeline {
         self
     }
 
+    /// Resets a role's budget by hand ([`crate::budget::reset`]); answers at once when
+    /// budgets are off.
+    pub fn reset_budget(&mut self, request: crate::budget::reset::ResetRequest) {
+        match &mut self.budget {
+            Some(link) => link.budgets.reset(crate::util::now_ms(), request),
+            None => {
+                let _ = request
+                    .reply
+                    .send(Err("budgets are off (budgets.enabled: false)".into()));
+            }
+        }
+    }
+
     /// Called after each drain: reads the clock, applies cost estimates and the protected
     /// roles, re-evaluates the ladder, and once a second sends the changed ledgers.
     pub fn tick(&mut self) {

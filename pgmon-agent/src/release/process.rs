@@ -1,0 +1,291 @@
+//! The running agent as a process, for `pgmon-agent release-all`: found by the socket it
+//! listens on (`metrics.listen`), which needs no answer from it (a stuck agent may not
+//! answer), and stopped the way it was started: `systemctl stop UNIT` when it is a
+//! systemd unit's main process (so `Restart=on-failure` does not bring it back), SIGTERM
+//! otherwise (the agent detaches and exits 0), SIGKILL after 15 s.
+
+use std::{
+    fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+/// The agent's process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentProcess {
+    pub pid: u32,
+    /// The systemd unit whose main process it is (`pgmon-agent.service`), if any.
+    pub unit: Option<String>,
+}
+
+/// Errors finding or stopping the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// /proc could not be read.
+    #[error("reading /proc: {0}")]
+    Proc(#[source] io::Error),
+    /// Something else listens on the agent's address.
+    #[error("process {pid} listening on {addr} is {exe}, not pgmon-agent: not stopping it")]
+    NotTheAgent {
+        pid: u32,
+        addr: SocketAddr,
+        exe: String,
+    },
+    /// `systemctl stop` failed.
+    #[error("systemctl stop {unit}: {message}")]
+    Systemctl { unit: String, message: String },
+    /// kill(2) failed.
+    #[error("signalling pid {pid}: {source}")]
+    Signal {
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+    /// The process outlived SIGKILL by 5 s.
+    #[error("pid {0} is still running 5 s after SIGKILL")]
+    StillRunning(u32),
+}
+
+/// The agent listening on `addr`, if a process listens there; an error when that process
+/// is not a `pgmon-agent` binary.
+pub fn find(addr: SocketAddr) -> Result<Option<AgentProcess>, ProcessError> {
+    let Some(pid) = listener_pid(addr).map_err(ProcessError::Proc)? else {
+        return Ok(None);
+    };
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|e| format!("(unreadable: {e})"));
+    let name = Path::new(exe.trim_end_matches(" (deleted)"))
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !name.starts_with("pgmon-agent") {
+        return Err(ProcessError::NotTheAgent { pid, addr, exe });
+    }
+    Ok(Some(AgentProcess {
+        pid,
+        unit: systemd_unit(pid),
+    }))
+}
+
+/// Stops the agent and waits until it has exited; says how.
+pub fn stop(agent: &AgentProcess) -> Result<String, ProcessError> {
+    let pid = agent.pid;
+    if let Some(unit) = &agent.unit {
+        let out = Command::new("systemctl")
+            .args(["stop", unit])
+            .output()
+            .map_err(|e| ProcessError::Systemctl {
+                unit: unit.clone(),
+                message: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(ProcessError::Systemctl {
+                unit: unit.clone(),
+                message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        if wait_gone(pid, Duration::from_secs(30)).is_some() {
+            return Ok(format!("systemctl stop {unit}: stopped"));
+        }
+    }
+    let t = Instant::now();
+    signal(pid, libc::SIGTERM)?;
+    if wait_gone(pid, Duration::from_secs(15)).is_some() {
+        return Ok(format!(
+            "SIGTERM to pid {pid}: exited after {:.1} s",
+            t.elapsed().as_secs_f64()
+        ));
+    }
+    signal(pid, libc::SIGKILL)?;
+    match wait_gone(pid, Duration::from_secs(5)) {
+        Some(_) => Ok(format!(
+            "pid {pid} ignored SIGTERM for 15 s: killed (SIGKILL; the kernel detached its probes)"
+        )),
+        None => Err(ProcessError::StillRunning(pid)),
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) -> Result<(), ProcessError> {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return Err(ProcessError::Signal {
+            pid,
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        });
+    };
+    // SAFETY: kill(2) with a pid read from /proc and a valid signal number.
+    if unsafe { libc::kill(p, sig) } == 0 || gone(pid) {
+        Ok(())
+    } else {
+        Err(ProcessError::Signal {
+            pid,
+            source: io::Error::last_os_error(),
+        })
+    }
+}
+
+/// Polls every 50 ms until `pid` has exited (or is a zombie its parent has not reaped
+/// yet); `None` after `within`.
+fn wait_gone(pid: u32, within: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if gone(pid) {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// Whether `pid` no longer runs: no /proc entry, or state Z (zombie) or X (dead), the
+/// field after the command name in `/proc/PID/stat` (proc(5)).
+fn gone(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// The systemd unit `pid` is the main process of: the `.service` its cgroup names
+/// (`/proc/PID/cgroup`), if systemd runs this host (`/run/systemd/system`, sd_booted(3))
+/// and `systemctl show -p MainPID` of that unit is `pid` (a process merely started from
+/// a unit's shell is not its main process).
+fn systemd_unit(pid: u32) -> Option<String> {
+    if !Path::new("/run/systemd/system").exists() {
+        return None;
+    }
+    let unit = unit_of_cgroup(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)?;
+    let out = Command::new("systemctl")
+        .args(["show", "-p", "MainPID", "--value", &unit])
+        .output()
+        .ok()?;
+    let main: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    (main == pid).then_some(unit)
+}
+
+/// The `.service` unit a `/proc/PID/cgroup` text names (the last component of a
+/// hierarchy's path, cgroup v2's `0::` line or v1's `name=systemd`).
+pub fn unit_of_cgroup(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .filter_map(|path| path.rsplit('/').next())
+        .find(|last| last.ends_with(".service"))
+        .map(str::to_owned)
+}
+
+/// The pid owning the TCP socket listening on `addr`: its inode from `/proc/net/tcp` or
+/// `tcp6` (proc(5)), then the process with a `socket:[INODE]` link under `/proc/PID/fd`.
+fn listener_pid(addr: SocketAddr) -> io::Result<Option<u32>> {
+    let mut inodes = Vec::new();
+    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(text) = fs::read_to_string(file) else {
+            continue;
+        };
+        inodes.extend(
+            text.lines()
+                .skip(1)
+                .filter_map(|l| listening(l, v6))
+                .filter(|(a, _)| *a == addr)
+                .map(|(_, inode)| format!("socket:[{inode}]")),
+        );
+    }
+    if inodes.is_empty() {
+        return Ok(None);
+    }
+    for entry in fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(link) = fs::read_link(fd.path())
+                && inodes.iter().any(|i| link.as_os_str() == i.as_str())
+            {
+                return Ok(Some(pid));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A `/proc/net/tcp{,6}` line in state LISTEN (0A): its local address and socket inode.
+/// Addresses are hex of 32-bit words as the host holds them (so their native bytes are the
+/// address's), ports plain hex.
+fn listening(line: &str, v6: bool) -> Option<(SocketAddr, u64)> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.get(3) != Some(&"0A") {
+        return None;
+    }
+    let (ip, port) = f.get(1)?.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| {
+        ip.get(i * 8..i * 8 + 8)
+            .and_then(|w| u32::from_str_radix(w, 16).ok())
+            .map(u32::to_ne_bytes)
+    };
+    let ip = if v6 {
+        let mut b = [0u8; 16];
+        for i in 0..4 {
+            b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+        }
+        IpAddr::V6(Ipv6Addr::from(b))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(word(0)?))
+    };
+    Some((SocketAddr::new(ip, port), f.get(9)?.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_sockets_parse() {
+        let v4 = "   0: 0100007F:1FF5 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 298 1 0000000000000000 100 0 0 10 0";
+        assert_eq!(
+            listening(v4, false),
+            Some(("127.0.0.1:8181".parse().unwrap(), 298))
+        );
+        let established = v4.replace(" 0A ", " 01 ");
+        assert_eq!(listening(&established, false), None);
+        let v6 = "   0: 00000000000000000000000001000000:1FF5 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0";
+        assert_eq!(
+            listening(v6, true),
+            Some(("[::1]:8181".parse().unwrap(), 4242))
+        );
+    }
+
+    #[test]
+    fn the_unit_comes_from_the_cgroup() {
+        assert_eq!(
+            unit_of_cgroup("0::/system.slice/pgmon-agent.service\n").as_deref(),
+            Some("pgmon-agent.service")
+        );
+        let v1 = "4:memory:/system.slice/pgmon-agent.service\n1:name=systemd:/system.slice/pgmon-agent.service\n";
+        assert_eq!(unit_of_cgroup(v1).as_deref(), Some("pgmon-agent.service"));
+        assert_eq!(unit_of_cgroup("0::/user.slice/session-3.scope\n"), None);
+        assert_eq!(unit_of_cgroup("0::/\n"), None);
+    }
+
+    #[test]
+    fn this_process_runs_and_its_own_listener_is_found() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        assert_eq!(listener_pid(addr).unwrap(), Some(std::process::id()));
+        assert!(!gone(std::process::id()));
+        drop(l);
+        assert_eq!(listener_pid(addr).unwrap(), None);
+    }
+}
