@@ -406,3 +406,44 @@ fn a_daily_reset_is_at_midnight_utc_and_persists_only_the_day() {
     assert_eq!(total, 2.0, "{:?}", ledgers[0].2);
     assert!(ledgers[0].2.iter().all(|(s, _)| *s >= (d0 + day) / 1000));
 }
+
+/// Ledgers written by one [`Budgets::snapshot`].
+fn written(out: &mut UnboundedReceiver<ToEnforcer>) -> usize {
+    std::iter::from_fn(|| out.try_recv().ok())
+        .filter_map(|m| match m {
+            ToEnforcer::Ledgers(l) => Some(l.len()),
+            _ => None,
+        })
+        .sum()
+}
+
+#[test]
+fn a_ledger_is_written_when_it_moved_or_once_a_minute() {
+    let (mut b, _req, mut out) = budgets(
+        "enabled: true\n\
+         tiers:\n  big: {budget: 1000, unit: exec_seconds, window_seconds: 3600}\n\
+         default_tier: big\n",
+    );
+    let (role, db): (Arc<str>, Arc<str>) = ("t".into(), "db".into());
+    let t0 = 1_000_000_000;
+    // 0.1 s a second, snapshots every 5 s: 0.5 of spend between them, under 1 % (10).
+    let mut writes = Vec::new();
+    for sec in 0..180u64 {
+        b.charge(t0 + sec * 1000, &role, &db, &stmt(1), 100_000_000);
+        if sec % 5 == 4 {
+            b.snapshot(t0 + sec * 1000 + 500);
+            if written(&mut out) > 0 {
+                writes.push(sec);
+            }
+        }
+    }
+    // The first, then once a minute: 3 writes in 3 minutes instead of 36.
+    assert_eq!(writes, [4, 64, 124], "{writes:?}");
+    // A burst worth 1 % of the budget is written at the next snapshot.
+    b.charge(t0 + 180_000, &role, &db, &stmt(1), 10_000_000_000);
+    b.snapshot(t0 + 180_500);
+    assert_eq!(written(&mut out), 1);
+    // Nothing charged: nothing written, however long.
+    b.snapshot(t0 + 400_000);
+    assert_eq!(written(&mut out), 0);
+}
