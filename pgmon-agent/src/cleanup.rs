@@ -6,6 +6,8 @@
 //! - terminates the session at the head of a lock wait longer than `lock_wait_seconds`
 //!   (PostgreSQL 14+: 13 does not record since when a lock is awaited, `pg_locks.waitstart`,
 //!   so there the rule never acts, and the agent says so once per connection),
+//! - culls idle sessions, oldest first, while client connections are over a threshold
+//!   (`idle_culling`, with its own mode: see [`idle`]),
 //!
 //! through pgmon's SECURITY DEFINER functions of `sql/005_sessions.sql`, which refuse
 //! superusers, replication roles, pgmon's own roles and `pgmon.exempt_roles` themselves and
@@ -21,8 +23,10 @@ use tokio_postgres::Client;
 
 use crate::budget::{metrics::BudgetMetrics, policy::Mode};
 
+mod idle;
 mod sessions;
 
+pub use idle::{Culling, IdleCulling};
 pub use sessions::Session;
 use sessions::{server_version, sessions};
 
@@ -45,6 +49,9 @@ pub struct CleanupConfig {
     pub lock_wait_seconds: Option<f64>,
     /// Roles never touched (names or globs).
     pub exempt: Vec<String>,
+    /// Culling of idle sessions when connections pass a threshold (off by default; see
+    /// [`IdleCulling`]).
+    pub idle_culling: IdleCulling,
 }
 
 /// One per-role statement limit.
@@ -67,6 +74,7 @@ impl Default for CleanupConfig {
             statement_seconds_by_role: Vec::new(),
             lock_wait_seconds: None,
             exempt: Vec::new(),
+            idle_culling: IdleCulling::default(),
         }
     }
 }
@@ -77,6 +85,8 @@ pub struct Policy {
     pub config: CleanupConfig,
     by_role: Vec<(GlobMatcher, f64)>,
     exempt: Vec<GlobMatcher>,
+    /// `idle_culling`, compiled.
+    pub culling: Culling,
 }
 
 impl CleanupConfig {
@@ -127,6 +137,7 @@ impl CleanupConfig {
             config: self.clone(),
             by_role,
             exempt,
+            culling: self.idle_culling.compile()?,
         })
     }
 }
@@ -136,6 +147,10 @@ impl CleanupConfig {
 pub struct Action {
     /// `cancel` or `terminate`.
     pub action: &'static str,
+    /// The audit row's `source`: `cleanup`, or `idle_culling`.
+    pub source: &'static str,
+    /// Whether it is acted on (the rule's mode).
+    pub mode: Mode,
     /// The rule and the limit, e.g. `idle_in_transaction > 30 s`.
     pub rule: String,
     pub target: Session,
@@ -176,6 +191,8 @@ impl Policy {
                 }
                 out.push(Action {
                     action: "terminate",
+                    source: "cleanup",
+                    mode: self.config.mode,
                     rule: format!(
                         "lock_wait > {limit} s (blocks pid {} for {:.1} s)",
                         waiter.pid,
@@ -196,6 +213,8 @@ impl Policy {
                 taken.insert(s.pid);
                 out.push(Action {
                     action: "terminate",
+                    source: "cleanup",
+                    mode: self.config.mode,
                     rule: format!("idle_in_transaction > {limit} s ({:.1} s)", s.state_age),
                     target: s.clone(),
                 });
@@ -206,6 +225,8 @@ impl Policy {
                 taken.insert(s.pid);
                 out.push(Action {
                     action: "cancel",
+                    source: "cleanup",
+                    mode: self.config.mode,
                     rule: format!("statement > {limit} s ({:.1} s)", s.query_age),
                     target: s.clone(),
                 });
@@ -288,17 +309,41 @@ pub async fn serve(
             seen.iter()
                 .any(|s| s.pid == *pid && s.backend_start == *start)
         });
-        for a in policy.decide(&seen) {
+        let mut actions = policy.decide(&seen);
+        if policy.culling.config.enabled {
+            match idle::connections(&client).await {
+                Ok((clients, max)) => {
+                    actions.extend(
+                        policy
+                            .culling
+                            .pick(&seen, clients, max, |r| policy.exempt(r)),
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "cleanup: connection count unreadable"),
+            }
+        }
+        // Culled this round: waited for before the next round counts connections again.
+        let mut culled: Vec<i32> = Vec::new();
+        for a in actions {
             let key = (a.target.pid, a.target.backend_start, a.action);
             if reported.contains(&key) {
                 continue;
             }
-            let (kind, result) = if policy.config.mode == Mode::Observe {
+            let (kind, result) = if a.mode == Mode::Observe {
                 reported.insert(key);
                 ("observed", "observed (mode: observe)".to_owned())
             } else {
                 match act(&client, &a).await {
-                    Ok(r) => ("applied", format!("applied: {r}")),
+                    Ok(r) => {
+                        if a.source == "idle_culling" {
+                            let ended = r == "terminated";
+                            if ended {
+                                culled.push(a.target.pid);
+                            }
+                            metrics.idle_culled(if ended { "terminated" } else { "spared" });
+                        }
+                        ("applied", format!("applied: {r}"))
+                    }
                     Err(e) if e.as_db_error().is_some() => {
                         reported.insert(key);
                         let kind = if e.code().is_some_and(|c| c.code() == "42501") {
@@ -315,18 +360,22 @@ pub async fn serve(
                 }
             };
             metrics.action(a.action, kind);
-            tracing::warn!(target: "pgmon::enforcement", role = %a.target.role, pid = a.target.pid, action = a.action, rule = %a.rule, result = %result, "cleanup");
+            if a.source == "idle_culling" && kind != "applied" {
+                metrics.idle_culled(kind);
+            }
+            tracing::warn!(target: "pgmon::enforcement", role = %a.target.role, pid = a.target.pid, action = a.action, rule = %a.rule, result = %result, "{}", a.source);
             let audited = client
                 .execute(
                     "INSERT INTO pgmon.audit (role, source, step, utilisation, action, result) \
-                     VALUES ($1, 'cleanup', $2, NULL, $3, $4)",
-                    &[&a.target.role, &a.rule, &a.action, &result],
+                     VALUES ($1, $2, $3, NULL, $4, $5)",
+                    &[&a.target.role, &a.source, &a.rule, &a.action, &result],
                 )
                 .await;
             if let Err(e) = audited {
                 tracing::warn!(error = %e, "cleanup: audit row not written (is sql/002_enforcement.sql installed?)");
             }
         }
+        idle::await_exit(&client, &culled).await;
     }
 }
 
