@@ -6,6 +6,8 @@
 //! - terminates the session at the head of a lock wait longer than `lock_wait_seconds`
 //!   (PostgreSQL 14+: 13 does not record since when a lock is awaited, `pg_locks.waitstart`,
 //!   so there the rule never acts, and the agent says so once per connection),
+//! - culls idle sessions, oldest first, while client connections are over a threshold
+//!   (`idle_culling`, with its own mode: see [`idle`]),
 //!
 //! through pgmon's SECURITY DEFINER functions of `sql/005_sessions.sql`, which refuse
 //! superusers, replication roles, pgmon's own roles and `pgmon.exempt_roles` themselves and
@@ -21,9 +23,11 @@ use tokio_postgres::Client;
 
 use crate::budget::{metrics::BudgetMetrics, policy::Mode};
 
+mod idle;
 pub mod once;
 mod sessions;
 
+pub use idle::{Culling, IdleCulling};
 pub use sessions::Session;
 use sessions::{server_version, sessions};
 
@@ -46,6 +50,9 @@ pub struct CleanupConfig {
     pub lock_wait_seconds: Option<f64>,
     /// Roles never touched (names or globs).
     pub exempt: Vec<String>,
+    /// Culling of idle sessions when connections pass a threshold (off by default; see
+    /// [`IdleCulling`]).
+    pub idle_culling: IdleCulling,
 }
 
 /// One per-role statement limit.
@@ -68,6 +75,7 @@ impl Default for CleanupConfig {
             statement_seconds_by_role: Vec::new(),
             lock_wait_seconds: None,
             exempt: Vec::new(),
+            idle_culling: IdleCulling::default(),
         }
     }
 }
@@ -78,6 +86,8 @@ pub struct Policy {
     pub config: CleanupConfig,
     by_role: Vec<(GlobMatcher, f64)>,
     exempt: Vec<GlobMatcher>,
+    /// `idle_culling`, compiled.
+    pub culling: Culling,
 }
 
 impl CleanupConfig {
@@ -128,6 +138,7 @@ impl CleanupConfig {
             config: self.clone(),
             by_role,
             exempt,
+            culling: self.idle_culling.compile()?,
         })
     }
 }
@@ -137,6 +148,10 @@ impl CleanupConfig {
 pub struct Action {
     /// `cancel` or `terminate`.
     pub action: &'static str,
+    /// The audit row's `source`: `cleanup`, or `idle_culling`.
+    pub source: &'static str,
+    /// Whether it is acted on (the rule's mode).
+    pub mode: Mode,
     /// The rule and the limit, e.g. `idle_in_transaction > 30 s`.
     pub rule: String,
     pub target: Session,
@@ -177,6 +192,8 @@ impl Policy {
                 }
                 out.push(Action {
                     action: "terminate",
+                    source: "cleanup",
+                    mode: self.config.mode,
                     rule: format!(
                         "lock_wait > {limit} s (blocks pid {} for {:.1} s)",
                         waiter.pid,
@@ -197,6 +214,8 @@ impl Policy {
                 taken.insert(s.pid);
                 out.push(Action {
                     action: "terminate",
+                    source: "cleanup",
+                    mode: self.config.mode,
                     rule: format!("idle_in_transaction > {limit} s ({:.1} s)", s.state_age),
                     target: s.clone(),
                 });
@@ -207,6 +226,8 @@ impl Policy {
                 taken.insert(s.pid);
                 out.push(Action {
                     action: "cancel",
+                    source: "cleanup",
+                    mode: self.config.mode,
                     rule: format!("statement > {limit} s ({:.1} s)", s.query_age),
                     target: s.clone(),
                 });
@@ -289,13 +310,28 @@ pub async fn serve(
             seen.iter()
                 .any(|s| s.pid == *pid && s.backend_start == *start)
         });
-        for a in policy.decide(&seen) {
+        let mut actions = policy.decide(&seen);
+        if policy.culling.config.enabled {
+            match idle::connections(&client).await {
+                Ok((clients, max)) => {
+                    actions.extend(
+                        policy
+                            .culling
+                            .pick(&seen, clients, max, |r| policy.exempt(r)),
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "cleanup: connection count unreadable"),
+            }
+        }
+        // Culled this round: waited for before the next round counts connections again.
+        let mut culled: Vec<i32> = Vec::new();
+        for a in actions {
             let key = (a.target.pid, a.target.backend_start, a.action);
             if reported.contains(&key) {
                 continue;
             }
-            let observe = (policy.config.mode == Mode::Observe).then_some("mode: observe");
-            let (kind, _) = match carry_out(&client, &a, observe, "agent").await {
+            let observe = (a.mode == Mode::Observe).then_some("mode: observe");
+            let (kind, result) = match carry_out(&client, &a, observe, "agent").await {
                 Ok(done) => done,
                 Err(e) => {
                     tracing::warn!(error = %e, "cleanup connection lost");
@@ -306,14 +342,26 @@ pub async fn serve(
                 // Observed, refused or failed: reported once for this session.
                 reported.insert(key);
             }
+            if a.source == "idle_culling" {
+                let ended = result == "applied: terminated";
+                if ended {
+                    culled.push(a.target.pid);
+                }
+                metrics.idle_culled(match kind {
+                    "applied" if ended => "terminated",
+                    "applied" => "spared",
+                    other => other,
+                });
+            }
             metrics.action(a.action, kind);
         }
+        idle::await_exit(&client, &culled).await;
     }
 }
 
 /// Carries out `a` (or, with `observe` naming why, only records it): the SQL call, one log
 /// line under `pgmon::enforcement` naming `via` (`agent` or `cleanup --once`), and an
-/// audit row (`source = 'cleanup'`). Returns the outcome (`applied`, `observed`,
+/// audit row (`source` the action's: `cleanup` or `idle_culling`). Returns the outcome (`applied`, `observed`,
 /// `refused`: the SQL function refused the role, `failed`) and the result as audited;
 /// errors only when the connection is lost.
 pub(crate) async fn carry_out(
@@ -338,12 +386,12 @@ pub(crate) async fn carry_out(
             Err(e) => return Err(e),
         }
     };
-    tracing::warn!(target: "pgmon::enforcement", role = %a.target.role, pid = a.target.pid, action = a.action, rule = %a.rule, result = %result, via, "cleanup");
+    tracing::warn!(target: "pgmon::enforcement", role = %a.target.role, pid = a.target.pid, action = a.action, rule = %a.rule, result = %result, via, "{}", a.source);
     let audited = client
         .execute(
             "INSERT INTO pgmon.audit (role, source, step, utilisation, action, result) \
-             VALUES ($1, 'cleanup', $2, NULL, $3, $4)",
-            &[&a.target.role, &a.rule, &a.action, &result],
+             VALUES ($1, $2, $3, NULL, $4, $5)",
+            &[&a.target.role, &a.source, &a.rule, &a.action, &result],
         )
         .await;
     if let Err(e) = audited {

@@ -32,7 +32,8 @@ pub struct Config {
     /// The health pollers.
     #[serde(default)]
     pub health: crate::health::HealthConfig,
-    /// Opt-in session cleanup (idle in transaction, long statements, lock blockers).
+    /// Opt-in session cleanup (idle in transaction, long statements, lock blockers, idle
+    /// sessions past a connection threshold).
     #[serde(default)]
     pub cleanup: crate::cleanup::CleanupConfig,
     /// The alert engine, its notifiers and the catalog's thresholds (which

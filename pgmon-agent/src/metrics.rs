@@ -40,6 +40,14 @@ pub struct ErrorLabels {
     pub sqlstate_class: String,
 }
 
+/// `{role, sqlstate_class}` of `pgmon_connection_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionErrorLabels {
+    pub role: String,
+    /// First two characters of the SQLSTATE (PostgreSQL docs, Appendix A "Error Codes").
+    pub sqlstate_class: String,
+}
+
 /// `{direction, reason}`: `frontend` (client → backend) or `backend` (backend → client),
 /// and the parser's reason (`wire::DesyncReason::as_str`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -166,6 +174,7 @@ pub struct Metrics {
     queries: Family<RoleDbLabels, Counter>,
     duration: Family<RoleDbLabels, Histogram, fn() -> Histogram>,
     errors: Family<ErrorLabels, Counter>,
+    connection_errors: Family<ConnectionErrorLabels, Counter>,
     connections: Family<RoleDbLabels, Gauge>,
     unreadable_cpu: Family<RoleDbLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// Protocol desynchronisations, by direction.
@@ -217,6 +226,7 @@ impl Metrics {
             duration_histogram as fn() -> Histogram,
         );
         let errors = Family::<ErrorLabels, Counter>::default();
+        let connection_errors = Family::<ConnectionErrorLabels, Counter>::default();
         let connections = Family::<RoleDbLabels, Gauge>::default();
         let unreadable_cpu =
             Family::<RoleDbLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
@@ -241,7 +251,7 @@ impl Metrics {
 
         registry.register(
             "pgmon_queries",
-            "Statements completed (successfully or not), by role and database",
+            "Statements completed (successfully or not) and requests that failed before executing, by role and database",
             queries.clone(),
         );
         registry.register(
@@ -251,8 +261,13 @@ impl Metrics {
         );
         registry.register(
             "pgmon_query_errors",
-            "ErrorResponses sent to clients, by role, database and SQLSTATE class",
+            "Statements that failed (an ErrorResponse answering an execution or a request), by role, database and SQLSTATE class; never more than pgmon_queries_total",
             errors.clone(),
+        );
+        registry.register(
+            "pgmon_connection_errors",
+            "ErrorResponses that answered no statement (failed logins, sessions ended while idle, FATAL protocol violations), by role and SQLSTATE class",
+            connection_errors.clone(),
         );
         registry.register(
             "pgmon_connections",
@@ -336,6 +351,7 @@ impl Metrics {
             queries,
             duration,
             errors,
+            connection_errors,
             connections,
             unreadable_cpu,
             desyncs,
@@ -390,6 +406,15 @@ impl Metrics {
             sqlstate_class: String::from_utf8_lossy(&class).into_owned(),
         };
         self.errors.get_or_create(&l).inc();
+    }
+
+    /// Counts one ErrorResponse of `role` that answered no statement, SQLSTATE class `class`.
+    pub fn connection_error(&self, role: &str, class: [u8; 2]) {
+        let l = ConnectionErrorLabels {
+            role: role.to_owned(),
+            sqlstate_class: String::from_utf8_lossy(&class).into_owned(),
+        };
+        self.connection_errors.get_or_create(&l).inc();
     }
 
     /// Counts one desynchronisation of `direction` (`frontend` or `backend`) for `reason`.
@@ -664,6 +689,7 @@ mod tests {
         h.queries.inc();
         h.duration.observe(0.001);
         m.query_error("alice", "shop", *b"22");
+        m.connection_error("alice", *b"28");
         *m.shared.top_statements.lock().unwrap() = vec![TopStatement {
             fingerprint: "00ff00ff00ff00ff".into(),
             calls: 7,
@@ -681,6 +707,7 @@ mod tests {
             "pgmon_queries_total{role=\"alice\",database=\"shop\"} 1",
             "pgmon_query_duration_seconds_count{role=\"alice\",database=\"shop\"} 1",
             "pgmon_query_errors_total{role=\"alice\",database=\"shop\",sqlstate_class=\"22\"} 1",
+            "pgmon_connection_errors_total{role=\"alice\",sqlstate_class=\"28\"} 1",
             "pgmon_statement_calls_total{fingerprint=\"00ff00ff00ff00ff\"} 7",
             "pgmon_statement_exec_seconds_total{fingerprint=\"00ff00ff00ff00ff\"} 0.5",
             "pgmon_statement_plan_cost{fingerprint=\"00ff00ff00ff00ff\"} 35.0",

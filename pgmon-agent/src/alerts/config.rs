@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 
 use serde::Deserialize;
 
+pub use super::locks::TotalLocks;
 use crate::notify::email::EmailConfig;
 
 /// A warning and a critical threshold; a value at or above one is in that state.
@@ -52,6 +53,9 @@ pub struct AlertsConfig {
     pub idle_in_transaction_seconds: Threshold,
     /// Longest current lock wait, seconds (default 30 / 120, for 0 s).
     pub lock_wait_seconds: Threshold,
+    /// Lock entries in `pg_locks` (see [`TotalLocks`]; default 50 % / 80 % of the lock
+    /// table's capacity, for 60 s).
+    pub total_locks: TotalLocks,
     /// Largest replay lag of a standby, seconds (default 30 / 300, for 120 s).
     pub replication_lag_seconds: Threshold,
     /// Largest WAL not yet replayed by a standby, bytes (none by default; with
@@ -302,6 +306,7 @@ impl Default for AlertsConfig {
             long_transaction_seconds: t(300.0, 1800.0),
             idle_in_transaction_seconds: t(300.0, 1800.0),
             lock_wait_seconds: t(30.0, 120.0),
+            total_locks: TotalLocks::default(),
             replication_lag_seconds: t(30.0, 300.0),
             replication_lag_bytes: None,
             wraparound_xid_age: t(1.5e9, 1.8e9),
@@ -497,6 +502,9 @@ impl AlertsConfig {
                     format!("{} must be a number at least warn ({})", t.crit, t.warn),
                 );
             }
+        }
+        if let Err((field, message)) = self.total_locks.validate() {
+            return err(&field, message);
         }
         for (field, s, l) in [
             ("wal_surge", self.wal_surge.erased(), health.loops.medium),

@@ -75,3 +75,28 @@ fn errors_name_the_field() {
         "{e}"
     );
 }
+
+#[test]
+fn total_locks_parse() {
+    let c = parse("  total_locks: {warn: 50, crit: 100, for_seconds: 0}\n").unwrap();
+    let t = c.alerts.total_locks;
+    assert_eq!(
+        (t.warn, t.crit, t.for_seconds),
+        (Some(50.0), Some(100.0), 0)
+    );
+    assert_eq!(t.warn_ratio, 0.5, "the ratios keep their defaults");
+    let c = parse("  total_locks: {crit_ratio: 0.9}\n").unwrap();
+    let t = c.alerts.total_locks;
+    assert_eq!((t.warn, t.crit_ratio, t.for_seconds), (None, 0.9, 60));
+    assert_eq!(parse("").unwrap().alerts.total_locks.crit_ratio, 0.8);
+    let e = parse("  total_locks: {warn: 100, crit: 50}\n").unwrap_err();
+    assert_eq!(
+        e,
+        "pgmon.yaml: alerts.total_locks.crit: 50 must be at least warn (100)"
+    );
+    let e = parse("  total_locks: {warn_percent: 50}\n").unwrap_err();
+    assert!(
+        e.starts_with("pgmon.yaml:4:17: alerts.total_locks.warn_percent: unknown field"),
+        "{e}"
+    );
+}

@@ -269,6 +269,7 @@ impl Rule {
                     })
                     .collect(),
             ),
+            Kind::Locks(t) => super::locks::evaluate(t, board),
             Kind::LoopFailing => {
                 let loops = board.loops();
                 if loops.is_empty() {

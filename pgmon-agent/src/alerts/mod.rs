@@ -14,6 +14,7 @@
 
 pub mod config;
 mod eval;
+pub mod locks;
 mod notice;
 pub mod persist;
 pub mod rules;

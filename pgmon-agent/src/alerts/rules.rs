@@ -61,6 +61,8 @@ pub(super) enum Kind {
     Storage(&'static str),
     /// Roles at or over this budget utilisation.
     Budget(BudgetExceeded),
+    /// Lock entries in `pg_locks`.
+    Locks(super::locks::TotalLocks),
     LoopFailing,
 }
 
@@ -104,6 +106,12 @@ pub fn catalog(c: &AlertsConfig) -> Vec<Rule> {
             kind: Kind::Level { level, bytes },
         });
     }
+    let l = c.total_locks;
+    rules.push(Rule {
+        meta: meta(super::locks::ALERTNAME, l.expression(), l.for_seconds),
+        severities: BOTH,
+        kind: Kind::Locks(l),
+    });
     let d = c.dead_tuples;
     rules.push(Rule {
         meta: meta(

@@ -16,6 +16,7 @@ const SETTINGS: Source = ("settings", "health loop fast", fast::SETTINGS);
 const AGES: Source = ("ages", "health loop fast", fast::AGES);
 const BLOCKED: Source = ("blocked", "health loop fast", fast::BLOCKED);
 const TEMP: Source = ("temp_files", "health loop fast", fast::TEMP);
+const LOCKS: Source = ("locks", "health loop fast", fast::LOCKS);
 const WAL: Source = ("wal", "health loop medium", medium::WAL);
 const CHECKPOINTER: Source = (
     "checkpoints (PostgreSQL 17+)",
@@ -44,6 +45,7 @@ pub fn sources(alertname: &str) -> &'static [Source] {
         "PostgresLongTransaction" => &[AGES, ACTIVITY],
         "PostgresIdleInTransaction" => &[AGES],
         "PostgresBlockingLocks" => &[BLOCKED],
+        "PostgresTooManyLocks" => &[LOCKS],
         "PostgresReplicationLag" => &[REPLICATION],
         "PostgresWraparoundDanger" => &[WRAPAROUND],
         "PostgresDeadTupleBacklog" => &[DEAD],
@@ -91,7 +93,7 @@ mod tests {
             );
         }
         let runs = super::runs(rules.iter().map(|r| r.meta.name));
-        assert_eq!(runs.len(), 13, "each statement once");
+        assert_eq!(runs.len(), 14, "each statement once");
         assert!(runs[0].text.contains("pg_stat_activity"));
     }
 }

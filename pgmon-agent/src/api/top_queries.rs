@@ -272,6 +272,8 @@ mod tests {
             queries: fps.iter().map(|f| f.1).sum(),
             errors: 0,
             errors_by_class: Default::default(),
+            connection_errors: 0,
+            connection_errors_by_class: Default::default(),
             connections: 0,
             unreadable_cpu_seconds: 0.0,
             p50_ms: None,

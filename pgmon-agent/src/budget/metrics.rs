@@ -24,6 +24,14 @@ pub struct RoleLabels {
     pub role: String,
 }
 
+/// `{result}` of `pgmon_idle_sessions_culled_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CullLabels {
+    /// `terminated`, `observed` (mode: observe), `spared` (gone, or no longer idle, when its
+    /// turn came), `refused` (the SQL function refused the role), `failed`.
+    pub result: &'static str,
+}
+
 /// `{action, result}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
@@ -45,6 +53,8 @@ pub struct BudgetMetrics {
     utilisation: Family<RoleLabels, F64Gauge>,
     /// Actions and undos, by result.
     pub actions: Family<ActionLabels, Counter>,
+    /// Idle sessions culled (`cleanup.idle_culling`), by result.
+    pub culled: Family<CullLabels, Counter>,
     /// The last utilisation of each role, for the alert engine (the same value as the
     /// gauge, which prometheus-client does not let us list).
     latest: Arc<Mutex<HashMap<String, f64>>>,
@@ -58,6 +68,7 @@ impl BudgetMetrics {
             limit: Family::default(),
             utilisation: Family::default(),
             actions: Family::default(),
+            culled: Family::default(),
             latest: Arc::default(),
         };
         registry.register(
@@ -79,6 +90,11 @@ impl BudgetMetrics {
             "pgmon_enforcement_actions",
             "Budget ladder actions and undos, by result",
             m.actions.clone(),
+        );
+        registry.register(
+            "pgmon_idle_sessions_culled",
+            "Idle sessions ended (or, in observe mode, that would have been) because client connections passed cleanup.idle_culling's threshold, by result",
+            m.culled.clone(),
         );
         m
     }
@@ -113,6 +129,11 @@ impl BudgetMetrics {
             .lock()
             .map(|l| l.iter().map(|(r, u)| (r.clone(), *u)).collect())
             .unwrap_or_default()
+    }
+
+    /// Counts one idle session culled (or observed, spared, refused, failed).
+    pub fn idle_culled(&self, result: &'static str) {
+        self.culled.get_or_create(&CullLabels { result }).inc();
     }
 
     /// Counts one action.

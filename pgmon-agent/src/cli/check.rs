@@ -57,22 +57,24 @@ pub struct Report {
 /// Compares what `board` holds with the threshold rules of `alerts` (the alert engine's
 /// [`crate::alerts::config::Level`]s; the largest sample of each metric decides).
 pub fn evaluate(board: &Board, alerts: &AlertsConfig) -> Report {
-    let checks: Vec<Check> = alerts
+    let state = |value: f64, th: &crate::alerts::Threshold| {
+        if value >= th.crit {
+            State::Critical
+        } else if value >= th.warn {
+            State::Warning
+        } else {
+            State::Ok
+        }
+    };
+    let mut checks: Vec<Check> = alerts
         .levels()
         .into_iter()
         .map(|l| {
             let th = l.threshold;
             let (labels, value) = board.max(l.metric).unwrap_or_default();
-            let state = if value >= th.crit {
-                State::Critical
-            } else if value >= th.warn {
-                State::Warning
-            } else {
-                State::Ok
-            };
             Check {
                 name: l.field,
-                state,
+                state: state(value, &th),
                 value,
                 warn: th.warn,
                 crit: th.crit,
@@ -80,6 +82,22 @@ pub fn evaluate(board: &Board, alerts: &AlertsConfig) -> Report {
             }
         })
         .collect();
+    // Lock entries, against counts that may follow the lock table's capacity.
+    let capacity = board
+        .value(crate::alerts::locks::CAPACITY, &[])
+        .unwrap_or(0.0);
+    let th = alerts.total_locks.threshold(capacity);
+    let value = board
+        .value(crate::alerts::locks::METRIC, &[])
+        .unwrap_or(0.0);
+    checks.push(Check {
+        name: "total_locks",
+        state: state(value, &th),
+        value,
+        warn: th.warn,
+        crit: th.crit,
+        of: None,
+    });
     Report {
         state: checks.iter().map(|c| c.state).max().unwrap_or(State::Ok),
         checks,
@@ -153,6 +171,8 @@ mod tests {
         assert_eq!(by("idle_in_transaction_seconds").state, State::Warning);
         let w = by("wraparound_xid_age");
         assert_eq!((w.state, w.of.as_deref()), (State::Critical, Some("b")));
+        // No lock count read: 0 against thresholds of a capacity of 0.
+        assert_eq!(by("total_locks").value, 0.0);
         assert_eq!(r.state.code(), 2);
     }
 }

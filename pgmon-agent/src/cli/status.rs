@@ -170,16 +170,17 @@ pub fn render(s: &Status) -> String {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "{:<20} {:>10} {:>8} {:>6} {:>9} {:>9}  databases",
-        "role", "queries", "errors", "conns", "p50 ms", "p99 ms"
+        "{:<20} {:>10} {:>8} {:>9} {:>6} {:>9} {:>9}  databases",
+        "role", "queries", "errors", "conn errs", "conns", "p50 ms", "p99 ms"
     );
     for r in &s.roles {
         let _ = writeln!(
             o,
-            "{:<20} {:>10} {:>8} {:>6} {:>9} {:>9}  {}",
+            "{:<20} {:>10} {:>8} {:>9} {:>6} {:>9} {:>9}  {}",
             r.role,
             r.queries,
             r.errors,
+            r.connection_errors,
             r.connections,
             ms(r.p50_ms),
             ms(r.p99_ms),
@@ -294,11 +295,13 @@ fn render_role(r: &RoleStatus, budget: Option<&BudgetStatus>) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "role {}: {} queries, {} errors {:?}, {} connections, p50 {} ms, p99 {} ms, databases {}",
+        "role {}: {} queries, {} errors {:?}, {} connection errors {:?}, {} connections, p50 {} ms, p99 {} ms, databases {}",
         r.role,
         r.queries,
         r.errors,
         r.errors_by_class,
+        r.connection_errors,
+        r.connection_errors_by_class,
         r.connections,
         ms(r.p50_ms),
         ms(r.p99_ms),

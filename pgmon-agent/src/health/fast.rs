@@ -1,5 +1,6 @@
 //! The 15-second loop: sessions against `max_connections`, the oldest transaction and the
-//! longest idle-in-transaction session, blocking chains, autovacuum workers and their
+//! longest idle-in-transaction session, blocking chains, lock entries against the lock
+//! table's capacity, autovacuum workers and their
 //! phases, temp files. Views: PostgreSQL docs, sections 27.2.3 (`pg_stat_activity`),
 //! 27.2.17 (`pg_stat_database`), 28.4.5 (`pg_stat_progress_vacuum`), 54.12 (`pg_locks`).
 //! Every statement works on PostgreSQL 13 to 18; the one that differs (the lock-wait age,
@@ -52,6 +53,16 @@ pub(crate) fn blocked_sql(version: u32) -> &'static str {
     }
 }
 
+/// Lock entries (`pg_locks` rows, granted and awaited, fast-path ones included; docs,
+/// section 54.12) and the objects the shared lock table is sized for:
+/// max_locks_per_transaction × (max_connections + max_prepared_transactions) (docs, section
+/// 20.12). Reading `pg_locks` takes each lock-manager partition's lock briefly, in shared
+/// mode: once per 15 s run.
+pub(crate) const LOCKS: &str = "SELECT count(*)::float8, \
+     current_setting('max_locks_per_transaction')::float8 \
+     * (current_setting('max_connections')::float8 + current_setting('max_prepared_transactions')::float8) \
+     FROM pg_locks";
+
 pub(crate) const AUTOVACUUM: &str = "SELECT coalesce(p.phase, 'starting'), count(*)::float8 \
      FROM pg_stat_activity a LEFT JOIN pg_stat_progress_vacuum p ON p.pid = a.pid \
      WHERE a.backend_type = 'autovacuum worker' GROUP BY 1";
@@ -75,6 +86,7 @@ pub struct Fast {
     settings: Statement,
     ages: Statement,
     blocked: Statement,
+    locks: Statement,
     autovacuum: Statement,
     temp: Statement,
     /// The server records lock-wait start times ([`lock_wait_known`]).
@@ -89,6 +101,7 @@ impl Fast {
             settings: client.prepare(SETTINGS).await?,
             ages: client.prepare(AGES).await?,
             blocked: client.prepare(blocked_sql(version)).await?,
+            locks: client.prepare(LOCKS).await?,
             autovacuum: client.prepare(AUTOVACUUM).await?,
             temp: client.prepare(TEMP).await?,
             lock_wait_known: lock_wait_known(version),
@@ -192,6 +205,20 @@ impl Fast {
             "Sessions in the longest chain of blocked → blocker (0: none blocked).",
             Kind::Gauge,
             chains.longest_chain as f64,
+        ));
+
+        let l = client.query_one(&self.locks, &[]).await?;
+        out.push(Family::single(
+            crate::alerts::locks::METRIC,
+            "Lock entries in pg_locks, granted and awaited.",
+            Kind::Gauge,
+            l.get(0),
+        ));
+        out.push(Family::single(
+            crate::alerts::locks::CAPACITY,
+            "Objects the shared lock table is sized for: max_locks_per_transaction x (max_connections + max_prepared_transactions).",
+            Kind::Gauge,
+            l.get(1),
         ));
 
         let mut av = Family::new(

@@ -4,6 +4,8 @@
 //! Runs on the capture thread only; owns all its state, so nothing here takes a lock.
 
 pub mod stats;
+#[cfg(test)]
+mod tests;
 
 use std::{collections::HashMap, path::Path, sync::Arc, time::Instant};
 
@@ -20,8 +22,8 @@ use crate::{
     query::{Normalizer, Stmt, fingerprint_hex},
     status::{AgentStatus, CaptureStatus, ClusterStatus, RefusedHook, Status},
     wire::{
-        self, Completion, DesyncReason, Direction, Encryption, ErrorContext, Limits, Outcome,
-        Replication, Startup,
+        self, Completion, DesyncReason, Direction, Encryption, ErrorContext, ErrorResponse,
+        ErrorScope, Limits, Outcome, Replication, Startup,
     },
 };
 use stats::{RoleDbId, Stats};
@@ -748,13 +750,15 @@ impl wire::Sink for ConnSink<'_> {
         }
     }
 
-    fn error(&mut self, sqlstate: [u8; 5], ctx: ErrorContext) {
-        // Errors that failed an execution are counted with its completion.
-        if ctx == ErrorContext::Execution {
+    fn error(&mut self, e: ErrorResponse, ctx: ErrorContext) {
+        let Identity::Known(id) = self.backend.identity else {
             return;
-        }
-        if let Identity::Known(id) = self.backend.identity {
-            self.stats.error(id, sqlstate);
+        };
+        match ErrorScope::of(e, ctx) {
+            // Counted with its completion.
+            ErrorScope::Execution => {}
+            ErrorScope::Request => self.stats.failed_request(id, e.sqlstate),
+            ErrorScope::Connection => self.stats.connection_error(id, e.sqlstate),
         }
     }
 

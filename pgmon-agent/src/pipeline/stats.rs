@@ -35,10 +35,16 @@ pub struct FingerprintCounters {
 pub struct RoleDb {
     pub role: Arc<str>,
     pub database: Arc<str>,
+    /// Statements: executions completed, and requests that failed before executing.
     pub queries: u64,
+    /// Statements that failed (never more than `queries`).
     pub errors: u64,
     /// Errors by SQLSTATE class (first two characters).
     pub errors_by_class: HashMap<[u8; 2], u64>,
+    /// ErrorResponses that answered no statement (failed logins, sessions ended while idle).
+    pub connection_errors: u64,
+    /// Connection errors by SQLSTATE class.
+    pub connection_errors_by_class: HashMap<[u8; 2], u64>,
     /// Executions whose completion was seen, durations in microseconds.
     latency_us: hdrhistogram::Histogram<u64>,
     pub connections: i64,
@@ -88,6 +94,8 @@ impl Stats {
             queries: 0,
             errors: 0,
             errors_by_class: HashMap::new(),
+            connection_errors: 0,
+            connection_errors_by_class: HashMap::new(),
             latency_us: hdrhistogram::Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
                 .expect("constant bounds are valid"),
             connections: 0,
@@ -135,8 +143,6 @@ impl Stats {
         bump(&mut self.global, self.global_cap, stmt, duration_ns, failed);
     }
 
-    /// An ErrorResponse not tied to a counted execution (a Parse or Bind error, a failed
-    /// login): counted in the role's errors, not in its queries.
     /// Counts `seconds` of CPU time used by a backend of `id` whose session pgmon cannot
     /// read (what its budget is charged instead of statements).
     pub fn unreadable_cpu(&mut self, id: RoleDbId, seconds: f64) {
@@ -145,9 +151,26 @@ impl Stats {
         r.handles.unreadable_cpu.inc_by(seconds);
     }
 
-    pub fn error(&mut self, id: RoleDbId, sqlstate: [u8; 5]) {
+    /// A request of `id` that executed nothing failed with `sqlstate`
+    /// ([`crate::wire::ErrorScope::Request`]: a Parse or Bind error, a failed implicit
+    /// commit): counted as one statement that failed, so that a role's errors never exceed
+    /// its statements. No duration is known: the latency histograms leave it out.
+    pub fn failed_request(&mut self, id: RoleDbId, sqlstate: [u8; 5]) {
         let r = &mut self.role_dbs[id];
+        r.queries += 1;
+        r.handles.queries.inc();
         Self::count_error(&self.metrics, r, sqlstate);
+    }
+
+    /// An ErrorResponse of `id` that answered no statement
+    /// ([`crate::wire::ErrorScope::Connection`]: a failed login, a session ended while idle, a
+    /// FATAL protocol violation): counted apart from statement errors.
+    pub fn connection_error(&mut self, id: RoleDbId, sqlstate: [u8; 5]) {
+        let r = &mut self.role_dbs[id];
+        let class = [sqlstate[0], sqlstate[1]];
+        r.connection_errors += 1;
+        *r.connection_errors_by_class.entry(class).or_default() += 1;
+        self.metrics.connection_error(&r.role, class);
     }
 
     fn count_error(metrics: &Metrics, r: &mut RoleDb, sqlstate: [u8; 5]) {
@@ -230,6 +253,14 @@ pub struct RoleStatus {
     pub errors: u64,
     /// Errors by SQLSTATE class, e.g. `"22": 3` (data exception).
     pub errors_by_class: std::collections::BTreeMap<String, u64>,
+    /// ErrorResponses that answered no statement: failed logins (e.g. 28P01 bad password,
+    /// 3D000 no such database), sessions ended while idle (57P01), FATAL protocol violations
+    /// (08P01). Not in `errors`.
+    #[serde(default)]
+    pub connection_errors: u64,
+    /// Connection errors by SQLSTATE class, e.g. `"28": 2` (invalid authorization).
+    #[serde(default)]
+    pub connection_errors_by_class: std::collections::BTreeMap<String, u64>,
     pub connections: i64,
     /// CPU time of the role's backends whose sessions pgmon could not read (GSSAPI, TLS
     /// without the libssl probes), seconds: charged to its budget instead of statements.
@@ -292,10 +323,16 @@ impl RoleStatus {
             .expect("constant bounds are valid");
         let mut fps: HashMap<u64, FingerprintCounters> = HashMap::new();
         let mut errors_by_class = std::collections::BTreeMap::new();
+        let mut connection_errors_by_class = std::collections::BTreeMap::new();
         for r in dbs {
             let _ = hist.add(&r.latency_us);
             for (class, n) in &r.errors_by_class {
                 *errors_by_class
+                    .entry(String::from_utf8_lossy(class).into_owned())
+                    .or_default() += n;
+            }
+            for (class, n) in &r.connection_errors_by_class {
+                *connection_errors_by_class
                     .entry(String::from_utf8_lossy(class).into_owned())
                     .or_default() += n;
             }
@@ -353,6 +390,8 @@ impl RoleStatus {
             queries: dbs.iter().map(|r| r.queries).sum(),
             errors: dbs.iter().map(|r| r.errors).sum(),
             errors_by_class,
+            connection_errors: dbs.iter().map(|r| r.connection_errors).sum(),
+            connection_errors_by_class,
             connections: dbs.iter().map(|r| r.connections).sum(),
             unreadable_cpu_seconds: dbs.iter().map(|r| r.unreadable_cpu_seconds).sum(),
             p50_ms: q(0.5),

@@ -57,9 +57,12 @@ pub(super) fn parameter_status(body: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((name, value))
 }
 
-/// The SQLSTATE of an ErrorResponse: its field `C` (§54.8). `XX000` (internal_error) if the
-/// kept prefix holds none.
-pub(super) fn sqlstate(mut body: &[u8]) -> [u8; 5] {
+/// The fields of an ErrorResponse pgmon reads (§54.8): its SQLSTATE (field `C`; `XX000`,
+/// internal_error, if the kept prefix holds none) and whether its severity is FATAL or PANIC
+/// (field `V`, never localized, PostgreSQL 9.6+; else field `S` when it reads so).
+pub(super) fn error_response(mut body: &[u8]) -> super::ErrorResponse {
+    let mut sqlstate = None;
+    let (mut v, mut s) = (None, None);
     while let Some((&code, rest)) = body.split_first() {
         if code == 0 {
             break;
@@ -67,14 +70,19 @@ pub(super) fn sqlstate(mut body: &[u8]) -> [u8; 5] {
         let Some((value, rest)) = cstr(rest) else {
             break;
         };
-        if code == b'C'
-            && let Ok(s) = <[u8; 5]>::try_from(value)
-        {
-            return s;
+        match code {
+            b'C' if sqlstate.is_none() => sqlstate = <[u8; 5]>::try_from(value).ok(),
+            b'V' => v = Some(value),
+            b'S' => s = Some(value),
+            _ => {}
         }
         body = rest;
     }
-    *b"XX000"
+    let severity = v.or(s).unwrap_or_default();
+    super::ErrorResponse {
+        sqlstate: sqlstate.unwrap_or(*b"XX000"),
+        fatal: matches!(severity, b"FATAL" | b"PANIC"),
+    }
 }
 
 /// The row count of a CommandComplete tag (§54.7 CommandComplete): the last word of

@@ -403,7 +403,7 @@ impl<S: Clone> State<S> {
                         self.phase = Phase::Ready;
                         self.sess.last_end = self.sess.last_end.max(ts);
                     }
-                    b'E' => sink.error(body::sqlstate(m.body), ErrorContext::Startup),
+                    b'E' => sink.error(body::error_response(m.body), ErrorContext::Startup),
                     b'S' => {
                         if let Some((name, value)) = body::parameter_status(m.body) {
                             sink.parameter_status(name, value);

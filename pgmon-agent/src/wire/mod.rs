@@ -48,7 +48,7 @@ mod startup;
 mod trial;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use conn::Connection;
 pub use startup::{Params, Startup};
@@ -181,6 +181,57 @@ impl ErrorContext {
             ErrorContext::FunctionCall => "function_call",
             ErrorContext::Idle => "idle",
             ErrorContext::Unmatched => "unmatched",
+        }
+    }
+}
+
+/// What pgmon reads of an `ErrorResponse` (§54.8 Error and Notice Message Fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ErrorResponse {
+    /// The five-character SQLSTATE (field `C`), e.g. `*b"28P01"`; `XX000` (internal_error)
+    /// if the message carries none. Its first two characters are the class (PostgreSQL docs,
+    /// Appendix A "PostgreSQL Error Codes").
+    pub sqlstate: [u8; 5],
+    /// Severity FATAL or PANIC (field `V`, or `S` before PostgreSQL 9.6): the server ends the
+    /// session after sending it.
+    pub fatal: bool,
+}
+
+/// What an `ErrorResponse` failed, for counting: a role's statement errors never exceed its
+/// statements, because every error counted as a statement's either failed an execution
+/// already counted or is itself counted as one failed statement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorScope {
+    /// It failed an execution, reported through [`Sink::completed`] (or
+    /// [`Sink::unattributed`]) just before ([`ErrorContext::Execution`]), even a FATAL one
+    /// (a session terminated while its statement ran: 57P01).
+    Execution,
+    /// It failed a request that executed nothing: a Parse, Bind, Describe, Close or
+    /// FunctionCall answered by an error, the implicit commit at a Sync, or a non-fatal error
+    /// the parser could not match to its request ([`ErrorContext::Unmatched`]). Counted as one
+    /// statement that failed.
+    Request,
+    /// It answers no statement: the startup or authentication failed (3D000 no such
+    /// database, 28P01 bad password, 53300 too many connections), the server ended an idle
+    /// session (57P01, 57P05, 25P03), or a FATAL error outside an execution (08P01 protocol
+    /// violation). Counted as a connection error.
+    Connection,
+}
+
+impl ErrorScope {
+    /// The scope of error `e` that arrived in `ctx`.
+    pub fn of(e: ErrorResponse, ctx: ErrorContext) -> ErrorScope {
+        match ctx {
+            ErrorContext::Execution => ErrorScope::Execution,
+            ErrorContext::Startup | ErrorContext::Idle => ErrorScope::Connection,
+            _ if e.fatal => ErrorScope::Connection,
+            ErrorContext::Parse
+            | ErrorContext::Bind
+            | ErrorContext::Describe
+            | ErrorContext::Close
+            | ErrorContext::Sync
+            | ErrorContext::FunctionCall
+            | ErrorContext::Unmatched => ErrorScope::Request,
         }
     }
 }
@@ -340,9 +391,9 @@ pub trait Sink {
         let _ = c;
     }
 
-    /// Every `ErrorResponse` the backend sent, with its SQLSTATE (§54.8 field `C`; `XX000`
-    /// if the message carries none) and where it arrived.
-    fn error(&mut self, sqlstate: [u8; 5], ctx: ErrorContext);
+    /// Every `ErrorResponse` the backend sent, with its SQLSTATE and severity, and where it
+    /// arrived ([`ErrorScope::of`] says what it failed).
+    fn error(&mut self, e: ErrorResponse, ctx: ErrorContext);
 
     /// The parser lost sync, or could not attribute something; see [`DesyncReason`].
     fn desync(&mut self, dir: Direction, reason: DesyncReason);

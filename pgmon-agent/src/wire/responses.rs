@@ -252,17 +252,17 @@ impl<S: Clone> Session<S> {
     /// the server then discards messages up to the next Sync, in a Query the remaining
     /// statements.
     fn error<K: Sink<Stmt = S>>(&mut self, body: &[u8], ts: u64, sink: &mut K) -> Handled {
-        let sqlstate = body::sqlstate(body);
+        let e = body::error_response(body);
         self.copy_in = false;
         if self.quarantined {
             if self.trial.is_some() {
-                return self.trial_error(sqlstate, ts, sink);
+                return self.trial_error(e, ts, sink);
             }
-            sink.error(sqlstate, ErrorContext::Unmatched);
+            sink.error(e, ErrorContext::Unmatched);
             return Handled::Done;
         }
-        let ctx = self.fail_front(sqlstate, ts, sink);
-        sink.error(sqlstate, ctx);
+        let ctx = self.fail_front(e.sqlstate, ts, sink);
+        sink.error(e, ctx);
         Handled::Done
     }
 

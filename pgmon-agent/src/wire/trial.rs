@@ -71,7 +71,9 @@
 
 use super::responses::Handled;
 use super::session::{Pending, ReadyKind, Session};
-use super::{Completion, DesyncReason, Direction, Encryption, ErrorContext, Sink, Startup};
+use super::{
+    Completion, DesyncReason, Direction, Encryption, ErrorContext, ErrorResponse, Sink, Startup,
+};
 
 /// A trial in progress.
 pub(super) struct Trial<S> {
@@ -86,7 +88,7 @@ pub(super) struct Trial<S> {
 enum Held<S> {
     Done(Completion<S>),
     Unattributed(Completion<()>),
-    Error([u8; 5], ErrorContext),
+    Error(ErrorResponse, ErrorContext),
     Desync(Direction, DesyncReason),
 }
 
@@ -111,8 +113,8 @@ impl<S: Clone> Sink for Holder<S> {
         self.0.push(Held::Unattributed(c));
     }
 
-    fn error(&mut self, sqlstate: [u8; 5], ctx: ErrorContext) {
-        self.0.push(Held::Error(sqlstate, ctx));
+    fn error(&mut self, e: ErrorResponse, ctx: ErrorContext) {
+        self.0.push(Held::Error(e, ctx));
     }
 
     fn desync(&mut self, dir: Direction, reason: DesyncReason) {
@@ -123,8 +125,8 @@ impl<S: Clone> Sink for Holder<S> {
 /// Reports the held ErrorResponses of a failed trial, as unmatched; drops the rest.
 fn report_errors<S, K: Sink<Stmt = S>>(held: Vec<Held<S>>, sink: &mut K) {
     for h in held {
-        if let Held::Error(sqlstate, _) = h {
-            sink.error(sqlstate, ErrorContext::Unmatched);
+        if let Held::Error(e, _) = h {
+            sink.error(e, ErrorContext::Unmatched);
         }
     }
 }
@@ -214,7 +216,7 @@ impl<S: Clone> Session<S> {
     #[inline(never)]
     pub(super) fn trial_error<K: Sink<Stmt = S>>(
         &mut self,
-        sqlstate: [u8; 5],
+        e: ErrorResponse,
         ts: u64,
         sink: &mut K,
     ) -> Handled {
@@ -230,15 +232,13 @@ impl<S: Clone> Session<S> {
             })
         );
         if !fits {
-            trial
-                .held
-                .push(Held::Error(sqlstate, ErrorContext::Unmatched));
+            trial.held.push(Held::Error(e, ErrorContext::Unmatched));
             return self.trial_failed(b'E', sink);
         }
         trial.begun = false;
         let mut holder = Holder(std::mem::take(&mut trial.held));
-        let ctx = self.fail_front(sqlstate, ts, &mut holder);
-        holder.error(sqlstate, ctx);
+        let ctx = self.fail_front(e.sqlstate, ts, &mut holder);
+        holder.error(e, ctx);
         if let Some(t) = self.trial.as_deref_mut() {
             t.held = holder.0;
         }
@@ -264,7 +264,7 @@ impl<S: Clone> Session<S> {
             match h {
                 Held::Done(c) => sink.completed(c),
                 Held::Unattributed(c) => sink.unattributed(c),
-                Held::Error(sqlstate, ctx) => sink.error(sqlstate, ctx),
+                Held::Error(e, ctx) => sink.error(e, ctx),
                 Held::Desync(dir, reason) => sink.desync(dir, reason),
             }
         }

@@ -24,7 +24,7 @@ impl Sink for Cheap {
     fn completed(&mut self, c: Completion<Arc<str>>) {
         self.done += c.end_ns - c.start_ns + 1;
     }
-    fn error(&mut self, _: [u8; 5], _: ErrorContext) {}
+    fn error(&mut self, _: ErrorResponse, _: ErrorContext) {}
     fn desync(&mut self, _: Direction, _: DesyncReason) {}
 }
 

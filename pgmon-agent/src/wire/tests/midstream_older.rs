@@ -434,7 +434,7 @@ fn error_while_resynchronising_is_unmatched() {
             Be(4, fatal("57P01")),
         ],
     ));
-    assert_eq!(ev, vec![err("57P01", ErrorContext::Idle)]);
+    assert_eq!(ev, vec![fatal_err("57P01", ErrorContext::Idle)]);
     // A ReadyForQuery before the Query's answer fails the trial; the error that follows
     // cannot be matched.
     let mut c = mid();
@@ -450,7 +450,7 @@ fn error_while_resynchronising_is_unmatched() {
         ev,
         vec![
             desync(Direction::Backend, DesyncReason::Tentative),
-            err("57P01", ErrorContext::Unmatched)
+            fatal_err("57P01", ErrorContext::Unmatched)
         ]
     );
 }

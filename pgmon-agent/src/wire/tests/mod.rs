@@ -3,7 +3,8 @@
 
 mod bench;
 mod copy;
-mod enc;
+pub(crate) mod enc;
+mod errors;
 mod extended;
 mod midstream;
 mod midstream_older;
@@ -50,6 +51,8 @@ pub enum Ev {
     Error {
         code: String,
         ctx: ErrorContext,
+        /// Severity FATAL or PANIC.
+        fatal: bool,
     },
     Desync(Direction, DesyncReason),
     Param(String, String),
@@ -127,10 +130,11 @@ impl Sink for Rec {
         });
     }
 
-    fn error(&mut self, sqlstate: [u8; 5], ctx: ErrorContext) {
+    fn error(&mut self, e: ErrorResponse, ctx: ErrorContext) {
         self.ev.push(Ev::Error {
-            code: s(&sqlstate),
+            code: s(&e.sqlstate),
             ctx,
+            fatal: e.fatal,
         });
     }
 
@@ -288,10 +292,21 @@ pub fn failed(stmt: &str, start: u64, end: u64, code: &str) -> Ev {
     }
 }
 
+/// An ErrorResponse of severity ERROR.
 pub fn err(code: &str, ctx: ErrorContext) -> Ev {
     Ev::Error {
         code: code.into(),
         ctx,
+        fatal: false,
+    }
+}
+
+/// An ErrorResponse of severity FATAL.
+pub fn fatal_err(code: &str, ctx: ErrorContext) -> Ev {
+    Ev::Error {
+        code: code.into(),
+        ctx,
+        fatal: true,
     }
 }
 

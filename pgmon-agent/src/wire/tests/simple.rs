@@ -204,7 +204,7 @@ fn fatal_error_while_idle() {
     let steps = after_login(vec![Be(10, fatal("57P01"))]);
     assert_eq!(
         after_login_events(check_new(&steps)),
-        vec![err("57P01", ErrorContext::Idle)]
+        vec![fatal_err("57P01", ErrorContext::Idle)]
     );
 }
 
@@ -251,7 +251,8 @@ fn command_tags_and_row_counts() {
 
 #[test]
 fn error_fields_and_missing_sqlstate() {
-    use crate::wire::body::sqlstate;
+    use crate::wire::body::error_response;
+    let sqlstate = |b: &[u8]| error_response(b).sqlstate;
     assert_eq!(&sqlstate(&error("40001")[5..]), b"40001");
     assert_eq!(&sqlstate(b"SERROR\0Mno code\0\0"), b"XX000");
     assert_eq!(&sqlstate(b""), b"XX000");

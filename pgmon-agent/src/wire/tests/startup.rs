@@ -230,7 +230,10 @@ fn tls_after_ssl_request_whose_answer_was_lost() {
 fn ssl_request_refused_by_error_response() {
     // A server that cannot do SSL may answer with an ErrorResponse (§54.2.10).
     let steps = vec![Fe(1, ssl_request()), Be(2, fatal("08P01"))];
-    assert_eq!(check_new(&steps), vec![err("08P01", ErrorContext::Startup)]);
+    assert_eq!(
+        check_new(&steps),
+        vec![fatal_err("08P01", ErrorContext::Startup)]
+    );
 }
 
 #[test]
@@ -260,7 +263,7 @@ fn authentication_failure_is_a_startup_error() {
         check_new(&steps),
         vec![
             startup_ev("mallory", "mallory", None, (3, 0), Replication::No),
-            err("28P01", ErrorContext::Startup)
+            fatal_err("28P01", ErrorContext::Startup)
         ]
     );
 }

@@ -1,0 +1,144 @@
+//! The pipeline's sink fed with wire byte fixtures: connection-level errors are counted
+//! apart, and a role's statement errors never exceed its statements.
+
+use super::*;
+use crate::wire::tests::enc::*;
+
+/// What a [`ConnSink`] needs, owned.
+struct Rig {
+    metrics: Arc<Metrics>,
+    stats: Stats,
+    normalizer: Normalizer,
+    counters: Counters,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let metrics = Metrics::new("tracepoint", 2);
+        Rig {
+            stats: Stats::new(metrics.clone(), 100, 100),
+            metrics,
+            normalizer: Normalizer::new(100, 4096),
+            counters: Counters::default(),
+        }
+    }
+
+    /// One connection forked under the capture's eyes: each `(frontend, bytes)` chunk in
+    /// turn, then the backend's exit.
+    fn connection(&mut self, chunks: &[(bool, Vec<u8>)]) {
+        let mut backend = Backend::new(true);
+        let mut conn = wire::Connection::<Stmt>::new();
+        for (i, (frontend, bytes)) in chunks.iter().enumerate() {
+            let mut sink = ConnSink {
+                budgets: None,
+                now_ms: 0,
+                record_ns: i as u64,
+                tls_on: false,
+                backend: &mut backend,
+                normalizer: &mut self.normalizer,
+                stats: &mut self.stats,
+                metrics: &self.metrics,
+                counters: &mut self.counters,
+            };
+            if *frontend {
+                conn.frontend(i as u64, bytes, &mut sink);
+            } else {
+                conn.backend(i as u64, bytes, &mut sink);
+            }
+        }
+        if let Identity::Known(id) = backend.identity {
+            self.stats.connection(id, -1);
+        }
+    }
+
+    fn role(&self, name: &str) -> crate::pipeline::stats::RoleStatus {
+        self.stats
+            .roles(&|_| CostKnown::Disabled)
+            .into_iter()
+            .find(|r| r.role == name)
+            .expect("role seen")
+    }
+}
+
+fn login(user: &str, db: &str) -> Vec<(bool, Vec<u8>)> {
+    vec![
+        (true, startup(0, &[("user", user), ("database", db)])),
+        (false, cat(&[auth_ok(), key_data(), ready(b'I')])),
+    ]
+}
+
+#[test]
+fn connection_errors_are_counted_apart_from_statement_errors() {
+    let mut rig = Rig::new();
+    // psql -d nosuchdb
+    rig.connection(&[
+        (
+            true,
+            startup(0, &[("user", "alice"), ("database", "nosuchdb")]),
+        ),
+        (false, cat(&[auth_ok(), fatal("3D000")])),
+    ]);
+    // A wrong password, twice.
+    for _ in 0..2 {
+        rig.connection(&[
+            (true, startup(0, &[("user", "alice"), ("database", "shop")])),
+            (false, auth(10)),
+            (true, password("SCRAM-SHA-256 client-first")),
+            (false, fatal("28P01")),
+        ]);
+    }
+    // A session with a division by zero, a syntax error at Parse and a fine query, ended by
+    // pg_terminate_backend() while idle.
+    let mut s = login("alice", "shop");
+    s.extend([
+        (true, query("SELECT 1/0")),
+        (false, cat(&[error("22012"), ready(b'I')])),
+        (true, cat(&[parse("", "SELEC 1", &[]), sync()])),
+        (false, cat(&[error("42601"), ready(b'I')])),
+        (true, query("SELECT 1")),
+        (false, cat(&[complete("SELECT 1"), ready(b'I')])),
+        (false, fatal("57P01")),
+    ]);
+    rig.connection(&s);
+    // A protocol violation after login.
+    let mut s = login("alice", "shop");
+    s.extend([(true, msg(b'@', b"junk")), (false, fatal("08P01"))]);
+    rig.connection(&s);
+
+    let alice = rig.role("alice");
+    assert_eq!(alice.queries, 3, "1/0, the failed Parse, SELECT 1");
+    assert_eq!(alice.errors, 2);
+    assert!(alice.errors <= alice.queries);
+    assert_eq!(
+        alice.errors_by_class,
+        [("22".to_owned(), 1), ("42".to_owned(), 1)].into()
+    );
+    assert_eq!(alice.connection_errors, 5);
+    assert_eq!(
+        alice.connection_errors_by_class,
+        [
+            ("3D".to_owned(), 1),
+            ("28".to_owned(), 2),
+            ("57".to_owned(), 1),
+            ("08".to_owned(), 1)
+        ]
+        .into()
+    );
+    let text = rig.metrics.encode();
+    for needle in [
+        "pgmon_connection_errors_total{role=\"alice\",sqlstate_class=\"28\"} 2",
+        "pgmon_connection_errors_total{role=\"alice\",sqlstate_class=\"3D\"} 1",
+        "pgmon_connection_errors_total{role=\"alice\",sqlstate_class=\"57\"} 1",
+        "pgmon_connection_errors_total{role=\"alice\",sqlstate_class=\"08\"} 1",
+        "pgmon_query_errors_total{role=\"alice\",database=\"shop\",sqlstate_class=\"22\"} 1",
+        "pgmon_queries_total{role=\"alice\",database=\"shop\"} 3",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    assert!(
+        !text.contains(
+            "pgmon_query_errors_total{role=\"alice\",database=\"shop\",sqlstate_class=\"28\"}"
+        ),
+        "a failed login is no statement error"
+    );
+}
