@@ -9,6 +9,20 @@ use backon::{ExponentialBackoff, ExponentialBuilder, Retryable};
 use prometheus_client::metrics::counter::Counter;
 use tokio_postgres::{Client, NoTls};
 
+/// `server_version_num` of PostgreSQL 14: `pg_locks.waitstart`, `pg_stat_wal`,
+/// `pg_stat_statements_info`. The loops work from 13 on; each statement that reads a newer
+/// view or column is chosen by the server's version, and what an older server cannot tell
+/// is left out of the scrape rather than exported as a made-up zero.
+pub const PG14: u32 = 140_000;
+/// `server_version_num` of PostgreSQL 16: `pg_stat_io`, `EXPLAIN (GENERIC_PLAN)`.
+pub const PG16: u32 = 160_000;
+/// `server_version_num` of PostgreSQL 17: `pg_stat_checkpointer` (and `pg_stat_bgwriter`
+/// without its checkpoint columns).
+pub const PG17: u32 = 170_000;
+/// `server_version_num` of PostgreSQL 18: `pg_stat_io` counts bytes (`read_bytes`, …)
+/// instead of operations × `op_bytes`.
+pub const PG18: u32 = 180_000;
+
 /// Errors of a monitor session.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

@@ -16,7 +16,12 @@ use tokio::{net::TcpListener, sync::oneshot};
 
 use serde::Deserialize;
 
-use crate::{metrics::Metrics, status::Status, util::now_ms};
+use crate::{
+    api::text,
+    metrics::Metrics,
+    status::{StatusRequest, request_status},
+    util::now_ms,
+};
 
 /// The HTTP endpoint.
 #[derive(Clone, Debug, Deserialize)]
@@ -33,9 +38,6 @@ impl Default for MetricsConfig {
         }
     }
 }
-
-/// A request for a fresh status document, answered by the capture thread.
-pub type StatusRequest = oneshot::Sender<Status>;
 
 /// What the server needs.
 #[derive(Clone)]
@@ -79,21 +81,6 @@ pub async fn serve(listener: TcpListener, endpoint: Endpoint) {
                 .await;
         });
     }
-}
-
-/// A response of `status` with `body` as `content_type`.
-pub(crate) fn text(
-    status: StatusCode,
-    content_type: &'static str,
-    body: String,
-) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        content_type.parse().expect("static"),
-    );
-    r
 }
 
 async fn handle(
@@ -189,23 +176,14 @@ async fn handle(
     })
 }
 
-/// Asks the capture thread for a fresh status document; the error says why there is none
-/// (the capture thread stopped, or did not answer within 5 s).
-pub async fn request_status(
-    tx: &std::sync::mpsc::Sender<StatusRequest>,
-) -> Result<Status, &'static str> {
-    let (reply, rx) = oneshot::channel();
-    tx.send(reply).map_err(|_| "capture stopped")?;
-    match tokio::time::timeout(Duration::from_secs(5), rx).await {
-        Ok(Ok(status)) => Ok(status),
-        _ => Err("capture thread busy"),
-    }
-}
-
 /// `GET /api/v1/alerts`: the alert engine's firing and pending alerts, its recent
 /// transitions and its rules, each with its expression ([`crate::alerts::View`]).
 fn alerts(ep: &Endpoint) -> Response<Full<Bytes>> {
-    text(StatusCode::OK, "application/json", ep.metrics.alerts.json())
+    text(
+        StatusCode::OK,
+        "application/json",
+        crate::api::alerts::json(&ep.metrics.alerts),
+    )
 }
 
 /// `POST /api/v1/storage/unlock?role=NAME`: 200 with what `pgmon.unlock_role` said, 409
@@ -307,12 +285,8 @@ async fn unlock_budget(
 
 /// The values of a query string, decoded.
 fn query_params(req: &Request<Incoming>) -> Vec<(String, String)> {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), percent_decode(v)))
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
 }
 
@@ -384,35 +358,6 @@ fn forget_of(params: &[(String, String)]) -> Result<crate::cost::Forget, String>
     }
 }
 
-/// Decodes `%XX` escapes (and `+` as a space) of a query-string value.
-pub(crate) fn percent_decode(v: &str) -> String {
-    let hex = |c: u8| (c as char).to_digit(16);
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match (
-            b[i],
-            b.get(i + 1).and_then(|&c| hex(c)),
-            b.get(i + 2).and_then(|&c| hex(c)),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b'+', _, _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -441,12 +386,5 @@ mod tests {
         assert!(p(&[("all", "true"), ("relation", "t")]).is_err());
         assert!(p(&[("fingerprint", "xyz")]).unwrap_err().contains("hex"));
         assert!(p(&[("relaton", "t")]).unwrap_err().contains("relaton"));
-    }
-
-    #[test]
-    fn query_values_decode() {
-        assert_eq!(super::percent_decode("t%C3%A9nant+1"), "ténant 1");
-        assert_eq!(super::percent_decode("50%"), "50%");
-        assert_eq!(super::percent_decode("a%zz"), "a%zz");
     }
 }

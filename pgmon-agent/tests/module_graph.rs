@@ -3,8 +3,8 @@
 //!
 //! Edges come from every `crate::m` path in a module's non-test code (`use` lines, grouped
 //! `use crate::{a, b::c}`, and inline paths such as `crate::util::now_ms()`), comments and
-//! test code left out (`tests.rs`, `*_tests.rs`, `tests/` directories, and everything from a
-//! `#[cfg(test)]` line on). A text scan, not a parser: enough for `crate::` paths, which
+//! test code left out (`tests.rs`, `*_tests.rs`, `tests/` directories, `#[cfg(test)] mod x;`
+//! declarations, and everything from a `#[cfg(test)]` block on). A text scan, not a parser: enough for `crate::` paths, which
 //! rustfmt keeps on predictable lines. When a cycle exists the test names it, module by
 //! module, with one file and line per edge.
 
@@ -114,9 +114,23 @@ fn edges(src: &Path) -> Edges {
         let text = std::fs::read_to_string(&f).expect("readable");
         // The code without comments and test code, and where each of its lines starts.
         let (mut code, mut starts) = (String::new(), Vec::new());
-        for (n, line) in text.lines().enumerate() {
+        let lines: Vec<&str> = text.lines().collect();
+        let mut skip_next = false;
+        for (n, line) in lines.iter().enumerate() {
             let kept = line.trim_start();
+            if std::mem::take(&mut skip_next) {
+                continue;
+            }
             if kept.starts_with("#[cfg(test)]") {
+                // `#[cfg(test)] mod tests;` declares a test file: skip that line only. A
+                // test block (`mod tests {`) runs to the end of the file.
+                if lines
+                    .get(n + 1)
+                    .is_some_and(|l| l.trim_end().ends_with(';'))
+                {
+                    skip_next = true;
+                    continue;
+                }
                 break;
             }
             if kept.starts_with("//") {

@@ -21,10 +21,9 @@ use crate::health::Board;
 
 /// The rule's name, as in `alerts/pgmon-rules.yml`.
 pub const ALERTNAME: &str = "PostgresTooManyLocks";
-/// The gauge compared: `pg_locks` rows.
-pub const METRIC: &str = "pgmon_locks";
-/// The gauge of the lock table's capacity the ratios apply to.
-pub const CAPACITY: &str = "pgmon_lock_table_capacity";
+/// The gauge compared (`pg_locks` rows) and the lock table's capacity the ratios apply to,
+/// as the fast health loop exports them.
+pub use crate::health::fast::{LOCK_CAPACITY_METRIC as CAPACITY, LOCKS_METRIC as METRIC};
 
 /// `alerts.total_locks`: lock entries (`pg_locks` rows, granted or awaited) at or above a
 /// warning and a critical count. Each count is `warn`/`crit` when given, else the ratio of

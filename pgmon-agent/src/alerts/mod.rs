@@ -194,23 +194,9 @@ impl AlertBook {
         }
     }
 
-    /// The view as the read API's envelope (`endpoint`, `generated_at`, `elapsed_ms`,
-    /// `sql`: the statements behind the rules, `data`: the [`View`]), pretty JSON.
-    pub fn json(&self) -> String {
-        let started = std::time::Instant::now();
-        let v = self.view.lock().map(|v| v.clone()).unwrap_or_default();
-        let sql = sql::runs(v.rules.iter().map(|r| r.alertname));
-        let envelope = crate::api::Envelope {
-            endpoint: "/api/v1/alerts",
-            database: None,
-            generated_at: crate::util::rfc3339(crate::util::now_ms()),
-            elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
-            sql,
-            data: serde_json::to_value(&v).unwrap_or_default(),
-        };
-        let mut out = serde_json::to_string_pretty(&envelope).unwrap_or_default();
-        out.push('\n');
-        out
+    /// The last view published.
+    pub fn view(&self) -> View {
+        self.view.lock().map(|v| v.clone()).unwrap_or_default()
     }
 }
 

@@ -3,13 +3,10 @@
 //! carries the SQL that produced it). Rules on pgmon's own state (storage quotas, budgets,
 //! the loops themselves) read no SQL of their own.
 
-use crate::{
-    api::SqlRun,
-    health::{databases, fast, medium},
-};
+use crate::health::{databases, fast, medium};
 
 /// One statement: its name, the loop that runs it, its text.
-type Source = (&'static str, &'static str, &'static str);
+pub type Source = (&'static str, &'static str, &'static str);
 
 const ACTIVITY: Source = ("activity", "health loop fast", fast::ACTIVITY);
 const SETTINGS: Source = ("settings", "health loop fast", fast::SETTINGS);
@@ -59,25 +56,6 @@ pub fn sources(alertname: &str) -> &'static [Source] {
     }
 }
 
-/// The statements behind every rule of `alertnames`, each once, in first-use order (the
-/// per-database ones ran in every database the slow and hourly loops visit).
-pub fn runs<'a>(alertnames: impl IntoIterator<Item = &'a str>) -> Vec<SqlRun> {
-    let mut out: Vec<SqlRun> = Vec::new();
-    for name in alertnames {
-        for (n, by, text) in sources(name) {
-            if !out.iter().any(|r| r.name == *n) {
-                out.push(SqlRun {
-                    name: n,
-                    by,
-                    database: None,
-                    text,
-                });
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -92,7 +70,7 @@ mod tests {
                 r.meta.name
             );
         }
-        let runs = super::runs(rules.iter().map(|r| r.meta.name));
+        let runs = crate::api::alerts::runs(rules.iter().map(|r| r.meta.name));
         assert_eq!(runs.len(), 14, "each statement once");
         assert!(runs[0].text.contains("pg_stat_activity"));
     }

@@ -258,7 +258,7 @@ fn firing_gauges_cover_every_rule_and_severity() {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
     assert!(!text.contains("PgmonStorageLocked\",severity=\"warning"));
-    let json: serde_json::Value = serde_json::from_str(&book.json()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&crate::api::alerts::json(&book)).unwrap();
     assert_eq!(json["endpoint"], "/api/v1/alerts");
     assert_eq!(json["sql"][0]["name"], "activity");
     assert_eq!(

@@ -25,6 +25,7 @@
 //! database for `?database=`). The SQL is the health loops' where they read the same thing
 //! (`crate::health::{fast, medium, databases}`).
 
+pub mod alerts;
 mod cluster;
 mod session;
 mod storage;
@@ -40,11 +41,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::{Client, Row, types::ToSql, types::Type};
 
-use crate::{
-    health::Board,
-    http::{StatusRequest, text},
-    storage::StorageHandle,
-};
+use crate::{health::Board, status::StatusRequest, storage::StorageHandle};
 
 /// `statement_timeout` of the API's sessions, milliseconds.
 pub const STATEMENT_TIMEOUT_MS: u64 = 5_000;
@@ -91,6 +88,17 @@ pub struct SqlRun {
     pub database: Option<String>,
     /// The SQL text.
     pub text: &'static str,
+}
+
+/// A response of `status` with `body` as `content_type`.
+pub fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        content_type.parse().expect("static"),
+    );
+    r
 }
 
 /// The JSON object every endpoint answers with.
@@ -181,10 +189,9 @@ impl Params {
     /// does not silently return the defaults.
     pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
         let mut p = Params::default();
-        for kv in query.unwrap_or("").split('&').filter(|kv| !kv.is_empty()) {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            let v = crate::http::percent_decode(v);
-            match k {
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let v = v.into_owned();
+            match &*k {
                 "database" if !v.is_empty() => p.database = Some(v),
                 "limit" => {
                     let n = v
@@ -295,11 +302,13 @@ fn json<T: Into<Value>>(v: Result<Option<T>, tokio_postgres::Error>) -> Value {
 }
 
 impl Api {
-    /// The API of an agent with `config`, reaching the cluster through `monitor`, the
-    /// capture thread through `status`, the storage coordinator through `storage`, and
-    /// reading the health loops' `board`.
+    /// The API of an agent with the `health` settings (lock timeout, top N, database cap)
+    /// watching the cluster in `data_directory`, reaching it through `monitor`, the capture
+    /// thread through `status`, the storage coordinator through `storage`, and reading the
+    /// health loops' `board`.
     pub fn new(
-        config: &crate::config::Config,
+        health: &crate::health::HealthConfig,
+        data_directory: &std::path::Path,
         monitor: tokio_postgres::Config,
         status: std::sync::mpsc::Sender<StatusRequest>,
         storage: Option<StorageHandle>,
@@ -307,13 +316,10 @@ impl Api {
     ) -> Arc<Self> {
         Arc::new(Self {
             monitor,
-            setup: crate::health::session_setup(
-                STATEMENT_TIMEOUT_MS,
-                config.health.lock_timeout_ms,
-            ),
-            top_n: config.health.top_n.max(1),
-            max_databases: config.health.max_databases,
-            data_directory: config.cluster.data_directory.clone(),
+            setup: crate::health::session_setup(STATEMENT_TIMEOUT_MS, health.lock_timeout_ms),
+            top_n: health.top_n.max(1),
+            max_databases: health.max_databases,
+            data_directory: data_directory.to_owned(),
             session: tokio::sync::Mutex::new(None),
             status,
             storage,

@@ -224,7 +224,7 @@ pub async fn answer(
         }
     }
     let read = pss_rows.len();
-    let pgmon = crate::http::request_status(&api.status).await;
+    let pgmon = crate::status::request_status(&api.status).await;
     let (pgmon_json, roles) = match pgmon {
         Ok(st) => (
             json!({"available": true, "uptime_seconds": st.agent.uptime_seconds,

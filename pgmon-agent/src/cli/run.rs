@@ -29,10 +29,11 @@ use crate::{
     capture::{Capture, cluster},
     config::Config,
     cost::{Costs, worker::Worker},
-    http::{self, Endpoint, StatusRequest},
+    http::{self, Endpoint},
     metrics::Metrics,
     pipeline::BudgetLink,
     pipeline::Pipeline,
+    status::StatusRequest,
 };
 
 /// Runs the agent with the policy file at `config_path`, logging in `log_format`.
@@ -123,7 +124,8 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
         None
     };
     let api = crate::api::Api::new(
-        &config,
+        &config.health,
+        &config.cluster.data_directory,
         monitor.clone(),
         status_tx.clone(),
         storage.clone(),

@@ -484,7 +484,7 @@ async fn role_search_path(
 /// `plan_cache_mode = force_generic_plan` (PostgreSQL 12+), so every version from 13 on
 /// gets an estimate.
 fn generic_plan_explain(version: u32) -> bool {
-    version >= crate::health::PG16
+    version >= crate::db::PG16
 }
 
 /// `"name"` with embedded quotes doubled (docs, section 4.1.1 "Identifiers and Key Words").

@@ -12,6 +12,12 @@ use tokio_postgres::{Client, Statement};
 
 use super::board::{Family, Kind};
 
+/// The gauge of `pg_locks` rows (granted and awaited; docs, section 54.12).
+pub const LOCKS_METRIC: &str = "pgmon_locks";
+/// The gauge of the lock table's capacity: max_locks_per_transaction × (max_connections +
+/// max_prepared_transactions) (docs, section 20.12).
+pub const LOCK_CAPACITY_METRIC: &str = "pgmon_lock_table_capacity";
+
 pub(crate) const ACTIVITY: &str = "SELECT coalesce(datname, '')::text, coalesce(state, 'unknown'), count(*)::float8, \
      coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8 \
      FROM pg_stat_activity WHERE backend_type = 'client backend' GROUP BY 1, 2";
@@ -209,13 +215,13 @@ impl Fast {
 
         let l = client.query_one(&self.locks, &[]).await?;
         out.push(Family::single(
-            crate::alerts::locks::METRIC,
+            LOCKS_METRIC,
             "Lock entries in pg_locks, granted and awaited.",
             Kind::Gauge,
             l.get(0),
         ));
         out.push(Family::single(
-            crate::alerts::locks::CAPACITY,
+            LOCK_CAPACITY_METRIC,
             "Objects the shared lock table is sized for: max_locks_per_transaction x (max_connections + max_prepared_transactions).",
             Kind::Gauge,
             l.get(1),

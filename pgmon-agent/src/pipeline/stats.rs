@@ -8,12 +8,12 @@
 use std::{collections::HashMap, sync::Arc};
 
 use ahash::AHashMap;
-use serde::Serialize;
 
 use crate::{
     budget::CostKnown,
     metrics::{Metrics, RoleDbHandles},
     query::{Stmt, fingerprint_hex},
+    status::{FingerprintStatus, RoleStatus},
 };
 
 /// Largest latency the HDR histograms record, microseconds (1 hour); longer is clamped.
@@ -242,73 +242,6 @@ fn bump(
             total_ns: duration_ns,
         },
     );
-}
-
-/// One role in `/api/v1/status` and `pgmon-agent status`.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct RoleStatus {
-    pub role: String,
-    pub databases: Vec<String>,
-    pub queries: u64,
-    pub errors: u64,
-    /// Errors by SQLSTATE class, e.g. `"22": 3` (data exception).
-    pub errors_by_class: std::collections::BTreeMap<String, u64>,
-    /// ErrorResponses that answered no statement: failed logins (e.g. 28P01 bad password,
-    /// 3D000 no such database), sessions ended while idle (57P01), FATAL protocol violations
-    /// (08P01). Not in `errors`.
-    #[serde(default)]
-    pub connection_errors: u64,
-    /// Connection errors by SQLSTATE class, e.g. `"28": 2` (invalid authorization).
-    #[serde(default)]
-    pub connection_errors_by_class: std::collections::BTreeMap<String, u64>,
-    pub connections: i64,
-    /// CPU time of the role's backends whose sessions pgmon could not read (GSSAPI, TLS
-    /// without the libssl probes), seconds: charged to its budget instead of statements.
-    #[serde(default)]
-    pub unreadable_cpu_seconds: f64,
-    /// Median and 99th percentile of execution time, milliseconds (request to completion
-    /// on the wire); null before the first completion.
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    /// The role's most called fingerprints, most called first.
-    pub fingerprints: Vec<FingerprintStatus>,
-}
-
-/// One fingerprint in a role's status.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct FingerprintStatus {
-    /// libpg_query fingerprint, 16 hex digits.
-    pub fingerprint: String,
-    pub calls: u64,
-    pub errors: u64,
-    /// Mean execution time, milliseconds.
-    pub mean_ms: f64,
-    /// Length of the statement text as sent, bytes.
-    pub text_bytes: u32,
-    /// Normalized text (constants as `$n`).
-    pub normalized: String,
-    /// What is known of its cost: `costed`, `not_costable` (charged `cost.default_cost`),
-    /// `pending`, or `disabled` (`cost.enabled: false` or budgets off).
-    #[serde(default)]
-    pub cost_state: String,
-    /// Total cost of its generic plan, per execution, planner units (PostgreSQL docs,
-    /// section 19.7.2); null unless costed.
-    #[serde(default)]
-    pub plan_cost: Option<f64>,
-    /// `calls × plan_cost`: what its executions cost in all, planner units.
-    #[serde(default)]
-    pub total_cost: Option<f64>,
-    /// `plan_cost ÷ mean execution seconds`: planner units per second of measured time.
-    /// A fingerprint far from the others here is one whose estimate misleads.
-    #[serde(default)]
-    pub cost_per_second: Option<f64>,
-}
-
-impl FingerprintStatus {
-    /// Summed execution time, milliseconds.
-    pub fn total_ms(&self) -> f64 {
-        self.mean_ms * self.calls as f64
-    }
 }
 
 /// `plan_cost ÷ mean seconds`, when both are known and the time is not zero.

@@ -51,7 +51,7 @@ impl Rig {
         }
     }
 
-    fn role(&self, name: &str) -> crate::pipeline::stats::RoleStatus {
+    fn role(&self, name: &str) -> crate::status::RoleStatus {
         self.stats
             .roles(&|_| CostKnown::Disabled)
             .into_iter()
