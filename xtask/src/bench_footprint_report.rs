@@ -104,7 +104,7 @@ pub fn report(r: &Run) -> (String, serde_json::Value) {
     let _ = writeln!(
         md,
         "| figure (measured window, {secs:.0} s) | value |\n|---|---|\n\
-         | rows written by pgmon (`n_tup_ins + n_tup_upd + n_tup_del`, schema `pgmon`, both databases) | {rows:.0} = **{:.1} rows/s** ({:.1} per role per persist interval) |\n\
+         | rows written by pgmon (`n_tup_ins + n_tup_upd + n_tup_del`, schema `pgmon`, both databases) | {rows:.0} = **{:.1} rows/s** ({:.2} per role per persist interval) |\n\
          | of which `pgmon.budget_ledgers` | {ledger_rows:.0} = {:.1} rows/s ({:.0} HOT updates) |\n\
          | pgmon's statements (`pg_stat_statements`, role `pgmon`) | {:.0} calls, {:.0} rows, {:.0} WAL records ({:.0} full-page images) |\n\
          | WAL of pgmon's statements | {} = **{}/s** ({:.0} bytes per row written) |\n\
@@ -211,8 +211,8 @@ pub fn report(r: &Run) -> (String, serde_json::Value) {
         .join(", ");
     let _ = writeln!(
         md,
-        "\nSize: `pgmon.budget_ledgers` holds one row per role ({:.0} rows). Its total size every 30 s of the window: {series}. The rows fill their pages, so nearly every update makes a new version on another page (not HOT, {ledger_hot:.0} of {ledger_rows:.0} were HOT) and a new index entry; the dead versions stay until autovacuum makes their space reusable ({:.0} runs in the window, {:.0} dead tuples at its end), so the table levels off near its live rows plus the rows written between two autovacuum runs ({:.0} rows/s × the 60 s naptime), whatever the time.\n\n\
-         Projected per day, assuming the window's steady state all day (the same {} roles, each charged in every persist interval: the upper bound, a role idle for an interval is not written; ledger rows bounded by the roles): **{:.1} million rows written**, **{} of WAL** from pgmon's statements, and the tables' size that of the window's end: **{}** for all `pgmon.*` tables ({} of it `pgmon.budget_ledgers`, {:.0} bytes per role), not growing with the days: `pgmon.storage_usage` keeps one row per role and database, `pgmon.audit` only enforcement actions (none here) for `audit.retention_days` (90), and ledgers idle for a day are deleted.\n",
+        "\nSize: `pgmon.budget_ledgers` holds one row per role ({:.0} rows). Its total size every 30 s of the window: {series}. {ledger_hot:.0} of its {ledger_rows:.0} updates were HOT (a new version on the same page, no new index entry: the table keeps half of each page free, `fillfactor = 50`); dead versions stay until pruning or autovacuum reuses their space ({:.0} autovacuum runs in the window, {:.0} dead tuples at its end), so the table levels off near its live rows plus what is written between two runs ({:.0} rows/s × the 60 s naptime), whatever the time.\n\n\
+         Projected per day, assuming the window's steady state all day (the same {} roles, each charged all day; a ledger is written when its spend moved by 1 % of the budget, when its role is on a step, or once a minute, so a role idle for a minute is not written; ledger rows bounded by the roles): **{:.1} million rows written**, **{} of WAL** from pgmon's statements, and the tables' size that of the window's end: **{}** for all `pgmon.*` tables ({} of it `pgmon.budget_ledgers`, {:.0} bytes per role), not growing with the days: `pgmon.storage_usage` keeps one row per role and database, `pgmon.audit` only enforcement actions (none here) for `audit.retention_days` (90), and ledgers idle for a day are deleted.\n",
         ledger_end.rows,
         ledger_end.autovacuums - ledger_from.autovacuums,
         ledger_end.dead,
