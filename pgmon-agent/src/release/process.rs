@@ -6,7 +6,7 @@
 
 use std::{
     fs, io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::SocketAddr,
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -139,16 +139,14 @@ fn wait_gone(pid: u32, within: Duration) -> Option<Duration> {
     None
 }
 
-/// Whether `pid` no longer runs: no /proc entry, or state Z (zombie) or X (dead), the
-/// field after the command name in `/proc/PID/stat` (proc(5)).
+/// Whether `pid` no longer runs: no /proc entry, or state Z (zombie) or X (dead)
+/// (`/proc/PID/stat`, proc(5), read by `procfs`).
 fn gone(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_none_or(|state| state == "Z" || state == "X"),
-    }
+    i32::try_from(pid)
+        .ok()
+        .and_then(|p| procfs::process::Process::new(p).ok())
+        .and_then(|p| p.stat().ok())
+        .is_none_or(|stat| stat.state == 'Z' || stat.state == 'X')
 }
 
 /// The systemd unit `pid` is the main process of: the `.service` its cgroup names
@@ -159,7 +157,11 @@ fn systemd_unit(pid: u32) -> Option<String> {
     if !Path::new("/run/systemd/system").exists() {
         return None;
     }
-    let unit = unit_of_cgroup(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)?;
+    let cgroups = procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .ok()?
+        .cgroups()
+        .ok()?;
+    let unit = unit_of_cgroup(cgroups.0.iter().map(|c| c.pathname.as_str()))?;
     let out = Command::new("systemctl")
         .args(["show", "-p", "MainPID", "--value", &unit])
         .output()
@@ -168,83 +170,44 @@ fn systemd_unit(pid: u32) -> Option<String> {
     (main == pid).then_some(unit)
 }
 
-/// The `.service` unit a `/proc/PID/cgroup` text names (the last component of a
-/// hierarchy's path, cgroup v2's `0::` line or v1's `name=systemd`).
-pub fn unit_of_cgroup(text: &str) -> Option<String> {
-    text.lines()
-        .filter_map(|l| l.splitn(3, ':').nth(2))
+/// The `.service` unit named by the last component of a process's cgroup paths
+/// (`/proc/PID/cgroup`: cgroup v2's `0::` line, or v1's hierarchies).
+pub fn unit_of_cgroup<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    paths
+        .into_iter()
         .filter_map(|path| path.rsplit('/').next())
         .find(|last| last.ends_with(".service"))
         .map(str::to_owned)
 }
 
 /// The pid owning the TCP socket listening on `addr`: its inode from `/proc/net/tcp` or
-/// `tcp6` (proc(5)), then the process with a `socket:[INODE]` link under `/proc/PID/fd`.
+/// `tcp6` (proc(5)), then the process with that socket among its file descriptors (both
+/// read by `procfs`).
 fn listener_pid(addr: SocketAddr) -> io::Result<Option<u32>> {
-    let mut inodes = Vec::new();
-    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
-        let Ok(text) = fs::read_to_string(file) else {
-            continue;
-        };
-        inodes.extend(
-            text.lines()
-                .skip(1)
-                .filter_map(|l| listening(l, v6))
-                .filter(|(a, _)| *a == addr)
-                .map(|(_, inode)| format!("socket:[{inode}]")),
-        );
-    }
+    use procfs::{
+        net::TcpState,
+        process::{FDTarget, all_processes},
+    };
+    let inodes: Vec<u64> = [procfs::net::tcp(), procfs::net::tcp6()]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.state == TcpState::Listen && e.local_address == addr)
+        .map(|e| e.inode)
+        .collect();
     if inodes.is_empty() {
         return Ok(None);
     }
-    for entry in fs::read_dir("/proc")? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let Ok(link) = fs::read_link(fd.path())
-                && inodes.iter().any(|i| link.as_os_str() == i.as_str())
-            {
-                return Ok(Some(pid));
-            }
+    for p in all_processes().map_err(io::Error::other)?.flatten() {
+        let Ok(fds) = p.fd() else { continue };
+        if fds
+            .flatten()
+            .any(|fd| matches!(fd.target, FDTarget::Socket(i) if inodes.contains(&i)))
+        {
+            return Ok(u32::try_from(p.pid).ok());
         }
     }
     Ok(None)
-}
-
-/// A `/proc/net/tcp{,6}` line in state LISTEN (0A): its local address and socket inode.
-/// Addresses are hex of 32-bit words as the host holds them (so their native bytes are the
-/// address's), ports plain hex.
-fn listening(line: &str, v6: bool) -> Option<(SocketAddr, u64)> {
-    let f: Vec<&str> = line.split_whitespace().collect();
-    if f.get(3) != Some(&"0A") {
-        return None;
-    }
-    let (ip, port) = f.get(1)?.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| {
-        ip.get(i * 8..i * 8 + 8)
-            .and_then(|w| u32::from_str_radix(w, 16).ok())
-            .map(u32::to_ne_bytes)
-    };
-    let ip = if v6 {
-        let mut b = [0u8; 16];
-        for i in 0..4 {
-            b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
-        }
-        IpAddr::V6(Ipv6Addr::from(b))
-    } else {
-        IpAddr::V4(Ipv4Addr::from(word(0)?))
-    };
-    Some((SocketAddr::new(ip, port), f.get(9)?.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -252,31 +215,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn listening_sockets_parse() {
-        let v4 = "   0: 0100007F:1FF5 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 298 1 0000000000000000 100 0 0 10 0";
-        assert_eq!(
-            listening(v4, false),
-            Some(("127.0.0.1:8181".parse().unwrap(), 298))
-        );
-        let established = v4.replace(" 0A ", " 01 ");
-        assert_eq!(listening(&established, false), None);
-        let v6 = "   0: 00000000000000000000000001000000:1FF5 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0";
-        assert_eq!(
-            listening(v6, true),
-            Some(("[::1]:8181".parse().unwrap(), 4242))
-        );
-    }
-
-    #[test]
     fn the_unit_comes_from_the_cgroup() {
         assert_eq!(
-            unit_of_cgroup("0::/system.slice/pgmon-agent.service\n").as_deref(),
+            unit_of_cgroup(["/system.slice/pgmon-agent.service"]).as_deref(),
             Some("pgmon-agent.service")
         );
-        let v1 = "4:memory:/system.slice/pgmon-agent.service\n1:name=systemd:/system.slice/pgmon-agent.service\n";
+        let v1 = ["/user.slice", "/system.slice/pgmon-agent.service"];
         assert_eq!(unit_of_cgroup(v1).as_deref(), Some("pgmon-agent.service"));
-        assert_eq!(unit_of_cgroup("0::/user.slice/session-3.scope\n"), None);
-        assert_eq!(unit_of_cgroup("0::/\n"), None);
+        assert_eq!(unit_of_cgroup(["/user.slice/session-3.scope"]), None);
+        assert_eq!(unit_of_cgroup(["/"]), None);
     }
 
     #[test]
