@@ -26,7 +26,12 @@ pub fn replay(file: &Path, passes: u32, cold: bool) -> anyhow::Result<()> {
         "cluster:\n  data_directory: /nonexistent\n",
     )?;
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut pipeline = Pipeline::new(&config, Metrics::new("replay", 0), tx.clone());
+    let mut pipeline = Pipeline::new(
+        &config.query,
+        config.capture.max_message_bytes,
+        Metrics::new("replay", 0),
+        tx.clone(),
+    );
     if !cold {
         for r in &records {
             pipeline.on_record(r);
@@ -36,7 +41,12 @@ pub fn replay(file: &Path, passes: u32, cold: bool) -> anyhow::Result<()> {
     let mut queries = 0u64;
     for _ in 0..passes.max(1) {
         if cold {
-            pipeline = Pipeline::new(&config, Metrics::new("replay", 0), tx.clone());
+            pipeline = Pipeline::new(
+                &config.query,
+                config.capture.max_message_bytes,
+                Metrics::new("replay", 0),
+                tx.clone(),
+            );
         } else {
             pipeline.reset_connections();
         }

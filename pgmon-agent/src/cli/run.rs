@@ -158,7 +158,12 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
         std::thread::Builder::new()
             .name("pgmon-capture".into())
             .spawn(move || {
-                let mut pipeline = Pipeline::new(&config, metrics, lookup_tx);
+                let mut pipeline = Pipeline::new(
+                    &config.query,
+                    config.capture.max_message_bytes,
+                    metrics,
+                    lookup_tx,
+                );
                 if let Some(link) = budget_link {
                     pipeline = pipeline.with_budgets(link);
                 }

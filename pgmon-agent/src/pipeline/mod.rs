@@ -16,7 +16,6 @@ use crate::{
     attribution::Answer,
     budget::{Budgets, CostKnown},
     capture::{Capture, Record},
-    config::Config,
     cost::CostAnswer,
     metrics::{Metrics, TopStatement},
     query::{Normalizer, Stmt, fingerprint_hex},
@@ -135,9 +134,15 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// A pipeline for `config`, exporting through `metrics`, asking pg_stat_activity
-    /// lookups on `lookups`.
-    pub fn new(config: &Config, metrics: Arc<Metrics>, lookups: UnboundedSender<u32>) -> Self {
+    /// A pipeline with the `query:` settings and the largest message reassembled
+    /// (`capture.max_message_bytes`), exporting through `metrics`, asking
+    /// pg_stat_activity lookups on `lookups`.
+    pub fn new(
+        query: &crate::query::config::QueryConfig,
+        max_message_bytes: usize,
+        metrics: Arc<Metrics>,
+        lookups: UnboundedSender<u32>,
+    ) -> Self {
         Self {
             budget: None,
             now_ms: crate::util::now_ms(),
@@ -145,19 +150,16 @@ impl Pipeline {
             conns: HashMap::default(),
             backends: HashMap::default(),
             preexisting: Default::default(),
-            normalizer: Normalizer::new(
-                config.query.statement_cache_entries,
-                config.query.max_text_chars,
-            ),
+            normalizer: Normalizer::new(query.statement_cache_entries, query.max_text_chars),
             stats: Stats::new(
                 metrics.clone(),
-                config.query.fingerprints_per_role,
-                config.query.max_fingerprints,
+                query.fingerprints_per_role,
+                query.max_fingerprints,
             ),
             metrics,
             lookups,
-            max_message_bytes: u32::try_from(config.capture.max_message_bytes).unwrap_or(u32::MAX),
-            top_k: config.query.top_k_fingerprints,
+            max_message_bytes: u32::try_from(max_message_bytes).unwrap_or(u32::MAX),
+            top_k: query.top_k_fingerprints,
             counters: Counters::default(),
             tls_on: false,
             unreadable: Default::default(),
