@@ -83,19 +83,50 @@ pub async fn serve(listener: TcpListener, endpoint: Endpoint) {
     }
 }
 
+/// The manual levers, POSTed by the CLI from the agent's host.
+#[derive(Clone, Copy)]
+enum Lever {
+    StorageUnlock,
+    BudgetUnlock,
+    CostForget,
+}
+
+impl Lever {
+    fn name(self) -> &'static str {
+        match self {
+            Lever::StorageUnlock | Lever::BudgetUnlock => "unlock",
+            Lever::CostForget => "cost forget",
+        }
+    }
+}
+
 async fn handle(
     ep: Endpoint,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.method() == Method::POST && req.uri().path() == "/api/v1/storage/unlock" {
-        return Ok(unlock(&ep, peer, &req).await);
-    }
-    if req.method() == Method::POST && req.uri().path() == "/api/v1/budget/unlock" {
-        return Ok(unlock_budget(&ep, peer, &req).await);
-    }
-    if req.method() == Method::POST && req.uri().path() == "/api/v1/cost/forget" {
-        return Ok(cost_forget(&ep, peer, &req).await);
+    if req.method() == Method::POST {
+        let lever = match req.uri().path() {
+            "/api/v1/storage/unlock" => Some(Lever::StorageUnlock),
+            "/api/v1/budget/unlock" => Some(Lever::BudgetUnlock),
+            "/api/v1/cost/forget" => Some(Lever::CostForget),
+            _ => None,
+        };
+        if let Some(lever) = lever {
+            // Anyone who can scrape a non-loopback `metrics.listen` must not pull a lever.
+            if !peer.ip().is_loopback() {
+                return Ok(text(
+                    StatusCode::FORBIDDEN,
+                    "text/plain",
+                    format!("{} is accepted from the agent's host only\n", lever.name()),
+                ));
+            }
+            return Ok(match lever {
+                Lever::StorageUnlock => unlock(&ep, &req).await,
+                Lever::BudgetUnlock => unlock_budget(&ep, &req).await,
+                Lever::CostForget => cost_forget(&ep, &req).await,
+            });
+        }
     }
     if req.method() != Method::GET {
         return Ok(text(
@@ -189,14 +220,7 @@ fn alerts(ep: &Endpoint) -> Response<Full<Bytes>> {
 /// `POST /api/v1/storage/unlock?role=NAME`: 200 with what `pgmon.unlock_role` said, 409
 /// when the role is not locked by the storage quota (or the database refused), 403 from a
 /// non-loopback peer, 404 when storage quotas are off.
-async fn unlock(ep: &Endpoint, peer: SocketAddr, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if !peer.ip().is_loopback() {
-        return text(
-            StatusCode::FORBIDDEN,
-            "text/plain",
-            "unlock is accepted from the agent's host only\n".into(),
-        );
-    }
+async fn unlock(ep: &Endpoint, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let Some(storage) = &ep.storage else {
         return text(
             StatusCode::NOT_FOUND,
@@ -231,18 +255,7 @@ fn role_param(req: &Request<Incoming>) -> Option<String> {
 /// and the role's settings now, 409 when the role has no budget (or the database
 /// refused), 403 from a non-loopback peer, 404 when budgets are off, 503 when the capture
 /// thread or the enforcer does not answer within 40 s.
-async fn unlock_budget(
-    ep: &Endpoint,
-    peer: SocketAddr,
-    req: &Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    if !peer.ip().is_loopback() {
-        return text(
-            StatusCode::FORBIDDEN,
-            "text/plain",
-            "unlock is accepted from the agent's host only\n".into(),
-        );
-    }
+async fn unlock_budget(ep: &Endpoint, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let Some(tx) = &ep.budget_reset else {
         return text(
             StatusCode::NOT_FOUND,
@@ -294,18 +307,7 @@ fn query_params(req: &Request<Incoming>) -> Vec<(String, String)> {
 /// `?all=true` (what `pgmon-agent cost forget` calls): 200 with what was forgotten, 400 on
 /// a bad request, 403 from a non-loopback peer, 404 when costing is off, 503 when the
 /// persisted rows could not be deleted (the cache was).
-async fn cost_forget(
-    ep: &Endpoint,
-    peer: SocketAddr,
-    req: &Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    if !peer.ip().is_loopback() {
-        return text(
-            StatusCode::FORBIDDEN,
-            "text/plain",
-            "cost forget is accepted from the agent's host only\n".into(),
-        );
-    }
+async fn cost_forget(ep: &Endpoint, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let Some(cost) = &ep.cost else {
         return text(
             StatusCode::NOT_FOUND,

@@ -3,12 +3,9 @@
 //! replication roles, pgmon's own roles and `pgmon.exempt_roles`, touches no background
 //! process (autovacuum, walsenders), and writes an audit row per backend.
 
-use std::{
-    io::{BufRead as _, IsTerminal as _, Write as _},
-    path::Path,
-};
+use std::path::Path;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use crate::config::Config;
 
@@ -56,19 +53,10 @@ fn log(outcomes: &[Outcome], trigger: &str) {
 pub fn emergency(path: &Path, yes: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     if !yes {
-        if !std::io::stdin().is_terminal() {
-            bail!("refusing without a terminal to confirm on: pass --yes");
-        }
-        print!(
-            "Terminate every non-essential session of the cluster at {}? Type YES: ",
+        super::confirm(&format!(
+            "Terminate every non-essential session of the cluster at {}?",
             config.cluster.data_directory.display()
-        );
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if answer.trim() != "YES" {
-            bail!("not confirmed; nothing done");
-        }
+        ))?;
     }
     let monitor = crate::db::monitor_config(&config.cluster.connection)?;
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -194,6 +194,23 @@ pub enum Command {
     },
 }
 
+/// Asks `question` on the terminal and returns when the operator types `YES`; an error
+/// without a terminal (pass `--yes`) or for any other answer (nothing is done).
+pub fn confirm(question: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("refusing without a terminal to confirm on: pass --yes");
+    }
+    print!("{question} Type YES: ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if answer.trim() != "YES" {
+        anyhow::bail!("not confirmed; nothing done");
+    }
+    Ok(())
+}
+
 /// `pgmon-agent cost …`.
 #[derive(Debug, Subcommand)]
 pub enum CostCommand {

@@ -14,11 +14,7 @@
 //! unreachable database still gets its agent stopped); the command then fails, saying what
 //! is left. Run it again, or `sql/uninstall.sql`, to finish.
 
-use std::{
-    io::{BufRead as _, IsTerminal as _, Write as _},
-    path::Path,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, bail};
 
@@ -124,18 +120,8 @@ pub fn release_all(
 }
 
 fn confirm(config: &Config) -> anyhow::Result<()> {
-    if !std::io::stdin().is_terminal() {
-        bail!("refusing without a terminal to confirm on: pass --yes");
-    }
-    print!(
-        "Stop the agent and give back every role pgmon changed in the cluster at {}? Type YES: ",
+    super::confirm(&format!(
+        "Stop the agent and give back every role pgmon changed in the cluster at {}?",
         config.cluster.data_directory.display()
-    );
-    std::io::stdout().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    if answer.trim() != "YES" {
-        bail!("not confirmed; nothing done");
-    }
-    Ok(())
+    ))
 }
