@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod policy;
 pub mod reset;
+mod status;
 pub mod tier;
 
 use std::{
@@ -28,7 +29,8 @@ use crate::{
 };
 use ledger::Ledger;
 use metrics::BudgetMetrics;
-use policy::{ActionKind, Compiled, Unit};
+use policy::{Compiled, Unit};
+pub use status::{BudgetStatus, CostKnown};
 
 /// A change of a role's ladder step.
 #[derive(Clone, Debug, PartialEq)]
@@ -527,83 +529,6 @@ impl Budgets {
     pub fn cost_entries(&self) -> u64 {
         self.costs.entries()
     }
-
-    /// What is known of `fingerprint`'s cost, for status and metrics (not counted as a
-    /// cache hit or miss).
-    pub fn cost_of(&self, fingerprint: u64) -> CostKnown {
-        if !self.cost_enabled {
-            return CostKnown::Disabled;
-        }
-        match self.costs.get(fingerprint) {
-            Some(Some(c)) => CostKnown::Costed(c),
-            Some(None) => CostKnown::NotCostable,
-            None => CostKnown::Pending,
-        }
-    }
-
-    /// Each budgeted role: (role, tier, spend, budget, utilisation, step action).
-    pub fn status(&self, now_ms: u64) -> Vec<BudgetStatus> {
-        let ladder = &self.policy.policy.ladder;
-        let mut v: Vec<_> = self
-            .roles
-            .iter()
-            .filter_map(|(role, r)| {
-                let t = self.policy.policy.tiers.get(&r.tier)?;
-                let spend = r.ledger.spend(now_ms, t.window_at(now_ms));
-                let utilisation = (spend - t.burst).max(0.0) / t.budget;
-                let step = r.step.map(|i| &ladder[i]);
-                Some(BudgetStatus {
-                    role: role.to_string(),
-                    tier: r.tier.clone(),
-                    unit: t.unit,
-                    spend,
-                    budget: t.budget,
-                    window_seconds: t.window_seconds,
-                    reset: t.reset,
-                    utilisation,
-                    step: step.map(|s| s.action),
-                    step_at: step.map(|s| s.at),
-                    connection_limit: step.and_then(|s| s.limit),
-                })
-            })
-            .collect();
-        v.sort_by(|a, b| b.utilisation.total_cmp(&a.utilisation));
-        v
-    }
-}
-
-/// What the agent knows of one fingerprint's cost.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum CostKnown {
-    /// Total cost of its generic plan, planner units.
-    Costed(f64),
-    /// The worker could not cost it (its reason is counted); the default is charged.
-    NotCostable,
-    /// Not estimated yet (or expired from the cache).
-    Pending,
-    /// `cost.enabled: false`.
-    Disabled,
-}
-
-/// One role's budget in `status`.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct BudgetStatus {
-    pub role: String,
-    pub tier: String,
-    pub unit: Unit,
-    pub spend: f64,
-    pub budget: f64,
-    /// The rolling window, or with `reset` the calendar period's length.
-    pub window_seconds: u64,
-    /// The tier's calendar reset (`hourly`, `daily`); none: a rolling window.
-    #[serde(default)]
-    pub reset: Option<policy::Reset>,
-    pub utilisation: f64,
-    /// The ladder step applied (`None`: under every step).
-    pub step: Option<ActionKind>,
-    /// The utilisation at which that step applies: the reason it is applied.
-    pub step_at: Option<f64>,
-    pub connection_limit: Option<i32>,
 }
 
 #[cfg(test)]
