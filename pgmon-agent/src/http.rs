@@ -42,7 +42,12 @@ impl Default for MetricsConfig {
 /// What the server needs.
 #[derive(Clone)]
 pub struct Endpoint {
+    /// The exporter behind `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// What the health loops last read (`/healthz` answers 503 when it is degraded).
+    pub health: crate::health::Board,
+    /// The alerts in flight (`/api/v1/alerts`).
+    pub alerts: crate::alerts::AlertBook,
     /// To the capture thread.
     pub status: std::sync::mpsc::Sender<StatusRequest>,
     /// Milliseconds since the UNIX epoch of the capture thread's last drain.
@@ -162,7 +167,7 @@ async fn handle(
             let now = now_ms();
             let last = ep.last_drain_ms.load(std::sync::atomic::Ordering::Relaxed);
             if last != 0 && now.saturating_sub(last) < 5_000 {
-                let degraded = ep.metrics.health.degraded();
+                let degraded = ep.health.degraded();
                 let body = if degraded.is_empty() {
                     "ok\n".to_owned()
                 } else {
@@ -213,7 +218,7 @@ fn alerts(ep: &Endpoint) -> Response<Full<Bytes>> {
     text(
         StatusCode::OK,
         "application/json",
-        crate::api::alerts::json(&ep.metrics.alerts),
+        crate::api::alerts::json(&ep.alerts),
     )
 }
 

@@ -44,6 +44,15 @@ pub fn bytes(b: f64) -> String {
     }
 }
 
+/// (resident bytes, CPU seconds) of this process, from /proc/self/stat (proc(5)).
+pub fn process_usage() -> Option<(u64, f64)> {
+    let me = procfs::process::Process::myself().ok()?;
+    let stat = me.stat().ok()?;
+    let ticks = procfs::ticks_per_second() as f64;
+    let page = procfs::page_size();
+    Some((stat.rss * page, (stat.utime + stat.stime) as f64 / ticks))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

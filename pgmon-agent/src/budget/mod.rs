@@ -525,9 +525,9 @@ impl Budgets {
         self.policy.policy.persist_interval_seconds * 1000
     }
 
-    /// Fingerprints in the cost cache.
-    pub fn cost_entries(&self) -> u64 {
-        self.costs.entries()
+    /// Publishes the cost cache's size as `pgmon_cost_cache_entries`.
+    pub fn publish_cost_entries(&self) {
+        self.cost_metrics.entries.set(self.costs.entries() as i64);
     }
 }
 

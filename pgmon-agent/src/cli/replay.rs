@@ -11,7 +11,11 @@ use std::{path::Path, time::Instant};
 
 use anyhow::Context as _;
 
-use crate::{capture::Record, config::Config, metrics::Metrics, pipeline::Pipeline};
+use crate::{
+    capture::Record,
+    config::Config,
+    pipeline::{Pipeline, metrics::TrafficMetrics},
+};
 
 /// Replays `file` `passes` times and prints
 /// `{"records":…,"queries":…,"seconds":…,"records_per_second":…,"queries_per_second":…}`.
@@ -29,7 +33,7 @@ pub fn replay(file: &Path, passes: u32, cold: bool) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(
         &config.query,
         config.capture.max_message_bytes,
-        Metrics::new("replay", 0),
+        TrafficMetrics::register(&mut Default::default(), "replay", 0),
         tx.clone(),
     );
     if !cold {
@@ -44,7 +48,7 @@ pub fn replay(file: &Path, passes: u32, cold: bool) -> anyhow::Result<()> {
             pipeline = Pipeline::new(
                 &config.query,
                 config.capture.max_message_bytes,
-                Metrics::new("replay", 0),
+                TrafficMetrics::register(&mut Default::default(), "replay", 0),
                 tx.clone(),
             );
         } else {

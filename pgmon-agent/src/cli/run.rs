@@ -33,6 +33,7 @@ use crate::{
     metrics::Metrics,
     pipeline::BudgetLink,
     pipeline::Pipeline,
+    pipeline::metrics::TrafficMetrics,
     status::StatusRequest,
 };
 
@@ -64,8 +65,8 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
             tracing::info!(%reason, "TLS capture off: TLS sessions are counted as unreadable and charged by CPU time");
         }
     }
-    let metrics = Metrics::new(hook.name(), hook.cost_rank());
-    metrics.set_tls_capture(capture.tls());
+    let (metrics, sets) = register_metrics(hook.name(), hook.cost_rank());
+    sets.traffic.set_tls_capture(capture.tls());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -85,12 +86,12 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
     let stop = Arc::new(AtomicBool::new(false));
 
     let (budget_link, budget_policies, cost_control) =
-        match start_budgets(&config, &runtime, &monitor, &metrics)? {
+        match start_budgets(&config, &runtime, &monitor, &sets)? {
             Some((link, tx, cost)) => (Some(link), Some(tx), cost),
             None => (None, None, None),
         };
     if config.health.enabled {
-        crate::health::start(&runtime, &config.health, &monitor, &metrics.health);
+        crate::health::start(&runtime, &config.health, &monitor, &sets.health);
     }
     let cleanup = if config.cleanup.enabled {
         let policy = config
@@ -102,23 +103,23 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
         runtime.spawn(crate::cleanup::serve(
             rx,
             monitor.clone(),
-            metrics.budget.clone(),
+            sets.budget.clone(),
         ));
         Some(tx)
     } else {
         None
     };
     runtime.spawn(crate::cli::emergency::on_sigusr1(monitor.clone()));
-    let storage = start_storage(&config, &runtime, &monitor, &metrics)?;
+    let storage = start_storage(&config, &runtime, &monitor, &sets)?;
     let alerts = if config.alerts.enabled {
         Some(crate::alerts::start(
             &runtime,
             &config.alerts,
             &monitor,
-            metrics.health.clone(),
+            sets.health.clone(),
             storage.clone(),
-            config.budgets.enabled.then(|| metrics.budget.clone()),
-            metrics.alerts.clone(),
+            config.budgets.enabled.then(|| sets.budget.clone()),
+            sets.alerts.clone(),
         )?)
     } else {
         None
@@ -129,7 +130,7 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
         monitor.clone(),
         status_tx.clone(),
         storage.clone(),
-        metrics.health.clone(),
+        sets.health.clone(),
     );
     runtime.spawn(attribution::serve(
         monitor.clone(),
@@ -141,6 +142,8 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
         listener,
         Endpoint {
             metrics: metrics.clone(),
+            health: sets.health.clone(),
+            alerts: sets.alerts.clone(),
             status: status_tx,
             last_drain_ms: last_drain_ms.clone(),
             storage: storage.clone(),
@@ -154,14 +157,14 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
     let capture_thread = {
         let stop = stop.clone();
         let config = config.clone();
-        let metrics = metrics.clone();
+        let traffic = sets.traffic.clone();
         std::thread::Builder::new()
             .name("pgmon-capture".into())
             .spawn(move || {
                 let mut pipeline = Pipeline::new(
                     &config.query,
                     config.capture.max_message_bytes,
-                    metrics,
+                    traffic,
                     lookup_tx,
                 );
                 if let Some(link) = budget_link {
@@ -223,6 +226,35 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
     Ok(())
 }
 
+/// Each subsystem's metric families, registered into the one exporter at start-up. Each
+/// set goes only to the subsystem that updates it; the health board and the alert book
+/// also go to their readers (the alert engine, the API, `/healthz`).
+struct Sets {
+    traffic: Arc<TrafficMetrics>,
+    cost: crate::cost::CostMetrics,
+    budget: crate::budget::metrics::BudgetMetrics,
+    storage: crate::storage::metrics::StorageMetrics,
+    health: crate::health::Board,
+    alerts: crate::alerts::AlertBook,
+}
+
+/// The exporter and every subsystem's families registered in it; `hook` and its cost rank
+/// become `pgmon_probe_info`.
+fn register_metrics(hook: &str, cost_rank: usize) -> (Arc<Metrics>, Sets) {
+    let mut metrics = Metrics::new();
+    let registry = metrics.registry();
+    let sets = Sets {
+        traffic: TrafficMetrics::register(registry, hook, cost_rank),
+        cost: crate::cost::CostMetrics::register(registry),
+        budget: crate::budget::metrics::BudgetMetrics::register(registry),
+        storage: crate::storage::metrics::StorageMetrics::register(registry),
+        health: crate::health::Board::default(),
+        alerts: crate::alerts::AlertBook::register(registry),
+    };
+    registry.register_collector(sets.health.collector());
+    (Arc::new(metrics), sets)
+}
+
 /// Waits until the monitor database answers (retrying with backoff), then tells systemd
 /// the agent is ready: the probes are attached before this task starts.
 async fn become_ready(monitor: tokio_postgres::Config, hook: &'static str) {
@@ -263,7 +295,7 @@ fn start_budgets(
     config: &Config,
     runtime: &tokio::runtime::Runtime,
     monitor: &tokio_postgres::Config,
-    metrics: &Arc<Metrics>,
+    sets: &Sets,
 ) -> anyhow::Result<Option<(BudgetLink, PolicySender, Option<crate::cost::Control>)>> {
     if !config.budgets.enabled {
         return Ok(None);
@@ -288,7 +320,7 @@ fn start_budgets(
             crate::db::monitor_config(conninfo)?,
             config.cost.clone(),
             costs.clone(),
-            metrics.cost.clone(),
+            sets.cost.clone(),
         );
         let store = {
             let _enter = runtime.enter();
@@ -321,7 +353,7 @@ fn start_budgets(
             mode: config.budgets.mode,
             ladder: config.budgets.ladder.clone(),
             policy: policy.clone(),
-            metrics: metrics.budget.clone(),
+            metrics: sets.budget.clone(),
         }
         .serve(enforcer_rx, protected_tx),
     );
@@ -333,8 +365,8 @@ fn start_budgets(
             cost_requests: request_tx,
             enforcer: enforcer_tx,
         },
-        metrics.cost.clone(),
-        metrics.budget.clone(),
+        sets.cost.clone(),
+        sets.budget.clone(),
         persisted,
     );
     let (policy_tx, policy_rx) = std::sync::mpsc::channel();
@@ -357,7 +389,7 @@ fn start_storage(
     config: &Config,
     runtime: &tokio::runtime::Runtime,
     monitor: &tokio_postgres::Config,
-    metrics: &Arc<Metrics>,
+    sets: &Sets,
 ) -> anyhow::Result<Option<crate::storage::StorageHandle>> {
     if !config.storage.enabled {
         return Ok(None);
@@ -370,7 +402,7 @@ fn start_storage(
         policy,
         monitor.clone(),
         config.cluster.data_directory.clone(),
-        metrics.storage.clone(),
+        sets.storage.clone(),
     ));
     Ok(Some(handle))
 }

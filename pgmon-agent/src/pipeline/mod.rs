@@ -3,6 +3,7 @@
 //!
 //! Runs on the capture thread only; owns all its state, so nothing here takes a lock.
 
+pub mod metrics;
 pub mod stats;
 #[cfg(test)]
 mod tests;
@@ -17,7 +18,6 @@ use crate::{
     budget::{Budgets, CostKnown},
     capture::{Capture, Record},
     cost::CostAnswer,
-    metrics::{Metrics, TopStatement},
     query::{Normalizer, Stmt, fingerprint_hex},
     status::{AgentStatus, CaptureStatus, ClusterStatus, RefusedHook, Status},
     wire::{
@@ -25,6 +25,7 @@ use crate::{
         ErrorScope, Limits, Outcome, Replication, Startup,
     },
 };
+use metrics::{TopStatement, TrafficMetrics};
 use stats::{RoleDbId, Stats};
 
 /// Most completions held for a connection awaiting its pg_stat_activity answer.
@@ -88,7 +89,7 @@ struct Conn {
     next_offset: [u32; 2],
 }
 
-/// Counters kept by the pipeline itself (exported through [`Metrics`] as they change).
+/// Counters kept by the pipeline itself (exported through [`TrafficMetrics`] as they change).
 #[derive(Clone, Copy, Debug, Default)]
 struct Counters {
     desyncs_frontend: u64,
@@ -120,7 +121,7 @@ pub struct Pipeline {
     preexisting: std::collections::HashSet<u32>,
     normalizer: Normalizer,
     stats: Stats,
-    metrics: Arc<Metrics>,
+    metrics: Arc<TrafficMetrics>,
     lookups: UnboundedSender<u32>,
     max_message_bytes: u32,
     top_k: usize,
@@ -140,7 +141,7 @@ impl Pipeline {
     pub fn new(
         query: &crate::query::config::QueryConfig,
         max_message_bytes: usize,
-        metrics: Arc<Metrics>,
+        metrics: Arc<TrafficMetrics>,
         lookups: UnboundedSender<u32>,
     ) -> Self {
         Self {
@@ -224,10 +225,7 @@ impl Pipeline {
             link.budgets.snapshot(self.now_ms);
             self.last_snapshot_ms = self.now_ms;
         }
-        self.metrics
-            .cost
-            .entries
-            .set(link.budgets.cost_entries() as i64);
+        link.budgets.publish_cost_entries();
     }
 
     /// Pids that were running when the capture attached: their connections start
@@ -556,7 +554,7 @@ impl Pipeline {
     pub fn status(&self, capture: &Capture, started: Instant, data_directory: &Path) -> Status {
         let k = capture.counters();
         let n = self.normalizer.stats();
-        let (rss, cpu) = crate::metrics::process_usage().unwrap_or((0, 0.0));
+        let (rss, cpu) = crate::util::process_usage().unwrap_or((0, 0.0));
         let c = &self.counters;
         Status {
             agent: AgentStatus {
@@ -678,7 +676,7 @@ struct ConnSink<'a> {
     backend: &'a mut Backend,
     normalizer: &'a mut Normalizer,
     stats: &'a mut Stats,
-    metrics: &'a Metrics,
+    metrics: &'a TrafficMetrics,
     counters: &'a mut Counters,
 }
 

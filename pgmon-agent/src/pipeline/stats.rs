@@ -9,9 +9,9 @@ use std::{collections::HashMap, sync::Arc};
 
 use ahash::AHashMap;
 
+use super::metrics::{RoleDbHandles, TrafficMetrics};
 use crate::{
     budget::CostKnown,
-    metrics::{Metrics, RoleDbHandles},
     query::{Stmt, fingerprint_hex},
     status::{FingerprintStatus, RoleStatus},
 };
@@ -61,7 +61,7 @@ pub struct Stats {
     global: AHashMap<u64, FingerprintCounters>,
     per_role_cap: usize,
     global_cap: usize,
-    metrics: Arc<Metrics>,
+    metrics: Arc<TrafficMetrics>,
 }
 
 /// Identifies a [`RoleDb`] inside [`Stats`]; stable for the agent's lifetime.
@@ -69,7 +69,7 @@ pub type RoleDbId = usize;
 
 impl Stats {
     /// Empty statistics exporting through `metrics`.
-    pub fn new(metrics: Arc<Metrics>, per_role_cap: usize, global_cap: usize) -> Self {
+    pub fn new(metrics: Arc<TrafficMetrics>, per_role_cap: usize, global_cap: usize) -> Self {
         Self {
             index: HashMap::new(),
             role_dbs: Vec::new(),
@@ -173,7 +173,7 @@ impl Stats {
         self.metrics.connection_error(&r.role, class);
     }
 
-    fn count_error(metrics: &Metrics, r: &mut RoleDb, sqlstate: [u8; 5]) {
+    fn count_error(metrics: &TrafficMetrics, r: &mut RoleDb, sqlstate: [u8; 5]) {
         r.errors += 1;
         let class = [sqlstate[0], sqlstate[1]];
         *r.errors_by_class.entry(class).or_default() += 1;

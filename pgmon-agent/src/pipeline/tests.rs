@@ -6,7 +6,8 @@ use crate::wire::tests::enc::*;
 
 /// What a [`ConnSink`] needs, owned.
 struct Rig {
-    metrics: Arc<Metrics>,
+    metrics: Arc<TrafficMetrics>,
+    registry: prometheus_client::registry::Registry,
     stats: Stats,
     normalizer: Normalizer,
     counters: Counters,
@@ -14,8 +15,10 @@ struct Rig {
 
 impl Rig {
     fn new() -> Self {
-        let metrics = Metrics::new("tracepoint", 2);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = TrafficMetrics::register(&mut registry, "tracepoint", 2);
         Rig {
+            registry,
             stats: Stats::new(metrics.clone(), 100, 100),
             metrics,
             normalizer: Normalizer::new(100, 4096),
@@ -124,7 +127,8 @@ fn connection_errors_are_counted_apart_from_statement_errors() {
         ]
         .into()
     );
-    let text = rig.metrics.encode();
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &rig.registry).unwrap();
     for needle in [
         "pgmon_connection_errors_total{role=\"alice\",sqlstate_class=\"28\"} 2",
         "pgmon_connection_errors_total{role=\"alice\",sqlstate_class=\"3D\"} 1",
