@@ -3,7 +3,7 @@
 
 mod bench;
 mod copy;
-pub(crate) mod enc;
+pub(crate) use crate::enc;
 mod errors;
 mod extended;
 mod midstream;
