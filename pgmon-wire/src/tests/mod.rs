@@ -10,6 +10,7 @@ mod midstream;
 mod midstream_older;
 mod pipeline;
 mod prop;
+mod prop_session;
 mod robust;
 mod simple;
 mod startup;
