@@ -1,5 +1,6 @@
-//! pgmon's host agent as a library: the pure parts (wire, query) and the parts that touch
-//! the kernel or the database (capture, attribution), wired together by `cli::run`.
+//! pgmon's host agent as a library: the pure parts (query; the protocol parser is the crate
+//! `pgmon-wire`) and the parts that touch the kernel or the database (capture, attribution),
+//! wired together by `cli::run`.
 pub mod alerts;
 pub mod api;
 pub mod attribution;
@@ -23,4 +24,3 @@ pub mod release;
 pub mod status;
 pub mod storage;
 pub mod util;
-pub mod wire;

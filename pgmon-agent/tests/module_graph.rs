@@ -187,8 +187,8 @@ fn the_module_graph_has_no_cycle() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let edges = edges(&src);
     assert!(
-        edges.contains_key(&("pipeline".into(), "wire".into())),
-        "the scan found no pipeline → wire edge: it is broken"
+        edges.contains_key(&("pipeline".into(), "query".into())),
+        "the scan found no pipeline → query edge: it is broken"
     );
     let mut cycles = Vec::new();
     let mut seen = BTreeSet::new();

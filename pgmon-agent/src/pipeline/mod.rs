@@ -1,4 +1,4 @@
-//! From ring-buffer records to per-role statistics: one [`wire::Connection`] per
+//! From ring-buffer records to per-role statistics: one [`pgmon_wire::Connection`] per
 //! (backend pid, socket fd), identity per backend, statements through the [`Normalizer`].
 //!
 //! Runs on the capture thread only; owns all its state, so nothing here takes a lock.
@@ -20,10 +20,10 @@ use crate::{
     cost::CostAnswer,
     query::{Normalizer, Stmt, fingerprint_hex},
     status::{AgentStatus, CaptureStatus, ClusterStatus, RefusedHook, Status},
-    wire::{
-        self, Completion, DesyncReason, Direction, Encryption, ErrorContext, ErrorResponse,
-        ErrorScope, Limits, Outcome, Replication, Startup,
-    },
+};
+use pgmon_wire::{
+    Completion, DesyncReason, Direction, Encryption, ErrorContext, ErrorResponse, ErrorScope,
+    Limits, Outcome, Replication, Startup,
 };
 use metrics::{TopStatement, TrafficMetrics};
 use stats::{RoleDbId, Stats};
@@ -84,7 +84,7 @@ struct Backend {
 /// current syscall ended (records of one call arrive in order; a jump is bytes the kernel
 /// did not copy).
 struct Conn {
-    wire: wire::Connection<Stmt>,
+    wire: pgmon_wire::Connection<Stmt>,
     /// End offset within the current call: [frontend, backend].
     next_offset: [u32; 2],
 }
@@ -311,13 +311,13 @@ impl Pipeline {
                     ..Limits::default()
                 };
                 let c = if backend.fresh {
-                    wire::Connection::with_limits(limits)
+                    pgmon_wire::Connection::with_limits(limits)
                 } else {
                     if matches!(backend.identity, Identity::AwaitStartup) {
                         backend.identity = Identity::Pending(Vec::new());
                         let _ = self.lookups.send(pid);
                     }
-                    wire::Connection::mid_stream_with_limits(limits)
+                    pgmon_wire::Connection::mid_stream_with_limits(limits)
                 };
                 self.conns.entry(key).or_insert(Conn {
                     wire: c,
@@ -665,7 +665,7 @@ fn clock_ticks_per_second() -> f64 {
     if hz > 0 { hz as f64 } else { 100.0 }
 }
 
-/// The [`wire::Sink`] of one connection: charges what the parser reports.
+/// The [`pgmon_wire::Sink`] of one connection: charges what the parser reports.
 struct ConnSink<'a> {
     budgets: Option<&'a mut Budgets>,
     now_ms: u64,
@@ -680,7 +680,7 @@ struct ConnSink<'a> {
     counters: &'a mut Counters,
 }
 
-impl wire::Sink for ConnSink<'_> {
+impl pgmon_wire::Sink for ConnSink<'_> {
     type Stmt = Stmt;
 
     fn prepare(&mut self, text: &[u8], simple: bool, out: &mut Vec<Stmt>) {

@@ -152,7 +152,7 @@ impl Stats {
     }
 
     /// A request of `id` that executed nothing failed with `sqlstate`
-    /// ([`crate::wire::ErrorScope::Request`]: a Parse or Bind error, a failed implicit
+    /// ([`pgmon_wire::ErrorScope::Request`]: a Parse or Bind error, a failed implicit
     /// commit): counted as one statement that failed, so that a role's errors never exceed
     /// its statements. No duration is known: the latency histograms leave it out.
     pub fn failed_request(&mut self, id: RoleDbId, sqlstate: [u8; 5]) {
@@ -163,7 +163,7 @@ impl Stats {
     }
 
     /// An ErrorResponse of `id` that answered no statement
-    /// ([`crate::wire::ErrorScope::Connection`]: a failed login, a session ended while idle, a
+    /// ([`pgmon_wire::ErrorScope::Connection`]: a failed login, a session ended while idle, a
     /// FATAL protocol violation): counted apart from statement errors.
     pub fn connection_error(&mut self, id: RoleDbId, sqlstate: [u8; 5]) {
         let r = &mut self.role_dbs[id];

@@ -2,7 +2,7 @@
 //! apart, and a role's statement errors never exceed its statements.
 
 use super::*;
-use crate::wire::tests::enc::*;
+use pgmon_wire::enc::*;
 
 /// What a [`ConnSink`] needs, owned.
 struct Rig {
@@ -30,7 +30,7 @@ impl Rig {
     /// turn, then the backend's exit.
     fn connection(&mut self, chunks: &[(bool, Vec<u8>)]) {
         let mut backend = Backend::new(true);
-        let mut conn = wire::Connection::<Stmt>::new();
+        let mut conn = pgmon_wire::Connection::<Stmt>::new();
         for (i, (frontend, bytes)) in chunks.iter().enumerate() {
             let mut sink = ConnSink {
                 budgets: None,

@@ -182,7 +182,7 @@ fn unmatched_errors_by_severity() {
 
 #[test]
 fn severity_comes_from_the_unlocalized_field() {
-    use crate::wire::body::error_response;
+    use crate::body::error_response;
     // lc_messages = 'de_DE': S is translated, V is not (PostgreSQL 9.6+).
     let german = b"SSCHWERWIEGEND\0VFATAL\0C3D000\0MDatenbank existiert nicht\0\0";
     assert_eq!(

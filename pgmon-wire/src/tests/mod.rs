@@ -3,13 +3,14 @@
 
 mod bench;
 mod copy;
-pub(crate) mod enc;
+pub(crate) use crate::enc;
 mod errors;
 mod extended;
 mod midstream;
 mod midstream_older;
 mod pipeline;
 mod prop;
+mod prop_session;
 mod robust;
 mod simple;
 mod startup;

@@ -1,14 +1,31 @@
-//! The PostgreSQL frontend/backend protocol (v3.0 and v3.2), parsed per connection.
+//! `pgmon-wire` parses the PostgreSQL frontend/backend protocol, versions 3.0 and 3.2, as a
+//! passive observer of one connection's two byte streams (PostgreSQL documentation, chapter
+//! "Frontend/Backend Protocol": chapter 54 in PostgreSQL 18, 53 in 17; the title is the same
+//! in every version).
 //!
-//! The capture layer hands each [`Connection`] the bytes one backend received from its client
-//! (the *frontend* stream) and sent to it (the *backend* stream), in the order the backend
-//! performed its `recvfrom`/`sendto` calls, as chunks of any size. The connection frames them
-//! into messages, mirrors the server's prepared-statement and portal maps, keeps a FIFO of the
-//! responses it expects, and reports to a [`Sink`]: the startup packet, each finished
-//! execution with its timing and outcome, each `ErrorResponse`, and each desynchronisation.
+//! **What goes in.** One [`Connection`] per client connection, fed the bytes the backend
+//! received from its client ([`Connection::frontend`], the *frontend* stream) and sent to it
+//! ([`Connection::backend`], the *backend* stream), in the order the backend performed its
+//! `recvfrom`/`sendto` calls, as chunks of any size, each with a timestamp in the caller's
+//! nanoseconds; and what the capture knows it missed ([`Connection::frontend_gap`],
+//! [`Connection::backend_gap`], [`Connection::lost`]). A connection first seen after its
+//! startup is made with [`Connection::new_mid_stream`].
 //!
-//! The parser is pure: no I/O, no clock (timestamps come in with the bytes), no global state;
-//! one connection's bytes never affect another's. It never panics, whatever the input.
+//! **What comes out.** Calls on the caller's [`Sink`]: the startup packet (role, database,
+//! `application_name`, protocol version), each statement to prepare ([`Sink::prepare`],
+//! whose `Stmt` values the parser carries through statement and portal maps), each finished
+//! execution with its timing and outcome ([`Completion`]), each `ErrorResponse` with where it
+//! arrived, ParameterStatus, encryption and cancel requests, and each desynchronisation with
+//! its [`DesyncReason`]. The connection frames the streams into messages, mirrors the
+//! server's prepared-statement and portal maps, and keeps a FIFO of the responses it expects.
+//!
+//! **Guarantees.** The parser is pure: no I/O, no clock (timestamps come in with the bytes),
+//! no global state. It never panics and always returns, whatever the bytes: what it cannot
+//! read is reported to [`Sink::desync`] (counted by reason and direction) and the stream
+//! resynchronises at a later ReadyForQuery. Memory per connection is bounded by [`Limits`].
+//! Connections share nothing, so one connection's bytes, however malformed, never change
+//! what another reports. The property tests (`src/tests/prop.rs`) and the `feed` fuzz
+//! target (`fuzz/`) check these.
 //!
 //! How responses are matched (details on the items):
 //!
@@ -41,6 +58,8 @@
 
 mod body;
 mod conn;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod enc;
 mod frame;
 mod responses;
 mod session;

@@ -110,7 +110,7 @@ fn startup_params_and_replication() {
     );
     // Reach into the packet directly for `params` and `options`.
     let body = &pkt[4..];
-    let Some(crate::wire::startup::Packet::Startup(st)) = crate::wire::startup::packet(body) else {
+    let Some(crate::startup::Packet::Startup(st)) = crate::startup::packet(body) else {
         panic!("not a startup")
     };
     assert_eq!(st.replication, Replication::Logical);

@@ -227,7 +227,7 @@ fn pipelined_queries_wait_for_each_other() {
 
 #[test]
 fn command_tags_and_row_counts() {
-    use crate::wire::body::tag_rows;
+    use crate::body::tag_rows;
     let cases: [(&str, Option<u64>); 12] = [
         ("SELECT 5", Some(5)),
         ("INSERT 0 7", Some(7)),
@@ -251,7 +251,7 @@ fn command_tags_and_row_counts() {
 
 #[test]
 fn error_fields_and_missing_sqlstate() {
-    use crate::wire::body::error_response;
+    use crate::body::error_response;
     let sqlstate = |b: &[u8]| error_response(b).sqlstate;
     assert_eq!(&sqlstate(&error("40001")[5..]), b"40001");
     assert_eq!(&sqlstate(b"SERROR\0Mno code\0\0"), b"XX000");

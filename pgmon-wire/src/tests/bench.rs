@@ -1,4 +1,4 @@
-//! Throughput of the parser alone (`cargo test --release -p pgmon-agent --lib wire::tests::bench -- --ignored --nocapture`).
+//! Throughput of the parser alone (`cargo test --release -p pgmon-wire tests::bench -- --ignored --nocapture`).
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -185,6 +185,34 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
+    fn arbitrary_chunks_in_either_direction_always_return(
+        chunks in vec((0u8..5, vec(any::<u8>(), 0..256)), 0..32),
+        mid in any::<bool>(),
+        small in any::<bool>(),
+    ) {
+        let limits = if small {
+            Limits { max_message: 64, max_pending: 4, max_names: 2 }
+        } else {
+            Limits::default()
+        };
+        let mut c: Connection<String> = if mid {
+            Connection::mid_stream_with_limits(limits)
+        } else {
+            Connection::with_limits(limits)
+        };
+        let mut r = Rec::default();
+        for (i, (how, bytes)) in chunks.iter().enumerate() {
+            let ts = i as u64;
+            match how {
+                0 | 1 => c.frontend(ts, bytes, &mut r),
+                2 | 3 => c.backend(ts, bytes, &mut r),
+                _ => c.lost(&mut r),
+            }
+        }
+        prop_assert!(c.pending() <= limits.max_pending, "{} pending", c.pending());
+    }
+
+    #[test]
     fn garbage_never_panics(steps in vec(garbage_step(), 0..40), mid in any::<bool>()) {
         let mut c = if mid { Connection::new_mid_stream() } else { Connection::new() };
         run(&mut c, &steps);
