@@ -6,8 +6,9 @@
 //!   the text format 0.0.4 to any other;
 //! - `/healthz`, `/api/v1/status` and `/api/v1/alerts` answer with their content types;
 //!   the read API refuses an unknown parameter with 400 in its JSON envelope;
-//! - an unknown path is a 404 naming the endpoints, any method but GET a 405 `GET only`
-//!   (a GET on a lever's path is an unknown path);
+//! - `HEAD` is answered as `GET` without the body; an unknown path is a 404 naming the
+//!   endpoints, any other method a 405 `GET only` (a GET on a lever's path is an unknown
+//!   path);
 //! - the manual levers (`POST /api/v1/storage/unlock`, `/api/v1/budget/unlock`,
 //!   `/api/v1/cost/forget`) answer 403 to a peer that is not loopback — the agent listens on
 //!   `0.0.0.0` and the test connects through the host's first non-loopback IPv4 address —
@@ -148,6 +149,15 @@ fn surface(version: PgVersion) {
         "\"endpoint\": \"/api/v1/overview\"",
     );
     assert!(bad.body.contains("databse"), "{bad:?}");
+
+    // HEAD is GET without the body.
+    let head = request(local, "HEAD", "/healthz", "");
+    assert_eq!(
+        (head.code, head.content_type.as_str()),
+        (200, "text/plain"),
+        "{head:?}"
+    );
+    assert!(head.body.is_empty(), "{head:?}");
 
     // Unknown paths and methods.
     let try_these = "try /metrics, /healthz, /api/v1/status, /api/v1/overview\n";
