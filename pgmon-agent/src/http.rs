@@ -1,23 +1,32 @@
-//! The HTTP endpoint (hyper): `/metrics` (Prometheus), `/healthz`, `/api/v1/status`, the
-//! read API ([`crate::api`]: `/api/v1/overview`, `/autovacuum`, `/top-queries`, `/storage`,
+//! The HTTP endpoint, an axum [`Router`] on hyper 1 and tokio with one route per endpoint:
+//! `/metrics` (Prometheus), `/healthz`, `/api/v1/status`, `/api/v1/alerts`, the read API
+//! ([`crate::api`]: `/api/v1/overview`, `/autovacuum`, `/top-queries`, `/storage`,
 //! `/partitions`, `/replication`), and the manual levers `POST /api/v1/storage/unlock?role=`,
 //! `POST /api/v1/budget/unlock?role=` (`pgmon-agent unlock [--budget]`) and
-//! `POST /api/v1/cost/forget` (`pgmon-agent cost forget`), which are accepted from
-//! loopback peers only: anyone who can scrape a non-loopback
-//! `metrics.listen` must not be able to unlock roles.
+//! `POST /api/v1/cost/forget` (`pgmon-agent cost forget`), which one layer
+//! ([`loopback_only`]) answers 403 unless the peer is loopback: anyone who can scrape a
+//! non-loopback `metrics.listen` must not be able to unlock roles.
+//!
+//! Reads are `GET` (and `HEAD`, answered as `GET` without the body); any other method on
+//! any path is 405 `GET only`, and a `GET` of a path no route serves (a lever's included) is
+//! 404 naming the endpoints. Query strings are read by axum's `Query` (serde); a malformed
+//! one is a 400 as a bad parameter is.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
+use axum::{
+    Router,
+    extract::{ConnectInfo, Query, Request, State, rejection::QueryRejection},
+    http::{HeaderMap, Method, StatusCode, header},
+    middleware::{Next, from_fn_with_state},
+    response::Response,
+    routing::{MethodFilter, on, post},
+};
+use serde::Deserialize;
 use tokio::{net::TcpListener, sync::oneshot};
 
-use serde::Deserialize;
-
 use crate::{
-    api::text,
+    api::{ApiError, text},
     metrics::Metrics,
     status::{StatusRequest, request_status},
     util::now_ms,
@@ -67,154 +76,167 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves connections until the task is dropped.
+/// Serves connections until the task is dropped (axum logs a failed `accept` under the
+/// target `axum::serve` and retries after a second).
 pub async fn serve(listener: TcpListener, endpoint: Endpoint) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let ep = endpoint.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(ep.clone(), peer, req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+    let app = router(Arc::new(endpoint)).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the HTTP endpoint stopped");
     }
 }
 
-/// The manual levers, POSTed by the CLI from the agent's host.
-#[derive(Clone, Copy)]
-enum Lever {
-    StorageUnlock,
-    BudgetUnlock,
-    CostForget,
-}
-
-impl Lever {
-    fn name(self) -> &'static str {
-        match self {
-            Lever::StorageUnlock | Lever::BudgetUnlock => "unlock",
-            Lever::CostForget => "cost forget",
-        }
-    }
-}
-
-async fn handle(
-    ep: Endpoint,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.method() == Method::POST {
-        let lever = match req.uri().path() {
-            "/api/v1/storage/unlock" => Some(Lever::StorageUnlock),
-            "/api/v1/budget/unlock" => Some(Lever::BudgetUnlock),
-            "/api/v1/cost/forget" => Some(Lever::CostForget),
-            _ => None,
-        };
-        if let Some(lever) = lever {
-            // Anyone who can scrape a non-loopback `metrics.listen` must not pull a lever.
-            if !peer.ip().is_loopback() {
-                return Ok(text(
-                    StatusCode::FORBIDDEN,
-                    "text/plain",
-                    format!("{} is accepted from the agent's host only\n", lever.name()),
-                ));
-            }
-            return Ok(match lever {
-                Lever::StorageUnlock => unlock(&ep, &req).await,
-                Lever::BudgetUnlock => unlock_budget(&ep, &req).await,
-                Lever::CostForget => cost_forget(&ep, &req).await,
-            });
-        }
-    }
-    if req.method() != Method::GET {
-        return Ok(text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "GET only\n".into(),
-        ));
-    }
-    Ok(match req.uri().path() {
-        "/metrics" => {
-            // Prometheus asks for OpenMetrics; anything else (curl, promtool, older
-            // scrapers) gets the classic text format 0.0.4.
-            let openmetrics = req
-                .headers()
-                .get(hyper::header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.contains("application/openmetrics-text"));
-            if openmetrics {
-                text(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ep.metrics.encode(),
-                )
-            } else {
-                text(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    crate::metrics::to_text_format(&ep.metrics.encode()),
-                )
-            }
-        }
-        "/healthz" => {
-            let now = now_ms();
-            let last = ep.last_drain_ms.load(std::sync::atomic::Ordering::Relaxed);
-            if last != 0 && now.saturating_sub(last) < 5_000 {
-                let degraded = ep.health.degraded();
-                let body = if degraded.is_empty() {
-                    "ok\n".to_owned()
-                } else {
-                    format!("ok, degraded: {}\n", degraded.join(", "))
-                };
-                text(StatusCode::OK, "text/plain", body)
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    format!(
-                        "capture thread has not drained for {} ms\n",
-                        now.saturating_sub(last)
-                    ),
-                )
-            }
-        }
-        "/api/v1/status" => match request_status(&ep.status).await {
-            Ok(mut status) => {
-                if let Some(s) = &ep.storage {
-                    status.storage = s.status().await;
-                }
-                text(
-                    StatusCode::OK,
-                    "application/json",
-                    serde_json::to_string_pretty(&status).unwrap_or_default(),
-                )
-            }
-            Err(why) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("{why}\n"),
+/// Every route. The levers' state is the name their 403 gives them.
+fn router(ep: Arc<Endpoint>) -> Router {
+    let mut r = Router::new()
+        .route("/metrics", on(MethodFilter::GET, metrics))
+        .route("/healthz", on(MethodFilter::GET, healthz))
+        .route("/api/v1/status", on(MethodFilter::GET, status))
+        .route("/api/v1/alerts", on(MethodFilter::GET, alerts));
+    for endpoint in crate::api::PATHS {
+        r = r.route(
+            endpoint,
+            on(
+                MethodFilter::GET,
+                move |State(ep): State<Arc<Endpoint>>,
+                      query: Result<Query<crate::api::QueryString>, QueryRejection>| async move {
+                    let params = query.map_err(|e| ApiError::BadParameter {
+                        name: "query",
+                        message: e.body_text(),
+                    });
+                    ep.api
+                        .respond(endpoint, params.and_then(|Query(q)| q.try_into()))
+                        .await
+                },
             ),
-        },
-        path if crate::api::Api::handles(path) => ep.api.respond(path, req.uri().query()).await,
-        "/api/v1/alerts" => alerts(&ep),
-        _ => text(
+        );
+    }
+    let lever = |name: &'static str| from_fn_with_state(name, loopback_only);
+    r.route(
+        "/api/v1/storage/unlock",
+        post(unlock).route_layer(lever("unlock")),
+    )
+    .route(
+        "/api/v1/budget/unlock",
+        post(unlock_budget).route_layer(lever("unlock")),
+    )
+    .route(
+        "/api/v1/cost/forget",
+        post(cost_forget).route_layer(lever("cost forget")),
+    )
+    .method_not_allowed_fallback(unrouted)
+    .fallback(unrouted)
+    .with_state(ep)
+}
+
+/// What a lever (`name`, as its 403 says) needs first: a loopback peer (IPv4-mapped
+/// loopback included, for a `metrics.listen` on `[::]`).
+async fn loopback_only(
+    State(name): State<&'static str>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if peer.ip().to_canonical().is_loopback() {
+        next.run(req).await
+    } else {
+        text(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            format!("{name} is accepted from the agent's host only\n"),
+        )
+    }
+}
+
+/// A request no route takes: 405 for any method but `GET`, else 404.
+async fn unrouted(method: Method) -> Response {
+    if method == Method::GET {
+        text(
             StatusCode::NOT_FOUND,
             "text/plain",
             "try /metrics, /healthz, /api/v1/status, /api/v1/overview\n".into(),
+        )
+    } else {
+        text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        )
+    }
+}
+
+/// `GET /metrics`: OpenMetrics to a client that accepts it, else the text format 0.0.4.
+async fn metrics(State(ep): State<Arc<Endpoint>>, headers: HeaderMap) -> Response {
+    // Prometheus asks for OpenMetrics; anything else (curl, promtool, older
+    // scrapers) gets the classic text format 0.0.4.
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ep.metrics.encode(),
+        )
+    } else {
+        text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::to_text_format(&ep.metrics.encode()),
+        )
+    }
+}
+
+/// `GET /healthz`: 200 `ok` (with the degraded health loops, if any) while the capture
+/// thread drained within the last 5 s, else 503.
+async fn healthz(State(ep): State<Arc<Endpoint>>) -> Response {
+    let now = now_ms();
+    let last = ep.last_drain_ms.load(std::sync::atomic::Ordering::Relaxed);
+    if last != 0 && now.saturating_sub(last) < 5_000 {
+        let degraded = ep.health.degraded();
+        let body = if degraded.is_empty() {
+            "ok\n".to_owned()
+        } else {
+            format!("ok, degraded: {}\n", degraded.join(", "))
+        };
+        text(StatusCode::OK, "text/plain", body)
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!(
+                "capture thread has not drained for {} ms\n",
+                now.saturating_sub(last)
+            ),
+        )
+    }
+}
+
+/// `GET /api/v1/status`: the capture thread's status document with the storage section;
+/// 503 when the capture thread does not answer.
+async fn status(State(ep): State<Arc<Endpoint>>) -> Response {
+    match request_status(&ep.status).await {
+        Ok(mut status) => {
+            if let Some(s) = &ep.storage {
+                status.storage = s.status().await;
+            }
+            text(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&status).unwrap_or_default(),
+            )
+        }
+        Err(why) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("{why}\n"),
         ),
-    })
+    }
 }
 
 /// `GET /api/v1/alerts`: the alert engine's firing and pending alerts, its recent
 /// transitions and its rules, each with its expression ([`crate::alerts::View`]).
-fn alerts(ep: &Endpoint) -> Response<Full<Bytes>> {
+async fn alerts(State(ep): State<Arc<Endpoint>>) -> Response {
     text(
         StatusCode::OK,
         "application/json",
@@ -222,10 +244,27 @@ fn alerts(ep: &Endpoint) -> Response<Full<Bytes>> {
     )
 }
 
+/// The query string of the unlock levers: `?role=NAME` (other keys are ignored).
+#[derive(Debug, Deserialize)]
+struct RoleQuery {
+    role: Option<String>,
+}
+
+/// The `role` of the query string, if any and not empty.
+fn role_param(query: Result<Query<RoleQuery>, QueryRejection>) -> Option<String> {
+    query
+        .ok()
+        .and_then(|Query(q)| q.role)
+        .filter(|r| !r.is_empty())
+}
+
 /// `POST /api/v1/storage/unlock?role=NAME`: 200 with what `pgmon.unlock_role` said, 409
 /// when the role is not locked by the storage quota (or the database refused), 403 from a
 /// non-loopback peer, 404 when storage quotas are off.
-async fn unlock(ep: &Endpoint, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn unlock(
+    State(ep): State<Arc<Endpoint>>,
+    query: Result<Query<RoleQuery>, QueryRejection>,
+) -> Response {
     let Some(storage) = &ep.storage else {
         return text(
             StatusCode::NOT_FOUND,
@@ -233,7 +272,7 @@ async fn unlock(ep: &Endpoint, req: &Request<Incoming>) -> Response<Full<Bytes>>
             "storage quotas are off (storage.enabled: false)\n".into(),
         );
     };
-    let Some(role) = role_param(req) else {
+    let Some(role) = role_param(query) else {
         return text(
             StatusCode::BAD_REQUEST,
             "text/plain",
@@ -246,21 +285,15 @@ async fn unlock(ep: &Endpoint, req: &Request<Incoming>) -> Response<Full<Bytes>>
     }
 }
 
-/// The `role` of the query string, if any and not empty.
-fn role_param(req: &Request<Incoming>) -> Option<String> {
-    query_params(req)
-        .into_iter()
-        .find(|(k, _)| k == "role")
-        .map(|(_, v)| v)
-        .filter(|r| !r.is_empty())
-}
-
 /// `POST /api/v1/budget/unlock?role=NAME`: resets the role's budget ledger and ladder step
 /// and gives back what the step took ([`crate::budget::reset`]). 200 with what was done
 /// and the role's settings now, 409 when the role has no budget (or the database
 /// refused), 403 from a non-loopback peer, 404 when budgets are off, 503 when the capture
 /// thread or the enforcer does not answer within 40 s.
-async fn unlock_budget(ep: &Endpoint, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn unlock_budget(
+    State(ep): State<Arc<Endpoint>>,
+    query: Result<Query<RoleQuery>, QueryRejection>,
+) -> Response {
     let Some(tx) = &ep.budget_reset else {
         return text(
             StatusCode::NOT_FOUND,
@@ -268,7 +301,7 @@ async fn unlock_budget(ep: &Endpoint, req: &Request<Incoming>) -> Response<Full<
             "budgets are off (budgets.enabled: false)\n".into(),
         );
     };
-    let Some(role) = role_param(req) else {
+    let Some(role) = role_param(query) else {
         return text(
             StatusCode::BAD_REQUEST,
             "text/plain",
@@ -301,18 +334,14 @@ async fn unlock_budget(ep: &Endpoint, req: &Request<Incoming>) -> Response<Full<
     }
 }
 
-/// The values of a query string, decoded.
-fn query_params(req: &Request<Incoming>) -> Vec<(String, String)> {
-    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
-}
-
 /// `POST /api/v1/cost/forget?fingerprint=HEX`, `?relation=NAME[&database=DB]` or
 /// `?all=true` (what `pgmon-agent cost forget` calls): 200 with what was forgotten, 400 on
 /// a bad request, 403 from a non-loopback peer, 404 when costing is off, 503 when the
 /// persisted rows could not be deleted (the cache was).
-async fn cost_forget(ep: &Endpoint, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn cost_forget(
+    State(ep): State<Arc<Endpoint>>,
+    query: Result<Query<ForgetQuery>, QueryRejection>,
+) -> Response {
     let Some(cost) = &ep.cost else {
         return text(
             StatusCode::NOT_FOUND,
@@ -320,7 +349,10 @@ async fn cost_forget(ep: &Endpoint, req: &Request<Incoming>) -> Response<Full<By
             "cost estimates are off (budgets.enabled or cost.enabled is false)\n".into(),
         );
     };
-    let what = match forget_of(&query_params(req)) {
+    let what = match query
+        .map_err(|e| e.body_text())
+        .and_then(|Query(q)| forget_of(q))
+    {
         Ok(w) => w,
         Err(why) => return text(StatusCode::BAD_REQUEST, "text/plain", format!("{why}\n")),
     };
@@ -334,31 +366,38 @@ async fn cost_forget(ep: &Endpoint, req: &Request<Incoming>) -> Response<Full<By
     }
 }
 
+/// The query string of `/api/v1/cost/forget`.
+#[derive(Debug, Default, Deserialize)]
+struct ForgetQuery {
+    fingerprint: Option<String>,
+    relation: Option<String>,
+    database: Option<String>,
+    all: Option<String>,
+    /// Any other key: refused, named in the 400.
+    #[serde(flatten)]
+    unknown: BTreeMap<String, String>,
+}
+
 /// What the parameters of `/api/v1/cost/forget` name: exactly one of `fingerprint` (16 hex
 /// digits, as `/metrics` labels it), `relation` (with an optional `database`) or
 /// `all=true`.
-fn forget_of(params: &[(String, String)]) -> Result<crate::cost::Forget, String> {
+fn forget_of(q: ForgetQuery) -> Result<crate::cost::Forget, String> {
     use crate::cost::Forget;
-    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let unknown: Vec<&str> = params
-        .iter()
-        .map(|(k, _)| k.as_str())
-        .filter(|k| !["fingerprint", "relation", "database", "all"].contains(k))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(format!("unknown parameter(s): {}", unknown.join(", ")));
+    if !q.unknown.is_empty() {
+        let names: Vec<&str> = q.unknown.keys().map(String::as_str).collect();
+        return Err(format!("unknown parameter(s): {}", names.join(", ")));
     }
-    match (get("fingerprint"), get("relation"), get("all")) {
-        (Some(f), None, None) if get("database").is_none() => u64::from_str_radix(f, 16)
+    match (q.fingerprint, q.relation, q.all.as_deref(), q.database) {
+        (Some(f), None, None, None) => u64::from_str_radix(&f, 16)
             .map(Forget::Fingerprint)
             .map_err(|_| {
                 format!("fingerprint {f:?}: need 16 hex digits (the fingerprint label of /metrics)")
             }),
-        (None, Some(r), None) if !r.is_empty() => Ok(Forget::Relation {
-            relation: r.rsplit('.').next().unwrap_or(r).to_owned(),
-            database: get("database").map(str::to_owned),
+        (None, Some(r), None, database) if !r.is_empty() => Ok(Forget::Relation {
+            relation: r.rsplit('.').next().unwrap_or(&r).to_owned(),
+            database,
         }),
-        (None, None, Some("true")) if get("database").is_none() => Ok(Forget::All),
+        (None, None, Some("true"), None) => Ok(Forget::All),
         _ => Err(
             "need exactly one of ?fingerprint=HEX, ?relation=NAME[&database=DB], ?all=true".into(),
         ),
@@ -367,31 +406,59 @@ fn forget_of(params: &[(String, String)]) -> Result<crate::cost::Forget, String>
 
 #[cfg(test)]
 mod tests {
+    use axum::extract::Query;
+
     #[test]
     fn cost_forget_takes_exactly_one_target() {
         use crate::cost::Forget;
-        let p = |q: &[(&str, &str)]| {
-            super::forget_of(
-                &q.iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect::<Vec<_>>(),
-            )
+        // Through axum's `Query`, as the handler reads it.
+        let p = |q: &str| {
+            let uri = format!("/api/v1/cost/forget?{q}").parse().unwrap();
+            Query::try_from_uri(&uri)
+                .map_err(|e| e.body_text())
+                .and_then(|Query(q)| super::forget_of(q))
         };
         assert_eq!(
-            p(&[("fingerprint", "00000000000000ff")]),
+            p("fingerprint=00000000000000ff"),
             Ok(Forget::Fingerprint(255))
         );
         assert_eq!(
-            p(&[("relation", "public.items"), ("database", "app")]),
+            p("relation=public.items&database=app"),
             Ok(Forget::Relation {
                 relation: "items".into(),
                 database: Some("app".into())
             })
         );
-        assert_eq!(p(&[("all", "true")]), Ok(Forget::All));
-        assert!(p(&[]).is_err());
-        assert!(p(&[("all", "true"), ("relation", "t")]).is_err());
-        assert!(p(&[("fingerprint", "xyz")]).unwrap_err().contains("hex"));
-        assert!(p(&[("relaton", "t")]).unwrap_err().contains("relaton"));
+        assert_eq!(
+            p("relation=t%C3%A9"),
+            Ok(Forget::Relation {
+                relation: "té".into(),
+                database: None
+            })
+        );
+        assert_eq!(p("all=true"), Ok(Forget::All));
+        assert!(p("").is_err());
+        assert!(p("all=false").is_err());
+        assert!(p("relation=").is_err());
+        assert!(p("all=true&relation=t").is_err());
+        assert!(p("all=true&database=app").is_err());
+        assert!(p("fingerprint=xyz").unwrap_err().contains("hex"));
+        assert_eq!(
+            p("relaton=t&zz=1"),
+            Err("unknown parameter(s): relaton, zz".into())
+        );
+        assert!(p("all=true&all=true").is_err(), "a key twice is refused");
+    }
+
+    #[test]
+    fn unlock_takes_the_role() {
+        let p = |q: &str| {
+            let uri = format!("/api/v1/budget/unlock?{q}").parse().unwrap();
+            super::role_param(Query::try_from_uri(&uri))
+        };
+        assert_eq!(p("role=t%C3%A9nant+1"), Some("ténant 1".into()));
+        assert_eq!(p("role=a&other=1"), Some("a".into()));
+        assert_eq!(p("role="), None);
+        assert_eq!(p(""), None);
     }
 }

@@ -283,8 +283,12 @@ fn quotas(version: PgVersion) {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("storage role"), "{text}");
     assert!(
-        text.lines()
-            .any(|l| l.starts_with("empty ") && l.contains("0 B") && l.contains("ok")),
+        text.lines().any(|l| l
+            .split('|')
+            .next()
+            .is_some_and(|role| role.trim() == "empty")
+            && l.contains("0 B")
+            && l.contains("ok")),
         "{text}"
     );
     assert!(

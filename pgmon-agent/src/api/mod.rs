@@ -32,12 +32,13 @@ mod storage;
 mod tables;
 mod top_queries;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Response, StatusCode};
-use serde::Serialize;
+use axum::{
+    http::{StatusCode, header},
+    response::{IntoResponse as _, Response},
+};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_postgres::{Client, Row, types::ToSql, types::Type};
 
@@ -53,7 +54,7 @@ pub const REQUEST_TIMEOUT_SECONDS: u64 = 15;
 /// Largest `?limit=`.
 pub const MAX_LIMIT: usize = 1_000;
 
-/// The endpoints this module answers.
+/// The endpoints this module answers (each a route of [`crate::http`]).
 pub const PATHS: [&str; 6] = [
     "/api/v1/overview",
     "/api/v1/autovacuum",
@@ -91,14 +92,8 @@ pub struct SqlRun {
 }
 
 /// A response of `status` with `body` as `content_type`.
-pub fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        content_type.parse().expect("static"),
-    );
-    r
+pub fn text(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// The JSON object every endpoint answers with.
@@ -175,6 +170,18 @@ impl ApiError {
     }
 }
 
+/// The query string of a request as serde reads it (axum's `Query` in [`crate::http`]);
+/// [`Params`] checks it.
+#[derive(Debug, Default, Deserialize)]
+pub struct QueryString {
+    database: Option<String>,
+    /// Kept as text so a bad value gets [`Params`]' message, not serde's.
+    limit: Option<String>,
+    /// Any other key: refused, so a typo does not silently return the defaults.
+    #[serde(flatten)]
+    unknown: BTreeMap<String, String>,
+}
+
 /// The parameters of a request.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Params {
@@ -184,34 +191,39 @@ pub struct Params {
     pub limit: Option<usize>,
 }
 
-impl Params {
-    /// Parses a query string (`database=app&limit=5`); unknown keys are refused so a typo
-    /// does not silently return the defaults.
-    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
-        let mut p = Params::default();
-        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            let v = v.into_owned();
-            match &*k {
-                "database" if !v.is_empty() => p.database = Some(v),
-                "limit" => {
-                    let n = v
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=MAX_LIMIT).contains(n));
-                    p.limit = Some(n.ok_or_else(|| ApiError::BadParameter {
+impl TryFrom<QueryString> for Params {
+    type Error = ApiError;
+
+    /// Checks a query string (`database=app&limit=5`): no unknown key, no empty
+    /// `database`, `limit` from 1 to [`MAX_LIMIT`].
+    fn try_from(q: QueryString) -> Result<Self, ApiError> {
+        let empty = q
+            .database
+            .as_ref()
+            .filter(|d| d.is_empty())
+            .map(|_| "database");
+        if let Some(k) = q.unknown.keys().map(String::as_str).chain(empty).next() {
+            return Err(ApiError::BadParameter {
+                name: "query",
+                message: format!("unknown or empty parameter {k:?} (database, limit)"),
+            });
+        }
+        let limit = match q.limit {
+            None => None,
+            Some(v) => Some(
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| ApiError::BadParameter {
                         name: "limit",
                         message: format!("{v:?} is not a whole number from 1 to {MAX_LIMIT}"),
-                    })?);
-                }
-                _ => {
-                    return Err(ApiError::BadParameter {
-                        name: "query",
-                        message: format!("unknown or empty parameter {k:?} (database, limit)"),
-                    });
-                }
-            }
-        }
-        Ok(p)
+                    })?,
+            ),
+        };
+        Ok(Params {
+            database: q.database,
+            limit,
+        })
     }
 }
 
@@ -327,16 +339,15 @@ impl Api {
         })
     }
 
-    /// True for the paths [`Api::respond`] answers.
-    pub fn handles(path: &str) -> bool {
-        PATHS.contains(&path)
-    }
-
-    /// Answers `GET path?query` (a path of [`PATHS`]).
-    pub async fn respond(&self, path: &str, query: Option<&str>) -> Response<Full<Bytes>> {
-        let endpoint = PATHS.into_iter().find(|p| *p == path).unwrap_or("");
+    /// Answers `GET endpoint` (one of [`PATHS`]) with its query string's `params` (or
+    /// what is wrong with them: a 400).
+    pub async fn respond(
+        &self,
+        endpoint: &'static str,
+        params: Result<Params, ApiError>,
+    ) -> Response {
         let started = std::time::Instant::now();
-        let result = match Params::parse(query) {
+        let result = match params {
             Ok(params) => tokio::time::timeout(
                 Duration::from_secs(REQUEST_TIMEOUT_SECONDS),
                 self.answer(endpoint, &params),
@@ -404,7 +415,7 @@ impl Api {
                 };
                 data.map(|d| (Some(db), d))
             }
-            _ => unreachable!("respond is called for PATHS only"),
+            _ => unreachable!("the router calls respond for PATHS only"),
         };
         if s.client.is_closed() {
             *guard = None;
@@ -417,11 +428,22 @@ impl Api {
 mod tests {
     use super::*;
 
+    /// `query` as the router reads it: axum's `Query`, then [`Params`]' checks.
+    fn parse(query: &str) -> Result<Params, ApiError> {
+        let uri = format!("/api/v1/overview?{query}").parse().unwrap();
+        axum::extract::Query::<QueryString>::try_from_uri(&uri)
+            .map_err(|e| ApiError::BadParameter {
+                name: "query",
+                message: e.body_text(),
+            })
+            .and_then(|q| q.0.try_into())
+    }
+
     #[test]
     fn parameters_parse_and_refuse_typos() {
-        assert_eq!(Params::parse(None).unwrap(), Params::default());
+        assert_eq!(parse("").unwrap(), Params::default());
         assert_eq!(
-            Params::parse(Some("database=t%C3%A9nant&limit=5")).unwrap(),
+            parse("database=t%C3%A9nant&limit=5").unwrap(),
             Params {
                 database: Some("ténant".into()),
                 limit: Some(5)
@@ -433,18 +455,14 @@ mod tests {
             "limit=x",
             "databse=app",
             "database=",
+            "limit=5&limit=6",
         ] {
-            let e = Params::parse(Some(bad)).unwrap_err();
+            let e = parse(bad).unwrap_err();
             assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{bad}: {e}");
         }
-        let e = Params::parse(Some("limit=-3")).unwrap_err();
+        let e = parse("limit=-3").unwrap_err();
         assert!(e.to_string().contains("1 to 1000"), "{e}");
-    }
-
-    #[test]
-    fn every_path_is_handled() {
-        assert!(PATHS.iter().all(|p| Api::handles(p)));
-        assert!(!Api::handles("/api/v1/alerts"));
-        assert!(!Api::handles("/api/v1/status"));
+        let e = parse("databse=app").unwrap_err();
+        assert!(e.to_string().contains("\"databse\""), "{e}");
     }
 }

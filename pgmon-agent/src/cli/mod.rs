@@ -14,6 +14,7 @@ pub mod reload;
 pub mod replay;
 pub mod run;
 pub mod status;
+mod table;
 pub mod unlock;
 
 use std::{net::SocketAddr, path::PathBuf};

@@ -7,6 +7,7 @@ use anyhow::{Context as _, bail};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
+use super::table::{self, Align::Left as L, Align::Right as R, table};
 use crate::{
     budget::BudgetStatus,
     status::{FingerprintStatus, RoleStatus, Status},
@@ -168,44 +169,55 @@ pub fn render(s: &Status) -> String {
         c.normalize_errors
     );
     let _ = writeln!(o);
-    let _ = writeln!(
-        o,
-        "{:<20} {:>10} {:>8} {:>9} {:>6} {:>9} {:>9}  databases",
-        "role", "queries", "errors", "conn errs", "conns", "p50 ms", "p99 ms"
-    );
+    let mut t = table(&[
+        ("role", L),
+        ("queries", R),
+        ("errors", R),
+        ("conn errs", R),
+        ("conns", R),
+        ("p50 ms", R),
+        ("p99 ms", R),
+        ("databases", L),
+    ]);
     for r in &s.roles {
-        let _ = writeln!(
-            o,
-            "{:<20} {:>10} {:>8} {:>9} {:>6} {:>9} {:>9}  {}",
-            r.role,
-            r.queries,
-            r.errors,
-            r.connection_errors,
-            r.connections,
+        t.add_row([
+            r.role.clone(),
+            r.queries.to_string(),
+            r.errors.to_string(),
+            r.connection_errors.to_string(),
+            r.connections.to_string(),
             ms(r.p50_ms),
             ms(r.p99_ms),
-            r.databases.join(",")
-        );
+            r.databases.join(","),
+        ]);
     }
+    o.push_str(&table::render(&t));
     if !s.budgets.is_empty() {
         let _ = writeln!(o);
-        let _ = writeln!(
-            o,
-            "{:<20} {:<12} {:>12} {:>12} {:>6}  step (why)",
-            "budget role", "tier", "spend", "budget", "util"
-        );
+        let mut t = table(&[
+            ("budget role", L),
+            ("tier", L),
+            ("spend", R),
+            ("budget", R),
+            ("util", R),
+            ("step (why)", L),
+        ]);
         for b in &s.budgets {
             let step = match (b.step, b.step_at, b.connection_limit) {
                 (Some(a), Some(at), Some(l)) => format!("{a:?} {l} (utilisation ≥ {at})"),
                 (Some(a), Some(at), None) => format!("{a:?} (utilisation ≥ {at})"),
                 _ => "-".to_owned(),
             };
-            let _ = writeln!(
-                o,
-                "{:<20} {:<12} {:>12.1} {:>12.1} {:>6.2}  {step}",
-                b.role, b.tier, b.spend, b.budget, b.utilisation
-            );
+            t.add_row([
+                b.role.clone(),
+                b.tier.clone(),
+                format!("{:.1}", b.spend),
+                format!("{:.1}", b.budget),
+                format!("{:.2}", b.utilisation),
+                step,
+            ]);
         }
+        o.push_str(&table::render(&t));
     }
     if let Some(st) = &s.storage {
         o.push_str(&render_storage(st, 50));
@@ -254,11 +266,15 @@ pub fn render_storage(st: &crate::storage::StorageStatus, k: usize) -> String {
             );
         }
     }
-    let _ = writeln!(
-        o,
-        "{:<20} {:>11} {:>11} {:>11} {:<7} {:>10}  note",
-        "storage role", "usage", "soft", "hard", "state", "time left"
-    );
+    let mut t = table(&[
+        ("storage role", L),
+        ("usage", R),
+        ("soft", R),
+        ("hard", R),
+        ("state", L),
+        ("time left", R),
+        ("note", L),
+    ]);
     for r in st.roles.iter().take(k) {
         let left = r
             .time_left_seconds
@@ -273,18 +289,17 @@ pub fn render_storage(st: &crate::storage::StorageStatus, k: usize) -> String {
         if let Some(e) = &r.enforcement_error {
             note.push(e.clone());
         }
-        let _ = writeln!(
-            o,
-            "{:<20} {:>11} {:>11} {:>11} {:<7} {:>10}  {}",
-            r.role,
+        t.add_row([
+            r.role.clone(),
             r.usage_bytes.map_or_else(|| "uncounted".to_owned(), size),
             size(r.soft_limit_bytes),
             size(r.hard_limit_bytes),
-            r.state.as_str(),
+            r.state.as_str().to_owned(),
             left,
-            note.join("; ")
-        );
+            note.join("; "),
+        ]);
     }
+    o.push_str(&table::render(&t));
     if st.roles.len() > k {
         let _ = writeln!(o, "… and {} more (--json shows all)", st.roles.len() - k);
     }
@@ -328,11 +343,15 @@ fn render_role(r: &RoleStatus, budget: Option<&BudgetStatus>) -> String {
         o,
         "most expensive fingerprints (cost = generic-plan total cost per execution, planner units):"
     );
-    let _ = writeln!(
-        o,
-        "  {:<16} {:>10} {:>12} {:>14} {:>9} {:>12}  normalized text",
-        "fingerprint", "calls", "cost", "total cost", "mean ms", "cost/s"
-    );
+    let mut t = table(&[
+        ("fingerprint", L),
+        ("calls", R),
+        ("cost", R),
+        ("total cost", R),
+        ("mean ms", R),
+        ("cost/s", R),
+        ("normalized text", L),
+    ]);
     for f in &r.fingerprints {
         let cost = match (f.plan_cost, f.cost_state.as_str()) {
             (Some(c), _) => format!("{c:.2}"),
@@ -342,18 +361,17 @@ fn render_role(r: &RoleStatus, budget: Option<&BudgetStatus>) -> String {
         };
         let opt =
             |v: Option<f64>, p: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.p$}"));
-        let _ = writeln!(
-            o,
-            "  {:<16} {:>10} {:>12} {:>14} {:>9.3} {:>12}  {}",
-            f.fingerprint,
-            f.calls,
+        t.add_row([
+            f.fingerprint.clone(),
+            f.calls.to_string(),
             cost,
             opt(f.total_cost, 1),
-            f.mean_ms,
+            format!("{:.3}", f.mean_ms),
             opt(f.cost_per_second, 0),
-            one_line(&f.normalized)
-        );
+            one_line(&f.normalized),
+        ]);
     }
+    o.push_str(&table::render(&t));
     o
 }
 
@@ -369,21 +387,25 @@ fn one_line(text: &str) -> String {
 fn render_role_top(r: &RoleStatus, k: usize) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "top fingerprints of {}:", r.role);
-    let _ = writeln!(
-        o,
-        "  {:<16} {:>10} {:>7} {:>9}  normalized text",
-        "fingerprint", "calls", "errors", "mean ms"
-    );
+    let mut t = table(&[
+        ("fingerprint", L),
+        ("calls", R),
+        ("errors", R),
+        ("mean ms", R),
+        ("normalized text", L),
+    ]);
     for f in r.fingerprints.iter().take(k) {
-        let _ = writeln!(
-            o,
-            "  {:<16} {:>10} {:>7} {:>9.3}  {}",
-            f.fingerprint,
-            f.calls,
-            f.errors,
-            f.mean_ms,
-            one_line(&f.normalized)
-        );
+        t.add_row([
+            f.fingerprint.clone(),
+            f.calls.to_string(),
+            f.errors.to_string(),
+            format!("{:.3}", f.mean_ms),
+            one_line(&f.normalized),
+        ]);
     }
+    o.push_str(&table::render(&t));
     o
 }
+
+#[cfg(test)]
+mod tests;
