@@ -53,7 +53,7 @@ impl Default for MetricsConfig {
 pub struct Endpoint {
     /// The exporter behind `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// What the health loops last read (`/healthz` answers 503 when it is degraded).
+    /// What the health loops last read (`/healthz` names the degraded ones).
     pub health: crate::health::Board,
     /// The alerts in flight (`/api/v1/alerts`).
     pub alerts: crate::alerts::AlertBook,

@@ -41,7 +41,7 @@ pub struct ConnectionErrorLabels {
 }
 
 /// `{direction, reason}`: `frontend` (client → backend) or `backend` (backend → client),
-/// and the parser's reason (`wire::DesyncReason::as_str`).
+/// and the parser's reason (`pgmon_wire::DesyncReason::as_str`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DesyncLabels {
     pub direction: &'static str,

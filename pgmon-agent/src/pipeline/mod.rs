@@ -21,11 +21,11 @@ use crate::{
     query::{Normalizer, Stmt, fingerprint_hex},
     status::{AgentStatus, CaptureStatus, ClusterStatus, RefusedHook, Status},
 };
+use metrics::{TopStatement, TrafficMetrics};
 use pgmon_wire::{
     Completion, DesyncReason, Direction, Encryption, ErrorContext, ErrorResponse, ErrorScope,
     Limits, Outcome, Replication, Startup,
 };
-use metrics::{TopStatement, TrafficMetrics};
 use stats::{RoleDbId, Stats};
 
 /// Most completions held for a connection awaiting its pg_stat_activity answer.

@@ -146,3 +146,5 @@ fn connection_errors_are_counted_apart_from_statement_errors() {
         "a failed login is no statement error"
     );
 }
+
+mod recorded;
