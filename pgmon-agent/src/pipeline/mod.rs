@@ -3,91 +3,33 @@
 //!
 //! Runs on the capture thread only; owns all its state, so nothing here takes a lock.
 
+mod backend;
 pub mod metrics;
+mod report;
+mod sink;
 pub mod stats;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::HashMap, path::Path, sync::Arc, time::Instant};
+use std::{collections::HashMap, sync::Arc};
 
 use pgmon_common::{flags, kind};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::{
-    attribution::Answer,
-    budget::{Budgets, CostKnown},
-    capture::{Capture, Record},
-    cost::CostAnswer,
-    query::{Normalizer, Stmt, fingerprint_hex},
-    status::{AgentStatus, CaptureStatus, ClusterStatus, RefusedHook, Status},
+    attribution::Answer, budget::Budgets, capture::Record, cost::CostAnswer, query::Normalizer,
 };
-use metrics::{TopStatement, TrafficMetrics};
-use pgmon_wire::{
-    Completion, DesyncReason, Direction, Encryption, ErrorContext, ErrorResponse, ErrorScope,
-    Limits, Outcome, Replication, Startup,
+use backend::{
+    AWAIT_PLAINTEXT_NS, Backend, CPU_CHARGE_EVERY_MS, Conn, Crypto, Identity, backend_unreadable,
+    clock_ticks_per_second, cpu_ticks, monotonic_ns,
 };
-use stats::{RoleDbId, Stats};
+use metrics::TrafficMetrics;
+use pgmon_wire::Limits;
+use sink::ConnSink;
+use stats::Stats;
 
 /// Most completions held for a connection awaiting its pg_stat_activity answer.
 const MAX_PENDING: usize = 100_000;
-
-/// Who a backend's traffic is charged to.
-#[derive(Debug)]
-enum Identity {
-    /// Forked while we watch: its StartupMessage will tell.
-    AwaitStartup,
-    /// Opened before the agent: asked of pg_stat_activity; completions wait here.
-    Pending(Vec<(Stmt, u64, Option<[u8; 5]>)>),
-    /// Attributed.
-    Known(RoleDbId),
-    /// pgmon's own session, a replication connection or a cancel request: not traffic.
-    Ignored,
-    /// Nobody could say: its queries are counted as unattributed.
-    Unknown,
-}
-
-/// Whether pgmon reads an encrypted session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Crypto {
-    /// TLS negotiated (SSLRequest answered `S`, or a direct TLS ClientHello) at `since_ns`
-    /// (CLOCK_MONOTONIC); its plaintext has not shown yet.
-    Awaiting { since_ns: u64 },
-    /// Its plaintext comes from the libssl probes.
-    Readable,
-    /// Nothing of it can be read (GSSAPI, TLS with the probes off or not reaching it): its
-    /// backend is charged by CPU time.
-    Unreadable,
-}
-
-/// How long a TLS session may go without plaintext before it counts as unreadable. The
-/// handshake and the StartupMessage take milliseconds; a session whose libssl is not the
-/// probed one never shows any.
-const AWAIT_PLAINTEXT_NS: u64 = 3_000_000_000;
-
-/// How often the CPU time of unreadable backends is read and charged.
-const CPU_CHARGE_EVERY_MS: u64 = 200;
-
-/// A backend process of the tracked cluster.
-#[derive(Debug)]
-struct Backend {
-    identity: Identity,
-    /// Forked after the capture attached (its first bytes are a startup packet).
-    fresh: bool,
-    /// Set once the session is encrypted.
-    crypto: Option<Crypto>,
-    /// CPU time (clock ticks) already charged, for an unreadable backend.
-    cpu_ticks: Option<u64>,
-    fds: Vec<u32>,
-}
-
-/// One client connection: its parser and, per direction, where the previous record of the
-/// current syscall ended (records of one call arrive in order; a jump is bytes the kernel
-/// did not copy).
-struct Conn {
-    wire: pgmon_wire::Connection<Stmt>,
-    /// End offset within the current call: [frontend, backend].
-    next_offset: [u32; 2],
-}
 
 /// Counters kept by the pipeline itself (exported through [`TrafficMetrics`] as they change).
 #[derive(Clone, Copy, Debug, Default)]
@@ -492,288 +434,5 @@ impl Pipeline {
     /// Statements completed and charged so far, all roles.
     pub fn total_queries(&self) -> u64 {
         self.stats.total_queries()
-    }
-
-    /// Publishes kernel counters, cache counters and the top-K for the next scrape.
-    pub fn publish(&self, capture: &Capture) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let k = capture.counters();
-        let s = &self.metrics.shared;
-        s.events.store(k.events, Relaxed);
-        s.dropped.store(k.dropped, Relaxed);
-        s.dropped_bytes.store(k.dropped_bytes, Relaxed);
-        s.truncated.store(k.truncated, Relaxed);
-        s.truncated_bytes.store(k.truncated_bytes, Relaxed);
-        s.probe_errors.store(k.probe_errors, Relaxed);
-        s.tracked_backends
-            .store(capture.tracked_count() as u64, Relaxed);
-        let programs = capture.program_stats();
-        if !programs.is_empty()
-            && let Ok(mut p) = s.probe_stats.lock()
-        {
-            *p = programs;
-        }
-        let n = self.normalizer.stats();
-        s.statement_cache_hits.store(n.hits, Relaxed);
-        s.statement_cache_misses.store(n.misses, Relaxed);
-        s.statement_cache_entries
-            .store(self.normalizer.cached() as u64, Relaxed);
-        s.normalize_errors.store(n.errors, Relaxed);
-        let top = self
-            .stats
-            .top_fingerprints(self.top_k)
-            .into_iter()
-            .map(|(fp, calls, total_ns)| {
-                let plan_cost = match self.cost_of(fp) {
-                    CostKnown::Costed(c) => Some(c),
-                    _ => None,
-                };
-                TopStatement {
-                    fingerprint: fingerprint_hex(fp),
-                    calls,
-                    exec_seconds: total_ns as f64 / 1e9,
-                    plan_cost,
-                    cost_per_second: stats::cost_per_second(plan_cost, calls, total_ns),
-                }
-            })
-            .collect();
-        if let Ok(mut t) = s.top_statements.lock() {
-            *t = top;
-        }
-    }
-
-    /// What is known of a fingerprint's cost (`Disabled` when budgets are off: nothing
-    /// asks for estimates then).
-    fn cost_of(&self, fingerprint: u64) -> CostKnown {
-        self.budget
-            .as_ref()
-            .map_or(CostKnown::Disabled, |l| l.budgets.cost_of(fingerprint))
-    }
-
-    /// The status document.
-    pub fn status(&self, capture: &Capture, started: Instant, data_directory: &Path) -> Status {
-        let k = capture.counters();
-        let n = self.normalizer.stats();
-        let (rss, cpu) = crate::util::process_usage().unwrap_or((0, 0.0));
-        let c = &self.counters;
-        Status {
-            agent: AgentStatus {
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                pid: std::process::id(),
-                uptime_seconds: started.elapsed().as_secs_f64(),
-                resident_memory_bytes: rss,
-                cpu_seconds: cpu,
-            },
-            cluster: ClusterStatus {
-                data_directory: data_directory.display().to_string(),
-                postmaster_pid: capture.postmaster_pid(),
-                tracked_processes: capture.tracked_count() as u64,
-                connections: self.conns.len() as u64,
-            },
-            capture: CaptureStatus {
-                hook: capture.hook().name().to_owned(),
-                hook_cost_rank: capture.hook().cost_rank(),
-                refused_hooks: capture
-                    .refused()
-                    .iter()
-                    .map(|(f, e)| RefusedHook {
-                        hook: f.name().to_owned(),
-                        error: e.clone(),
-                    })
-                    .collect(),
-                kernel: k,
-                desyncs_frontend: c.desyncs_frontend,
-                desyncs_backend: c.desyncs_backend,
-                unattributed_queries: c.unattributed,
-                encrypted_sessions: {
-                    let (r, u) = self.metrics.encrypted_sessions.open_now();
-                    r + u
-                },
-                encrypted_sessions_readable: self.metrics.encrypted_sessions.open_now().0,
-                encrypted_sessions_opened: self.metrics.encrypted_sessions.opened_so_far(),
-                tls: capture.tls().clone(),
-                oversized_messages: c.oversized,
-                late_attributions: c.late_attributions,
-                statement_cache_hits: n.hits,
-                statement_cache_misses: n.misses,
-                statement_cache_entries: self.normalizer.cached() as u64,
-                normalize_errors: n.errors,
-                // As published just before (run.rs publishes, then asks for status).
-                probes: self
-                    .metrics
-                    .shared
-                    .probe_stats
-                    .lock()
-                    .map(|p| p.clone())
-                    .unwrap_or_default(),
-            },
-            roles: self.stats.roles(&|fp| self.cost_of(fp)),
-            budgets: self
-                .budget
-                .as_ref()
-                .map(|l| l.budgets.status(self.now_ms))
-                .unwrap_or_default(),
-            storage: None,
-        }
-    }
-}
-
-impl Backend {
-    fn new(fresh: bool) -> Self {
-        Self {
-            identity: Identity::AwaitStartup,
-            fresh,
-            crypto: None,
-            cpu_ticks: None,
-            fds: Vec::new(),
-        }
-    }
-}
-
-/// Whether `b` is unreadable and not yet charged by CPU time.
-fn backend_unreadable(b: Option<&Backend>) -> bool {
-    b.is_some_and(|b| b.crypto == Some(Crypto::Unreadable) && b.cpu_ticks.is_none())
-}
-
-/// CLOCK_MONOTONIC now, nanoseconds (the clock of `bpf_ktime_get_ns`, so of record
-/// timestamps).
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// utime + stime of process `pid`, clock ticks (proc(5), `/proc/<pid>/stat` fields 14 and
-/// 15); `None` once it is gone.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split_whitespace();
-    // After the command: state is field 3, so utime (14) is the 12th and stime the 13th.
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// `sysconf(_SC_CLK_TCK)`: the unit of [`cpu_ticks`] (100 on Linux).
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 { hz as f64 } else { 100.0 }
-}
-
-/// The [`pgmon_wire::Sink`] of one connection: charges what the parser reports.
-struct ConnSink<'a> {
-    budgets: Option<&'a mut Budgets>,
-    now_ms: u64,
-    /// The record's timestamp (CLOCK_MONOTONIC, ns).
-    record_ns: u64,
-    /// The libssl probes are attached.
-    tls_on: bool,
-    backend: &'a mut Backend,
-    normalizer: &'a mut Normalizer,
-    stats: &'a mut Stats,
-    metrics: &'a TrafficMetrics,
-    counters: &'a mut Counters,
-}
-
-impl pgmon_wire::Sink for ConnSink<'_> {
-    type Stmt = Stmt;
-
-    fn prepare(&mut self, text: &[u8], simple: bool, out: &mut Vec<Stmt>) {
-        self.normalizer.prepare(text, simple, out);
-    }
-
-    fn truncated(&mut self, _prefix: &[u8], len: usize, _simple: bool, out: &mut Vec<Stmt>) {
-        self.counters.oversized += 1;
-        self.metrics.oversized_messages.inc();
-        out.push(self.normalizer.oversized(len));
-    }
-
-    fn startup(&mut self, s: &Startup<'_>) {
-        let ignored =
-            s.application_name == Some(b"pgmon".as_slice()) || s.replication != Replication::No;
-        self.backend.identity = if ignored {
-            Identity::Ignored
-        } else {
-            let role = String::from_utf8_lossy(s.user);
-            let database = String::from_utf8_lossy(s.database);
-            let id = self.stats.role_db(&role, &database);
-            self.stats.connection(id, 1);
-            Identity::Known(id)
-        };
-    }
-
-    fn encrypted(&mut self, how: Encryption) {
-        if self.backend.crypto.is_some() {
-            return;
-        }
-        let readable_later = self.tls_on && how != Encryption::Gss;
-        self.backend.crypto = Some(if readable_later {
-            Crypto::Awaiting {
-                since_ns: self.record_ns,
-            }
-        } else {
-            self.metrics.encrypted_sessions.opened(false);
-            Crypto::Unreadable
-        });
-    }
-
-    fn cancel_request(&mut self) {
-        // A CancelRequest arrives on a connection of its own, which then closes.
-        self.backend.identity = Identity::Ignored;
-    }
-
-    fn completed(&mut self, c: Completion<Stmt>) {
-        let duration = c.end_ns.saturating_sub(c.start_ns);
-        let error = match c.outcome {
-            Outcome::Error { sqlstate } => Some(sqlstate),
-            _ => None,
-        };
-        match &mut self.backend.identity {
-            Identity::Known(id) => {
-                self.stats.record(*id, &c.stmt, duration, error);
-                if let Some(b) = self.budgets.as_deref_mut() {
-                    let (r, d) = self.stats.names(*id);
-                    b.charge(self.now_ms, r, d, &c.stmt, duration);
-                }
-            }
-            Identity::Pending(p) if p.len() < MAX_PENDING => p.push((c.stmt, duration, error)),
-            Identity::Ignored => {}
-            Identity::Pending(_) | Identity::AwaitStartup | Identity::Unknown => {
-                self.counters.unattributed += 1;
-                self.metrics.unattributed.inc();
-            }
-        }
-    }
-
-    fn error(&mut self, e: ErrorResponse, ctx: ErrorContext) {
-        let Identity::Known(id) = self.backend.identity else {
-            return;
-        };
-        match ErrorScope::of(e, ctx) {
-            // Counted with its completion.
-            ErrorScope::Execution => {}
-            ErrorScope::Request => self.stats.failed_request(id, e.sqlstate),
-            ErrorScope::Connection => self.stats.connection_error(id, e.sqlstate),
-        }
-    }
-
-    fn unattributed(&mut self, _c: Completion<()>) {
-        // An execution of a statement prepared before the capture began: its text was never
-        // seen, so it cannot be charged to a fingerprint.
-        self.counters.unattributed += 1;
-        self.metrics.unattributed.inc();
-    }
-
-    fn desync(&mut self, dir: Direction, reason: DesyncReason) {
-        match dir {
-            Direction::Frontend => self.counters.desyncs_frontend += 1,
-            Direction::Backend => self.counters.desyncs_backend += 1,
-        }
-        self.metrics.desync(dir.as_str(), reason.as_str());
     }
 }

@@ -2,6 +2,7 @@
 //! apart, and a role's statement errors never exceed its statements.
 
 use super::*;
+use crate::{budget::CostKnown, query::Stmt};
 use pgmon_wire::enc::*;
 
 /// What a [`ConnSink`] needs, owned.

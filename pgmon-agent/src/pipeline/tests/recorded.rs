@@ -8,6 +8,7 @@
 use pgmon_common::{EventHeader, flags, kind};
 
 use super::*;
+use crate::budget::CostKnown;
 
 /// The capture file: each record a little-endian `u32` length and the record as the
 /// kernel wrote it (`cli::record`'s format).
