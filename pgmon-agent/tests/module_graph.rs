@@ -229,3 +229,65 @@ fn grouped_and_inline_paths_are_edges() {
     );
     assert!(targets("use pgmon_crate::x;").is_empty());
 }
+
+/// The layering block of README.md's "Layout" section (the fenced block after "From the
+/// top"): each line names one or more modules (comma-separated) before its description;
+/// continuation lines start with spaces. Returns each module with its line's rank, 0 at
+/// the top.
+fn readme_layers(readme: &str) -> BTreeMap<String, usize> {
+    let section = readme
+        .split("## Layout")
+        .nth(1)
+        .expect("README.md has a Layout section");
+    let block = section
+        .split("```")
+        .nth(1)
+        .expect("the Layout section has a fenced block");
+    let mut ranks = BTreeMap::new();
+    let mut rank = 0;
+    for line in block.lines().filter(|l| !l.trim().is_empty()) {
+        if line.starts_with(' ') || line.starts_with('(') {
+            continue; // a description's continuation, or a crate beneath the agent
+        }
+        // Names end where two spaces start the description.
+        let head = line.split("  ").next().unwrap_or(line).trim();
+        for n in head.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            ranks.insert(n.to_owned(), rank);
+        }
+        // A list ending with a comma continues on the next line, on the same rank.
+        if !head.ends_with(',') {
+            rank += 1;
+        }
+    }
+    ranks
+}
+
+/// README.md's layering is the graph's: every module is listed once, and every import
+/// goes from a line to one below it.
+#[test]
+fn the_readme_layout_follows_the_imports() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(dir.join("../README.md")).expect("README.md");
+    let ranks = readme_layers(&readme);
+    let mods = modules(&dir.join("src"));
+    let missing: Vec<&String> = mods.iter().filter(|m| !ranks.contains_key(*m)).collect();
+    assert!(
+        missing.is_empty(),
+        "README's Layout does not list {missing:?}"
+    );
+    let extra: Vec<&String> = ranks.keys().filter(|m| !mods.contains(*m)).collect();
+    assert!(
+        extra.is_empty(),
+        "README's Layout lists {extra:?}, not modules of lib.rs"
+    );
+    let wrong: Vec<String> = edges(&dir.join("src"))
+        .iter()
+        .filter(|((from, to), _)| ranks[from] >= ranks[to])
+        .map(|((from, to), at)| format!("  {from} → {to} ({at})"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "README's Layout puts these imports upward or sideways:\n{}",
+        wrong.join("\n")
+    );
+}
