@@ -9,12 +9,12 @@
 //!    agent to another cluster: a null control, whose ratio shows the noise.
 //!    Where it goes in CPU time ([`crate::bench_probe`]), and what a socket call of any
 //!    other process on the host pays ([`crate::bench_host`]).
-//! 2. Completeness under stress: 16 clients; loss = pgbench's transactions − pgmon's count
-//!    of the statement, with the kernel's drop counter beside it.
-//! 3. Pipeline throughput without a kernel: capture records of real pgbench traffic
-//!    (`pgmon-agent record`) replayed through the pipeline on one core (`pgmon-agent
-//!    replay`): statement-cache hits; and a corpus of distinct statements, each a
-//!    libpg_query miss.
+//! 2. Completeness under stress ([`crate::bench_stress`]): 16 clients; loss = pgbench's
+//!    transactions − pgmon's count of the statement, with the kernel's drop counter beside it.
+//! 3. Pipeline throughput without a kernel ([`crate::bench_replay`]): capture records of real
+//!    pgbench traffic (`pgmon-agent record`) replayed through the pipeline on one core
+//!    (`pgmon-agent replay`): statement-cache hits; and a corpus of distinct statements, each
+//!    a libpg_query miss.
 //! 4. The agent's RSS and CPU during the overhead runs.
 //! 5. Budgets ([`crate::bench_budget`]): enforcement latency, the cost worker's rate, and the
 //!    overhead and cost-cache hit ratio with budgets on.
@@ -24,20 +24,15 @@
 //! 8. pgmon's own footprint in the database ([`crate::bench_footprint`]): rows and WAL it
 //!    writes with 1 000 budgeted roles active, and the size of its tables.
 
-use std::{
-    fmt::Write as _,
-    io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{fmt::Write as _, path::Path, process::Command};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::bench_overhead::{MODES, Mode, overhead_run};
-use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol, Transport, free_port,
-};
+use crate::bench_replay::{miss_corpus, record, replay, tempdir};
+use crate::bench_stats::{median, median_interval, ordinal, sign_test_rank};
+use crate::bench_stress::stress_run;
+use pgmon_tests::{Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol, Transport};
 
 /// Arguments of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -116,62 +111,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return Ok(());
     }
     measure(&crate::util::agent_release_binary(), args)
-}
-
-/// `1st`, `2nd`, `3rd`, `4th`, … (`11th`–`13th` included).
-pub fn ordinal(k: usize) -> String {
-    let suffix = match (k % 10, k % 100) {
-        (_, 11..=13) => "th",
-        (1, _) => "st",
-        (2, _) => "nd",
-        (3, _) => "rd",
-        _ => "th",
-    };
-    format!("{k}{suffix}")
-}
-
-/// The median of `v` (NaN when empty).
-pub fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// A distribution-free confidence interval of at least 95 % for the median of the
-/// population `v` was drawn from: the `k`-th smallest and `k`-th largest sample, `k` the
-/// largest rank with P(Binomial(n, ½) < k) ≤ 2.5 % (the sign-test interval; for n = 10,
-/// the 2nd and 9th of 10, 97.9 %). `None` below 6 samples, where no such `k` exists.
-pub fn median_interval(mut v: Vec<f64>) -> Option<(f64, f64)> {
-    let n = v.len();
-    let k = sign_test_rank(n)?;
-    v.sort_by(f64::total_cmp);
-    Some((v[k - 1], v[n - k]))
-}
-
-/// The rank `k` of [`median_interval`] for `n` samples: the largest with
-/// P(Binomial(n, ½) < k) ≤ 2.5 %, summed exactly in f64 (n is a few dozen at most); `None`
-/// below 6 samples.
-pub fn sign_test_rank(n: usize) -> Option<usize> {
-    let mut below = 0.0; // P(X < k)
-    let mut choose = 1.0; // C(n, j)
-    let mut k = 0;
-    for j in 0..n {
-        let p = choose / 2f64.powi(n as i32);
-        if below + p > 0.025 {
-            break;
-        }
-        below += p;
-        k = j + 1;
-        choose = choose * (n - j) as f64 / (j + 1) as f64;
-    }
-    (k > 0).then_some(k)
 }
 
 /// An agent configuration for `cluster` on hook family `hook`, metrics on `port`.
@@ -446,164 +385,4 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
         out_dir.join("REPORT.md").display()
     );
     Ok(())
-}
-
-/// Runs 16 clients with the agent attached; returns (pgbench transactions, pgmon's count of
-/// the statement, kernel drops, desyncs).
-fn stress_run(
-    binary: &Path,
-    cluster: &Cluster,
-    protocol: Protocol,
-    duration: u64,
-) -> Result<(u64, u64, u64, u64)> {
-    let port = free_port();
-    let mut agent = Agent::start(
-        binary,
-        &agent_config(cluster, port, "auto"),
-        format!("127.0.0.1:{port}"),
-    )?;
-    let fp = pgmon_tests::agent_fingerprint(
-        binary,
-        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
-    )?;
-    let count = |agent: &Agent| agent.fingerprint_calls("bench", &fp);
-    let before = count(&agent)?;
-    let r = cluster.pgbench(&PgbenchRun {
-        clients: 16,
-        jobs: 2,
-        transactions: None,
-        duration_s: Some(duration),
-        protocol,
-        select_only: true,
-        no_vacuum: true,
-        ..PgbenchRun::new("bench", "bench")
-    })?;
-    std::thread::sleep(Duration::from_millis(500));
-    let seen = count(&agent)? - before;
-    let s = agent.status_json()?;
-    let drops = s["capture"]["dropped"].as_u64().unwrap_or(0);
-    let desyncs = s["capture"]["desyncs_frontend"].as_u64().unwrap_or(0)
-        + s["capture"]["desyncs_backend"].as_u64().unwrap_or(0);
-    agent.stop()?;
-    Ok((r.transactions_processed, seen, drops, desyncs))
-}
-
-/// Records the capture of `workload` into `out` with `pgmon-agent record`.
-fn record(
-    binary: &Path,
-    cluster: &Cluster,
-    out: &Path,
-    workload: impl FnOnce() -> Result<()>,
-) -> Result<()> {
-    let dir = tempdir()?;
-    let config = dir.join("record.yaml");
-    std::fs::write(&config, agent_config(cluster, free_port(), "auto"))?;
-    let mut child = Command::new(binary)
-        .args(["record", "--config"])
-        .arg(&config)
-        .arg("--out")
-        .arg(out)
-        .args(["--seconds", "15"])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let first = lines.next().transpose()?.unwrap_or_default();
-    if !first.starts_with("recording") {
-        let _ = child.kill();
-        bail!("pgmon-agent record did not start: {first}");
-    }
-    let result = workload();
-    let summary: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = child.wait()?;
-    let _ = std::fs::remove_dir_all(&dir);
-    result?;
-    if !status.success() {
-        bail!("pgmon-agent record failed: {status}");
-    }
-    eprintln!("bench: {}", summary.join(" "));
-    Ok(())
-}
-
-fn replay(binary: &Path, file: &Path, args: &[&str]) -> Result<serde_json::Value> {
-    let out = Command::new(binary)
-        .arg("replay")
-        .arg(file)
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "pgmon-agent replay failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-/// `n` statements of distinct shapes (distinct aliases), mixing joins, aggregates, CTEs,
-/// window functions and DML that touches no row.
-fn miss_corpus(n: usize) -> String {
-    let mut s = String::new();
-    for i in 0..n {
-        let q = match i % 6 {
-            0 => format!(
-                "SELECT a.aid AS c{i}, a.abalance FROM pgbench_accounts a WHERE a.aid = {i};"
-            ),
-            1 => format!(
-                "SELECT b.bid AS c{i}, count(*) FROM pgbench_branches b JOIN pgbench_accounts a ON a.bid = b.bid WHERE a.aid < {} GROUP BY b.bid;",
-                i % 50
-            ),
-            2 => format!(
-                "WITH t{i} AS (SELECT tid, tbalance FROM pgbench_tellers WHERE bid = 1) SELECT sum(tbalance) FROM t{i};"
-            ),
-            3 => format!(
-                "SELECT aid, rank() OVER (ORDER BY abalance DESC) AS r{i} FROM pgbench_accounts WHERE aid BETWEEN {i} AND {};",
-                i + 5
-            ),
-            4 => {
-                format!("UPDATE pgbench_tellers AS u{i} SET tbalance = tbalance WHERE tid = -{i};")
-            }
-            _ => format!("DELETE FROM pgbench_history AS h{i} WHERE tid = -{i} AND mtime < now();"),
-        };
-        s.push_str(&q);
-        s.push('\n');
-    }
-    s
-}
-
-fn tempdir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "pgmon-bench-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{median_interval, ordinal};
-
-    #[test]
-    fn median_interval_takes_the_sign_test_ranks() {
-        let v: Vec<f64> = (1..=10).map(f64::from).collect();
-        assert_eq!(median_interval(v), Some((2.0, 9.0)));
-        let v: Vec<f64> = (1..=6).rev().map(f64::from).collect();
-        assert_eq!(median_interval(v), Some((1.0, 6.0)));
-        assert_eq!(median_interval(vec![1.0; 5]), None);
-        // n = 20: P(X < 6) = 2.07 %, P(X < 7) = 5.77 %.
-        let v: Vec<f64> = (1..=20).map(f64::from).collect();
-        assert_eq!(median_interval(v), Some((6.0, 15.0)));
-    }
-
-    #[test]
-    fn ordinals_read_as_english() {
-        let got: Vec<String> = [1, 2, 3, 4, 6, 11, 12, 13, 21, 22].map(ordinal).to_vec();
-        assert_eq!(
-            got,
-            [
-                "1st", "2nd", "3rd", "4th", "6th", "11th", "12th", "13th", "21st", "22nd"
-            ]
-        );
-    }
 }

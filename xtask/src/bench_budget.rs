@@ -66,7 +66,7 @@ pub fn section(
         q(1.0),
         mean * 1000.0,
         hit_ratios.len(),
-        crate::bench::median(hit_ratios.to_vec()),
+        crate::bench_stats::median(hit_ratios.to_vec()),
     );
     let json = serde_json::json!({
         "enforcement_latency_ms": latencies, "cost_worker": {"settled": costed, "per_second": rate, "mean_estimate_seconds": mean},

@@ -38,7 +38,7 @@ use pgmon_tests::{
     Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Transport, free_port, metrics,
 };
 
-use crate::{bench::median, util::proc_stat};
+use crate::{bench_stats::median, util::proc_stat};
 
 /// Arguments of the health-poller benchmark (part of `cargo xtask bench`).
 #[derive(clap::Args)]

@@ -16,7 +16,8 @@ use std::{
 use anyhow::Result;
 use pgmon_tests::{Agent, Cluster, free_port};
 
-use crate::bench::{agent_config, median, median_interval};
+use crate::bench::agent_config;
+use crate::bench_stats::{median, median_interval};
 
 /// Rounds of the comparison: one detached and one attached loop each, the order
 /// alternating.

@@ -29,7 +29,7 @@
 
 use std::{fmt::Write as _, path::Path, time::Duration};
 
-use crate::{bench::median, bench_budget::quantile};
+use crate::{bench_budget::quantile, bench_stats::median};
 use anyhow::{Context as _, Result, bail};
 use pgmon_tests::{
     Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Transport, free_port, quote_ident,

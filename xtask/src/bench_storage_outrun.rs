@@ -17,7 +17,7 @@ use std::{fmt::Write as _, path::Path, thread::JoinHandle, time::Duration};
 use anyhow::{Context as _, Result, anyhow, bail};
 use pgmon_tests::{Agent, Cluster, Transport, free_port};
 
-use crate::bench::median;
+use crate::bench_stats::median;
 
 /// The roles' hard limit, bytes (50 MB as the policy writes it: 50 × 10⁶).
 const HARD: u64 = 50_000_000;

@@ -24,9 +24,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use pgmon_tests::{Agent, Cluster, ClusterOptions, PgVersion, Transport, free_port};
 
-use crate::bench::{agent_config, median, median_interval, ordinal, sign_test_rank};
+use crate::bench::agent_config;
 use crate::bench_host::thread_cpu_ns;
 use crate::bench_overhead::{SETTLE, select_only_run};
+use crate::bench_stats::{median, median_interval, ordinal, sign_test_rank};
 
 /// Arguments of the TLS section.
 #[derive(clap::Args)]

@@ -17,8 +17,11 @@ mod bench_health;
 mod bench_host;
 mod bench_overhead;
 mod bench_probe;
+mod bench_replay;
+mod bench_stats;
 mod bench_storage;
 mod bench_storage_outrun;
+mod bench_stress;
 mod bench_tls;
 #[cfg(test)]
 mod bootstrap;
