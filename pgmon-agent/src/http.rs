@@ -1,7 +1,8 @@
 //! The HTTP endpoint, an axum [`Router`] on hyper 1 and tokio with one route per endpoint:
 //! `/metrics` (Prometheus), `/healthz`, `/api/v1/status`, `/api/v1/alerts`, the read API
 //! ([`crate::api`]: `/api/v1/overview`, `/autovacuum`, `/top-queries`, `/storage`,
-//! `/partitions`, `/replication`), and the manual levers `POST /api/v1/storage/unlock?role=`,
+//! `/partitions`, `/replication`), `/api/v1/history` (the last hour, [`crate::history`]), the
+//! web UI (`/` and its files under `/ui/`, [`crate::ui`]), and the manual levers `POST /api/v1/storage/unlock?role=`,
 //! `POST /api/v1/budget/unlock?role=` (`pgmon-agent unlock [--budget]`) and
 //! `POST /api/v1/cost/forget` (`pgmon-agent cost forget`), which one layer
 //! ([`loopback_only`]) answers 403 unless the peer is loopback: anyone who can scrape a
@@ -69,6 +70,8 @@ pub struct Endpoint {
     pub budget_reset: Option<std::sync::mpsc::Sender<crate::budget::reset::ResetRequest>>,
     /// The read API.
     pub api: Arc<crate::api::Api>,
+    /// The last hour's samples (`/api/v1/history`, the UI's charts).
+    pub history: crate::history::History,
 }
 
 /// Binds `addr`; errors if the address is taken.
@@ -91,7 +94,10 @@ fn router(ep: Arc<Endpoint>) -> Router {
         .route("/metrics", on(MethodFilter::GET, metrics))
         .route("/healthz", on(MethodFilter::GET, healthz))
         .route("/api/v1/status", on(MethodFilter::GET, status))
-        .route("/api/v1/alerts", on(MethodFilter::GET, alerts));
+        .route("/api/v1/alerts", on(MethodFilter::GET, alerts))
+        .route("/api/v1/history", on(MethodFilter::GET, history))
+        .route("/", on(MethodFilter::GET, ui_index))
+        .route("/ui/{file}", on(MethodFilter::GET, ui_asset));
     for endpoint in crate::api::PATHS {
         r = r.route(
             endpoint,
@@ -162,6 +168,41 @@ async fn unrouted(method: Method) -> Response {
             "GET only\n".into(),
         )
     }
+}
+
+/// `GET /api/v1/history`: the last hour's samples ([`crate::history::HistoryDocument`]).
+async fn history(State(ep): State<Arc<Endpoint>>) -> Response {
+    text(
+        StatusCode::OK,
+        "application/json",
+        serde_json::to_string(&ep.history.document()).unwrap_or_default(),
+    )
+}
+
+/// `GET /`: the web UI's page.
+async fn ui_index() -> Response {
+    embedded(&crate::ui::INDEX)
+}
+
+/// `GET /ui/FILE`: one of the UI's embedded files, else 404.
+async fn ui_asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    match crate::ui::asset(&file) {
+        Some(a) => embedded(a),
+        None => text(StatusCode::NOT_FOUND, "text/plain", "no such file\n".into()),
+    }
+}
+
+fn embedded(a: &crate::ui::Asset) -> Response {
+    use axum::response::IntoResponse as _;
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, a.content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        a.bytes,
+    )
+        .into_response()
 }
 
 /// `GET /metrics`: OpenMetrics to a client that accepts it, else the text format 0.0.4.

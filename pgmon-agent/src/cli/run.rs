@@ -138,6 +138,12 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
         answer_tx,
         metrics.db_connect_errors.clone(),
     ));
+    let history = crate::history::History::default();
+    runtime.spawn(crate::history::run(
+        history.clone(),
+        status_tx.clone(),
+        sets.health.clone(),
+    ));
     runtime.spawn(http::serve(
         listener,
         Endpoint {
@@ -150,9 +156,13 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
             cost: cost_control,
             budget_reset: config.budgets.enabled.then_some(reset_tx),
             api,
+            history,
         },
     ));
-    tracing::info!(listen = %config.metrics.listen, "serving /metrics, /healthz, /api/v1/*");
+    tracing::info!(
+        ui = %format!("http://{}/", config.metrics.listen),
+        "serving the web UI, /metrics, /healthz, /api/v1/*"
+    );
 
     let capture_thread = {
         let stop = stop.clone();
