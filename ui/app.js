@@ -38,13 +38,14 @@ function fmt(v, unit) {
   if (v == null) return "—";
   if (typeof v === "boolean") return v ? "yes" : "no";
   if (typeof v !== "number") return String(v);
+  if (Object.is(v, -0)) v = 0;
   if (unit === "bytes") {
     const u = ["B", "kB", "MB", "GB", "TB"];
     let i = 0; let x = v;
     while (Math.abs(x) >= 1000 && i < u.length - 1) { x /= 1000; i++; }
     return `${x.toFixed(i ? 1 : 0)} ${u[i]}`;
   }
-  if (unit === "ratio") return `${(v * 100).toFixed(1)} %`;
+  if (unit === "ratio") return `${(v * 100).toFixed(Math.abs(v) >= 1 ? 0 : 1)} %`;
   if (unit === "ms") return `${v.toFixed(v < 10 ? 2 : 0)} ms`;
   if (Number.isInteger(v)) return v.toLocaleString("en");
   return Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2);
@@ -123,7 +124,7 @@ function chart(title, t, series, unit) {
       label: s.label, stroke: colors[i % colors.length], width: 1.5,
       value: (_, v) => fmt(v, unit),
     }))),
-    axes: [{}, { values: (_, ticks) => ticks.map((v) => fmt(v, unit)) , size: 70 }],
+    axes: [{}, { values: (_, ticks) => ticks.map((v) => fmt(v, unit)), size: 90 }],
   };
   requestAnimationFrame(() => {
     opts.width = Math.max(300, box.clientWidth - 24);
@@ -150,8 +151,8 @@ async function overview() {
     card("connections / max", conn ? `${fmt(conn.client_backends)} / ${fmt(conn.settings && conn.settings.max_connections)}` : "—", "connections"),
     card("transactions/s", fmt(last.transactions_per_second), "tps"),
     card("statements/s (capture)", fmt(last.statements_per_second), "qps"),
-    card("worst role p50", roles.length ? fmt(p("p50_ms"), "ms") : "—", "p50"),
-    card("worst role p99", roles.length ? fmt(p("p99_ms"), "ms") : "—", "p99"),
+    card("worst role p50 (since start)", roles.length ? fmt(p("p50_ms"), "ms") : "—", "p50"),
+    card("worst role p99 (since start)", roles.length ? fmt(p("p99_ms"), "ms") : "—", "p99"),
     card("WAL/s", fmt(last.wal_bytes_per_second, "bytes"), "wal"),
     card("checkpoints (timed + requested)", fmt(checkpoints(ov.data && ov.data.checkpoints)), "checkpoints"),
     card("alerts firing", al.data ? fmt(al.data.firing.length) : "—", "alerts")));
@@ -166,13 +167,11 @@ async function overview() {
   return out;
 }
 
-// pg_stat_checkpointer (17+) or pg_stat_bgwriter (before) counts.
+// Checkpoints since the statistics reset: timed + requested (pg_stat_checkpointer on 17+,
+// pg_stat_bgwriter before; the API names them the same on every version).
 function checkpoints(c) {
-  if (!c) return null;
-  const n = (a, b) => (c[a] != null ? c[a] : c[b]);
-  const timed = n("num_timed", "checkpoints_timed");
-  const req = n("num_requested", "checkpoints_req");
-  return timed == null && req == null ? null : (timed || 0) + (req || 0);
+  if (!c || (c.timed == null && c.requested == null)) return null;
+  return (c.timed || 0) + (c.requested || 0);
 }
 
 function historyCharts(hist) {

@@ -39,6 +39,9 @@ pub(crate) const APT_PACKAGES: &[&str] = &[
     "python3-aiosmtpd",
     // The driver tests run psycopg 3 from PyPI in a virtual environment of Debian's python3.
     "python3-venv",
+    // The web UI's browser test drives Debian's Chromium over WebDriver (chromedriver).
+    "chromium",
+    "chromium-driver",
 ];
 
 /// Installed packages and the virtual packages they provide (`dpkg-query`, one call).
