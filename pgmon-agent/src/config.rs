@@ -20,8 +20,9 @@ pub struct Config {
     /// Normalization and per-statement statistics.
     #[serde(default)]
     pub query: crate::query::config::QueryConfig,
-    /// The HTTP endpoint (`/metrics`, `/healthz`, `/api/v1/status`).
-    #[serde(default)]
+    /// The HTTP endpoint (`/metrics`, `/healthz`, `/api/v1/*`, the web UI); `http:` is
+    /// accepted for the same section.
+    #[serde(default, alias = "http")]
     pub metrics: crate::http::MetricsConfig,
     /// Generic-plan cost estimates (the cost worker).
     #[serde(default)]
@@ -177,6 +178,13 @@ impl Config {
             ));
         }
         if let Err((field, message)) = self.cleanup.compile().map(|_| ()) {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                field,
+                message,
+            });
+        }
+        if let Err((field, message)) = self.metrics.validate() {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
                 field,

@@ -33,19 +33,55 @@ use crate::{
     util::now_ms,
 };
 
+pub mod security;
+
 /// The HTTP endpoint.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// Address to listen on. Default `127.0.0.1:8181`.
+    /// Address to listen on. Default `127.0.0.1:8181` (loopback: nothing is reachable from
+    /// elsewhere until this is changed).
     pub listen: SocketAddr,
+    /// The address the web UI is reached at from outside (e.g. `https://db1.example.com:8181`),
+    /// for the links in alert and storage notifications; none when unset (the default).
+    pub external_url: Option<String>,
+    /// TLS for the listener: `{cert_file, key_file}` (PEM). Default: plain HTTP.
+    pub tls: Option<security::TlsFiles>,
+    /// HTTP basic authentication for every request: user name → bcrypt hash
+    /// (`htpasswd -nBC 10 USER`). Default: none (no authentication).
+    pub basic_auth_users: BTreeMap<String, String>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8181)),
+            external_url: None,
+            tls: None,
+            basic_auth_users: BTreeMap::new(),
         }
+    }
+}
+
+impl MetricsConfig {
+    /// Checks the fields serde cannot: the users' hashes and the external URL's scheme;
+    /// the error names the field.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        security::validate_users(&self.basic_auth_users)?;
+        if let Some(u) = &self.external_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err((
+                "metrics.external_url".into(),
+                format!("{u:?} does not start with http:// or https://"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The scheme the listener speaks.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 }
 
@@ -79,12 +115,47 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves connections until the task is dropped (axum logs a failed `accept` under the
-/// target `axum::serve` and retries after a second).
-pub async fn serve(listener: TcpListener, endpoint: Endpoint) {
-    let app = router(Arc::new(endpoint)).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "the HTTP endpoint stopped");
+/// Serves connections until the task is dropped: over TLS when `config.tls` is set (the
+/// certificate and key are read here; an unreadable one is logged and nothing is served),
+/// behind basic authentication when `config.basic_auth_users` is not empty.
+pub async fn serve(listener: TcpListener, endpoint: Endpoint, config: MetricsConfig) {
+    let mut router = router(Arc::new(endpoint));
+    if let Some(users) = security::Users::new(&config.basic_auth_users) {
+        router = router.layer(from_fn_with_state(users, security::require_user));
+    }
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+    let Some(tls) = &config.tls else {
+        // axum logs a failed `accept` under the target `axum::serve` and retries.
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the HTTP endpoint stopped");
+        }
+        return;
+    };
+    let rustls =
+        match axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(cert = %tls.cert_file.display(), key = %tls.key_file.display(),
+                    error = %e, "metrics.tls: cannot load the certificate and key; not serving");
+                return;
+            }
+        };
+    let std_listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "the HTTP endpoint stopped");
+            return;
+        }
+    };
+    match axum_server::from_tcp_rustls(std_listener, rustls) {
+        Ok(server) => {
+            if let Err(e) = server.serve(app).await {
+                tracing::error!(error = %e, "the HTTPS endpoint stopped");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "the HTTPS endpoint stopped"),
     }
 }
 

@@ -71,6 +71,9 @@ pub struct AgentOptions {
     /// readable by every user, so an agent under a dropped uid can read its policy, and
     /// [`Agent::pid`] is the wrapper's pid.
     pub wrapper: Vec<String>,
+    /// Skip the wait for `GET /healthz` over plain HTTP (a listener behind TLS or basic
+    /// authentication cannot answer it); the caller checks readiness its own way.
+    pub no_ready_check: bool,
 }
 
 impl Default for AgentOptions {
@@ -80,6 +83,7 @@ impl Default for AgentOptions {
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
             wrapper: Vec::new(),
+            no_ready_check: false,
         }
     }
 }
@@ -153,7 +157,9 @@ impl Agent {
             dir,
             http,
         };
-        agent.wait_healthy(opts.ready_timeout)?;
+        if !opts.no_ready_check {
+            agent.wait_healthy(opts.ready_timeout)?;
+        }
         Ok(agent)
     }
 

@@ -158,9 +158,11 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
             api,
             history,
         },
+        config.metrics.clone(),
     ));
     tracing::info!(
-        ui = %format!("http://{}/", config.metrics.listen),
+        ui = %format!("{}://{}/", config.metrics.scheme(), config.metrics.listen),
+        basic_auth = !config.metrics.basic_auth_users.is_empty(),
         "serving the web UI, /metrics, /healthz, /api/v1/*"
     );
 
