@@ -40,6 +40,12 @@ pub const ASSETS: &[Asset] = &[
     ),
 ];
 
+/// The address of the UI's page `route` (e.g. `alerts`, `role/shop`) under `external_url`
+/// (`metrics.external_url`): `https://db1.example.com:8181/#/alerts`; `None` without one.
+pub fn link(external_url: Option<&str>, route: &str) -> Option<String> {
+    external_url.map(|base| format!("{}/#/{route}", base.trim_end_matches('/')))
+}
+
 /// The asset named `name`, if any.
 pub fn asset(name: &str) -> Option<&'static Asset> {
     ASSETS.iter().find(|a| a.name == name)
@@ -47,6 +53,15 @@ pub fn asset(name: &str) -> Option<&'static Asset> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn links_join_the_external_url_and_the_route() {
+        assert_eq!(
+            super::link(Some("https://db1:8181/"), "quotas").as_deref(),
+            Some("https://db1:8181/#/quotas")
+        );
+        assert_eq!(super::link(None, "quotas"), None);
+    }
+
     #[test]
     fn the_index_loads_every_asset_it_names_and_nothing_remote() {
         let index = std::str::from_utf8(super::INDEX.bytes).unwrap();

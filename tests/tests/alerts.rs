@@ -9,7 +9,9 @@
 //! - a webhook that never answers delays nothing: the other sinks get their alerts and the
 //!   fast loop's metrics keep moving;
 //! - email reaches a loopback SMTP server (aiosmtpd, from Debian's python3-aiosmtpd);
-//! - `/api/v1/alerts` and `pgmon_alerts_firing` show the firing alert with its expression.
+//! - `/api/v1/alerts` and `pgmon_alerts_firing` show the firing alert with its expression;
+//! - with `metrics.external_url` set, the webhook JSON (`url`), the Slack text and the email
+//!   body link to the UI's panel for the alert.
 
 use std::{
     net::TcpStream,
@@ -107,7 +109,7 @@ struct Sinks {
 
 fn config(cluster: &Cluster, port: u16, s: &Sinks) -> String {
     format!(
-        "cluster:\n  data_directory: {}\n  connection: \"{}\"\nmetrics:\n  listen: 127.0.0.1:{port}\n\
+        "cluster:\n  data_directory: {}\n  connection: \"{}\"\nmetrics:\n  listen: 127.0.0.1:{port}\n  external_url: 'https://db1.example.com:8181/'\n\
          {FAST_HEALTH_LOOPS}alerts:\n  evaluation_interval_seconds: 1\n  repeat_seconds: 0\n  notifiers:\n    \
          - webhook: {{url: '{}'}}\n    - slack: {{url: '{}'}}\n    - webhook: {{url: '{}', name: dead}}\n    \
          - email: {{host: 127.0.0.1, port: {}, security: none, from: 'pgmon <pgmon@localhost>', to: [dba@localhost]}}\n  \
@@ -235,6 +237,8 @@ fn alerts(version: PgVersion) {
         lt["message"].as_str().unwrap().contains("(database app)"),
         "{lt}"
     );
+    // metrics.external_url: the notification links to the UI's panel for it.
+    assert_eq!(lt["url"], "https://db1.example.com:8181/#/overview", "{lt}");
     assert!(long.wait().expect("psql").success());
     delivered(&sinks.webhook, mark, "PostgresLongTransaction", "resolved");
 
@@ -370,6 +374,12 @@ fn alerts(version: PgVersion) {
         Some(1),
         "Slack's payload: {sl}"
     );
+    assert!(
+        sl["text"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("<https://db1.example.com:8181/#/overview|open in pgmon>")),
+        "Slack's link: {sl}"
+    );
     assert!(sinks.slack.requests() >= sinks.slack.bodies().len() + 3);
     agent.wait_metric(
         "pgmon_alert_notifications_total",
@@ -398,6 +408,10 @@ fn alerts(version: PgVersion) {
         thread::sleep(Duration::from_millis(200));
     };
     assert!(mail.contains("To: dba@localhost"), "{mail}");
+    assert!(
+        mail.contains("Open in pgmon: https://db1.example.com:8181/#/overview"),
+        "{mail}"
+    );
     assert!(
         mail.contains("expression: rate(pgmon_wal_position_bytes_total[3s])"),
         "{mail}"

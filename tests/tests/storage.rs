@@ -79,7 +79,14 @@ fn quotas(version: PgVersion) {
         hooks.url("/hook"),
         free_port(),
         hooks.url("/alerts"),
+    )
+    // Notifications link to the UI's Storage quotas page.
+    .replacen(
+        &format!("listen: 127.0.0.1:{port}\n"),
+        &format!("listen: 127.0.0.1:{port}\n  external_url: https://db1.example.com:8181\n"),
+        1,
     );
+    assert!(yaml.contains("external_url"), "{yaml}");
     let agent = Agent::start(
         &agent_binary().expect("binary"),
         &yaml,
@@ -319,6 +326,10 @@ fn quotas(version: PgVersion) {
         .find(|b| b["role"] == "quota" && b["to"] == "locked")
         .expect("a locked notification");
     assert_eq!(locked["action"], "lock", "{locked}");
+    assert_eq!(
+        locked["url"], "https://db1.example.com:8181/#/quotas",
+        "{locked}"
+    );
     assert_eq!(locked["hard_limit_bytes"], 10 << 20, "{locked}");
     assert!(
         locked["message"]

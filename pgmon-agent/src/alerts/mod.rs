@@ -238,11 +238,15 @@ pub fn start(
     runtime: &tokio::runtime::Runtime,
     config: &AlertsConfig,
     monitor: &tokio_postgres::Config,
-    board: Board,
-    storage: Option<crate::storage::StorageHandle>,
-    budgets: Option<crate::budget::metrics::BudgetMetrics>,
+    inputs: AlertInputs,
     book: AlertBook,
+    external_url: Option<String>,
 ) -> anyhow::Result<tokio::sync::watch::Sender<AlertsConfig>> {
+    let AlertInputs {
+        board,
+        storage,
+        budgets,
+    } = inputs;
     let _guard = runtime.enter();
     let sinks = notice::sinks(config)?;
     let notifier = notify::Notifier::start(sinks, &notice::delivery(config), book.count());
@@ -266,10 +270,31 @@ pub fn start(
             monitor: monitor.clone(),
         },
         book,
-        notifier,
-        instance,
+        Outbox {
+            notifier,
+            instance,
+            external_url,
+        },
     ));
     Ok(reload_tx)
+}
+
+/// What the rules read besides the SQL of the health loops.
+pub struct AlertInputs {
+    /// What the health loops last read.
+    pub board: Board,
+    /// The storage quotas, when `storage.enabled`.
+    pub storage: Option<crate::storage::StorageHandle>,
+    /// The budgets' utilisations, when `budgets.enabled`.
+    pub budgets: Option<crate::budget::metrics::BudgetMetrics>,
+}
+
+/// Where notices go: the notifiers, the instance they name, and the UI's address for
+/// their links (`metrics.external_url`).
+struct Outbox {
+    notifier: notify::Notifier,
+    instance: String,
+    external_url: Option<String>,
 }
 
 /// Where the engine's task reads its inputs.
@@ -299,9 +324,13 @@ async fn serve(
     interval: Duration,
     sources: Sources,
     book: AlertBook,
-    notifier: notify::Notifier,
-    instance: String,
+    outbox: Outbox,
 ) {
+    let Outbox {
+        notifier,
+        instance,
+        external_url,
+    } = outbox;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let names = notifier.sink_names();
@@ -358,7 +387,7 @@ async fn serve(
                 message = %n.alert.message,
                 "alert"
             );
-            notifier.send(notice::payload(&n, &instance));
+            notifier.send(notice::payload(&n, &instance, external_url.as_deref()));
         }
         book.publish(engine.view(now, names.clone()));
         if !persisting {

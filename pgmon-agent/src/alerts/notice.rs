@@ -75,7 +75,9 @@ pub fn instance() -> String {
 /// 0s)`. Webhook JSON: `status` (`firing`, `resolved`), `alertname`, `severity`,
 /// `labels`, `dedupe_key`, `value`, `message`, `expression`, `instance`, `starts_at`,
 /// `ends_at` (resolved only), `at` (all RFC 3339) and `repeat`.
-pub fn payload(n: &Notice, instance: &str) -> Payload {
+/// `link` is the web UI's panel for the alert ([`panel`]) under `external_url`
+/// (`metrics.external_url`), when set.
+pub fn payload(n: &Notice, instance: &str, external_url: Option<&str>) -> Payload {
     let a = &n.alert;
     let fired = a.firing_since_ms.unwrap_or(a.active_since_ms);
     let on = if instance.is_empty() {
@@ -138,5 +140,33 @@ pub fn payload(n: &Notice, instance: &str) -> Payload {
         text,
         details,
         json,
+        link: crate::ui::link(external_url, panel(a.alertname)),
+    }
+}
+
+/// The web UI's page an alert is best read on (a route of `ui/app.js`).
+pub fn panel(alertname: &str) -> &'static str {
+    let has = |words: &[&str]| words.iter().any(|w| alertname.contains(w));
+    if has(&["Replication"]) {
+        "replication"
+    } else if has(&["Autovacuum", "DeadTuple", "StaleStatistics", "Wraparound"]) {
+        "autovacuum"
+    } else if has(&["UnusedLargeIndex"]) {
+        "storage"
+    } else if has(&["Budget"]) {
+        "budgets"
+    } else if has(&["PgmonStorage"]) {
+        "quotas"
+    } else if has(&[
+        "Connection",
+        "Transaction",
+        "Locks",
+        "Checkpoint",
+        "Wal",
+        "Temp",
+    ]) {
+        "overview"
+    } else {
+        "alerts"
     }
 }

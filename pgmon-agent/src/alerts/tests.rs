@@ -77,7 +77,7 @@ fn idle_in_transaction_goes_pending_firing_resolved() {
     }
     let n = e.tick(T0 + 6 * S, &inputs(&board));
     assert_eq!(names(&n), [("PostgresIdleInTransaction", Status::Firing)]);
-    let p = notice::payload(&n[0], "db1");
+    let p = notice::payload(&n[0], "db1", None);
     assert_eq!(
         p.text,
         "[FIRING warning] PostgresIdleInTransaction on db1: a session has been idle in transaction for 12.0s"
@@ -98,7 +98,7 @@ fn idle_in_transaction_goes_pending_firing_resolved() {
     fast(&board, 0.0, 0.0);
     let n = e.tick(T0 + 9 * S, &inputs(&board));
     assert_eq!(names(&n), [("PostgresIdleInTransaction", Status::Resolved)]);
-    let p = notice::payload(&n[0], "db1");
+    let p = notice::payload(&n[0], "db1", None);
     assert!(
         p.text
             .starts_with("[RESOLVED] PostgresIdleInTransaction on db1: "),

@@ -116,10 +116,13 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
             &runtime,
             &config.alerts,
             &monitor,
-            sets.health.clone(),
-            storage.clone(),
-            config.budgets.enabled.then(|| sets.budget.clone()),
+            crate::alerts::AlertInputs {
+                board: sets.health.clone(),
+                storage: storage.clone(),
+                budgets: config.budgets.enabled.then(|| sets.budget.clone()),
+            },
             sets.alerts.clone(),
+            config.metrics.external_url.clone(),
         )?)
     } else {
         None
@@ -415,6 +418,7 @@ fn start_storage(
         monitor.clone(),
         config.cluster.data_directory.clone(),
         sets.storage.clone(),
+        config.metrics.external_url.clone(),
     ));
     Ok(Some(handle))
 }

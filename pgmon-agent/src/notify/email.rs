@@ -172,7 +172,11 @@ impl Mailer {
         for to in &self.to {
             m = m.to(to.clone());
         }
-        m.body(payload.details.clone()).map_err(|e| e.to_string())
+        let body = match &payload.link {
+            Some(url) => format!("{}\nOpen in pgmon: {url}\n", payload.details),
+            None => payload.details.clone(),
+        };
+        m.body(body).map_err(|e| e.to_string())
     }
 
     /// Sends `payload`; the error is the SMTP failure as text.
@@ -215,8 +219,13 @@ mod tests {
             text: "[FIRING warning] PostgresLongTransaction: open for 6m".into(),
             details: "alert: PostgresLongTransaction\nvalue: 360".into(),
             json: serde_json::Value::Null,
+            link: Some("https://db1:8181/#/overview".into()),
         };
         let raw = String::from_utf8(m.message(&p).unwrap().formatted()).unwrap();
+        assert!(
+            raw.contains("Open in pgmon: https://db1:8181/#/overview"),
+            "{raw}"
+        );
         assert!(raw.contains("From: pgmon <pgmon@db1.example>"), "{raw}");
         assert!(
             raw.contains("To: dba@example.com, Ops <ops@example.com>"),

@@ -50,6 +50,10 @@ pub struct Payload {
     pub details: String,
     /// The body POSTed to a generic JSON webhook.
     pub json: serde_json::Value,
+    /// The web UI's panel for it ([`crate::ui::link`] of `metrics.external_url`), when one
+    /// is configured: Slack shows it after the text, email at the end of the body, and the
+    /// webhook JSON carries it as `url`.
+    pub link: Option<String>,
 }
 
 /// How every sink of one notifier delivers.
@@ -244,6 +248,7 @@ fn summary(task: &Task, s: &Suppressed) -> Payload {
         }),
         text,
         details,
+        link: None,
     }
 }
 
@@ -274,8 +279,20 @@ async fn send_with_retries(task: &Task, p: &Payload) {
 async fn send_once(task: &Task, p: &Payload) -> Result<(), String> {
     let timeout = task.delivery.timeout;
     let (uri, body) = match &*task.target {
-        Target::Slack(uri) => (uri, serde_json::json!({ "text": p.text }).to_string()),
-        Target::Webhook(uri) => (uri, p.json.to_string()),
+        Target::Slack(uri) => {
+            let text = match &p.link {
+                Some(url) => format!("{} <{url}|open in pgmon>", p.text),
+                None => p.text.clone(),
+            };
+            (uri, serde_json::json!({ "text": text }).to_string())
+        }
+        Target::Webhook(uri) => {
+            let mut json = p.json.clone();
+            if let (Some(url), Some(o)) = (&p.link, json.as_object_mut()) {
+                o.insert("url".into(), url.clone().into());
+            }
+            (uri, json.to_string())
+        }
         Target::Email(mailer) => return mailer.send(p).await,
     };
     let Some(client) = &task.client else {

@@ -92,6 +92,7 @@ fn payload(key: &str) -> Payload {
         text: format!("text {key}"),
         details: String::new(),
         json: serde_json::json!({ "key": key }),
+        link: None,
     }
 }
 

@@ -144,6 +144,7 @@ pub async fn start(
     monitor: tokio_postgres::Config,
     data_dir: PathBuf,
     metrics: metrics::StorageMetrics,
+    external_url: Option<String>,
 ) -> StorageHandle {
     let persisted = match tokio::time::timeout(Duration::from_secs(10), enforce::load(&monitor))
         .await
@@ -185,8 +186,8 @@ pub async fn start(
         data_dir,
         metrics,
         tx.clone(),
-        persisted,
-        loaded,
+        (persisted, loaded),
+        external_url,
     );
     tokio::spawn(c.serve(rx));
     StorageHandle { tx }

@@ -63,8 +63,10 @@ impl Event {
 
 impl Event {
     /// The payload of every sink: the key is (role, from, to), the JSON the event itself.
-    pub fn payload(&self) -> Payload {
+    /// `link`: the UI's Storage quotas page under `metrics.external_url`, when set.
+    pub fn payload(&self, external_url: Option<&str>) -> Payload {
         Payload {
+            link: crate::ui::link(external_url, "quotas"),
             key: format!("{}|{}|{}", self.role, self.from.as_str(), self.to.as_str()),
             text: self.message.clone(),
             details: self.message.clone(),
@@ -75,12 +77,18 @@ impl Event {
 
 /// The sending half; cheap to clone.
 #[derive(Clone)]
-pub struct Notifier(notify::Notifier);
+pub struct Notifier(notify::Notifier, Option<String>);
 
 impl Notifier {
     /// Starts one delivery task per configured sink on the current runtime; without a sink,
     /// [`Notifier::send`] does nothing.
-    pub fn start(config: &Notifications, metrics: StorageMetrics) -> Self {
+    /// `external_url` (`metrics.external_url`) makes each notification link to the UI's
+    /// Storage quotas page.
+    pub fn start(
+        config: &Notifications,
+        metrics: StorageMetrics,
+        external_url: Option<String>,
+    ) -> Self {
         let sinks = [
             ("slack", &config.slack_webhook_url),
             ("webhook", &config.webhook_url),
@@ -108,11 +116,14 @@ impl Notifier {
             rate_window: Duration::from_secs(60),
         };
         let count: notify::Count = Arc::new(move |sink, result| metrics.notification(sink, result));
-        Self(notify::Notifier::start(sinks, &delivery, count))
+        Self(
+            notify::Notifier::start(sinks, &delivery, count),
+            external_url,
+        )
     }
 
     /// Queues `event` for every sink; never waits.
     pub fn send(&self, event: Event) {
-        self.0.send(event.payload());
+        self.0.send(event.payload(self.1.as_deref()));
     }
 }

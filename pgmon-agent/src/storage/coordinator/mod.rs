@@ -118,19 +118,21 @@ pub struct Coordinator {
     /// A reloaded policy waits for the next catalog refresh (run at once) to re-judge
     /// every role against its limits.
     reloaded: bool,
+    /// `metrics.external_url`: notifications link to the UI's Storage quotas page.
+    external_url: Option<String>,
 }
 
 impl Coordinator {
     /// A coordinator seeded with `persisted` states and `seed` usage (applied when each
-    /// role is listed).
+    /// role is listed); its notifications link to the UI under `external_url`.
     pub fn new(
         policy: Compiled,
         monitor: tokio_postgres::Config,
         data_dir: PathBuf,
         metrics: StorageMetrics,
         events: mpsc::UnboundedSender<Event>,
-        persisted: HashMap<String, Persisted>,
-        seed: Loaded,
+        (persisted, seed): (HashMap<String, Persisted>, Loaded),
+        external_url: Option<String>,
     ) -> Self {
         let (enforcer, enforcer_rx) = mpsc::unbounded_channel();
         Self {
@@ -156,6 +158,7 @@ impl Coordinator {
             textfile_dirty: false,
             ready: false,
             reloaded: false,
+            external_url,
         }
     }
 
@@ -168,7 +171,11 @@ impl Coordinator {
             batch: self.policy.termination_batch,
             pause_ms: p.termination_pause_ms,
             metrics: self.metrics.clone(),
-            notifier: Notifier::start(&p.notifications, self.metrics.clone()),
+            notifier: Notifier::start(
+                &p.notifications,
+                self.metrics.clone(),
+                self.external_url.clone(),
+            ),
             events: self.events.clone(),
         };
         if let Some(erx) = self.enforcer_rx.take() {
