@@ -137,6 +137,10 @@ fn demo(binary: &Path, version: PgVersion, args: &DemoArgs) -> Result<()> {
         agent.pid(),
         args.listen
     );
+    println!(
+        "   the web UI: http://{}/ (open it while the workload runs)",
+        args.listen
+    );
 
     println!(
         "== workload for {} s: shop (pgbench) and analyst (psql) in parallel",
