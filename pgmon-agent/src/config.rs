@@ -20,6 +20,9 @@ pub struct Config {
     /// Normalization and per-statement statistics.
     #[serde(default)]
     pub query: crate::query::config::QueryConfig,
+    /// What pgmon shows of statement texts.
+    #[serde(default)]
+    pub security: crate::query::config::SecurityConfig,
     /// The HTTP endpoint (`/metrics`, `/healthz`, `/api/v1/*`, the web UI); `http:` is
     /// accepted for the same section.
     #[serde(default, alias = "http")]

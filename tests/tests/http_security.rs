@@ -5,12 +5,14 @@
 //! - without credentials, or with a wrong password, every path — the UI, `/api/v1/status`,
 //!   `/metrics`, `/healthz` — is 401 with `WWW-Authenticate: Basic`, and no data;
 //! - with them, 200 and the data; `/metrics` scraped so passes `promtool check metrics`;
-//! - plain HTTP on the TLS port gets no answer.
+//! - plain HTTP on the TLS port gets no answer;
+//! - with `security.redact_sql_text`, a statement's text appears nowhere the agent shows it
+//!   (`/api/v1/status`, `/api/v1/top-queries` on both sides, `/metrics`), its counts do.
 
 use std::process::Command;
 
 use pgmon_tests::{
-    Agent, AgentOptions, Cluster, ClusterOptions, PROMTOOL, PgVersion, agent_binary,
+    Agent, AgentOptions, Cluster, ClusterOptions, PROMTOOL, PgVersion, Transport, agent_binary,
     budget::{agent_config, install_sql},
     free_port, require_root,
 };
@@ -42,7 +44,14 @@ fn tls_and_basic_auth_pg15() {
     if !require_root("tls_and_basic_auth_pg15") {
         return;
     }
-    let cluster = Cluster::start(PgVersion::Pg15, ClusterOptions::default()).expect("cluster");
+    let cluster = Cluster::start(
+        PgVersion::Pg15,
+        ClusterOptions {
+            pg_stat_statements: true,
+            ..ClusterOptions::default()
+        },
+    )
+    .expect("cluster");
     install_sql(&cluster);
     let dir = cluster.base_dir();
     let (crt, key) = (dir.join("agent.crt"), dir.join("agent.key"));
@@ -73,6 +82,7 @@ fn tls_and_basic_auth_pg15() {
         &format!("  listen: 127.0.0.1:{port}\n{security}"),
         1,
     );
+    let config = format!("{config}security:\n  redact_sql_text: true\n");
     assert!(config.contains("basic_auth_users"), "{config}");
     let agent = Agent::start_with(
         &agent_binary().expect("binary"),
@@ -142,6 +152,46 @@ fn tls_and_basic_auth_pg15() {
     assert!(
         !said.contains("error while linting") && !said.contains("parse"),
         "promtool check metrics: {said}"
+    );
+    // Redaction: the statement is counted, its text is shown nowhere.
+    let marker = "SELECT 4242 AS secret_marker";
+    for _ in 0..3 {
+        cluster
+            .psql("postgres", "postgres", Transport::Unix, marker)
+            .expect("psql");
+    }
+    let auth = ["-u", "dba:s3cret pass"];
+    let started = std::time::Instant::now();
+    loop {
+        let (_, _, status) = curl(&format!("{base}/api/v1/status"), &auth);
+        let v: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+        let redacted = v["roles"].as_array().into_iter().flatten().any(|r| {
+            r["fingerprints"].as_array().into_iter().flatten().any(|f| {
+                f["calls"].as_u64() >= Some(3)
+                    && f["normalized"] == "(redacted: security.redact_sql_text)"
+            })
+        });
+        if redacted {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "no redacted fingerprint: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for path in ["/api/v1/status", "/api/v1/top-queries", "/metrics"] {
+        let (code, _, body) = curl(&format!("{base}{path}"), &auth);
+        assert_eq!(code, 200, "{path}: {body}");
+        assert!(
+            !body.contains("secret_marker"),
+            "{path} shows the text: {body}"
+        );
+    }
+    let (_, _, top) = curl(&format!("{base}/api/v1/top-queries"), &auth);
+    assert!(
+        top.contains("\"query\": \"(redacted: security.redact_sql_text)\""),
+        "pg_stat_statements' side redacted: {top}"
     );
     // Plain HTTP on the TLS port: no HTTP answer.
     let (code, _, _) = curl(

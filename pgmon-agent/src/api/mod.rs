@@ -75,6 +75,8 @@ pub struct Api {
     status: std::sync::mpsc::Sender<StatusRequest>,
     storage: Option<StorageHandle>,
     board: Board,
+    /// `security.redact_sql_text`: `pg_stat_statements`' texts are not shown either.
+    redact_sql_text: bool,
 }
 
 /// One statement behind an answer.
@@ -325,8 +327,10 @@ impl Api {
         status: std::sync::mpsc::Sender<StatusRequest>,
         storage: Option<StorageHandle>,
         board: Board,
+        redact_sql_text: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
+            redact_sql_text,
             monitor,
             setup: crate::health::session_setup(STATEMENT_TIMEOUT_MS, health.lock_timeout_ms),
             top_n: health.top_n.max(1),

@@ -234,9 +234,18 @@ pub async fn answer(
         Err(why) => (json!({"available": false, "reason": why}), Vec::new()),
     };
     let limit = limit as usize;
-    let joined = tokio::task::spawn_blocking(move || join(pss_rows, &roles, limit))
+    let mut joined = tokio::task::spawn_blocking(move || join(pss_rows, &roles, limit))
         .await
         .unwrap_or_default();
+    if api.redact_sql_text {
+        // Joined on the texts first; shown without them. (pgmon's side comes from the status
+        // document, which the capture thread already redacts.)
+        for q in &mut joined {
+            if let Some(s) = &mut q.pg_stat_statements {
+                s.query = crate::query::config::REDACTED.to_owned();
+            }
+        }
+    }
     Ok(json!({
         "pg_stat_statements": {
             "available": has_pss,

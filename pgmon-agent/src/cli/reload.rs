@@ -90,6 +90,7 @@ impl Reloader {
             ("capture", differs(&started.capture, &new.capture)),
             ("query", differs(&started.query, &new.query)),
             ("metrics", differs(&started.metrics, &new.metrics)),
+            ("security", differs(&started.security, &new.security)),
             ("cost", differs(&started.cost, &new.cost)),
             ("health", differs(&started.health, &new.health)),
             (

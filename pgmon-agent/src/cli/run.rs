@@ -134,6 +134,7 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
         status_tx.clone(),
         storage.clone(),
         sets.health.clone(),
+        config.security.redact_sql_text,
     );
     runtime.spawn(attribution::serve(
         monitor.clone(),
@@ -182,6 +183,7 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
                     traffic,
                     lookup_tx,
                 );
+                pipeline.set_redact_sql_text(config.security.redact_sql_text);
                 if let Some(link) = budget_link {
                     pipeline = pipeline.with_budgets(link);
                 }

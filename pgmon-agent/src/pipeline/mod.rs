@@ -70,6 +70,8 @@ pub struct Pipeline {
     counters: Counters,
     /// The libssl probes are attached: a TLS session's plaintext is expected.
     tls_on: bool,
+    /// `security.redact_sql_text`: the status document carries no statement text.
+    redact_sql_text: bool,
     /// Backends whose sessions are unreadable, charged by CPU time.
     unreadable: std::collections::HashSet<u32>,
     last_cpu_charge_ms: u64,
@@ -105,6 +107,7 @@ impl Pipeline {
             top_k: query.top_k_fingerprints,
             counters: Counters::default(),
             tls_on: false,
+            redact_sql_text: false,
             unreadable: Default::default(),
             last_cpu_charge_ms: 0,
             last_crypto_check_ms: 0,
@@ -115,6 +118,11 @@ impl Pipeline {
     /// session is unreadable from its start.
     pub fn set_tls_capture(&mut self, on: bool) {
         self.tls_on = on;
+    }
+
+    /// `security.redact_sql_text`: statement texts are left out of the status document.
+    pub fn set_redact_sql_text(&mut self, on: bool) {
+        self.redact_sql_text = on;
     }
 
     /// Charges completed statements to `link`'s budgets from now on.

@@ -125,7 +125,15 @@ impl Pipeline {
                     .map(|p| p.clone())
                     .unwrap_or_default(),
             },
-            roles: self.stats.roles(&|fp| self.cost_of(fp)),
+            roles: {
+                let mut roles = self.stats.roles(&|fp| self.cost_of(fp));
+                if self.redact_sql_text {
+                    for f in roles.iter_mut().flat_map(|r| r.fingerprints.iter_mut()) {
+                        f.normalized = crate::query::config::REDACTED.to_owned();
+                    }
+                }
+                roles
+            },
             budgets: self
                 .budget
                 .as_ref()

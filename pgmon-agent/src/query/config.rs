@@ -34,3 +34,17 @@ impl Default for QueryConfig {
         }
     }
 }
+
+/// `security:` in the policy file: what pgmon shows of the statements it sees.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Show no statement text anywhere: `pgmon-agent status`, `/api/v1/status`,
+    /// `/api/v1/top-queries` (pgmon's normalized text and `pg_stat_statements`' query) and
+    /// the web UI say [`REDACTED`] instead; fingerprints, counts and times stay (so do the
+    /// SQL statements pgmon itself runs, which carry no tenant text). Default false.
+    pub redact_sql_text: bool,
+}
+
+/// What a redacted statement text reads.
+pub const REDACTED: &str = "(redacted: security.redact_sql_text)";
