@@ -6,6 +6,7 @@ use pgmon_agent::cli::{
 };
 
 fn main() -> std::process::ExitCode {
+    pgmon_agent::util::tls_provider();
     let cli = Cli::parse();
     if let Command::Check { config } = &cli.command {
         return std::process::ExitCode::from(check::check(config));

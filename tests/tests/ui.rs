@@ -149,8 +149,7 @@ async fn browse(version: PgVersion, base: String, agent: &Agent, cluster: &Clust
                      "--disable-dev-shm-usage", "--window-size=1400,1000"]
         }),
     );
-    let c = ClientBuilder::rustls()
-        .expect("rustls")
+    let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&format!("http://127.0.0.1:{}", driver.port))
         .await

@@ -124,7 +124,11 @@ impl Notifier {
             .iter()
             .any(|s| matches!(s.target, Target::Slack(_) | Target::Webhook(_)));
         let client: Option<HttpsClient> = needs_http
-            .then(|| match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+            .then(|| {
+                crate::util::tls_provider();
+                hyper_rustls::HttpsConnectorBuilder::new().with_native_roots()
+            })
+            .map(|b| match b {
                 Ok(b) => Some(
                     Client::builder(TokioExecutor::new())
                         .build(b.https_or_http().enable_http1().build()),
