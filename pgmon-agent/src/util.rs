@@ -53,6 +53,17 @@ pub fn process_usage() -> Option<(u64, f64)> {
     Some((stat.rss * page, (stat.utime + stat.stime) as f64 / ticks))
 }
 
+/// Makes ring the process's rustls crypto provider, once; every TLS user (the webhook
+/// client, the HTTPS listener, SMTP) calls it first. Without it rustls picks a provider from
+/// its crate features and panics when a build enables two (ring and aws-lc-rs).
+pub fn tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err: another provider was installed first, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -70,15 +81,4 @@ mod tests {
         assert_eq!(super::bytes(512.0), "512 B");
         assert_eq!(super::bytes(12.0 * 1024.0 * 1024.0), "12.0 MiB");
     }
-}
-
-/// Makes ring the process's rustls crypto provider, once; every TLS user (the webhook
-/// client, the HTTPS listener, SMTP) calls it first. Without it rustls picks a provider from
-/// its crate features and panics when a build enables two (ring and aws-lc-rs).
-pub fn tls_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Err: another provider was installed first, which is as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
 }

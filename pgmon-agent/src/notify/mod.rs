@@ -128,7 +128,7 @@ impl Notifier {
                 crate::util::tls_provider();
                 hyper_rustls::HttpsConnectorBuilder::new().with_native_roots()
             })
-            .map(|b| match b {
+            .and_then(|b| match b {
                 Ok(b) => Some(
                     Client::builder(TokioExecutor::new())
                         .build(b.https_or_http().enable_http1().build()),
@@ -137,8 +137,7 @@ impl Notifier {
                     tracing::error!(error = %e, "no CA certificates: webhook notifications off");
                     None
                 }
-            })
-            .flatten();
+            });
         let mut out = Vec::new();
         for sink in sinks {
             let http = !matches!(sink.target, Target::Email(_));
