@@ -354,9 +354,17 @@ fn as_pgmon_with_quotas(version: PgVersion) {
         format!("127.0.0.1:{port}"),
     )
     .expect("agent");
-    let v = wait_for(&agent, "/api/v1/storage", "tenant counted", |v| {
-        find(&v["data"]["roles"], "role", "tenant").is_some_and(|r| r["usage_bytes"].is_u64())
-    });
+    // Counted, and judged: a role's state moves only once the first full recount is done
+    // (its usage can show a moment before).
+    let v = wait_for(
+        &agent,
+        "/api/v1/storage",
+        "tenant counted and judged",
+        |v| {
+            find(&v["data"]["roles"], "role", "tenant")
+                .is_some_and(|r| r["usage_bytes"].is_u64() && r["state"] == "soft")
+        },
+    );
     assert_eq!(v["data"]["source"], "storage coordinator");
     let t = find(&v["data"]["roles"], "role", "tenant").unwrap();
     let server = storage_util::server_usage(&cluster, "tenants", "tenant");
