@@ -26,7 +26,7 @@ mod pgbench;
 mod proc;
 mod session;
 mod sql;
-mod tls;
+pub mod tls;
 mod webhook;
 
 use std::net::{Ipv4Addr, TcpListener};

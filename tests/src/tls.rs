@@ -7,6 +7,25 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::Cluster;
 
+/// Writes a self-signed RSA certificate for `localhost` (one day) to `crt` and its key to
+/// `key`, both PEM, with `openssl req`.
+pub fn self_signed_certificate(crt: &std::path::Path, key: &std::path::Path) -> Result<()> {
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(key)
+        .arg("-out")
+        .arg(crt)
+        .output()
+        .context("running openssl req")?;
+    if !out.status.success() {
+        bail!("openssl req: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 impl Cluster {
     /// Makes a self-signed RSA certificate for `localhost` in the cluster's base directory,
     /// owned by `postgres` (key mode 0600, which the server requires), and turns `ssl` on
@@ -15,19 +34,7 @@ impl Cluster {
     pub fn enable_ssl(&self) -> Result<()> {
         let dir = self.base_dir();
         let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
-        let out = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .args(["-subj", "/CN=localhost", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&crt)
-            .output()
-            .context("running openssl req")?;
-        if !out.status.success() {
-            bail!("openssl req: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        self_signed_certificate(&crt, &key)?;
         let pg = crate::postgres_user()?;
         for f in [&crt, &key] {
             std::os::unix::fs::chown(f, Some(pg.uid), Some(pg.gid))

@@ -55,21 +55,7 @@ fn tls_and_basic_auth_pg15() {
     install_sql(&cluster);
     let dir = cluster.base_dir();
     let (crt, key) = (dir.join("agent.crt"), dir.join("agent.key"));
-    let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pgmon_tests::tls::self_signed_certificate(&crt, &key).expect("certificate");
     let hash = bcrypt::hash("s3cret pass", 10).expect("bcrypt");
     let port = free_port();
     let security = format!(
