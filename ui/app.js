@@ -59,8 +59,18 @@ function unitOf(key) {
 }
 
 function card(label, value, id) {
+  const long = String(value).length > 14;
   return el("div", { class: "card", "data-figure": id || label },
-    el("div", { class: "label", text: label }), el("div", { class: "value", text: value }));
+    el("div", { class: "label", text: label }), el("div", { class: long ? "value long" : "value", text: value }));
+}
+
+// Seconds as a person reads them: 42 s, 7 min, 3.5 h, 2.0 d.
+function dur(s) {
+  if (s == null) return "—";
+  if (s < 120) return `${s.toFixed(0)} s`;
+  if (s < 7200) return `${(s / 60).toFixed(0)} min`;
+  if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
+  return `${(s / 86400).toFixed(1)} d`;
 }
 
 function panel(title, ...body) {
@@ -145,14 +155,14 @@ async function overview() {
   const out = [el("h1", { text: "Overview" })];
   const last = (hist.samples || []).slice(-1)[0] || {};
   const conn = ov.data ? ov.data.connections : null;
-  const roles = st.roles || [];
-  const p = (q) => roles.reduce((m, r) => Math.max(m, r[q] || 0), 0);
+  // The slowest role's figure over the last sample's interval (null when nothing completed).
+  const worst = (q) => (last.roles || []).reduce((m, r) => (r[q] == null ? m : Math.max(m == null ? 0 : m, r[q])), null);
   out.push(el("div", { class: "cards" },
     card("connections / max", conn ? `${fmt(conn.client_backends)} / ${fmt(conn.settings && conn.settings.max_connections)}` : "—", "connections"),
     card("transactions/s", fmt(last.transactions_per_second), "tps"),
     card("statements/s (capture)", fmt(last.statements_per_second), "qps"),
-    card("worst role p50 (since start)", roles.length ? fmt(p("p50_ms"), "ms") : "—", "p50"),
-    card("worst role p99 (since start)", roles.length ? fmt(p("p99_ms"), "ms") : "—", "p99"),
+    card("slowest role p50 (last 10 s)", fmt(worst("p50_ms"), "ms"), "p50"),
+    card("slowest role p99 (last 10 s)", fmt(worst("p99_ms"), "ms"), "p99"),
     card("WAL/s", fmt(last.wal_bytes_per_second, "bytes"), "wal"),
     card("checkpoints (timed + requested)", fmt(checkpoints(ov.data && ov.data.checkpoints)), "checkpoints"),
     card("alerts firing", al.data ? fmt(al.data.firing.length) : "—", "alerts")));
@@ -196,15 +206,16 @@ async function roles() {
   const [st, hist] = await Promise.all([get("/api/v1/status"), get("/api/v1/history")]);
   if (st.error) return [errorBox("Roles", st)];
   const last = (hist.samples || []).slice(-1)[0] || { roles: [] };
-  const rate = (role) => { const r = last.roles.find((x) => x.role === role); return r ? r.statements_per_second : null; };
+  const recent = (role, k) => { const r = last.roles.find((x) => x.role === role); return r ? r[k] : null; };
   const rows = st.roles.map((r) => el("tr", { "data-role": r.role },
     el("td", {}, el("a", { href: `#/role/${encodeURIComponent(r.role)}`, text: r.role })),
     el("td", { class: "num", text: fmt(r.queries) }),
-    el("td", { class: "num", text: fmt(rate(r.role)) }),
+    el("td", { class: "num", text: fmt(recent(r.role, "statements_per_second")) }),
     el("td", { class: "num", text: fmt(r.errors) }),
     el("td", { text: Object.entries(r.errors_by_class).map(([c, n]) => `${c}: ${n}`).join(", ") || "—" }),
     el("td", { class: "num", text: fmt(r.p50_ms, "ms") }),
     el("td", { class: "num", text: fmt(r.p99_ms, "ms") }),
+    el("td", { class: "num", text: fmt(recent(r.role, "p99_ms"), "ms") }),
     el("td", { class: "num", text: fmt(r.connections) }),
     el("td", { text: r.databases.join(", ") })));
   const top = (hist.samples || []).length ? last.roles.slice(0, 6).map((r) => r.role) : [];
@@ -212,15 +223,34 @@ async function roles() {
   return [el("h1", { text: "Roles" }),
     el("div", { class: "charts" },
       chart("Statements/s by role", t, top.map((r) => ({ label: r, values: roleSeries(hist, r, "statements_per_second") }))),
-      chart("p99 latency by role (since start)", t, top.map((r) => ({ label: r, values: roleSeries(hist, r, "p99_ms") })), "ms")),
+      chart("p99 latency by role (each 10 s)", t, top.map((r) => ({ label: r, values: roleSeries(hist, r, "p99_ms") })), "ms")),
     panel("Every role pgmon saw", el("table", { id: "roles" },
-      el("thead", {}, el("tr", {}, ["role", "statements", "statements/s", "errors", "errors by SQLSTATE class", "p50", "p99", "connections", "databases"].map((h) => el("th", { text: h })))),
+      el("thead", {}, el("tr", {}, ["role", "statements", "statements/s", "errors", "errors by SQLSTATE class", "p50 since start", "p99 since start", "p99 last 10 s", "connections", "databases"].map((h) => el("th", { text: h })))),
       el("tbody", {}, rows)),
-      source("From pgmon's capture of the wire protocol (every statement each backend completed), as `pgmon-agent status` shows it; statements/s over the last 10 s."))];
+      source("From pgmon's capture of the wire protocol (every statement each backend completed), as `pgmon-agent status` shows it; statements/s and the last p99 over the history's last 10-second interval, only for the 50 busiest roles."))];
+}
+
+// pgmon.audit's newest rows (GET /api/v1/audit), with the SQL that read them.
+function auditPanel(title, body) {
+  if (body.error) return errorBox(title, body);
+  const d = body.data;
+  const content = !d.installed
+    ? el("p", { class: "muted", text: "pgmon.audit does not exist: pgmon's SQL is not installed (pgmon-agent install-sql)." })
+    : d.rows.length ? el("table", { class: "audit" },
+      el("thead", {}, el("tr", {}, ["at (UTC)", "role", "source", "step", "utilisation", "action", "result"].map((h) => el("th", { text: h })))),
+      el("tbody", {}, d.rows.map((r) => el("tr", {},
+        el("td", { text: r.at }),
+        el("td", {}, el("a", { href: `#/role/${encodeURIComponent(r.role)}`, text: r.role })),
+        el("td", { text: r.source }), el("td", { text: r.step }),
+        el("td", { class: "num", text: fmt(r.utilisation, "ratio") }),
+        el("td", { text: r.action }), el("td", { text: r.result })))))
+      : el("p", { class: "muted", text: "no audit row yet" });
+  return panel(title, content, sqlToggle(body.sql));
 }
 
 async function rolePage(name) {
-  const [st, hist] = await Promise.all([get("/api/v1/status"), get("/api/v1/history")]);
+  const [st, hist, audit] = await Promise.all([get("/api/v1/status"), get("/api/v1/history"),
+    get(`/api/v1/audit?limit=20&role=${encodeURIComponent(name)}`)]);
   if (st.error) return [errorBox(name, st)];
   const r = st.roles.find((x) => x.role === name);
   if (!r) return [el("h1", { text: name }), el("p", { class: "muted", text: "pgmon has not seen this role." })];
@@ -231,18 +261,21 @@ async function rolePage(name) {
       card("statements", fmt(r.queries), "queries"), card("errors", fmt(r.errors), "errors"),
       card("connection errors", fmt(r.connection_errors), "connection_errors"),
       card("connections", fmt(r.connections), "connections"),
-      card("p50", fmt(r.p50_ms, "ms"), "p50"), card("p99", fmt(r.p99_ms, "ms"), "p99"),
+      card("p50 since start", fmt(r.p50_ms, "ms"), "p50"), card("p99 since start", fmt(r.p99_ms, "ms"), "p99"),
       card("budget used", b ? fmt(b.utilisation, "ratio") : "no budget", "budget")),
     el("div", { class: "charts" },
       chart("Statements/s", t, [{ label: "statements/s", values: roleSeries(hist, name, "statements_per_second") }, { label: "errors/s", values: roleSeries(hist, name, "errors_per_second") }]),
+      chart("Latency (each 10 s)", t, [{ label: "p50", values: roleSeries(hist, name, "p50_ms") }, { label: "p99", values: roleSeries(hist, name, "p99_ms") }], "ms"),
       chart("Budget utilisation", t, [{ label: "utilisation", values: roleSeries(hist, name, "budget_utilisation") }], "ratio")),
+    b ? panel("Budget", render({ tier: b.tier, spend: b.spend, budget: b.budget, unit: b.unit, step: b.step, what_an_unlock_would_do: b.unlock })) : null,
     panel("Errors by SQLSTATE class", render(r.errors_by_class), render({ connection_errors_by_class: r.connection_errors_by_class })),
     panel("Top fingerprints", render(r.fingerprints),
-      source("Normalized by libpg_query (constants as $n); calls, errors and mean time from the capture."))];
+      source("Normalized by libpg_query (constants as $n); calls, errors and mean time from the capture.")),
+    auditPanel("Audit trail (pgmon.audit, newest first)", audit)];
 }
 
 async function budgets() {
-  const [st, hist] = await Promise.all([get("/api/v1/status"), get("/api/v1/history")]);
+  const [st, hist, audit] = await Promise.all([get("/api/v1/status"), get("/api/v1/history"), get("/api/v1/audit?limit=50")]);
   if (st.error) return [errorBox("Budgets", st)];
   const bs = st.budgets || [];
   const t = (hist.samples || []).map((x) => x.t_ms);
@@ -250,7 +283,7 @@ async function budgets() {
   return [el("h1", { text: "Budgets" }),
     chart("Budget utilisation", t, top.map((r) => ({ label: r, values: roleSeries(hist, r, "budget_utilisation") })), "ratio"),
     panel("Budgeted roles, highest utilisation first", bs.length ? el("table", { id: "budgets" },
-      el("thead", {}, el("tr", {}, ["role", "tier", "spend / budget", "utilisation", "window", "ladder step", "why", "connection limit"].map((h) => el("th", { text: h })))),
+      el("thead", {}, el("tr", {}, ["role", "tier", "spend / budget", "utilisation", "window", "ladder step", "why", "connection limit", "what an unlock would do"].map((h) => el("th", { text: h })))),
       el("tbody", {}, bs.map((b) => el("tr", { "data-role": b.role },
         el("td", {}, el("a", { href: `#/role/${encodeURIComponent(b.role)}`, text: b.role })),
         el("td", { text: b.tier }),
@@ -259,9 +292,11 @@ async function budgets() {
         el("td", { text: b.reset ? `${b.reset} reset` : `${fmt(b.window_seconds)} s rolling` }),
         el("td", {}, b.step ? el("span", { class: "tag warning", text: b.step }) : "—"),
         el("td", { text: b.step ? `utilisation ≥ ${fmt(b.step_at, "ratio")}` : "under every step" }),
-        el("td", { class: "num", text: fmt(b.connection_limit) })))))
+        el("td", { class: "num", text: fmt(b.connection_limit) }),
+        el("td", { class: "unlock", text: b.unlock || "—" })))))
       : el("p", { class: "muted", text: "Budgets are off (budgets.enabled: false) or no role is budgeted." }),
-      source("Spend is charged by pgmon's capture: each execution's generic-plan cost (the cost worker's EXPLAIN) or its time, over the tier's window."))];
+      source("Spend is charged by pgmon's capture: each execution's generic-plan cost (the cost worker's EXPLAIN) or its time, over the tier's window. An unlock is `pgmon-agent unlock --budget ROLE` on the database host.")),
+    auditPanel("Audit trail (pgmon.audit, newest first)", audit)];
 }
 
 async function quotas() {
@@ -331,10 +366,51 @@ async function capture() {
     panel("Agent", render(st.agent)), panel("Cluster", render(st.cluster))];
 }
 
+// pg_stat_statements and pgmon's capture side by side, ranked three ways.
+async function topQueries() {
+  const body = await get("/api/v1/top-queries");
+  if (body.error) return [el("h1", { text: "Top queries" }), errorBox("/api/v1/top-queries", body)];
+  const d = body.data;
+  const pss = d.pg_stat_statements;
+  const text = (q) => {
+    const t = (q.pg_stat_statements && q.pg_stat_statements.query) || (q.pgmon && q.pgmon.normalized) || "";
+    return el("code", { title: t, text: t.length > 110 ? t.slice(0, 110) + "…" : t });
+  };
+  const side = (q, s, k, unit) => fmt(q[s] ? q[s][k] : null, unit);
+  const table = (rows, cols) => rows.length ? el("table", { class: "top" },
+    el("thead", {}, el("tr", {}, ["statement", "seen by"].concat(cols.map((c) => c[0])).map((h) => el("th", { text: h })))),
+    el("tbody", {}, rows.map((q) => el("tr", { "data-fingerprint": q.fingerprint || "" },
+      el("td", {}, text(q)), el("td", { text: q.seen_by }),
+      cols.map(([, f]) => el("td", { class: "num", text: f(q) }))))))
+    : el("p", { class: "muted", text: "none" });
+  return [el("h1", { text: "Top queries" }),
+    el("div", { class: "cards" },
+      card("pg_stat_statements", pss.available ? `${fmt(pss.statements_read)} statements` : "not installed", "pss"),
+      card("its counters reset", pss.stats_reset ? pss.stats_reset.replace(/\.\d+/, "") : "—", "stats_reset"),
+      card("pgmon's capture", d.pgmon.available ? `${fmt(d.pgmon.fingerprints_read)} fingerprints` : d.pgmon.reason, "pgmon"),
+      card("pgmon counting for", d.pgmon.available ? dur(d.pgmon.uptime_seconds) : "—", "uptime")),
+    pss.available ? null : el("p", { class: "muted", text: pss.reason }),
+    el("div", { class: "tri" },
+      panel("By time (ms)", table(d.statements, [
+        ["pg_stat_statements", (q) => side(q, "pg_stat_statements", "total_ms")],
+        ["pgmon", (q) => side(q, "pgmon", "total_ms")],
+        ["mean (pss / pgmon)", (q) => `${side(q, "pg_stat_statements", "mean_ms", "ms")} / ${side(q, "pgmon", "mean_ms", "ms")}`]])),
+      panel("By calls", table(d.by_calls, [
+        ["pg_stat_statements", (q) => side(q, "pg_stat_statements", "calls")],
+        ["pgmon", (q) => side(q, "pgmon", "calls")],
+        ["errors (pgmon)", (q) => side(q, "pgmon", "errors")]])),
+      panel("By I/O (8 kB blocks)", table(d.by_io, [
+        ["read", (q) => side(q, "pg_stat_statements", "shared_blks_read")],
+        ["hit", (q) => side(q, "pg_stat_statements", "shared_blks_hit")],
+        ["all I/O", (q) => side(q, "pg_stat_statements", "io_blks")]]))),
+    panel("Where this comes from", sqlToggle(body.sql),
+      source("The two sides meet on libpg_query's fingerprint of each text. pg_stat_statements counts since its reset and sees pgmon's own statements; pgmon counts since the agent started, on the wire (time from request to completion), and has no I/O figures."))];
+}
+
 const routes = {
   overview, roles, budgets, quotas, alerts, capture,
   autovacuum: apiPage("Autovacuum", "/api/v1/autovacuum"),
-  "top-queries": apiPage("Top queries (pg_stat_statements)", "/api/v1/top-queries"),
+  "top-queries": topQueries,
   storage: apiPage("Storage and indexes", "/api/v1/storage"),
   partitions: apiPage("Partitions", "/api/v1/partitions"),
   replication: apiPage("Replication", "/api/v1/replication"),
@@ -358,7 +434,7 @@ async function show() {
     ? [...main.querySelectorAll("details")].map((d) => d.open) : [];
   for (const c of charts) c.destroy();
   charts = [];
-  main.replaceChildren(...parts);
+  main.replaceChildren(...parts.filter((p) => p != null));
   main.querySelectorAll("details").forEach((d, i) => { if (open[i]) d.open = true; });
   document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   document.body.dataset.page = page;

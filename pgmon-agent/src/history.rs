@@ -1,6 +1,7 @@
 //! The last hour in memory, for the web UI's charts: every [`INTERVAL_SECONDS`] a sample
 //! of the cluster (connections, transactions and statements per second, WAL rate) and of
-//! the busiest roles (statements per second, errors per second, budget utilisation), kept
+//! the busiest roles (statements and errors per second, p50/p99 latency of the interval,
+//! budget utilisation), kept
 //! in a ring of [`CAPACITY`] samples. `GET /api/v1/history` returns it.
 //!
 //! Bounded: at most [`CAPACITY`] samples of at most `MAX_ROLES` roles each (the roles with
@@ -8,8 +9,9 @@
 //! bytes + 50 × ≈ 64 bytes) ≈ 1.2 MB at most. Nothing is written to disk; a restart starts
 //! an empty hour.
 //!
-//! Sources: statement counts from the capture thread's status document (as `status`
-//! shows them); transactions per second and the WAL position from the health loops' board
+//! Sources: statement counts and latency from the capture thread
+//! ([`crate::status::IntervalStatus`]: the counts `status` shows, the latency of the
+//! executions that completed since the previous sample); transactions per second and the WAL position from the health loops' board
 //! (`pgmon_transactions_per_second`, 60-second loop; `pgmon_wal_position_bytes`, whose
 //! rate between two samples is the WAL rate); connections from `pg_stat_activity_backends`
 //! (15-second loop). A figure its loop has not read yet is `null`, never 0.
@@ -21,7 +23,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{health::Board, status::Status};
+use crate::{health::Board, status::IntervalStatus};
 
 /// Seconds between samples.
 pub const INTERVAL_SECONDS: u64 = 10;
@@ -59,8 +61,9 @@ pub struct RoleSample {
     pub statements_per_second: f64,
     /// Failed statements per second over the interval.
     pub errors_per_second: f64,
-    /// Latency p99 since the agent started, milliseconds (the capture's histogram is
-    /// cumulative).
+    /// Median and 99th percentile of the role's executions that completed in the
+    /// interval, milliseconds (2 significant digits); `None` when none did.
+    pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     /// Spend ÷ budget now (budgeted roles only).
     pub budget_utilisation: Option<f64>,
@@ -95,9 +98,10 @@ pub struct HistoryDocument {
 }
 
 impl History {
-    /// Takes one sample from `status` and `board` at `t_ms`. The first call only sets the
-    /// baseline of the rates (its sample has no per-second figures).
-    pub fn observe(&self, t_ms: u64, status: &Status, board: &Board) {
+    /// Takes one sample from `status` (the capture thread's figures of the interval that
+    /// ends now) and `board` at `t_ms`. The first call only sets the baseline of the rates
+    /// (its sample has no per-second figures).
+    pub fn observe(&self, t_ms: u64, status: &IntervalStatus, board: &Board) {
         let sum = |name: &str| {
             board
                 .samples(name)
@@ -123,7 +127,7 @@ impl History {
         let utilisation: HashMap<&str, f64> = status
             .budgets
             .iter()
-            .map(|b| (b.role.as_str(), b.utilisation))
+            .map(|(role, u)| (role.as_str(), *u))
             .collect();
         let mut roles: Vec<RoleSample> = status
             .roles
@@ -140,6 +144,7 @@ impl History {
                     role: r.role.clone(),
                     statements_per_second: rate(r.queries, q0),
                     errors_per_second: rate(r.errors, e0),
+                    p50_ms: r.p50_ms,
                     p99_ms: r.p99_ms,
                     budget_utilisation: utilisation.get(r.role.as_str()).copied(),
                 }
@@ -197,7 +202,7 @@ impl History {
 }
 
 /// Samples every [`INTERVAL_SECONDS`] until `status` closes: asks the capture thread for
-/// its status document and reads `board`. A status the capture thread did not give in
+/// the interval's figures ([`crate::status::request_interval`]) and reads `board`. A status the capture thread did not give in
 /// time skips that sample (the next one's rates span both intervals).
 pub async fn run(
     history: History,
@@ -208,7 +213,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match crate::status::request_status(&status).await {
+        match crate::status::request_interval(&status).await {
             Ok(s) => history.observe(crate::util::now_ms(), &s, &board),
             Err("capture stopped") => return,
             Err(_) => {}

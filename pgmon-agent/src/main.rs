@@ -36,14 +36,18 @@ fn main() -> std::process::ExitCode {
                 CostCommand::Forget {
                     target,
                     database,
-                    addr,
+                    agent,
                 },
-        } => pgmon_agent::cli::cost::forget(*addr, target, database.as_deref()),
+        } => pgmon_agent::cli::cost::forget(agent, target, database.as_deref()),
         Command::Run { config } => run::run(config, cli.log_format),
-        Command::Status { addr, json, role } => status::status(*addr, *json, role.as_deref()),
+        Command::Status { agent, json, role } => status::status(agent, *json, role.as_deref()),
         Command::CheckConfig { file } => check_config::check_config(file),
         Command::Fingerprint { sql } => fingerprint::fingerprint(sql),
-        Command::Unlock { role, addr, budget } => unlock::unlock(*addr, role, *budget),
+        Command::Unlock {
+            role,
+            agent,
+            budget,
+        } => unlock::unlock(agent, role, *budget),
         Command::Record {
             config,
             out,

@@ -90,20 +90,64 @@ pub struct RefusedHook {
     pub error: String,
 }
 
-/// A request for a fresh status document, answered by the capture thread.
-pub type StatusRequest = tokio::sync::oneshot::Sender<Status>;
+/// A request to the capture thread, answered between two drains of the ring buffer.
+pub enum StatusRequest {
+    /// The whole status document (`pgmon-agent status`, `/api/v1/status`).
+    Document(tokio::sync::oneshot::Sender<Status>),
+    /// What the history ring samples ([`IntervalStatus`]); each request closes the
+    /// latency interval the previous one opened. Only the history sampler asks this.
+    Interval(tokio::sync::oneshot::Sender<IntervalStatus>),
+}
 
 /// Asks the capture thread for a fresh status document; the error says why there is none
 /// (the capture thread stopped, or did not answer within 5 s).
 pub async fn request_status(
     tx: &std::sync::mpsc::Sender<StatusRequest>,
 ) -> Result<Status, &'static str> {
+    ask(tx, StatusRequest::Document).await
+}
+
+/// Asks the capture thread for the per-role figures of the interval since the previous
+/// such request ([`IntervalStatus`]); errors as [`request_status`].
+pub async fn request_interval(
+    tx: &std::sync::mpsc::Sender<StatusRequest>,
+) -> Result<IntervalStatus, &'static str> {
+    ask(tx, StatusRequest::Interval).await
+}
+
+async fn ask<T>(
+    tx: &std::sync::mpsc::Sender<StatusRequest>,
+    request: fn(tokio::sync::oneshot::Sender<T>) -> StatusRequest,
+) -> Result<T, &'static str> {
     let (reply, rx) = tokio::sync::oneshot::channel();
-    tx.send(reply).map_err(|_| "capture stopped")?;
+    tx.send(request(reply)).map_err(|_| "capture stopped")?;
     match tokio::time::timeout(std::time::Duration::from_secs(5), rx).await {
-        Ok(Ok(status)) => Ok(status),
+        Ok(Ok(answer)) => Ok(answer),
         _ => Err("capture thread busy"),
     }
+}
+
+/// Every role's totals and its latency over one interval, for the history ring: lighter
+/// than [`Status`] (no fingerprints, no capture counters).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct IntervalStatus {
+    pub roles: Vec<RoleInterval>,
+    /// (role, spend ÷ budget now) of every budgeted role; empty when budgets are off.
+    pub budgets: Vec<(String, f64)>,
+}
+
+/// One role in an [`IntervalStatus`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RoleInterval {
+    pub role: String,
+    /// Statements since the agent started (as [`RoleStatus::queries`]).
+    pub queries: u64,
+    /// Failed statements since the agent started (as [`RoleStatus::errors`]).
+    pub errors: u64,
+    /// Median and 99th percentile of the executions that completed in the interval,
+    /// milliseconds (2 significant digits); `None` when none did.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
 }
 
 /// One role in `/api/v1/status` and `pgmon-agent status`.

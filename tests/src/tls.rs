@@ -7,14 +7,18 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::Cluster;
 
-/// Writes a self-signed RSA certificate for `localhost` (one day) to `crt` and its key to
-/// `key`, both PEM, with `openssl req`.
+/// Writes a self-signed RSA certificate for `localhost` and `127.0.0.1` (one day; an end
+/// entity, `CA:FALSE`, so that a client may trust it as its own anchor, as
+/// `pgmon-agent status --ca-file` does) to `crt` and its key to `key`, both PEM, with
+/// `openssl req`.
 pub fn self_signed_certificate(crt: &std::path::Path, key: &std::path::Path) -> Result<()> {
     let out = Command::new("openssl")
         .args([
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
         ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
         .arg(key)
         .arg("-out")
         .arg(crt)

@@ -3,7 +3,8 @@
 //! to `lock` (NOLOGIN, connection limit 2 over its own 7) in a window far longer than the
 //! test is given back by hand: its LOGIN and connection limit are back at once, its spend
 //! and utilisation read 0 in the status and in /metrics, its persisted ledger row is gone,
-//! the audit has the restore and the reset, the agent logged it under
+//! the audit has the restore and the reset (in the table and in `/api/v1/audit`), the
+//! status said beforehand what the unlock would do, the agent logged it under
 //! `pgmon::enforcement`, and the role climbs again from zero when it spends again. A role
 //! without a budget is refused.
 
@@ -83,6 +84,13 @@ fn unlock(version: PgVersion) {
     let before = budget(&agent, "heavy").expect("budget");
     let utilisation = before["utilisation"].as_f64().unwrap_or(0.0);
     assert!(utilisation >= 2.0, "{before}");
+    // What the status says an unlock would do, before it is done.
+    let said = before["unlock"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("takes it off step lock (pgmon.restore_role gives back LOGIN")
+            && said.contains("forgets"),
+        "{said}"
+    );
 
     let t = Instant::now();
     let out = unlock_budget(&agent, "heavy");
@@ -123,6 +131,29 @@ fn unlock(version: PgVersion) {
             "reset:reset"
         ]
     );
+    // The same trail through the read API (the UI's Budgets page), newest first.
+    let (code, body) = agent.get("/api/v1/audit?role=heavy").expect("GET");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["data"]["installed"], true, "{v:#}");
+    let actions: Vec<&str> = v["data"]["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["action"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        actions,
+        ["reset", "restore", "lock", "connection_limit", "warn"],
+        "{v:#}"
+    );
+    assert!(
+        v["data"]["rows"][0]["at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{v:#}"
+    );
+    assert_eq!(v["sql"][1]["name"], "audit", "{v:#}");
     let reset_utilisation = cluster
         .query_value(
             "postgres",

@@ -6,6 +6,9 @@
 //!   `/metrics`, `/healthz` — is 401 with `WWW-Authenticate: Basic`, and no data;
 //! - with them, 200 and the data; `/metrics` scraped so passes `promtool check metrics`;
 //! - plain HTTP on the TLS port gets no answer;
+//! - `pgmon-agent status` and `unlock` reach the agent with `--https --ca-file` and
+//!   `--user` (password from PGMON_HTTP_PASSWORD); without them they fail saying what is
+//!   missing;
 //! - with `security.redact_sql_text`, a statement's text appears nowhere the agent shows it
 //!   (`/api/v1/status`, `/api/v1/top-queries` on both sides, `/metrics`), its counts do.
 
@@ -185,5 +188,58 @@ fn tls_and_basic_auth_pg15() {
         &["-u", "dba:s3cret pass"],
     );
     assert_ne!(code, 200, "plain HTTP must not be served on a TLS listener");
+
+    // The commands that talk to the agent: HTTPS trusting its certificate, the password
+    // from the environment.
+    let cli = |args: &[&str], password: Option<&str>| {
+        let mut c = Command::new(agent_binary().expect("binary"));
+        c.args(args).args(["--addr", &format!("127.0.0.1:{port}")]);
+        c.env_remove("PGMON_HTTP_PASSWORD");
+        if let Some(p) = password {
+            c.env("PGMON_HTTP_PASSWORD", p);
+        }
+        let out = c.output().expect("pgmon-agent");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ca = crt.to_str().expect("path");
+    let tls = ["--https", "--ca-file", ca];
+    let (ok, out, err) = cli(
+        &[&["status"][..], &tls, &["--user", "dba"]].concat(),
+        Some("s3cret pass"),
+    );
+    assert!(ok && out.contains("hook"), "status over HTTPS: {out}{err}");
+    let (ok, _, err) = cli(&["status"], None);
+    assert!(!ok && err.contains("--https"), "plain HTTP: {err}");
+    let (ok, _, err) = cli(&[&["status"][..], &tls].concat(), None);
+    assert!(
+        !ok && err.contains("401") && err.contains("PGMON_HTTP_PASSWORD"),
+        "no credentials: {err}"
+    );
+    let (ok, _, err) = cli(
+        &[&["status"][..], &tls, &["--user", "dba"]].concat(),
+        Some("wrong"),
+    );
+    assert!(!ok && err.contains("refused"), "a wrong password: {err}");
+    let (ok, _, err) = cli(&["status", "--https", "--user", "dba"], Some("s3cret pass"));
+    assert!(
+        !ok && err.to_lowercase().contains("certificate"),
+        "a self-signed certificate against the system's roots: {err}"
+    );
+    // A lever (POST) through the same door: budgets are off here, so the agent's own
+    // refusal (404) comes back, not a 401.
+    let (ok, _, err) = cli(
+        &[
+            &["unlock", "--budget", "postgres"][..],
+            &tls,
+            &["--user", "dba"],
+        ]
+        .concat(),
+        Some("s3cret pass"),
+    );
+    assert!(!ok && err.contains("budgets are off"), "{err}");
     drop(agent);
 }

@@ -6,7 +6,9 @@
 //! - every page loads with live numbers and no script or console error, and gets a
 //!   screenshot under `target/ui-screenshots/`;
 //! - the numbers are the API's: the Roles page's statement count for `shop` is the one
-//!   `/api/v1/status` gives, the Budgets page shows `heavy` on `warn`;
+//!   `/api/v1/status` gives, the Budgets page shows `heavy` on `warn`, what an unlock
+//!   would do and the step in the audit trail; the Top queries page ranks pgbench's
+//!   statement first by calls with the same count on both sides;
 //! - the Overview's SQL toggle shows the statements behind it;
 //! - a refresh after more traffic shows a larger count.
 
@@ -214,6 +216,43 @@ async fn browse(version: PgVersion, base: String, agent: &Agent, cluster: &Clust
             .await
             .contains("utilisation ≥")
     );
+
+    let unlock = cell(&c, "budgets", "heavy", 8).await;
+    assert!(
+        unlock.contains("takes it off step warn") && unlock.contains("forgets"),
+        "what an unlock would do: {unlock}"
+    );
+    // The audit trail: the step pgmon took (observe mode audits it too).
+    let audit = c
+        .find(Locator::Css("table.audit tbody"))
+        .await
+        .expect("the audit trail")
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        audit.contains("heavy") && audit.contains("warn"),
+        "audit trail: {audit}"
+    );
+
+    // Top queries: pgbench's statement ranked by calls, both sides counting the same.
+    open(&c, &base, "top-queries", "Top queries").await;
+    let first = c
+        .find(Locator::Css(".tri section:nth-child(2) table.top tbody tr"))
+        .await
+        .expect("a statement ranked by calls");
+    let text = first.text().await.unwrap();
+    assert!(text.contains("pgbench_accounts"), "{text}");
+    let mut calls = Vec::new();
+    for col in [3, 4] {
+        let td = first
+            .find(Locator::Css(&format!("td:nth-child({col})")))
+            .await
+            .expect("a calls cell");
+        calls.push(count(&td.text().await.unwrap()));
+    }
+    assert_eq!(calls[0], calls[1], "pg_stat_statements and pgmon: {text}");
+    assert!(calls[0] >= 2000, "{text}");
 
     // More traffic, a refresh: a larger count.
     cluster

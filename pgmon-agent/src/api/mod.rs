@@ -1,5 +1,6 @@
 //! The read API of issue 5: `GET /api/v1/overview`, `/autovacuum`, `/top-queries`,
-//! `/storage`, `/partitions` and `/replication`, answered from live SQL.
+//! `/storage`, `/partitions` and `/replication`, answered from live SQL, and `/audit`
+//! (pgmon's own audit rows).
 //!
 //! Every answer is one JSON object, the [`Envelope`]:
 //!
@@ -26,6 +27,7 @@
 //! (`crate::health::{fast, medium, databases}`).
 
 pub mod alerts;
+mod audit;
 mod cluster;
 mod session;
 mod storage;
@@ -55,13 +57,14 @@ pub const REQUEST_TIMEOUT_SECONDS: u64 = 15;
 pub const MAX_LIMIT: usize = 1_000;
 
 /// The endpoints this module answers (each a route of [`crate::http`]).
-pub const PATHS: [&str; 6] = [
+pub const PATHS: [&str; 7] = [
     "/api/v1/overview",
     "/api/v1/autovacuum",
     "/api/v1/top-queries",
     "/api/v1/storage",
     "/api/v1/partitions",
     "/api/v1/replication",
+    "/api/v1/audit",
 ];
 
 /// What the API needs from the running agent.
@@ -179,6 +182,7 @@ pub struct QueryString {
     database: Option<String>,
     /// Kept as text so a bad value gets [`Params`]' message, not serde's.
     limit: Option<String>,
+    role: Option<String>,
     /// Any other key: refused, so a typo does not silently return the defaults.
     #[serde(flatten)]
     unknown: BTreeMap<String, String>,
@@ -191,23 +195,24 @@ pub struct Params {
     pub database: Option<String>,
     /// `?limit=N`, 1 to [`MAX_LIMIT`].
     pub limit: Option<usize>,
+    /// `?role=NAME` (`/api/v1/audit` only).
+    pub role: Option<String>,
 }
 
 impl TryFrom<QueryString> for Params {
     type Error = ApiError;
 
     /// Checks a query string (`database=app&limit=5`): no unknown key, no empty
-    /// `database`, `limit` from 1 to [`MAX_LIMIT`].
+    /// `database` or `role`, `limit` from 1 to [`MAX_LIMIT`].
     fn try_from(q: QueryString) -> Result<Self, ApiError> {
-        let empty = q
-            .database
-            .as_ref()
-            .filter(|d| d.is_empty())
-            .map(|_| "database");
+        let empty = [("database", &q.database), ("role", &q.role)]
+            .into_iter()
+            .find(|(_, v)| v.as_ref().is_some_and(String::is_empty))
+            .map(|(k, _)| k);
         if let Some(k) = q.unknown.keys().map(String::as_str).chain(empty).next() {
             return Err(ApiError::BadParameter {
                 name: "query",
-                message: format!("unknown or empty parameter {k:?} (database, limit)"),
+                message: format!("unknown or empty parameter {k:?} (database, limit, role)"),
             });
         }
         let limit = match q.limit {
@@ -225,6 +230,7 @@ impl TryFrom<QueryString> for Params {
         Ok(Params {
             database: q.database,
             limit,
+            role: q.role,
         })
     }
 }
@@ -397,12 +403,21 @@ impl Api {
         let mut guard = self.session.lock().await;
         let s = session::ensure(&mut guard, &self.monitor, &self.setup).await?;
         let mut rec = Recorder { sql: Vec::new() };
+        if params.role.is_some() && endpoint != "/api/v1/audit" {
+            return Err(ApiError::BadParameter {
+                name: "role",
+                message: format!("{endpoint} takes no role (only /api/v1/audit does)"),
+            });
+        }
         let limit = params.limit.unwrap_or(self.top_n) as i64;
         let result = match endpoint {
             "/api/v1/overview" => cluster::overview(s, &mut rec, &self.board, limit as usize)
                 .await
                 .map(|d| (None, d)),
             "/api/v1/replication" => cluster::replication(s, &mut rec).await.map(|d| (None, d)),
+            "/api/v1/audit" => audit::answer(s, &mut rec, params.role.as_deref(), limit)
+                .await
+                .map(|d| (Some(s.database.clone()), d)),
             "/api/v1/top-queries" => top_queries::answer(self, s, &mut rec, limit)
                 .await
                 .map(|d| (None, d)),
@@ -450,7 +465,8 @@ mod tests {
             parse("database=t%C3%A9nant&limit=5").unwrap(),
             Params {
                 database: Some("ténant".into()),
-                limit: Some(5)
+                limit: Some(5),
+                role: None,
             }
         );
         for bad in [
@@ -459,6 +475,7 @@ mod tests {
             "limit=x",
             "databse=app",
             "database=",
+            "role=",
             "limit=5&limit=6",
         ] {
             let e = parse(bad).unwrap_err();

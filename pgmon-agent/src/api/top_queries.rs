@@ -29,9 +29,11 @@ const VIEWS: &str = "SELECT to_regclass('pg_stat_statements') IS NOT NULL, \
 const INFO: &str = "SELECT stats_reset::text FROM pg_stat_statements_info";
 
 /// Every statement `pg_stat_statements` holds (up to [`MAX_STATEMENTS`], most execution
-/// time first), with its role and database.
+/// time first), with its role, database and block counts (8 kB blocks; the columns exist
+/// from the 1.8 of PostgreSQL 13 on).
 const STATEMENTS: &str = "SELECT s.queryid::text, s.query, r.rolname::text, d.datname::text, \
-     s.calls, s.total_exec_time, s.rows \
+     s.calls, s.total_exec_time, s.rows, s.shared_blks_hit, s.shared_blks_read, \
+     s.local_blks_read + s.temp_blks_read + s.temp_blks_written \
      FROM pg_stat_statements s LEFT JOIN pg_roles r ON r.oid = s.userid \
      LEFT JOIN pg_database d ON d.oid = s.dbid \
      WHERE s.queryid IS NOT NULL ORDER BY s.total_exec_time DESC LIMIT $1";
@@ -53,6 +55,13 @@ pub struct PssRow {
     pub total_exec_time: f64,
     /// Rows returned or affected.
     pub rows: i64,
+    /// Shared-buffer hits, blocks.
+    pub shared_blks_hit: i64,
+    /// Blocks read into shared buffers (from the OS cache or the disk).
+    pub shared_blks_read: i64,
+    /// Local blocks read and temporary blocks read and written (sorts, hashes and
+    /// temporary tables that spilled).
+    pub other_blks: i64,
 }
 
 /// `pg_stat_statements`' figures of one fingerprint, summed over its rows (roles,
@@ -69,6 +78,13 @@ pub struct PssSide {
     pub mean_ms: f64,
     /// Rows returned or affected.
     pub rows: i64,
+    /// Shared-buffer hits, blocks.
+    pub shared_blks_hit: i64,
+    /// Blocks read into shared buffers.
+    pub shared_blks_read: i64,
+    /// Blocks of I/O: `shared_blks_read` plus local reads and temporary reads and writes;
+    /// the order of `by_io`.
+    pub io_blks: i64,
     /// Its `pg_stat_statements` rows' queryids.
     pub queryids: BTreeSet<String>,
     /// The roles that ran it.
@@ -108,18 +124,54 @@ pub struct TopQuery {
     pub pgmon: Option<PgmonSide>,
 }
 
+/// What the statements of an answer are ranked by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// The larger of the two sides' total time (`statements`).
+    Time,
+    /// The larger of the two sides' calls (`by_calls`).
+    Calls,
+    /// `pg_stat_statements`' blocks of I/O, [`PssSide::io_blks`] (`by_io`; pgmon sees no
+    /// I/O).
+    Io,
+}
+
 impl TopQuery {
-    /// The larger of the two sides' total time, milliseconds: the order of the answer.
-    fn weight(&self) -> f64 {
-        let a = self.pg_stat_statements.as_ref().map_or(0.0, |s| s.total_ms);
-        let b = self.pgmon.as_ref().map_or(0.0, |s| s.total_ms);
-        a.max(b)
+    /// Its weight in `order`: the larger of the two sides' figure.
+    fn weight(&self, order: Order) -> f64 {
+        let pss = self.pg_stat_statements.as_ref();
+        let pgmon = self.pgmon.as_ref();
+        match order {
+            Order::Time => pss
+                .map_or(0.0, |s| s.total_ms)
+                .max(pgmon.map_or(0.0, |s| s.total_ms)),
+            Order::Calls => {
+                (pss.map_or(0, |s| s.calls.max(0) as u64)).max(pgmon.map_or(0, |s| s.calls)) as f64
+            }
+            Order::Io => pss.map_or(0.0, |s| s.io_blks as f64),
+        }
     }
 }
 
-/// Joins the two sides on the fingerprint; the `limit` statements with the most time on
-/// either side, most first. Runs libpg_query on each `pg_stat_statements` text.
-pub fn join(pss: Vec<PssRow>, pgmon: &[RoleStatus], limit: usize) -> Vec<TopQuery> {
+/// The `limit` statements of `joined` with the most `order`, most first (ties by
+/// fingerprint); statements with none of it (no I/O) are left out of [`Order::Io`] and
+/// [`Order::Calls`].
+pub fn top(joined: &[TopQuery], order: Order, limit: usize) -> Vec<TopQuery> {
+    let mut v: Vec<&TopQuery> = joined
+        .iter()
+        .filter(|q| order == Order::Time || q.weight(order) > 0.0)
+        .collect();
+    v.sort_by(|a, b| {
+        b.weight(order)
+            .total_cmp(&a.weight(order))
+            .then_with(|| a.fingerprint.cmp(&b.fingerprint))
+    });
+    v.into_iter().take(limit).cloned().collect()
+}
+
+/// Joins the two sides on the fingerprint, in no order (see [`top`]). Runs libpg_query on
+/// each `pg_stat_statements` text.
+pub fn join(pss: Vec<PssRow>, pgmon: &[RoleStatus]) -> Vec<TopQuery> {
     let mut out: HashMap<String, TopQuery> = HashMap::new();
     for r in pss {
         let fp = pg_query::fingerprint(&r.query, 0, 0)
@@ -141,6 +193,9 @@ pub fn join(pss: Vec<PssRow>, pgmon: &[RoleStatus], limit: usize) -> Vec<TopQuer
         s.calls += r.calls;
         s.total_ms += r.total_exec_time;
         s.rows += r.rows;
+        s.shared_blks_hit += r.shared_blks_hit;
+        s.shared_blks_read += r.shared_blks_read;
+        s.io_blks += r.shared_blks_read + r.other_blks;
         s.queryids.insert(r.queryid);
         s.roles.extend(r.role);
         s.databases.extend(r.database);
@@ -165,8 +220,7 @@ pub fn join(pss: Vec<PssRow>, pgmon: &[RoleStatus], limit: usize) -> Vec<TopQuer
             s.roles.insert(role.role.clone());
         }
     }
-    let mut v: Vec<TopQuery> = out
-        .into_values()
+    out.into_values()
         .map(|mut q| {
             if let Some(s) = &mut q.pg_stat_statements {
                 s.mean_ms = s.total_ms / (s.calls.max(1) as f64);
@@ -179,14 +233,7 @@ pub fn join(pss: Vec<PssRow>, pgmon: &[RoleStatus], limit: usize) -> Vec<TopQuer
             }
             q
         })
-        .collect();
-    v.sort_by(|a, b| {
-        b.weight()
-            .total_cmp(&a.weight())
-            .then_with(|| a.fingerprint.cmp(&b.fingerprint))
-    });
-    v.truncate(limit);
-    v
+        .collect()
 }
 
 /// The answer: both sides' availability and the joined list.
@@ -220,6 +267,9 @@ pub async fn answer(
                 calls: r.get(4),
                 total_exec_time: r.get(5),
                 rows: r.get(6),
+                shared_blks_hit: r.get(7),
+                shared_blks_read: r.get(8),
+                other_blks: r.get(9),
             });
         }
     }
@@ -234,7 +284,7 @@ pub async fn answer(
         Err(why) => (json!({"available": false, "reason": why}), Vec::new()),
     };
     let limit = limit as usize;
-    let mut joined = tokio::task::spawn_blocking(move || join(pss_rows, &roles, limit))
+    let mut joined = tokio::task::spawn_blocking(move || join(pss_rows, &roles))
         .await
         .unwrap_or_default();
     if api.redact_sql_text {
@@ -253,7 +303,9 @@ pub async fn answer(
             "database": db, "stats_reset": stats_reset, "statements_read": read,
         },
         "pgmon": pgmon_json,
-        "statements": joined,
+        "statements": top(&joined, Order::Time, limit),
+        "by_calls": top(&joined, Order::Calls, limit),
+        "by_io": top(&joined, Order::Io, limit),
     }))
 }
 
@@ -271,6 +323,9 @@ mod tests {
             calls,
             total_exec_time: total,
             rows: calls,
+            shared_blks_hit: calls * 3,
+            shared_blks_read: total as i64,
+            other_blks: 0,
         }
     }
 
@@ -320,7 +375,8 @@ mod tests {
             role("a", &[("SELECT v FROM t WHERE id = $1", 12, 2.0)]),
             role("b", &[("UPDATE t SET v = $1", 4, 1.0)]),
         ];
-        let v = join(rows, &roles, 10);
+        let joined = join(rows, &roles);
+        let v = top(&joined, Order::Time, 10);
         assert_eq!(v.len(), 4);
         assert_eq!(v[0].seen_by, "pg_stat_statements", "pg_sleep: most time");
         let both = v.iter().find(|q| q.seen_by == "both").unwrap();
@@ -337,6 +393,24 @@ mod tests {
         );
         let unparsed = v.iter().find(|q| q.fingerprint.is_none()).unwrap();
         assert_eq!(unparsed.seen_by, "pg_stat_statements");
-        assert_eq!(join(Vec::new(), &roles, 1).len(), 1, "limit");
+        assert_eq!(top(&joined, Order::Time, 1).len(), 1, "limit");
+        let by_calls = top(&joined, Order::Calls, 10);
+        assert_eq!(
+            by_calls[0].fingerprint, both.fingerprint,
+            "15 calls on one side, 12 on the other: 15 ranks first"
+        );
+        assert_eq!(by_calls.len(), 4);
+        let by_io = top(&joined, Order::Io, 10);
+        assert_eq!(
+            by_io.len(),
+            2,
+            "pgmon alone sees no I/O, and the unparsable one read no block: left out"
+        );
+        assert_eq!(by_io[0].seen_by, "pg_stat_statements", "1000 blocks read");
+        let p = by_io[1].pg_stat_statements.as_ref().unwrap();
+        assert_eq!(
+            (p.shared_blks_read, p.shared_blks_hit, p.io_blks),
+            (75, 45, 75)
+        );
     }
 }

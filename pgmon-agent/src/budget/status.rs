@@ -3,7 +3,7 @@
 
 use super::{
     Budgets,
-    policy::{ActionKind, Unit},
+    policy::{ActionKind, Mode, Step, Unit},
 };
 
 impl Budgets {
@@ -43,12 +43,73 @@ impl Budgets {
                     step: step.map(|s| s.action),
                     step_at: step.map(|s| s.at),
                     connection_limit: step.and_then(|s| s.limit),
+                    unlock: unlock_effect(
+                        self.policy.policy.mode,
+                        (spend, t.unit, utilisation),
+                        step,
+                        ladder.first().map(|s| s.at),
+                    ),
                 })
             })
             .collect();
         v.sort_by(|a, b| b.utilisation.total_cmp(&a.utilisation));
         v
     }
+}
+
+/// What `pgmon-agent unlock --budget ROLE` would do to a role now ([`super::reset`]), in
+/// words: the spend it forgets, the step it takes the role off and what
+/// `pgmon.restore_role` gives back (in `enforce` mode; in `observe` mode nothing was
+/// applied), and when the ladder would start again (`first_at`: the lowest step).
+pub fn unlock_effect(
+    mode: Mode,
+    (spend, unit, utilisation): (f64, Unit, f64),
+    step: Option<&Step>,
+    first_at: Option<f64>,
+) -> String {
+    let unit = match unit {
+        Unit::PlanCost => "plan-cost units",
+        Unit::ExecSeconds => "seconds",
+    };
+    let pct = |r: f64| format!("{:.0} %", r * 100.0);
+    let mut out = if spend > 0.0 {
+        format!(
+            "forgets {spend:.1} {unit} of spend (utilisation {} → 0 %)",
+            pct(utilisation)
+        )
+    } else {
+        "forgets nothing (no spend in the window)".to_owned()
+    };
+    match step {
+        None => out.push_str("; the role is on no step"),
+        Some(s) => {
+            let given_back = match (mode, s.action) {
+                (Mode::Observe, _) => "nothing to give back: observe mode applied nothing",
+                (_, ActionKind::Warn) => "nothing to give back: a warning takes nothing",
+                (_, ActionKind::ConnectionLimit) => {
+                    "pgmon.restore_role gives back the connection limit it had"
+                }
+                (_, ActionKind::Lock) => {
+                    "pgmon.restore_role gives back LOGIN and the connection limit it had"
+                }
+            };
+            out.push_str(&format!(
+                "; takes it off step {} ({given_back})",
+                serde_json::to_value(s.action)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    if let Some(at) = first_at {
+        out.push_str(&format!(
+            "; the ladder starts again when it spends past {} of its budget",
+            pct(at)
+        ));
+    }
+    out.push_str("; one audit row (source budget, action reset)");
+    out
 }
 
 /// What the agent knows of one fingerprint's cost.
@@ -83,4 +144,7 @@ pub struct BudgetStatus {
     /// The utilisation at which that step applies: the reason it is applied.
     pub step_at: Option<f64>,
     pub connection_limit: Option<i32>,
+    /// What an unlock would do now ([`unlock_effect`]).
+    #[serde(default)]
+    pub unlock: String,
 }

@@ -447,3 +447,45 @@ fn a_ledger_is_written_when_it_moved_or_once_a_minute() {
     b.snapshot(t0 + 400_000);
     assert_eq!(written(&mut out), 0);
 }
+
+#[test]
+fn unlock_effect_says_what_a_reset_forgets_and_gives_back() {
+    use super::{
+        policy::{ActionKind, Mode, Step, Unit},
+        status::unlock_effect,
+    };
+    let lock = Step {
+        at: 1.5,
+        action: ActionKind::Lock,
+        limit: None,
+    };
+    let text = unlock_effect(
+        Mode::Enforce,
+        (2500.0, Unit::PlanCost, 2.4),
+        Some(&lock),
+        Some(0.8),
+    );
+    assert_eq!(
+        text,
+        "forgets 2500.0 plan-cost units of spend (utilisation 240 % → 0 %); takes it off \
+         step lock (pgmon.restore_role gives back LOGIN and the connection limit it had); \
+         the ladder starts again when it spends past 80 % of its budget; one audit row \
+         (source budget, action reset)"
+    );
+    let observed = unlock_effect(
+        Mode::Observe,
+        (2500.0, Unit::PlanCost, 2.4),
+        Some(&lock),
+        Some(0.8),
+    );
+    assert!(
+        observed.contains("nothing to give back: observe mode applied nothing"),
+        "{observed}"
+    );
+    let idle = unlock_effect(Mode::Enforce, (0.0, Unit::ExecSeconds, 0.0), None, None);
+    assert_eq!(
+        idle,
+        "forgets nothing (no spend in the window); the role is on no step; one audit row \
+         (source budget, action reset)"
+    );
+}

@@ -4,11 +4,12 @@
 //! next execution of each forgotten statement is estimated anew (an EXPLAIN); until then
 //! it is charged `cost.default_cost`.
 
-use std::net::SocketAddr;
-
 use anyhow::bail;
 
-use super::unlock::{percent_encode, post};
+use super::{
+    client::AgentArgs,
+    unlock::{post, query},
+};
 
 /// Which estimates to forget (exactly one).
 #[derive(Debug, clap::Args)]
@@ -26,24 +27,20 @@ pub struct Target {
     pub all: bool,
 }
 
-/// Forgets what `target` names through the agent at `addr`; prints what it said.
-pub fn forget(addr: SocketAddr, target: &Target, database: Option<&str>) -> anyhow::Result<()> {
-    let query = match (&target.fingerprint, &target.relation, target.all) {
-        (Some(f), None, false) => format!("fingerprint={}", percent_encode(f)),
+/// Forgets what `target` names through `agent`; prints what it said.
+pub fn forget(agent: &AgentArgs, target: &Target, database: Option<&str>) -> anyhow::Result<()> {
+    let q = match (&target.fingerprint, &target.relation, target.all) {
+        (Some(f), None, false) => query(&[("fingerprint", f)]),
         (None, Some(r), false) => match database {
-            Some(d) => format!(
-                "relation={}&database={}",
-                percent_encode(r),
-                percent_encode(d)
-            ),
-            None => format!("relation={}", percent_encode(r)),
+            Some(d) => query(&[("relation", r), ("database", d)]),
+            None => query(&[("relation", r)]),
         },
-        (None, None, true) => "all=true".to_owned(),
+        (None, None, true) => query(&[("all", "true")]),
         _ => bail!("need exactly one of --fingerprint, --relation, --all"),
     };
     if database.is_some() && target.relation.is_none() {
         bail!("--database goes with --relation only");
     }
-    println!("{}", post(addr, &format!("/api/v1/cost/forget?{query}"))?);
+    println!("{}", post(agent, &format!("/api/v1/cost/forget?{q}"))?);
     Ok(())
 }

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod check_config;
 pub mod cleanup;
+pub mod client;
 pub mod cost;
 pub mod doctor;
 pub mod emergency;
@@ -17,7 +18,7 @@ pub mod status;
 mod table;
 pub mod unlock;
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -45,9 +46,8 @@ pub enum Command {
     },
     /// Show what a running agent sees: capture health and per-role traffic.
     Status {
-        /// The agent's HTTP address (its metrics.listen).
-        #[arg(long, default_value = "127.0.0.1:8181")]
-        addr: SocketAddr,
+        #[command(flatten)]
+        agent: client::AgentArgs,
         /// Print the raw JSON document of /api/v1/status.
         #[arg(long)]
         json: bool,
@@ -138,9 +138,8 @@ pub enum Command {
         /// Reset the role's budget (ledger and ladder step) instead of its storage lock.
         #[arg(long)]
         budget: bool,
-        /// The agent's HTTP address (its metrics.listen).
-        #[arg(long, default_value = "127.0.0.1:8181")]
-        addr: SocketAddr,
+        #[command(flatten)]
+        agent: client::AgentArgs,
     },
     /// Take pgmon's hands off everything now, for when the monitor itself is the problem.
     ///
@@ -225,9 +224,8 @@ pub enum CostCommand {
         /// With --relation: only the estimates made in this database.
         #[arg(long)]
         database: Option<String>,
-        /// The agent's HTTP address (its metrics.listen).
-        #[arg(long, default_value = "127.0.0.1:8181")]
-        addr: SocketAddr,
+        #[command(flatten)]
+        agent: client::AgentArgs,
     },
 }
 

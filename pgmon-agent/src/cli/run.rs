@@ -468,9 +468,20 @@ fn capture_loop(
         while let Ok(answer) = answers.try_recv() {
             pipeline.on_answer(answer);
         }
-        while let Ok(reply) = status.try_recv() {
-            pipeline.publish(&capture);
-            let _ = reply.send(pipeline.status(&capture, started, &config.cluster.data_directory));
+        while let Ok(request) = status.try_recv() {
+            match request {
+                StatusRequest::Document(reply) => {
+                    pipeline.publish(&capture);
+                    let _ = reply.send(pipeline.status(
+                        &capture,
+                        started,
+                        &config.cluster.data_directory,
+                    ));
+                }
+                StatusRequest::Interval(reply) => {
+                    let _ = reply.send(pipeline.interval_status());
+                }
+            }
         }
         while let Ok(request) = resets.try_recv() {
             pipeline.reset_budget(request);

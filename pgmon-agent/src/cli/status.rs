@@ -1,11 +1,9 @@
 //! `pgmon-agent status`: reads `/api/v1/status` from a running agent and prints it for a
 //! person (or as JSON with `--json`).
 
-use std::{fmt::Write as _, net::SocketAddr};
+use std::fmt::Write as _;
 
 use anyhow::{Context as _, bail};
-use http_body_util::{BodyExt as _, Empty};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
 use super::table::{self, Align::Left as L, Align::Right as R, table};
 use crate::{
@@ -13,9 +11,17 @@ use crate::{
     status::{FingerprintStatus, RoleStatus, Status},
 };
 
-/// Fetches and prints the status of the agent at `addr`.
-pub fn status(addr: SocketAddr, json: bool, role: Option<&str>) -> anyhow::Result<()> {
-    let body = fetch(addr)?;
+/// Fetches and prints the status of the running agent.
+pub fn status(
+    agent: &super::client::AgentArgs,
+    json: bool,
+    role: Option<&str>,
+) -> anyhow::Result<()> {
+    let body = agent.request(
+        hyper::Method::GET,
+        "/api/v1/status",
+        std::time::Duration::from_secs(10),
+    )?;
     if json && role.is_none() {
         println!("{body}");
         return Ok(());
@@ -54,29 +60,6 @@ fn by_expense(fps: &mut [FingerprintStatus]) {
             .then(b.total_ms().total_cmp(&a.total_ms()))
             .then(a.fingerprint.cmp(&b.fingerprint))
     });
-}
-
-fn fetch(addr: SocketAddr) -> anyhow::Result<String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
-        let uri: hyper::Uri = format!("http://{addr}/api/v1/status").parse()?;
-        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri))
-            .await
-            .with_context(|| format!("no answer from the agent at {addr} within 10 s"))?
-            .with_context(|| {
-                format!("cannot reach the agent at {addr} (is `pgmon-agent run` running?)")
-            })?;
-        let code = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        if !code.is_success() {
-            bail!("agent at {addr} answered {code}: {}", text.trim());
-        }
-        Ok(text)
-    })
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -338,6 +321,9 @@ fn render_role(r: &RoleStatus, budget: Option<&BudgetStatus>) -> String {
             b.utilisation,
             b.step.map_or_else(|| "-".to_owned(), |s| format!("{s:?}"))
         );
+        if !b.unlock.is_empty() {
+            let _ = writeln!(o, "unlock --budget would: {}", b.unlock);
+        }
     }
     let _ = writeln!(
         o,

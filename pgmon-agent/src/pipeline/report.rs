@@ -8,7 +8,7 @@ use crate::{
     budget::CostKnown,
     capture::Capture,
     query::fingerprint_hex,
-    status::{AgentStatus, CaptureStatus, ClusterStatus, RefusedHook, Status},
+    status::{AgentStatus, CaptureStatus, ClusterStatus, IntervalStatus, RefusedHook, Status},
 };
 
 impl Pipeline {
@@ -140,6 +140,25 @@ impl Pipeline {
                 .map(|l| l.budgets.status(self.now_ms))
                 .unwrap_or_default(),
             storage: None,
+        }
+    }
+
+    /// The history ring's sample: every role's totals, its latency since the previous
+    /// call, and every budgeted role's utilisation.
+    pub fn interval_status(&mut self) -> IntervalStatus {
+        IntervalStatus {
+            roles: self.stats.interval(),
+            budgets: self
+                .budget
+                .as_ref()
+                .map(|l| {
+                    l.budgets
+                        .status(self.now_ms)
+                        .into_iter()
+                        .map(|b| (b.role, b.utilisation))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }

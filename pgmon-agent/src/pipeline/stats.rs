@@ -3,7 +3,9 @@
 //! Bounded: per-role fingerprint tables keep the most called `fingerprints_per_role`
 //! entries, the global table `max_fingerprints`; an evicted entry's calls stay counted in
 //! its role's totals. Latency quantiles come from an HDR histogram per (role, database)
-//! (microsecond resolution, 3 significant digits).
+//! (microsecond resolution, 3 significant digits), since the agent started; a second,
+//! coarser one (2 significant digits, 32-bit counts, ≈ 13 kB, allocated on a role's first
+//! completion) holds the interval the history ring last closed ([`Stats::interval`]).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -13,7 +15,7 @@ use super::metrics::{RoleDbHandles, TrafficMetrics};
 use crate::{
     budget::CostKnown,
     query::{Stmt, fingerprint_hex},
-    status::{FingerprintStatus, RoleStatus},
+    status::{FingerprintStatus, RoleInterval, RoleStatus},
 };
 
 /// Largest latency the HDR histograms record, microseconds (1 hour); longer is clamped.
@@ -47,6 +49,8 @@ pub struct RoleDb {
     pub connection_errors_by_class: HashMap<[u8; 2], u64>,
     /// Executions whose completion was seen, durations in microseconds.
     latency_us: hdrhistogram::Histogram<u64>,
+    /// Executions completed since the last [`Stats::interval`], microseconds.
+    recent_us: Option<Box<hdrhistogram::Histogram<u32>>>,
     pub connections: i64,
     /// CPU time of its backends whose sessions pgmon could not read, seconds.
     pub unreadable_cpu_seconds: f64,
@@ -98,6 +102,7 @@ impl Stats {
             connection_errors_by_class: HashMap::new(),
             latency_us: hdrhistogram::Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
                 .expect("constant bounds are valid"),
+            recent_us: None,
             connections: 0,
             unreadable_cpu_seconds: 0.0,
             fingerprints: AHashMap::new(),
@@ -126,9 +131,17 @@ impl Stats {
         r.queries += 1;
         r.handles.queries.inc();
         r.handles.duration.observe(duration_ns as f64 / 1e9);
+        let us = (duration_ns / 1000).clamp(1, MAX_LATENCY_US);
+        let _ = r.latency_us.record(us);
         let _ = r
-            .latency_us
-            .record((duration_ns / 1000).clamp(1, MAX_LATENCY_US));
+            .recent_us
+            .get_or_insert_with(|| {
+                Box::new(
+                    hdrhistogram::Histogram::new_with_bounds(1, MAX_LATENCY_US, 2)
+                        .expect("constant bounds are valid"),
+                )
+            })
+            .record(us);
         let failed = u64::from(error.is_some());
         if let Some(sqlstate) = error {
             Self::count_error(&self.metrics, r, sqlstate);
@@ -178,6 +191,51 @@ impl Stats {
         let class = [sqlstate[0], sqlstate[1]];
         *r.errors_by_class.entry(class).or_default() += 1;
         metrics.query_error(&r.role, &r.database, class);
+    }
+
+    /// Every role's totals, and the median and p99 of the executions completed since the
+    /// previous call (the interval's histograms are emptied), for the history ring.
+    pub fn interval(&mut self) -> Vec<RoleInterval> {
+        let mut by_role: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+        for (i, r) in self.role_dbs.iter().enumerate() {
+            by_role.entry(r.role.clone()).or_default().push(i);
+        }
+        let mut out: Vec<RoleInterval> = by_role
+            .into_iter()
+            .map(|(role, ids)| {
+                let mut merged: Option<hdrhistogram::Histogram<u32>> = None;
+                let (mut queries, mut errors) = (0, 0);
+                for i in ids {
+                    let r = &mut self.role_dbs[i];
+                    queries += r.queries;
+                    errors += r.errors;
+                    let Some(h) = r.recent_us.as_deref_mut().filter(|h| !h.is_empty()) else {
+                        continue;
+                    };
+                    match merged.as_mut() {
+                        None => merged = Some(h.clone()),
+                        Some(m) => {
+                            let _ = m.add(&*h);
+                        }
+                    }
+                    h.reset();
+                }
+                let q = |p: f64| {
+                    merged
+                        .as_ref()
+                        .map(|h| h.value_at_quantile(p) as f64 / 1000.0)
+                };
+                RoleInterval {
+                    role: role.to_string(),
+                    queries,
+                    errors,
+                    p50_ms: q(0.5),
+                    p99_ms: q(0.99),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| b.queries.cmp(&a.queries).then(a.role.cmp(&b.role)));
+        out
     }
 
     /// Statements completed, all roles and databases.

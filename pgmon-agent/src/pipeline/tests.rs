@@ -148,4 +148,48 @@ fn connection_errors_are_counted_apart_from_statement_errors() {
     );
 }
 
+#[test]
+fn the_interval_latency_covers_only_what_completed_since_the_last_sample() {
+    let mut rig = Rig::new();
+    let mut out = Vec::new();
+    rig.normalizer.prepare(b"SELECT 1", true, &mut out);
+    let stmt = out.pop().expect("a statement");
+    let (shop, crm) = (
+        rig.stats.role_db("alice", "shop"),
+        rig.stats.role_db("alice", "crm"),
+    );
+    // 99 fast executions in one database and one slow one in the other.
+    for _ in 0..99 {
+        rig.stats.record(shop, &stmt, 1_000_000, None);
+    }
+    rig.stats.record(crm, &stmt, 500_000_000, None);
+    rig.stats.record(crm, &stmt, 500_000_000, None);
+    let first = rig.stats.interval();
+    assert_eq!(first.len(), 1, "one row per role, its databases merged");
+    assert_eq!((first[0].queries, first[0].errors), (101, 0));
+    // HDR answers the highest value equivalent to the bucket: within 1 % (2 digits).
+    let near = |v: Option<f64>, want: f64| v.is_some_and(|v| (v / want - 1.0).abs() < 0.01);
+    assert!(near(first[0].p50_ms, 1.0), "{:?}", first[0].p50_ms);
+    assert!(
+        near(first[0].p99_ms, 500.0),
+        "the slow ones: {:?}",
+        first[0].p99_ms
+    );
+
+    // The next interval: only fast executions, so its p99 is fast, while the since-start
+    // figure of `status` still carries the slow ones.
+    for _ in 0..10 {
+        rig.stats.record(shop, &stmt, 2_000_000, None);
+    }
+    let second = rig.stats.interval();
+    assert_eq!(second[0].queries, 111, "totals stay cumulative");
+    assert!(near(second[0].p99_ms, 2.0), "{:?}", second[0].p99_ms);
+    assert!(rig.role("alice").p99_ms.expect("since start") > 400.0);
+    assert_eq!(
+        rig.stats.interval()[0].p99_ms,
+        None,
+        "nothing completed since"
+    );
+}
+
 mod recorded;
