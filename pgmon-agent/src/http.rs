@@ -90,7 +90,7 @@ impl MetricsConfig {
 pub struct Endpoint {
     /// The exporter behind `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// What the health loops last read (`/healthz` names the degraded ones).
+    /// What the health loops last read (`/healthz` judges them).
     pub health: crate::health::Board,
     /// The alerts in flight (`/api/v1/alerts`).
     pub alerts: crate::alerts::AlertBook,
@@ -299,29 +299,35 @@ async fn metrics(State(ep): State<Arc<Endpoint>>, headers: HeaderMap) -> Respons
     }
 }
 
-/// `GET /healthz`: 200 `ok` (with the degraded health loops, if any) while the capture
-/// thread drained within the last 5 s, else 503.
+/// `GET /healthz`: 503 `unhealthy: REASON; REASON` when the capture thread has not
+/// drained for 5 s or the health loops say so ([`crate::health::Board::unhealthy`]: the
+/// database unreachable for a fast-loop interval, a loop failing 3 runs in a row or
+/// missing its schedule); else 200 `ok`, naming the loops whose last run was over budget.
 async fn healthz(State(ep): State<Arc<Endpoint>>) -> Response {
     let now = now_ms();
     let last = ep.last_drain_ms.load(std::sync::atomic::Ordering::Relaxed);
-    if last != 0 && now.saturating_sub(last) < 5_000 {
-        let degraded = ep.health.degraded();
-        let body = if degraded.is_empty() {
-            "ok\n".to_owned()
-        } else {
-            format!("ok, degraded: {}\n", degraded.join(", "))
-        };
-        text(StatusCode::OK, "text/plain", body)
-    } else {
-        text(
+    let mut reasons = Vec::new();
+    if last == 0 || now.saturating_sub(last) >= 5_000 {
+        reasons.push(format!(
+            "capture thread has not drained for {} ms",
+            now.saturating_sub(last)
+        ));
+    }
+    reasons.extend(ep.health.unhealthy(now));
+    if !reasons.is_empty() {
+        return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            format!(
-                "capture thread has not drained for {} ms\n",
-                now.saturating_sub(last)
-            ),
-        )
+            format!("unhealthy: {}\n", reasons.join("; ")),
+        );
     }
+    let degraded = ep.health.degraded();
+    let body = if degraded.is_empty() {
+        "ok\n".to_owned()
+    } else {
+        format!("ok, degraded: {}\n", degraded.join(", "))
+    };
+    text(StatusCode::OK, "text/plain", body)
 }
 
 /// `GET /api/v1/status`: the capture thread's status document with the storage section;

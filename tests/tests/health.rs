@@ -5,7 +5,8 @@
 //! `max_connections`, a temp-file spill, a WAL burst (with `pg_stat_wal`'s counters from
 //! 14 and `pg_stat_io`'s bytes from 16, absent before), a requested checkpoint
 //! (`pg_stat_bgwriter` before 17, `pg_stat_checkpointer` from 17), wraparound ages and
-//! relation sizes, and every loop's own success metric; and `pgmon-agent check` on each.
+//! relation sizes, and every loop's own success metric; and `pgmon-agent check` on each;
+//! and `/healthz` following the database down and up again (15 and 18).
 //! `versions.rs` adds what the rest of the agent's SQL does on each version.
 
 use std::{thread, time::Duration};
@@ -305,6 +306,65 @@ fn check_report(version: PgVersion) {
         "{report}"
     );
     assert!(report["error"].as_str().is_some_and(|e| !e.is_empty()));
+}
+
+/// `/healthz` tells the truth: 200 while the database answers, 503 naming the unreachable
+/// database once the cluster has been stopped for a fast-loop interval, 200 again once it
+/// is back.
+fn healthz_follows_the_database(version: PgVersion) {
+    let mut cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
+    let port = free_port();
+    let agent = Agent::start(
+        &agent_binary().expect("binary"),
+        &config(&cluster, port),
+        format!("127.0.0.1:{port}"),
+    )
+    .expect("agent");
+    let healthz = || agent.get("/healthz").expect("GET /healthz");
+    let wait = |what: &str, f: &dyn Fn(u16, &str) -> bool| {
+        let started = std::time::Instant::now();
+        loop {
+            let (code, body) = healthz();
+            if f(code, &body) {
+                return (code, body, started.elapsed());
+            }
+            assert!(started.elapsed() < WAIT, "{what}: still {code} {body}");
+            thread::sleep(Duration::from_millis(100));
+        }
+    };
+    agent.wait_metric(
+        "pgmon_last_scrape_success",
+        &[("loop", "fast")],
+        WAIT,
+        |v| v == 1.0,
+    );
+    let (_, body, _) = wait("healthy", &|code, _| code == 200);
+    assert!(body.starts_with("ok"), "{body}");
+
+    cluster.stop().expect("stop the cluster");
+    let (_, body, took) = wait("unhealthy", &|code, _| code == 503);
+    println!("{version}: 503 {took:?} after the stop: {}", body.trim());
+    assert!(body.contains("database unreachable for"), "{body}");
+    assert_eq!(agent.metric("pg_up", &[]), 0.0);
+
+    cluster.restart().expect("start the cluster again");
+    let (_, body, took) = wait("healthy again", &|code, _| code == 200);
+    println!("{version}: 200 {took:?} after the start: {}", body.trim());
+    assert!(!agent.log().contains("panicked"));
+}
+
+#[test]
+fn healthz_pg15() {
+    if require_root("healthz_pg15") {
+        healthz_follows_the_database(PgVersion::Pg15);
+    }
+}
+
+#[test]
+fn healthz_pg18() {
+    if require_root("healthz_pg18") {
+        healthz_follows_the_database(PgVersion::Pg18);
+    }
 }
 
 #[test]

@@ -70,7 +70,25 @@ pub struct LoopState {
     pub over_budget: bool,
     /// The loop's budget, seconds.
     pub budget_seconds: f64,
+    /// Seconds between runs.
+    pub interval_seconds: u64,
+    /// Runs that failed in a row, up to the last one (0 after a success).
+    pub consecutive_failures: u64,
+    /// Why the last failed run failed (the error chain, one line).
+    pub last_error: Option<String>,
+    /// When the loop started (milliseconds since the UNIX epoch).
+    pub since_ms: u64,
+    /// When the last run ended, successful or not; `None` before the first.
+    pub last_run_ms: Option<u64>,
+    /// When the last successful run ended; `None` before the first.
+    pub last_success_ms: Option<u64>,
 }
+
+/// Runs failed in a row from which a loop makes `/healthz` answer 503.
+pub const FAILURES_UNHEALTHY: u64 = 3;
+
+/// Intervals without a completed run from which a loop has missed its schedule.
+pub const MISSED_INTERVALS_UNHEALTHY: u64 = 2;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -105,6 +123,74 @@ impl Board {
             .lock()
             .map(|i| i.loops.clone())
             .unwrap_or_default()
+    }
+
+    /// Registers `loop_name` as started at `now_ms`, running every `interval_seconds`
+    /// within `budget_seconds`, so that a loop that never completes a run is seen
+    /// ([`Board::unhealthy`]).
+    pub fn expect(
+        &self,
+        loop_name: &'static str,
+        interval_seconds: u64,
+        budget_seconds: f64,
+        now_ms: u64,
+    ) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.loops.entry(loop_name).or_insert(LoopState {
+                interval_seconds,
+                budget_seconds,
+                since_ms: now_ms,
+                ..LoopState::default()
+            });
+        }
+    }
+
+    /// Why the health loops make the agent unhealthy at `now_ms` (empty: they do not),
+    /// one sentence each:
+    ///
+    /// - the database is unreachable: the `fast` loop (`pg_up`) has not succeeded for at
+    ///   least one of its intervals and its last run failed;
+    /// - a loop failed its last [`FAILURES_UNHEALTHY`] runs;
+    /// - a loop missed its schedule: no run completed for
+    ///   [`MISSED_INTERVALS_UNHEALTHY`] intervals plus its budget (a run stuck on a lock or
+    ///   a connection that does not answer).
+    pub fn unhealthy(&self, now_ms: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, s) in self.loops() {
+            if s.interval_seconds == 0 {
+                continue;
+            }
+            let interval_ms = s.interval_seconds * 1000;
+            let error = s.last_error.as_deref().unwrap_or("no error recorded");
+            let since_success = now_ms.saturating_sub(s.last_success_ms.unwrap_or(s.since_ms));
+            if name == "fast"
+                && !s.success
+                && s.last_run_ms.is_some()
+                && since_success >= interval_ms
+            {
+                out.push(format!(
+                    "database unreachable for {} s (the fast loop, every {} s: {error})",
+                    since_success / 1000,
+                    s.interval_seconds
+                ));
+            } else if s.consecutive_failures >= FAILURES_UNHEALTHY {
+                out.push(format!(
+                    "loop {name} failed its last {} runs: {error}",
+                    s.consecutive_failures
+                ));
+            }
+            let since_run = now_ms.saturating_sub(s.last_run_ms.unwrap_or(s.since_ms));
+            let allowed =
+                MISSED_INTERVALS_UNHEALTHY * interval_ms + (s.budget_seconds * 1000.0) as u64;
+            if since_run > allowed {
+                out.push(format!(
+                    "loop {name} has completed no run for {} s (it runs every {} s)",
+                    since_run / 1000,
+                    s.interval_seconds
+                ));
+            }
+        }
+        out
     }
 
     /// Loops whose last run exceeded their budget: `name (1.3 s > 1 s budget)`.
@@ -249,5 +335,83 @@ impl Collector for BoardCollector {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loop every `interval` s with a 1 s budget, started at 0.
+    fn started(b: &Board, name: &'static str, interval: u64) -> LoopState {
+        b.expect(name, interval, 1.0, 0);
+        LoopState {
+            interval_seconds: interval,
+            budget_seconds: 1.0,
+            ..LoopState::default()
+        }
+    }
+
+    fn ran(b: &Board, name: &'static str, s: &mut LoopState, at_ms: u64, error: Option<&str>) {
+        s.last_run_ms = Some(at_ms);
+        s.success = error.is_none();
+        match error {
+            None => {
+                s.consecutive_failures = 0;
+                s.last_success_ms = Some(at_ms);
+            }
+            Some(e) => {
+                s.consecutive_failures += 1;
+                s.errors += 1;
+                s.last_error = Some(e.to_owned());
+            }
+        }
+        b.record(name, s.clone());
+    }
+
+    #[test]
+    fn an_unreachable_database_is_unhealthy_after_one_fast_interval() {
+        let b = Board::default();
+        let mut fast = started(&b, "fast", 15);
+        ran(&b, "fast", &mut fast, 1_000, None);
+        assert!(b.unhealthy(2_000).is_empty());
+        ran(&b, "fast", &mut fast, 10_000, Some("connection refused"));
+        assert!(
+            b.unhealthy(15_999).is_empty(),
+            "under 15 s since the last success: not yet"
+        );
+        let why = b.unhealthy(16_000);
+        assert_eq!(
+            why,
+            ["database unreachable for 15 s (the fast loop, every 15 s: connection refused)"]
+        );
+        ran(&b, "fast", &mut fast, 31_000, None);
+        assert!(
+            b.unhealthy(31_000).is_empty(),
+            "back as soon as a run succeeds"
+        );
+    }
+
+    #[test]
+    fn a_loop_failing_three_times_in_a_row_or_missing_its_schedule_is_unhealthy() {
+        let b = Board::default();
+        let mut slow = started(&b, "slow", 600);
+        for (i, at) in [600_000, 1_200_000].into_iter().enumerate() {
+            ran(&b, "slow", &mut slow, at, Some("permission denied"));
+            assert!(b.unhealthy(at).is_empty(), "{} failures", i + 1);
+        }
+        ran(&b, "slow", &mut slow, 1_800_000, Some("permission denied"));
+        assert_eq!(
+            b.unhealthy(1_800_000),
+            ["loop slow failed its last 3 runs: permission denied"]
+        );
+        // A loop that never completes: two intervals and its budget after its start.
+        let b = Board::default();
+        started(&b, "hourly", 3600);
+        assert!(b.unhealthy(7_201_000).is_empty());
+        assert_eq!(
+            b.unhealthy(7_201_001),
+            ["loop hourly has completed no run for 7201 s (it runs every 3600 s)"]
+        );
     }
 }

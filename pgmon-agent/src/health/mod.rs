@@ -214,7 +214,18 @@ async fn serve(
     let mut ticker = tokio::time::interval(Duration::from_secs(l.interval_seconds));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut session: Option<(Client, Prepared)> = None;
-    let mut errors = 0u64;
+    let mut state = LoopState {
+        interval_seconds: l.interval_seconds,
+        budget_seconds: l.budget_seconds,
+        since_ms: crate::util::now_ms(),
+        ..LoopState::default()
+    };
+    board.expect(
+        kind.name(),
+        l.interval_seconds,
+        l.budget_seconds,
+        state.since_ms,
+    );
     loop {
         ticker.tick().await;
         let started = Instant::now();
@@ -226,7 +237,9 @@ async fn serve(
                 true
             }
             Err(e) => {
-                errors += 1;
+                state.errors += 1;
+                state.consecutive_failures += 1;
+                state.last_error = Some(format!("{e:#}"));
                 tracing::warn!(r#loop = kind.name(), error = %format!("{e:#}"), "health loop failed; retrying at the next tick");
                 if session.as_ref().is_some_and(|(c, _)| c.is_closed()) {
                     session = None;
@@ -246,16 +259,16 @@ async fn serve(
                 "health loop over its time budget: degraded"
             );
         }
-        board.record(
-            kind.name(),
-            LoopState {
-                duration_seconds: elapsed,
-                success,
-                errors,
-                over_budget,
-                budget_seconds: l.budget_seconds,
-            },
-        );
+        let now = crate::util::now_ms();
+        state.duration_seconds = elapsed;
+        state.success = success;
+        state.over_budget = over_budget;
+        state.last_run_ms = Some(now);
+        if success {
+            state.consecutive_failures = 0;
+            state.last_success_ms = Some(now);
+        }
+        board.record(kind.name(), state.clone());
     }
 }
 
