@@ -64,6 +64,13 @@ pub struct AlertsConfig {
     /// Largest age(datfrozenxid), transactions (default 1.5e9 / 1.8e9, for 0 s;
     /// wraparound protection stops writes near 2^31, PostgreSQL docs, section 24.1.5).
     pub wraparound_xid_age: Threshold,
+    /// Age of the oldest WAL segment waiting for `archive_command`, seconds (default 600 /
+    /// 3600, for 0 s): archiving is failing or falling behind, and point-in-time recovery
+    /// loses what is not archived.
+    pub archive_pending_seconds: Threshold,
+    /// WAL held back by a replication slot no consumer is attached to, bytes (default
+    /// 1 GiB / 10 GiB, for 300 s): it grows until the disk holding `pg_wal` fills.
+    pub inactive_slot_retained_bytes: Threshold,
     /// Dead-tuple backlog per relation (see [`DeadTuples`]).
     pub dead_tuples: DeadTuples,
     /// Stale statistics per database (see [`StaleStatistics`]).
@@ -310,6 +317,8 @@ impl Default for AlertsConfig {
             replication_lag_seconds: t(30.0, 300.0),
             replication_lag_bytes: None,
             wraparound_xid_age: t(1.5e9, 1.8e9),
+            archive_pending_seconds: t(600.0, 3600.0),
+            inactive_slot_retained_bytes: t(1_073_741_824.0, 10_737_418_240.0),
             dead_tuples: DeadTuples::default(),
             stale_statistics: StaleStatistics::default(),
             autovacuum_starvation: Starvation::default(),
@@ -419,7 +428,7 @@ pub struct Level {
 
 impl AlertsConfig {
     /// The six threshold rules, in catalog order.
-    pub fn levels(&self) -> [Level; 6] {
+    pub fn levels(&self) -> [Level; 8] {
         let l = |field, alertname, metric, entity, threshold, default_for| Level {
             field,
             alertname,
@@ -476,6 +485,22 @@ impl AlertsConfig {
                 Some("datname"),
                 self.wraparound_xid_age,
                 0,
+            ),
+            l(
+                "archive_pending_seconds",
+                "PostgresWalArchivingBehind",
+                "pgmon_archive_pending_age_seconds",
+                None,
+                self.archive_pending_seconds,
+                0,
+            ),
+            l(
+                "inactive_slot_retained_bytes",
+                "PostgresInactiveReplicationSlot",
+                "pgmon_replication_slot_inactive_retained_bytes",
+                Some("slot_name"),
+                self.inactive_slot_retained_bytes,
+                300,
             ),
         ]
     }

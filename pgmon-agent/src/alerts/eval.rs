@@ -346,6 +346,24 @@ fn level_message(
             label(labels, "datname"),
             v / 2_147_483_648.0 * 100.0
         ),
+        "PostgresWalArchivingBehind" => {
+            let failed = board
+                .value("pgmon_archive_last_failed_age_seconds", &[])
+                .map(|f| format!("; archive_command last failed {} ago", duration(f)))
+                .unwrap_or_default();
+            let n = board
+                .value("pgmon_archive_pending_segments", &[])
+                .unwrap_or(0.0);
+            format!(
+                "{n:.0} WAL segment(s) wait for archive_command, the oldest for {}{failed}",
+                duration(v)
+            )
+        }
+        "PostgresInactiveReplicationSlot" => format!(
+            "replication slot {} has no consumer and holds back {} of WAL: drop it or reattach its consumer",
+            label(labels, "slot_name"),
+            bytes(v)
+        ),
         _ => format!("{alertname}: {v}"),
     }
 }

@@ -3,7 +3,7 @@
 //! carries the SQL that produced it). Rules on pgmon's own state (storage quotas, budgets,
 //! the loops themselves) read no SQL of their own.
 
-use crate::health::{databases, fast, medium};
+use crate::health::{backups, databases, fast, medium};
 
 /// One statement: its name, the loop that runs it, its text.
 pub type Source = (&'static str, &'static str, &'static str);
@@ -34,6 +34,9 @@ const UNUSED: Source = (
     databases::UNUSED_INDEXES,
 );
 const WRAPAROUND: Source = ("wraparound", "health loop hourly", databases::WRAPAROUND);
+const ARCHIVER: Source = ("archiver", "health loop medium", backups::ARCHIVER);
+const ARCHIVE_PENDING: Source = ("archive_pending", "health loop medium", backups::PENDING);
+const SLOTS: Source = ("replication_slots", "health loop medium", backups::SLOTS);
 
 /// The statements `alertname` reads, in the order its evaluation uses them.
 pub fn sources(alertname: &str) -> &'static [Source] {
@@ -52,6 +55,8 @@ pub fn sources(alertname: &str) -> &'static [Source] {
         "PostgresWalSurge" => &[WAL],
         "PostgresTempSurge" => &[TEMP],
         "PostgresUnusedLargeIndex" => &[UNUSED],
+        "PostgresWalArchivingBehind" => &[ARCHIVE_PENDING, ARCHIVER],
+        "PostgresInactiveReplicationSlot" => &[SLOTS],
         _ => &[],
     }
 }
@@ -71,7 +76,7 @@ mod tests {
             );
         }
         let runs = crate::api::alerts::runs(rules.iter().map(|r| r.meta.name));
-        assert_eq!(runs.len(), 14, "each statement once");
+        assert_eq!(runs.len(), 17, "each statement once");
         assert!(runs[0].text.contains("pg_stat_activity"));
     }
 }

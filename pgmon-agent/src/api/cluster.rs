@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use super::{ApiError, Recorder, session::Session};
-use crate::health::{Board, fast, medium};
+use crate::health::{Board, backups, fast, medium};
 
 /// Replication slots and the WAL each keeps (PostgreSQL docs, "pg_replication_slots").
 const SLOTS: &str = "SELECT slot_name::text, slot_type, database::text, temporary, active, \
@@ -211,10 +211,52 @@ pub async fn replication(s: &Session, rec: &mut Recorder) -> Result<Value, ApiEr
     let receiver = rec
         .rows(c, db, ("wal_receiver", WAL_RECEIVER), &[], &[])
         .await?;
+    let archiver = rec
+        .rows(
+            c,
+            db,
+            ("archiver", backups::ARCHIVER),
+            &[],
+            &[
+                "archived_count",
+                "failed_count",
+                "last_archived_age_seconds",
+                "last_failed_age_seconds",
+                "archive_mode_on",
+            ],
+        )
+        .await?;
+    let allowed = rec
+        .raw(
+            c,
+            db,
+            ("archive_pending_allowed", backups::PENDING_ALLOWED),
+            &[],
+        )
+        .await?
+        .first()
+        .is_some_and(|r| r.get::<_, bool>(0));
+    let pending = if allowed {
+        rec.rows(
+            c,
+            db,
+            ("archive_pending", backups::PENDING),
+            &[],
+            &["segments", "oldest_age_seconds"],
+        )
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
     Ok(json!({
         "wal": wal,
         "standbys": standbys,
         "slots": slots,
+        "archiver": archiver.into_iter().next().unwrap_or(Value::Null),
+        "archive_pending": pending,
         "wal_receiver": receiver.into_iter().next().unwrap_or(Value::Null),
     }))
 }

@@ -4,14 +4,15 @@
 //! (`pg_stat_replication`), the top statements of `pg_stat_statements` (docs,
 //! appendix F.32) when the extension is installed in the monitor's database, and WAL and
 //! I/O statistics where the server has the views (`super::wal_io`: `pg_stat_wal` 14+,
-//! `pg_stat_io` 16+). Statements are chosen by `server_version_num` and work on 13 to 18.
+//! `pg_stat_io` 16+), and WAL archiving and replication slots (`super::backups`).
+//! Statements are chosen by `server_version_num` and work on 13 to 18.
 
 use std::{collections::HashMap, time::Instant};
 
 use tokio_postgres::{Client, Statement};
 
 use super::board::{Family, Kind};
-use super::wal_io::WalIo;
+use super::{backups::Backups, wal_io::WalIo};
 
 pub(crate) const DATABASES: &str = "SELECT datname::text, xact_commit::float8, xact_rollback::float8 \
      FROM pg_stat_database WHERE datname IS NOT NULL";
@@ -59,6 +60,7 @@ pub struct Medium {
     replication: Statement,
     statements: Option<Statement>,
     wal_io: WalIo,
+    backups: Backups,
     top_n: i64,
     previous: Option<(Instant, HashMap<String, f64>)>,
 }
@@ -86,6 +88,7 @@ impl Medium {
                 None
             },
             wal_io: WalIo::prepare(client, version).await?,
+            backups: Backups::prepare(client).await?,
             top_n: top_n as i64,
             previous: None,
         })
@@ -198,6 +201,7 @@ impl Medium {
         }
         out.extend([lag_s, lag_b]);
         out.extend(self.wal_io.run(client).await?);
+        out.extend(self.backups.run(client).await?);
 
         if let Some(st) = &self.statements {
             let mut calls = Family::new(

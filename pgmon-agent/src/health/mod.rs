@@ -11,6 +11,7 @@
 //! `/healthz`; a failed run keeps the previous values, counts in
 //! `pgmon_errors_total{loop}`, and the next tick reconnects (the interval is the backoff).
 
+pub(crate) mod backups;
 pub mod board;
 pub(crate) mod databases;
 pub(crate) mod fast;
