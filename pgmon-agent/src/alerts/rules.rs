@@ -290,4 +290,123 @@ mod tests {
         );
         assert_eq!(by("PostgresUnusedLargeIndex").meta.for_ms, 604_800_000);
     }
+
+    /// One rule of `alerts/pgmon-rules.yml`.
+    #[derive(serde::Deserialize)]
+    struct PromRule {
+        alert: Option<String>,
+        expr: String,
+        #[serde(rename = "for")]
+        for_: Option<String>,
+        #[serde(default)]
+        labels: std::collections::BTreeMap<String, String>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct PromGroup {
+        rules: Vec<PromRule>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct PromFile {
+        groups: Vec<PromGroup>,
+    }
+
+    /// A Prometheus duration (`90s`, `2m`, `1h`, `7d`) in seconds.
+    fn seconds(d: &str) -> u64 {
+        let (n, unit) = d.split_at(d.len() - 1);
+        let n: u64 = n.parse().unwrap_or_else(|_| panic!("a duration: {d}"));
+        n * match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            _ => panic!("a duration: {d}"),
+        }
+    }
+
+    /// An expression with its numbers written one way (`1.5e9` and `1500000000` alike),
+    /// single spaces, and PromQL's join modifiers (`on (…)`) left out.
+    fn normalized(e: &str) -> String {
+        let e = e.replace(" on (datname, relation)", "");
+        e.split_whitespace()
+            .map(|t| {
+                t.parse::<f64>()
+                    .map_or_else(|_| t.to_owned(), |v| format!("{v}"))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The Prometheus expression the engine's `expression` means at `severity`: the part
+    /// before `(critical: …)` for a warning, its left-hand side with the critical
+    /// comparison for a critical, without the `, per …` that PromQL needs no words for.
+    fn expected(expression: &str, severity: Severity, both: bool) -> String {
+        let e = expression.split(", per ").next().unwrap_or(expression);
+        let Some((warn, crit)) = e.split_once(" (critical: ") else {
+            return e.to_owned();
+        };
+        match (severity, both) {
+            (Severity::Critical, true) => {
+                let lhs = warn.split(" >= ").next().unwrap_or(warn);
+                format!("{lhs} {}", crit.trim_end_matches(')'))
+            }
+            _ => warn.to_owned(),
+        }
+    }
+
+    /// Every rule of the engine's catalog is in `alerts/pgmon-rules.yml` with the same
+    /// severities and `for`, and, where the engine's expression is a comparison PromQL
+    /// writes the same way (levels, ratios, states; not the surges, starvation and
+    /// checkpoint rules, whose windows and baselines PromQL writes otherwise), the same
+    /// expression at each severity, numbers compared as numbers.
+    #[test]
+    fn the_prometheus_rules_say_what_the_engine_evaluates() {
+        let file: PromFile =
+            yaml_serde::from_str(include_str!("../../../alerts/pgmon-rules.yml")).expect("YAML");
+        let shipped: Vec<PromRule> = file.groups.into_iter().flat_map(|g| g.rules).collect();
+        let mut compared = 0;
+        for r in catalog(&AlertsConfig::default()) {
+            let name = r.meta.name;
+            let prom: Vec<&PromRule> = shipped
+                .iter()
+                .filter(|p| p.alert.as_deref() == Some(name))
+                .collect();
+            let mut severities: Vec<&str> = prom
+                .iter()
+                .map(|p| p.labels.get("severity").map_or("none", String::as_str))
+                .collect();
+            severities.sort_unstable();
+            let mut want: Vec<&str> = r.severities.iter().map(|s| s.as_str()).collect();
+            want.sort_unstable();
+            assert_eq!(severities, want, "{name}: severities");
+            let complex = ["rate(", "increase(", "rose", "mean"]
+                .iter()
+                .any(|k| r.meta.expression.contains(k));
+            for p in &prom {
+                assert_eq!(
+                    p.for_.as_deref().map_or(0, seconds) * 1000,
+                    r.meta.for_ms,
+                    "{name}: for"
+                );
+                if complex {
+                    continue;
+                }
+                let severity = if p.labels.get("severity").map(String::as_str) == Some("critical") {
+                    Severity::Critical
+                } else {
+                    Severity::Warning
+                };
+                let both = r.severities.len() == 2;
+                assert_eq!(
+                    normalized(&p.expr),
+                    normalized(&expected(&r.meta.expression, severity, both)),
+                    "{name} ({severity:?}): the engine evaluates {:?}",
+                    r.meta.expression
+                );
+                compared += 1;
+            }
+        }
+        assert!(compared >= 25, "{compared} expressions compared");
+    }
 }
