@@ -67,6 +67,11 @@ pub struct ClusterConfig {
     /// Default: `host=/var/run/postgresql user=pgmon dbname=postgres`.
     #[serde(default = "default_connection")]
     pub connection: String,
+    /// A name for the cluster, put on every series of `/metrics` as `cluster="NAME"`, to
+    /// tell clusters apart in one Prometheus (1 to 128 printable characters; read at
+    /// start, a reload does not change it). None by default: no `cluster` label.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 fn default_connection() -> String {
@@ -231,6 +236,14 @@ impl Config {
         if self.cluster.data_directory.as_os_str().is_empty() {
             return Err(invalid("cluster.data_directory", "is empty".to_owned()));
         }
+        if let Some(name) = &self.cluster.name
+            && (name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control))
+        {
+            return Err(invalid(
+                "cluster.name",
+                format!("{name:?} is not 1 to 128 printable characters"),
+            ));
+        }
         Ok(())
     }
 }
@@ -375,6 +388,19 @@ mod tests {
         assert_eq!(
             ok.budgets.tiers["paid"].reset,
             Some(crate::budget::policy::Reset::Hourly)
+        );
+    }
+
+    #[test]
+    fn a_cluster_name_is_printable() {
+        let ok = parse("cluster:\n  data_directory: /d\n  name: main-eu\n").expect("valid");
+        assert_eq!(ok.cluster.name.as_deref(), Some("main-eu"));
+        let e = parse("cluster:\n  data_directory: /d\n  name: \"\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "pgmon.yaml: cluster.name: \"\" is not 1 to 128 printable characters"
         );
     }
 

@@ -48,7 +48,19 @@ impl Default for Metrics {
 impl Metrics {
     /// An empty registry with the agent's own families and the process collector.
     pub fn new() -> Self {
-        let mut registry = Registry::default();
+        Self::for_cluster(None)
+    }
+
+    /// [`Metrics::new`] whose every series, collectors' included, carries
+    /// `cluster="NAME"` when `cluster` is given (`cluster.name`).
+    pub fn for_cluster(cluster: Option<&str>) -> Self {
+        let mut registry = match cluster {
+            Some(name) => Registry::with_labels(std::iter::once((
+                std::borrow::Cow::Borrowed("cluster"),
+                std::borrow::Cow::Owned(name.to_owned()),
+            ))),
+            None => Registry::default(),
+        };
         let db_connect_errors = Counter::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         let last_reload_successful = Gauge::default();
@@ -180,5 +192,33 @@ mod tests {
         assert!(classic.contains("pgmon_config_last_reload_successful 1\n"));
         assert!(!classic.contains("# EOF"));
         assert!(!classic.contains("# UNIT"));
+    }
+
+    #[test]
+    fn cluster_name_labels_every_series() {
+        let mut m = Metrics::for_cluster(Some("main-eu"));
+        let traffic =
+            crate::pipeline::metrics::TrafficMetrics::register(m.registry(), "tracepoint", 2);
+        traffic.role_db("alice", "shop").queries.inc();
+        let board = crate::health::Board::default();
+        board.publish(
+            "fast",
+            vec![crate::health::Family::single(
+                "pg_up",
+                "",
+                crate::health::Kind::Gauge,
+                1.0,
+            )],
+        );
+        m.registry().register_collector(board.collector());
+        let text = m.encode();
+        for needle in [
+            "pgmon_queries_total{cluster=\"main-eu\",role=\"alice\",database=\"shop\"} 1",
+            "pg_up{cluster=\"main-eu\"} 1",
+            "process_resident_memory_bytes{cluster=\"main-eu\"}",
+            "pgmon_db_connect_errors_total{cluster=\"main-eu\"} 0",
+        ] {
+            assert!(text.contains(needle), "no {needle} in\n{text}");
+        }
     }
 }

@@ -310,13 +310,16 @@ fn check_report(version: PgVersion) {
 
 /// `/healthz` tells the truth: 200 while the database answers, 503 naming the unreachable
 /// database once the cluster has been stopped for a fast-loop interval, 200 again once it
-/// is back.
+/// is back. The agent is named (`cluster.name`): its series carry the `cluster` label.
 fn healthz_follows_the_database(version: PgVersion) {
     let mut cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
     let port = free_port();
+    // Named: every series carries cluster="healthz-test".
+    let named =
+        config(&cluster, port).replacen("\nmetrics:", "\n  name: healthz-test\nmetrics:", 1);
     let agent = Agent::start(
         &agent_binary().expect("binary"),
-        &config(&cluster, port),
+        &named,
         format!("127.0.0.1:{port}"),
     )
     .expect("agent");
@@ -340,6 +343,19 @@ fn healthz_follows_the_database(version: PgVersion) {
     );
     let (_, body, _) = wait("healthy", &|code, _| code == 200);
     assert!(body.starts_with("ok"), "{body}");
+    assert_eq!(agent.metric("pg_up", &[("cluster", "healthz-test")]), 1.0);
+    let scrape = agent.metrics_text().expect("scrape");
+    for family in [
+        "pgmon_capture_dropped_total",
+        "process_resident_memory_bytes",
+        "pg_up",
+    ] {
+        let lines: Vec<&str> = scrape.lines().filter(|l| l.starts_with(family)).collect();
+        assert!(
+            !lines.is_empty() && lines.iter().all(|l| l.contains("cluster=\"healthz-test\"")),
+            "{family} without the cluster label: {lines:?}"
+        );
+    }
 
     cluster.stop().expect("stop the cluster");
     let (_, body, took) = wait("unhealthy", &|code, _| code == 503);

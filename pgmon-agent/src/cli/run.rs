@@ -65,7 +65,11 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
             tracing::info!(%reason, "TLS capture off: TLS sessions are counted as unreadable and charged by CPU time");
         }
     }
-    let (metrics, sets) = register_metrics(hook.name(), hook.cost_rank());
+    let (metrics, sets) = register_metrics(
+        hook.name(),
+        hook.cost_rank(),
+        config.cluster.name.as_deref(),
+    );
     sets.traffic.set_tls_capture(capture.tls());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -256,9 +260,9 @@ struct Sets {
 }
 
 /// The exporter and every subsystem's families registered in it; `hook` and its cost rank
-/// become `pgmon_probe_info`.
-fn register_metrics(hook: &str, cost_rank: usize) -> (Arc<Metrics>, Sets) {
-    let mut metrics = Metrics::new();
+/// become `pgmon_probe_info`, `cluster` (`cluster.name`) a label on every series.
+fn register_metrics(hook: &str, cost_rank: usize, cluster: Option<&str>) -> (Arc<Metrics>, Sets) {
+    let mut metrics = Metrics::for_cluster(cluster);
     let registry = metrics.registry();
     let sets = Sets {
         traffic: TrafficMetrics::register(registry, hook, cost_rank),
