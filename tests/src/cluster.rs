@@ -120,7 +120,104 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn init(&mut self, opts: &ClusterOptions) -> Result<()> {
+    /// A streaming standby of this cluster on the same host, reporting itself as
+    /// `application_name` `name`: `pg_basebackup -R -X stream` over this cluster's unix
+    /// socket (initdb's `trust` lets `postgres` replicate) where the version ships it
+    /// (Debian's 15); else, for the npm builds, which ship only `initdb`, `pg_ctl` and
+    /// `postgres`, the low-level backup API (PostgreSQL docs, section 25.3.4:
+    /// `pg_backup_start`, a copy of the data directory, `pg_backup_stop`'s label written
+    /// as `backup_label`, then `standby.signal` and `primary_conninfo`; 15+). Started on
+    /// its own port and socket with `wal_receiver_status_interval = 1s`, so its replay
+    /// position reaches the primary's `pg_stat_replication` within a second. Stopped and
+    /// removed when dropped, like any [`Cluster`].
+    pub fn start_standby(&self, name: &str) -> Result<Cluster> {
+        let base = tempfile::Builder::new()
+            .prefix(&format!("pgmon-pg{}-standby-", self.version.major()))
+            .tempdir_in("/tmp")
+            .context("cannot create a temp dir under /tmp")?
+            .keep();
+        let mut standby = Cluster {
+            version: self.version,
+            port: 0,
+            base,
+            user: postgres_user()?,
+            postmaster_pid: 0,
+            running: false,
+            keep_dir: self.keep_dir,
+        };
+        standby.make_dirs()?;
+        if self.version.bin("pg_basebackup").exists() {
+            run_checked(
+                standby
+                    .server_cmd("pg_basebackup")
+                    .arg("-D")
+                    .arg(standby.data_dir())
+                    .args(["-R", "-X", "stream", "--no-sync", "-U", "postgres", "-h"])
+                    .arg(self.socket_dir())
+                    .args(["-p", &self.port.to_string()])
+                    .arg(format!("--dbname=application_name={name}")),
+            )
+            .with_context(|| format!("pg_basebackup of {}", self.version))?;
+        } else {
+            self.copy_for_standby(&standby, name)?;
+        }
+        let path = standby.data_dir().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&path)?;
+        text.push_str(&format!(
+            "\n# --- pgmon-tests standby ---\nunix_socket_directories = '{}'\n\
+             wal_receiver_status_interval = 1\nhot_standby = on\n",
+            standby.socket_dir().display()
+        ));
+        std::fs::write(&path, text)?;
+        standby.start_server()?;
+        Ok(standby)
+    }
+
+    /// The low-level backup of [`Cluster::start_standby`] into `standby`'s data directory.
+    fn copy_for_standby(&self, standby: &Cluster, name: &str) -> Result<()> {
+        let (src, dst) = (self.data_dir(), standby.data_dir());
+        let label = dst.join("backup_label");
+        std::fs::create_dir(&dst)?;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o700))?;
+        std::os::unix::fs::chown(&dst, Some(standby.user.uid), Some(standby.user.gid))?;
+        let script = format!(
+            "SELECT pg_backup_start('pgmon-tests standby', true);\n\
+             \\! cp -a {src}/. {dst}/ && rm -f {dst}/postmaster.pid {dst}/postmaster.opts\n\
+             SELECT labelfile FROM pg_backup_stop(false) \\gset\n\
+             \\o {label}\n\\qecho -n :labelfile\n\\o\n",
+            src = src.display(),
+            dst = dst.display(),
+            label = label.display(),
+        );
+        let mut file = tempfile::Builder::new()
+            .prefix("pgmon-standby-")
+            .suffix(".sql")
+            .tempfile()?;
+        std::io::Write::write_all(&mut file, script.as_bytes())?;
+        run_checked(
+            self.psql_cmd("postgres", "postgres", Transport::Unix)
+                .arg("-f")
+                .arg(file.path()),
+        )
+        .with_context(|| format!("low-level backup of {}", self.version))?;
+        std::fs::write(dst.join("standby.signal"), "")?;
+        let auto = dst.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+        text.push_str(&format!(
+            "primary_conninfo = 'host={} port={} user=postgres application_name={name}'\n",
+            self.socket_dir().display(),
+            self.port
+        ));
+        std::fs::write(&auto, text)?;
+        for f in [label, dst.join("standby.signal"), auto] {
+            std::os::unix::fs::chown(&f, Some(standby.user.uid), Some(standby.user.gid))
+                .with_context(|| format!("chown postgres {}", f.display()))?;
+        }
+        Ok(())
+    }
+
+    /// `<base>` and its socket directory, owned by `postgres`.
+    fn make_dirs(&self) -> Result<()> {
         std::fs::set_permissions(&self.base, std::fs::Permissions::from_mode(0o755))?;
         std::os::unix::fs::chown(&self.base, Some(self.user.uid), Some(self.user.gid))
             .with_context(|| format!("chown postgres {}", self.base.display()))?;
@@ -128,6 +225,12 @@ impl Cluster {
         std::fs::create_dir(&sock)?;
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o755))?;
         std::os::unix::fs::chown(&sock, Some(self.user.uid), Some(self.user.gid))?;
+        Ok(())
+    }
+
+    fn init(&mut self, opts: &ClusterOptions) -> Result<()> {
+        self.make_dirs()?;
+        let sock = self.socket_dir();
 
         run_checked(
             self.server_cmd("initdb")

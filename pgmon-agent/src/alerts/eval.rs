@@ -333,14 +333,21 @@ fn level_message(
                 duration(v)
             )
         }
-        "PostgresReplicationLag" => format!(
-            "standby {} replays {} behind{}",
-            label(labels, "application_name"),
-            duration(v),
-            lag_bytes
-                .map(|(b, _)| format!(" ({} of WAL)", bytes(b)))
-                .unwrap_or_default()
-        ),
+        // pg_stat_replication.replay_lag keeps its last measure while replay is paused or
+        // stuck: with a bytes threshold, the WAL not yet replayed is said first.
+        "PostgresReplicationLag" => match lag_bytes {
+            Some((b, _)) => format!(
+                "standby {}: {} of WAL not yet replayed (replay_lag {})",
+                label(labels, "application_name"),
+                bytes(b),
+                duration(v)
+            ),
+            None => format!(
+                "standby {} replays {} behind",
+                label(labels, "application_name"),
+                duration(v)
+            ),
+        },
         "PostgresWraparoundDanger" => format!(
             "database {}: age(datfrozenxid) is {v:.3e}, {:.0}% of the way to wraparound (2^31): vacuum freeze it",
             label(labels, "datname"),
