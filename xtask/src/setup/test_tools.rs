@@ -58,8 +58,9 @@ pub(super) fn psycopg() -> Result<()> {
     }
 }
 
-/// `promtool` at [`PROMTOOL`]: Debian's `prometheus` package downloaded and unpacked with
-/// `dpkg-deb -x` (not installed, so no Prometheus server is set up or started).
+/// `promtool` at [`PROMTOOL`], and the `prometheus` server beside it (tests/prometheus.rs
+/// starts it on loopback): Debian's `prometheus` package downloaded and unpacked with
+/// `dpkg-deb -x` (not installed, so no Prometheus service is set up or started).
 pub(super) fn promtool() -> Result<()> {
     let bin = Path::new(PROMTOOL);
     if let Some(v) = try_capture(Command::new(bin).arg("--version")) {
