@@ -215,9 +215,23 @@ fn health(version: PgVersion) {
     // Inside the database: relation size, wraparound ages, transactions per second.
     agent.wait_metric(
         "pgmon_relation_size_bytes",
-        &[("datname", APP), ("relation", "public.t")],
+        &[("datname", APP), ("relation", "public.t"), ("relkind", "r")],
         WAIT,
         |v| v > 10.0e6,
+    );
+    // Its index: size and scans; its last analyze (ANALYZE t above).
+    let index = [
+        ("datname", APP),
+        ("index", "public.t_v"),
+        ("relation", "public.t"),
+    ];
+    agent.wait_metric("pgmon_index_size_bytes", &index, WAIT, |v| v > 1.0e6);
+    agent.wait_metric("pgmon_index_scans_total", &index, WAIT, |v| v >= 0.0);
+    agent.wait_metric(
+        "pgmon_relation_analyze_age_seconds",
+        &[("datname", APP), ("relation", "public.t")],
+        WAIT,
+        |v| v >= 0.0,
     );
     agent.wait_metric("pgmon_database_xid_age", &[("datname", APP)], WAIT, |v| {
         v > 0.0
@@ -229,6 +243,12 @@ fn health(version: PgVersion) {
         |v| v > 0.0,
     );
     agent.wait_metric("pg_stat_statements_calls_total", &[], WAIT, |v| v > 0.0);
+    agent.wait_metric(
+        "pg_stat_statements_shared_blks_read_total",
+        &[],
+        WAIT,
+        |v| v >= 0.0,
+    );
     let (code, body) = agent.get("/healthz").expect("healthz");
     assert_eq!(code, 200, "{body}");
     assert!(!agent.log().contains("panicked"));

@@ -15,7 +15,8 @@ pub(crate) const DATABASES: &str = "SELECT datname::text, pg_database_size(oid):
 pub(crate) const WRAPAROUND: &str = "SELECT datname::text, age(datfrozenxid)::float8, mxid_age(datminmxid)::float8 \
      FROM pg_database WHERE datallowconn";
 
-pub(crate) const RELATIONS: &str = "SELECT n.nspname || '.' || c.relname, pg_total_relation_size(c.oid)::float8 \
+pub(crate) const RELATIONS: &str = "SELECT n.nspname || '.' || c.relname, pg_total_relation_size(c.oid)::float8, \
+     c.relkind::text \
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
        AND n.nspname NOT LIKE 'pg_toast%' \
@@ -37,6 +38,18 @@ pub(crate) const UNUSED_INDEXES: &str = "SELECT s.schemaname || '.' || s.indexre
      FROM pg_stat_user_indexes s JOIN pg_index i ON i.indexrelid = s.indexrelid \
      WHERE s.idx_scan = 0 AND NOT i.indisunique AND NOT i.indisprimary \
      ORDER BY 2 DESC LIMIT $1";
+
+/// The largest indexes: name, table, bytes, scans since the statistics reset.
+pub(crate) const INDEXES: &str = "SELECT s.schemaname || '.' || s.indexrelname, s.schemaname || '.' || s.relname, \
+     pg_relation_size(s.indexrelid)::float8, s.idx_scan::float8 \
+     FROM pg_stat_user_indexes s ORDER BY 3 DESC LIMIT $1";
+
+/// The tables with the most tuples, and the seconds since each was last vacuumed and
+/// analyzed (manually or by autovacuum; NULL: never since the statistics reset).
+pub(crate) const TABLE_AGES: &str = "SELECT schemaname || '.' || relname, \
+     extract(epoch FROM now() - greatest(last_vacuum, last_autovacuum))::float8, \
+     extract(epoch FROM now() - greatest(last_analyze, last_autoanalyze))::float8 \
+     FROM pg_stat_user_tables ORDER BY n_live_tup + n_dead_tup DESC LIMIT $1";
 
 pub(crate) const PARTITIONS: &str = "SELECT n.nspname || '.' || c.relname, count(*)::float8 \
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -81,8 +94,27 @@ pub async fn slow(
         c.batch_execute(setup).await?;
         let d = || ("datname", db.clone());
         for r in c.query(RELATIONS, &[&top]).await? {
-            f.relation_size
-                .push(vec![d(), ("relation", r.get(0))], r.get(1));
+            f.relation_size.push(
+                vec![d(), ("relation", r.get(0)), ("relkind", r.get(2))],
+                r.get(1),
+            );
+        }
+        for r in c.query(INDEXES, &[&top]).await? {
+            let labels = vec![d(), ("index", r.get(0)), ("relation", r.get(1))];
+            f.index_size.push(labels.clone(), r.get(2));
+            f.index_scans.push(labels, r.get(3));
+        }
+        for r in c.query(TABLE_AGES, &[&top]).await? {
+            let rel: String = r.get(0);
+            // Never vacuumed or analyzed: left out, not 0.
+            if let Some(age) = r.get::<_, Option<f64>>(1) {
+                f.relation_vacuum_age
+                    .push(vec![d(), ("relation", rel.clone())], age);
+            }
+            if let Some(age) = r.get::<_, Option<f64>>(2) {
+                f.relation_analyze_age
+                    .push(vec![d(), ("relation", rel)], age);
+            }
         }
         for r in c.query(DEAD, &[&top]).await? {
             let rel: String = r.get(0);
@@ -162,6 +194,10 @@ pub async fn hourly(
 /// The per-relation families of the 10-minute loop.
 struct PerDatabase {
     relation_size: Family,
+    index_size: Family,
+    index_scans: Family,
+    relation_vacuum_age: Family,
+    relation_analyze_age: Family,
     dead: Family,
     dead_ratio: Family,
     vacuum_age: Family,
@@ -177,7 +213,27 @@ impl PerDatabase {
         Self {
             relation_size: Family::new(
                 "pgmon_relation_size_bytes",
-                "Largest relations (table + indexes + TOAST), top-N per database, bytes.",
+                "Largest relations (table + indexes + TOAST), top-N per database, bytes; relkind as pg_class says (r table, m materialized view).",
+                Kind::Gauge,
+            ),
+            index_size: Family::new(
+                "pgmon_index_size_bytes",
+                "Largest indexes, top-N per database, bytes.",
+                Kind::Gauge,
+            ),
+            index_scans: Family::new(
+                "pgmon_index_scans",
+                "Scans of the same indexes since the statistics reset (pg_stat_user_indexes.idx_scan).",
+                Kind::Counter,
+            ),
+            relation_vacuum_age: Family::new(
+                "pgmon_relation_vacuum_age_seconds",
+                "Seconds since each of the top-N tables (by tuples) was last vacuumed, manually or by autovacuum; absent: never.",
+                Kind::Gauge,
+            ),
+            relation_analyze_age: Family::new(
+                "pgmon_relation_analyze_age_seconds",
+                "Seconds since each of the same tables was last analyzed, manually or by autovacuum; absent: never.",
                 Kind::Gauge,
             ),
             dead: Family::new(
@@ -226,6 +282,10 @@ impl PerDatabase {
     fn into_families(self) -> Vec<Family> {
         vec![
             self.relation_size,
+            self.index_size,
+            self.index_scans,
+            self.relation_vacuum_age,
+            self.relation_analyze_age,
             self.dead,
             self.dead_ratio,
             self.vacuum_age,

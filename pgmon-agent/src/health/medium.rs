@@ -49,7 +49,8 @@ pub(crate) const REPLICATION: &str = "SELECT coalesce(nullif(application_name, '
 
 /// `total_exec_time` is `pg_stat_statements` 1.8+ (PostgreSQL 13+; `total_time` before),
 /// the same column in every version from 13 to 18.
-const STATEMENTS: &str = "SELECT queryid::text, calls::float8, (total_exec_time / 1000)::float8, rows::float8 \
+const STATEMENTS: &str = "SELECT queryid::text, calls::float8, (total_exec_time / 1000)::float8, rows::float8, \
+     shared_blks_read::float8 \
      FROM pg_stat_statements WHERE queryid IS NOT NULL ORDER BY total_exec_time DESC LIMIT $1";
 
 /// The loop's statements and the previous run's counters (for rates).
@@ -219,13 +220,19 @@ impl Medium {
                 "Rows returned or affected by the top statements.",
                 Kind::Counter,
             );
+            let mut blks_read = Family::new(
+                "pg_stat_statements_shared_blks_read",
+                "Blocks the top statements read into shared buffers (from the OS cache or the disk).",
+                Kind::Counter,
+            );
             for r in client.query(st, &[&self.top_n]).await? {
                 let id: String = r.get(0);
                 calls.push(vec![("queryid", id.clone())], r.get(1));
                 seconds.push(vec![("queryid", id.clone())], r.get(2));
-                rows.push(vec![("queryid", id)], r.get(3));
+                rows.push(vec![("queryid", id.clone())], r.get(3));
+                blks_read.push(vec![("queryid", id)], r.get(4));
             }
-            out.extend([calls, seconds, rows]);
+            out.extend([calls, seconds, rows, blks_read]);
         }
         Ok(out)
     }
