@@ -60,9 +60,11 @@ fn ok(agent: &Agent, path: &str) -> Value {
         assert!(
             s["name"].as_str().is_some_and(|n| !n.is_empty())
                 && s["by"].as_str().is_some()
-                && s["text"]
-                    .as_str()
-                    .is_some_and(|t| t.trim_start().starts_with("SELECT")),
+                // Reads only: SELECT, or the canary's EXPLAIN ANALYZE of a SELECT.
+                && s["text"].as_str().is_some_and(|t| {
+                    let t = t.trim_start();
+                    t.starts_with("SELECT") || t.starts_with("EXPLAIN (ANALYZE, BUFFERS) SELECT")
+                }),
             "GET {path}: bad sql entry {s:#}"
         );
     }

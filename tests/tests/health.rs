@@ -243,6 +243,10 @@ fn health(version: PgVersion) {
         |v| v > 0.0,
     );
     agent.wait_metric("pg_stat_statements_calls_total", &[], WAIT, |v| v > 0.0);
+    // The canary: a round trip and a tiny plan executed, both short and not zero.
+    for canary in ["pgmon_canary_seconds", "pgmon_canary_execution_seconds"] {
+        agent.wait_metric(canary, &[], WAIT, |v| v > 0.0 && v < 1.0);
+    }
     agent.wait_metric(
         "pg_stat_statements_shared_blks_read_total",
         &[],

@@ -71,6 +71,10 @@ pub struct AlertsConfig {
     /// WAL held back by a replication slot no consumer is attached to, bytes (default
     /// 1 GiB / 10 GiB, for 300 s): it grows until the disk holding `pg_wal` fills.
     pub inactive_slot_retained_bytes: Threshold,
+    /// Round trip of the synthetic canary (`SELECT 1` on the 15-second loop's session),
+    /// seconds (default 0.5 / 2, for 60 s): the server or its host answers slowly even
+    /// when asked nothing.
+    pub canary_seconds: Threshold,
     /// Dead-tuple backlog per relation (see [`DeadTuples`]).
     pub dead_tuples: DeadTuples,
     /// Stale statistics per database (see [`StaleStatistics`]).
@@ -319,6 +323,7 @@ impl Default for AlertsConfig {
             wraparound_xid_age: t(1.5e9, 1.8e9),
             archive_pending_seconds: t(600.0, 3600.0),
             inactive_slot_retained_bytes: t(1_073_741_824.0, 10_737_418_240.0),
+            canary_seconds: t(0.5, 2.0),
             dead_tuples: DeadTuples::default(),
             stale_statistics: StaleStatistics::default(),
             autovacuum_starvation: Starvation::default(),
@@ -428,7 +433,7 @@ pub struct Level {
 
 impl AlertsConfig {
     /// The six threshold rules, in catalog order.
-    pub fn levels(&self) -> [Level; 8] {
+    pub fn levels(&self) -> [Level; 9] {
         let l = |field, alertname, metric, entity, threshold, default_for| Level {
             field,
             alertname,
@@ -501,6 +506,14 @@ impl AlertsConfig {
                 Some("slot_name"),
                 self.inactive_slot_retained_bytes,
                 300,
+            ),
+            l(
+                "canary_seconds",
+                "PostgresCanarySlow",
+                "pgmon_canary_seconds",
+                None,
+                self.canary_seconds,
+                60,
             ),
         ]
     }

@@ -366,6 +366,14 @@ fn level_message(
                 duration(v)
             )
         }
+        "PostgresCanarySlow" => format!(
+            "SELECT 1 took {} to come back{}",
+            duration(v),
+            board
+                .value("pgmon_canary_execution_seconds", &[])
+                .map(|e| format!("; a tiny EXPLAIN ANALYZE executed in {}", duration(e)))
+                .unwrap_or_default()
+        ),
         "PostgresInactiveReplicationSlot" => format!(
             "replication slot {} has no consumer and holds back {} of WAL: drop it or reattach its consumer",
             label(labels, "slot_name"),

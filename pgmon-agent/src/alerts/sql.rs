@@ -36,6 +36,8 @@ const UNUSED: Source = (
 const WRAPAROUND: Source = ("wraparound", "health loop hourly", databases::WRAPAROUND);
 const ARCHIVER: Source = ("archiver", "health loop medium", backups::ARCHIVER);
 const ARCHIVE_PENDING: Source = ("archive_pending", "health loop medium", backups::PENDING);
+const CANARY: Source = ("canary", "health loop fast", fast::CANARY);
+const CANARY_EXPLAIN: Source = ("canary_explain", "health loop fast", fast::CANARY_EXPLAIN);
 const SLOTS: Source = ("replication_slots", "health loop medium", backups::SLOTS);
 
 /// The statements `alertname` reads, in the order its evaluation uses them.
@@ -57,6 +59,7 @@ pub fn sources(alertname: &str) -> &'static [Source] {
         "PostgresUnusedLargeIndex" => &[UNUSED],
         "PostgresWalArchivingBehind" => &[ARCHIVE_PENDING, ARCHIVER],
         "PostgresInactiveReplicationSlot" => &[SLOTS],
+        "PostgresCanarySlow" => &[CANARY, CANARY_EXPLAIN],
         _ => &[],
     }
 }
@@ -76,7 +79,7 @@ mod tests {
             );
         }
         let runs = crate::api::alerts::runs(rules.iter().map(|r| r.meta.name));
-        assert_eq!(runs.len(), 17, "each statement once");
+        assert_eq!(runs.len(), 19, "each statement once");
         assert!(runs[0].text.contains("pg_stat_activity"));
     }
 }

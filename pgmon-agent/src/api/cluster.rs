@@ -142,8 +142,26 @@ pub async fn overview(
             )
         })
         .collect();
+    // The canary as the fast loop last measured it (not run again for the API).
+    rec.note(
+        "canary",
+        "health loop fast",
+        Some(&s.database),
+        fast::CANARY,
+    );
+    rec.note(
+        "canary_explain",
+        "health loop fast",
+        Some(&s.database),
+        fast::CANARY_EXPLAIN,
+    );
+    let canary = json!({
+        "round_trip_seconds": board.value("pgmon_canary_seconds", &[]),
+        "execution_seconds": board.value("pgmon_canary_execution_seconds", &[]),
+    });
     Ok(json!({
         "server_version_num": s.version,
+        "canary": canary,
         "connections": {
             "client_backends": clients,
             "used_ratio": if max > 0.0 { clients / max } else { 0.0 },

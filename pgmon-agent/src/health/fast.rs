@@ -76,6 +76,27 @@ pub(crate) const AUTOVACUUM: &str = "SELECT coalesce(p.phase, 'starting'), count
 pub(crate) const TEMP: &str = "SELECT datname::text, temp_files::float8, temp_bytes::float8, deadlocks::float8 \
      FROM pg_stat_database WHERE datname IS NOT NULL";
 
+/// The synthetic canary's round trip: a statement that costs the server nothing, so its
+/// time is the session's latency (socket, scheduling, a busy postmaster host).
+pub(crate) const CANARY: &str = "SELECT 1";
+
+/// The canary's execution: a tiny plan run for real on a table every server has
+/// (`pg_database`, a few rows); its `Execution Time` shows a server slow to execute even
+/// the smallest statement (CPU starvation, I/O stalls on the catalog).
+pub(crate) const CANARY_EXPLAIN: &str =
+    "EXPLAIN (ANALYZE, BUFFERS) SELECT count(*) FROM pg_catalog.pg_database";
+
+/// The `Execution Time: 0.042 ms` line of an `EXPLAIN ANALYZE` in text format, in seconds.
+pub(crate) fn execution_seconds<'a>(lines: impl IntoIterator<Item = &'a str>) -> Option<f64> {
+    lines.into_iter().find_map(|l| {
+        let ms = l
+            .trim()
+            .strip_prefix("Execution Time: ")?
+            .strip_suffix(" ms")?;
+        ms.parse::<f64>().ok().map(|ms| ms / 1000.0)
+    })
+}
+
 /// `pg_up`: 1 when the last run of this loop reached the server, 0 when it failed.
 pub fn pg_up(up: bool) -> Family {
     Family::single(
@@ -95,6 +116,7 @@ pub struct Fast {
     locks: Statement,
     autovacuum: Statement,
     temp: Statement,
+    canary: Statement,
     /// The server records lock-wait start times ([`lock_wait_known`]).
     lock_wait_known: bool,
 }
@@ -110,6 +132,7 @@ impl Fast {
             locks: client.prepare(LOCKS).await?,
             autovacuum: client.prepare(AUTOVACUUM).await?,
             temp: client.prepare(TEMP).await?,
+            canary: client.prepare(CANARY).await?,
             lock_wait_known: lock_wait_known(version),
         })
     }
@@ -259,6 +282,32 @@ impl Fast {
             deadlocks.push(vec![("datname", db)], r.get(3));
         }
         out.extend([files, bytes, deadlocks]);
+
+        let started = std::time::Instant::now();
+        client.query_one(&self.canary, &[]).await?;
+        out.push(Family::single(
+            "pgmon_canary_seconds",
+            "Round trip of SELECT 1 on the 15-second loop's session, seconds.",
+            Kind::Gauge,
+            started.elapsed().as_secs_f64(),
+        ));
+        let plan: Vec<String> = client
+            .simple_query(CANARY_EXPLAIN)
+            .await?
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect();
+        if let Some(secs) = execution_seconds(plan.iter().map(String::as_str)) {
+            out.push(Family::single(
+                "pgmon_canary_execution_seconds",
+                "Execution Time of EXPLAIN (ANALYZE, BUFFERS) SELECT count(*) FROM pg_database, seconds.",
+                Kind::Gauge,
+                secs,
+            ));
+        }
         Ok(out)
     }
 }
@@ -310,6 +359,19 @@ impl Chains {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_canary_reads_the_execution_time() {
+        let plan = [
+            "Aggregate  (cost=1.04..1.05 rows=1 width=8) (actual time=0.021..0.022 rows=1 loops=1)",
+            "  Buffers: shared hit=1",
+            "Planning Time: 0.101 ms",
+            "Execution Time: 0.042 ms",
+        ];
+        let secs = super::execution_seconds(plan).expect("a time");
+        assert!((secs - 0.000_042).abs() < 1e-12, "{secs}");
+        assert_eq!(super::execution_seconds(["Seq Scan on t"]), None);
+    }
+
     use super::*;
 
     #[test]
