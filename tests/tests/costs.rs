@@ -207,9 +207,19 @@ fn worker_statements(cluster: &Cluster) -> Vec<String> {
             e.push_str(line);
         }
     }
-    entries.retain(|e| e.contains(" app=pgmon ") && e.contains("statement: "));
+    // pgmon's sessions all say app=pgmon; the health loops' canary (a tiny EXPLAIN ANALYZE
+    // of pg_database) is theirs, not the cost worker's.
+    entries.retain(|e| {
+        e.contains(" app=pgmon ")
+            && e.contains("statement: ")
+            && !e.ends_with(&format!("statement: {CANARY_EXPLAIN}"))
+    });
     entries
 }
+
+/// The health loops' canary statement (pgmon-agent/src/health/fast.rs).
+const CANARY_EXPLAIN: &str =
+    "EXPLAIN (ANALYZE, BUFFERS) SELECT count(*) FROM pg_catalog.pg_database";
 
 fn costs(version: PgVersion) {
     let options = ClusterOptions {
