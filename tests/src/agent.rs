@@ -217,6 +217,18 @@ impl Agent {
         Ok(body)
     }
 
+    /// The alert named `alertname` that the agent's engine fires now (`/api/v1/alerts`),
+    /// if any.
+    pub fn firing(&self, alertname: &str) -> Option<serde_json::Value> {
+        let (_, body) = self.get("/api/v1/alerts").ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["firing"]
+            .as_array()?
+            .iter()
+            .find(|a| a["alertname"] == alertname)
+            .cloned()
+    }
+
     /// `GET /api/v1/status` parsed as JSON.
     pub fn status_json(&self) -> Result<serde_json::Value> {
         let body = self.get_ok("/api/v1/status")?;

@@ -11,7 +11,7 @@
 //! - `/api/v1/replication` carries the archiver, the pending segments and the slot, with
 //!   their SQL.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgmon_tests::{
     Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, Transport, agent_binary,
@@ -32,23 +32,8 @@ fn config(cluster: &Cluster, port: u16) -> String {
     )
 }
 
-/// The firing alert named `alertname` in `/api/v1/alerts`, if any.
-fn firing(agent: &Agent, alertname: &str) -> Option<Value> {
-    let (_, body) = agent.get("/api/v1/alerts").ok()?;
-    let v: Value = serde_json::from_str(&body).ok()?;
-    v["data"]["firing"]
-        .as_array()?
-        .iter()
-        .find(|a| a["alertname"] == alertname)
-        .cloned()
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !f() {
-        assert!(started.elapsed() < WAIT, "{what}: not within {WAIT:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    pgmon_tests::budget::wait_until(what, WAIT, f);
 }
 
 fn backups(version: PgVersion) {
@@ -85,7 +70,7 @@ fn backups(version: PgVersion) {
     });
     let mut alert = None;
     wait_until("PostgresWalArchivingBehind firing", || {
-        alert = firing(&agent, "PostgresWalArchivingBehind");
+        alert = agent.firing("PostgresWalArchivingBehind");
         alert.is_some()
     });
     let alert = alert.expect("firing");
@@ -132,7 +117,7 @@ fn backups(version: PgVersion) {
         .expect("reload");
     agent.wait_metric("pgmon_archive_pending_segments", &[], WAIT, |v| v == 0.0);
     wait_until("PostgresWalArchivingBehind resolved", || {
-        firing(&agent, "PostgresWalArchivingBehind").is_none()
+        agent.firing("PostgresWalArchivingBehind").is_none()
     });
     assert!(agent.metric("pg_stat_archiver_archived_count_total", &[]) >= 1.0);
 
@@ -156,7 +141,7 @@ fn backups(version: PgVersion) {
     assert!(agent.metric("pgmon_replication_slot_retained_bytes", &labels) >= held);
     let mut alert = None;
     wait_until("PostgresInactiveReplicationSlot firing", || {
-        alert = firing(&agent, "PostgresInactiveReplicationSlot");
+        alert = agent.firing("PostgresInactiveReplicationSlot");
         alert.is_some()
     });
     let alert = alert.expect("firing");
@@ -166,7 +151,7 @@ fn backups(version: PgVersion) {
         .psql_admin("SELECT pg_drop_replication_slot('forgotten')")
         .expect("drop the slot");
     wait_until("PostgresInactiveReplicationSlot resolved", || {
-        firing(&agent, "PostgresInactiveReplicationSlot").is_none()
+        agent.firing("PostgresInactiveReplicationSlot").is_none()
     });
     assert!(!agent.log().contains("panicked"));
 }

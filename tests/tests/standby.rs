@@ -7,7 +7,7 @@
 //!   `replication_lag_bytes`); resumed, the standby catches up and the alert resolves;
 //! - `/api/v1/replication` lists the standby with its lag.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgmon_tests::{
     Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, Transport, agent_binary,
@@ -29,22 +29,8 @@ fn config(cluster: &Cluster, port: u16) -> String {
     )
 }
 
-fn firing(agent: &Agent, alertname: &str) -> Option<Value> {
-    let (_, body) = agent.get("/api/v1/alerts").ok()?;
-    let v: Value = serde_json::from_str(&body).ok()?;
-    v["data"]["firing"]
-        .as_array()?
-        .iter()
-        .find(|a| a["alertname"] == alertname)
-        .cloned()
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !f() {
-        assert!(started.elapsed() < WAIT, "{what}: not within {WAIT:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    pgmon_tests::budget::wait_until(what, WAIT, f);
 }
 
 fn standby(version: PgVersion) {
@@ -81,7 +67,7 @@ fn standby(version: PgVersion) {
     println!("{version}: {behind} bytes behind with replay paused");
     let mut alert = None;
     wait_until("PostgresReplicationLag firing", || {
-        alert = firing(&agent, "PostgresReplicationLag");
+        alert = agent.firing("PostgresReplicationLag");
         alert.is_some()
     });
     let alert = alert.expect("firing");
@@ -111,7 +97,7 @@ fn standby(version: PgVersion) {
         v < 1_000_000.0
     });
     wait_until("PostgresReplicationLag resolved", || {
-        firing(&agent, "PostgresReplicationLag").is_none()
+        agent.firing("PostgresReplicationLag").is_none()
     });
     assert_eq!(
         standby
