@@ -8,8 +8,11 @@ use std::marker::PhantomData;
 use serde::Deserialize;
 
 pub use super::locks::TotalLocks;
+pub use maintenance::{Level, SettingsChanged, TableBloat};
 pub use notifiers::{DeliveryConfig, NotifierConfig, WebhookConfig};
 
+#[path = "config_maintenance.rs"]
+mod maintenance;
 #[path = "config_notifiers.rs"]
 mod notifiers;
 
@@ -78,6 +81,21 @@ pub struct AlertsConfig {
     /// seconds (default 0.5 / 2, for 60 s): the server or its host answers slowly even
     /// when asked nothing.
     pub canary_seconds: Threshold,
+    /// Seconds of the future the newest partition of a table range-partitioned on time
+    /// still covers (default warn at 7 days or less, critical at 1 day or less, for 0 s):
+    /// after that, new rows find no partition and inserts fail (or fill the default
+    /// partition). The one rule where less is worse: `crit` is at most `warn`.
+    pub partition_horizon_seconds: Threshold,
+    /// Age of the upper bound of the oldest partition of a table range-partitioned on time,
+    /// seconds (default 400 / 800 days, for 0 s): every row of that partition is older.
+    /// Set `warn` to the retention: past it, the partition should have been dropped.
+    pub partition_retention_seconds: Threshold,
+    /// Table bloat (see [`TableBloat`]).
+    pub table_bloat: TableBloat,
+    /// A server setting whose new value waits for a restart (default for 0 s).
+    pub pending_restart: ForOnly,
+    /// A server setting that changed value recently (see [`SettingsChanged`]).
+    pub settings_changed: SettingsChanged,
     /// Dead-tuple backlog per relation (see [`DeadTuples`]).
     pub dead_tuples: DeadTuples,
     /// Stale statistics per database (see [`StaleStatistics`]).
@@ -287,6 +305,11 @@ impl Default for AlertsConfig {
             archive_pending_seconds: t(600.0, 3600.0),
             inactive_slot_retained_bytes: t(1_073_741_824.0, 10_737_418_240.0),
             canary_seconds: t(0.5, 2.0),
+            partition_horizon_seconds: t(604_800.0, 86_400.0),
+            partition_retention_seconds: t(34_560_000.0, 69_120_000.0),
+            table_bloat: TableBloat::default(),
+            pending_restart: ForOnly { for_seconds: 0 },
+            settings_changed: SettingsChanged::default(),
             dead_tuples: DeadTuples::default(),
             stale_statistics: StaleStatistics::default(),
             autovacuum_starvation: Starvation::default(),
@@ -365,111 +388,7 @@ impl Default for UnusedIndex {
     }
 }
 
-/// A threshold rule as `pgmon-agent check` and the engine both read it: the policy field,
-/// the alert's name, the metric compared, the label naming the entity (none: the largest
-/// sample decides), the threshold and the rule's default `for`, seconds.
-pub struct Level {
-    /// The field under `alerts:` (and the check's name in `pgmon-agent check`).
-    pub field: &'static str,
-    /// The alert's name, as in `alerts/pgmon-rules.yml`.
-    pub alertname: &'static str,
-    /// The health metric compared.
-    pub metric: &'static str,
-    /// The label naming the entity; `None`: cluster-wide, the largest sample decides.
-    pub entity: Option<&'static str>,
-    /// The policy's thresholds.
-    pub threshold: Threshold,
-    /// The catalog's `for`, seconds, when the policy gives none.
-    pub default_for: u64,
-}
-
 impl AlertsConfig {
-    /// The six threshold rules, in catalog order.
-    pub fn levels(&self) -> [Level; 9] {
-        let l = |field, alertname, metric, entity, threshold, default_for| Level {
-            field,
-            alertname,
-            metric,
-            entity,
-            threshold,
-            default_for,
-        };
-        [
-            l(
-                "connection_saturation",
-                "PostgresConnectionSaturation",
-                "pgmon_connections_used_ratio",
-                None,
-                self.connection_saturation,
-                120,
-            ),
-            l(
-                "long_transaction_seconds",
-                "PostgresLongTransaction",
-                "pgmon_oldest_xact_age_seconds",
-                None,
-                self.long_transaction_seconds,
-                60,
-            ),
-            l(
-                "idle_in_transaction_seconds",
-                "PostgresIdleInTransaction",
-                "pgmon_idle_in_transaction_max_seconds",
-                None,
-                self.idle_in_transaction_seconds,
-                60,
-            ),
-            l(
-                "lock_wait_seconds",
-                "PostgresBlockingLocks",
-                "pgmon_lock_wait_max_seconds",
-                None,
-                self.lock_wait_seconds,
-                0,
-            ),
-            l(
-                "replication_lag_seconds",
-                "PostgresReplicationLag",
-                "pgmon_replication_lag_seconds",
-                Some("application_name"),
-                self.replication_lag_seconds,
-                120,
-            ),
-            l(
-                "wraparound_xid_age",
-                "PostgresWraparoundDanger",
-                "pgmon_database_xid_age",
-                Some("datname"),
-                self.wraparound_xid_age,
-                0,
-            ),
-            l(
-                "archive_pending_seconds",
-                "PostgresWalArchivingBehind",
-                "pgmon_archive_pending_age_seconds",
-                None,
-                self.archive_pending_seconds,
-                0,
-            ),
-            l(
-                "inactive_slot_retained_bytes",
-                "PostgresInactiveReplicationSlot",
-                "pgmon_replication_slot_inactive_retained_bytes",
-                Some("slot_name"),
-                self.inactive_slot_retained_bytes,
-                300,
-            ),
-            l(
-                "canary_seconds",
-                "PostgresCanarySlow",
-                "pgmon_canary_seconds",
-                None,
-                self.canary_seconds,
-                60,
-            ),
-        ]
-    }
-
     /// Checks ranges and notifiers against the health loops' intervals; the error is
     /// `(field, message)` with the field's dotted path.
     pub fn validate(&self, health: &crate::health::HealthConfig) -> Result<(), (String, String)> {
@@ -486,10 +405,21 @@ impl AlertsConfig {
             thresholds.push(("replication_lag_bytes", b));
         }
         for (field, t) in thresholds {
-            if !(t.warn.is_finite() && t.crit.is_finite() && t.warn <= t.crit) {
+            let below = field == "partition_horizon_seconds";
+            let ordered = if below {
+                t.crit <= t.warn
+            } else {
+                t.warn <= t.crit
+            };
+            if !(t.warn.is_finite() && t.crit.is_finite() && ordered) {
+                let (word, field) = if below {
+                    ("at most", format!("{field}.crit"))
+                } else {
+                    ("at least", format!("{field}.crit"))
+                };
                 return err(
-                    &format!("{field}.crit"),
-                    format!("{} must be a number at least warn ({})", t.crit, t.warn),
+                    &field,
+                    format!("{} must be a number {word} warn ({})", t.crit, t.warn),
                 );
             }
         }

@@ -24,6 +24,17 @@ pub struct Inputs<'a> {
     pub budgets: Option<Vec<(String, f64)>>,
 }
 
+/// The severity of `v` against `t` for a rule where at or below is bad, if any.
+fn severity_below(v: f64, t: &Threshold) -> Option<Severity> {
+    if v <= t.crit {
+        Some(Severity::Critical)
+    } else if v <= t.warn {
+        Some(Severity::Warning)
+    } else {
+        None
+    }
+}
+
 /// The severity of `v` against `t`, if any.
 fn severity(v: f64, t: &Threshold) -> Option<Severity> {
     if v >= t.crit {
@@ -84,16 +95,25 @@ impl Rule {
         };
         match &mut self.kind {
             Kind::Level { level, bytes } => {
-                let samples: Vec<Sample> = match level.entity {
-                    None => vec![board.max(level.metric)?],
-                    Some(_) => board.samples(level.metric)?,
+                let samples: Vec<Sample> = match (level.entity, level.below) {
+                    ([], false) => vec![board.max(level.metric)?],
+                    ([], true) => {
+                        let all = board.samples(level.metric)?;
+                        all.into_iter()
+                            .min_by(|a, b| a.1.total_cmp(&b.1))
+                            .into_iter()
+                            .collect()
+                    }
+                    _ => board.samples(level.metric)?,
                 };
                 let mut out = Vec::new();
                 for (labels, v) in samples {
-                    let keep = level
-                        .entity
-                        .map(|e| entity(&labels, &[e]))
-                        .unwrap_or_default();
+                    let keep = entity(&labels, level.entity);
+                    let own = if level.below {
+                        severity_below(v, &level.threshold)
+                    } else {
+                        severity(v, &level.threshold)
+                    };
                     let lag_bytes = bytes.as_ref().and_then(|t| {
                         let b = board.value(
                             "pgmon_replication_lag_bytes",
@@ -101,8 +121,7 @@ impl Rule {
                         )?;
                         Some((b, severity(b, t)))
                     });
-                    let Some(sev) =
-                        severity(v, &level.threshold).max(lag_bytes.and_then(|(_, s)| s))
+                    let Some(sev) = own.max(lag_bytes.and_then(|(_, s)| s))
                     else {
                         continue;
                     };
@@ -139,6 +158,65 @@ impl Rule {
                     }
                 }
                 Some(out)
+            }
+            Kind::TableBloat(b) => {
+                let sizes = board.samples("pgmon_relation_bloat_bytes")?;
+                let mut out = Vec::new();
+                for (labels, ratio) in board.samples("pgmon_relation_bloat_ratio")? {
+                    let (db, rel) = (label(&labels, "datname"), label(&labels, "relation"));
+                    let Some(size) = sizes
+                        .iter()
+                        .find(|(l, _)| label(l, "datname") == db && label(l, "relation") == rel)
+                        .map(|(_, v)| *v)
+                    else {
+                        continue;
+                    };
+                    if ratio >= b.ratio && size >= b.min_bytes {
+                        out.push(warn(
+                            entity(&labels, &["datname", "relation"]),
+                            ratio,
+                            format!(
+                                "{db}.{rel}: {} ({:.0}% of the table) is bloat ({}); VACUUM FULL or pg_repack gives it back",
+                                bytes(size),
+                                ratio * 100.0,
+                                label(&labels, "method")
+                            ),
+                        ));
+                    }
+                }
+                Some(out)
+            }
+            Kind::PendingRestart => Some(
+                board
+                    .samples("pgmon_setting_pending_restart")?
+                    .into_iter()
+                    .filter(|(_, v)| *v >= 1.0)
+                    .map(|(labels, v)| {
+                        let message = format!(
+                            "setting {} was changed in the configuration file and waits for a server restart",
+                            label(&labels, "name")
+                        );
+                        warn(entity(&labels, &["name"]), v, message)
+                    })
+                    .collect(),
+            ),
+            Kind::SettingsChanged(c) => {
+                let now = now_ms as f64 / 1000.0;
+                Some(
+                    board
+                        .samples("pgmon_setting_changed_timestamp_seconds")?
+                        .into_iter()
+                        .filter(|(_, at)| now - at <= c.window_seconds as f64)
+                        .map(|(labels, at)| {
+                            let name = label(&labels, "name");
+                            let message = format!(
+                                "setting {name} changed value {} ago (the agent's log has the old and new values)",
+                                duration(now - at)
+                            );
+                            warn(entity(&labels, &["name"]), at, message)
+                        })
+                        .collect(),
+                )
             }
             Kind::Stale(s) => Some(
                 board
@@ -301,6 +379,26 @@ fn level_message(
     lag_bytes: Option<(f64, Option<Severity>)>,
 ) -> String {
     match alertname {
+        "PostgresPartitionMissing" => {
+            let table = format!("{}.{}", label(labels, "datname"), label(labels, "relation"));
+            if v < 0.0 {
+                format!(
+                    "{table}: the newest partition ended {} ago: new rows find no partition of their own; create the next ones",
+                    duration(-v)
+                )
+            } else {
+                format!(
+                    "{table}: the newest partition ends in {}; create the next one before then",
+                    duration(v)
+                )
+            }
+        }
+        "PostgresPartitionPastRetention" => format!(
+            "{}.{}: the oldest partition ended {} ago, past the retention: detach and drop it",
+            label(labels, "datname"),
+            label(labels, "relation"),
+            duration(v)
+        ),
         "PostgresConnectionSaturation" => {
             let max = board
                 .value("pg_settings_max_connections", &[])

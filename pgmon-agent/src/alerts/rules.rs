@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use super::{
     config::{
-        AlertsConfig, BudgetExceeded, CheckpointThrash, DeadTuples, Level, StaleStatistics,
-        Starvation, Surge, Threshold, UnusedIndex,
+        AlertsConfig, BudgetExceeded, CheckpointThrash, DeadTuples, Level, SettingsChanged,
+        StaleStatistics, Starvation, Surge, TableBloat, Threshold, UnusedIndex,
     },
     series::{Baseline, Window},
     state::{RuleMeta, Severity},
@@ -57,6 +57,10 @@ pub(super) enum Kind {
         state: SurgeState,
     },
     UnusedIndex(UnusedIndex),
+    TableBloat(TableBloat),
+    /// Settings waiting for a restart.
+    PendingRestart,
+    SettingsChanged(SettingsChanged),
     /// Roles in this storage quota state.
     Storage(&'static str),
     /// Roles at or over this budget utilisation.
@@ -79,12 +83,14 @@ pub fn catalog(c: &AlertsConfig) -> Vec<Rule> {
     let mut rules = Vec::new();
     for level in c.levels() {
         let t = level.threshold;
-        let per = level
-            .entity
-            .map(|e| format!(", per {e}"))
-            .unwrap_or_default();
+        let per = match level.entity {
+            [] => String::new(),
+            [e] => format!(", per {e}"),
+            many => format!(", per ({})", many.join(", ")),
+        };
+        let op = level.operator();
         let mut expression = format!(
-            "{} >= {} (critical: >= {}){per}",
+            "{} {op} {} (critical: {op} {}){per}",
             level.metric, t.warn, t.crit
         );
         let bytes = (level.field == "replication_lag_seconds")
@@ -225,6 +231,41 @@ pub fn catalog(c: &AlertsConfig) -> Vec<Rule> {
         severities: WARNING,
         kind: Kind::UnusedIndex(u),
     });
+    let b = c.table_bloat;
+    rules.push(Rule {
+        meta: meta(
+            "PostgresTableBloat",
+            format!(
+                "pgmon_relation_bloat_ratio >= {} and pgmon_relation_bloat_bytes >= {}, per (datname, relation)",
+                b.ratio, b.min_bytes
+            ),
+            b.for_seconds,
+        ),
+        severities: WARNING,
+        kind: Kind::TableBloat(b),
+    });
+    rules.push(Rule {
+        meta: meta(
+            "PostgresPendingRestart",
+            "pgmon_setting_pending_restart >= 1, per name".into(),
+            c.pending_restart.for_seconds,
+        ),
+        severities: WARNING,
+        kind: Kind::PendingRestart,
+    });
+    let s = c.settings_changed;
+    rules.push(Rule {
+        meta: meta(
+            "PostgresSettingChanged",
+            format!(
+                "time() - pgmon_setting_changed_timestamp_seconds <= {}, per name",
+                s.window_seconds
+            ),
+            s.for_seconds,
+        ),
+        severities: WARNING,
+        kind: Kind::SettingsChanged(s),
+    });
     for (name, state, severities) in [
         ("PgmonStorageSoftLimit", "soft", WARNING),
         ("PgmonStorageHardLimit", "hard", CRITICAL),
@@ -348,7 +389,11 @@ mod tests {
         };
         match (severity, both) {
             (Severity::Critical, true) => {
-                let lhs = warn.split(" >= ").next().unwrap_or(warn);
+                let lhs = warn
+                    .split(" >= ")
+                    .next()
+                    .and_then(|w| w.split(" <= ").next())
+                    .unwrap_or(warn);
                 format!("{lhs} {}", crit.trim_end_matches(')'))
             }
             _ => warn.to_owned(),

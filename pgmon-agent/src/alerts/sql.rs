@@ -3,7 +3,7 @@
 //! carries the SQL that produced it). Rules on pgmon's own state (storage quotas, budgets,
 //! the loops themselves) read no SQL of their own.
 
-use crate::health::{backups, databases, fast, medium};
+use crate::health::{backups, bloat, databases, fast, medium, settings};
 
 /// One statement: its name, the loop that runs it, its text.
 pub type Source = (&'static str, &'static str, &'static str);
@@ -39,6 +39,18 @@ const ARCHIVE_PENDING: Source = ("archive_pending", "health loop medium", backup
 const CANARY: Source = ("canary", "health loop fast", fast::CANARY);
 const CANARY_EXPLAIN: Source = ("canary_explain", "health loop fast", fast::CANARY_EXPLAIN);
 const SLOTS: Source = ("replication_slots", "health loop medium", backups::SLOTS);
+const PARTITION_TIMES: Source = (
+    "partition_times",
+    "health loop slow",
+    databases::PARTITION_TIMES,
+);
+const BLOAT_ESTIMATE: Source = ("bloat_estimate", "health loop hourly", bloat::ESTIMATE);
+const BLOAT_APPROX: Source = (
+    "bloat_pgstattuple_approx",
+    "health loop hourly",
+    bloat::APPROX,
+);
+const SERVER_SETTINGS: Source = ("server_settings", "health loop medium", settings::SETTINGS);
 
 /// The statements `alertname` reads, in the order its evaluation uses them.
 pub fn sources(alertname: &str) -> &'static [Source] {
@@ -60,6 +72,9 @@ pub fn sources(alertname: &str) -> &'static [Source] {
         "PostgresWalArchivingBehind" => &[ARCHIVE_PENDING, ARCHIVER],
         "PostgresInactiveReplicationSlot" => &[SLOTS],
         "PostgresCanarySlow" => &[CANARY, CANARY_EXPLAIN],
+        "PostgresPartitionMissing" | "PostgresPartitionPastRetention" => &[PARTITION_TIMES],
+        "PostgresTableBloat" => &[BLOAT_ESTIMATE, BLOAT_APPROX],
+        "PostgresPendingRestart" | "PostgresSettingChanged" => &[SERVER_SETTINGS],
         _ => &[],
     }
 }
@@ -79,7 +94,7 @@ mod tests {
             );
         }
         let runs = crate::api::alerts::runs(rules.iter().map(|r| r.meta.name));
-        assert_eq!(runs.len(), 19, "each statement once");
+        assert_eq!(runs.len(), 23, "each statement once");
         assert!(runs[0].text.contains("pg_stat_activity"));
     }
 }

@@ -1,6 +1,6 @@
 //! The read API of issue 5: `GET /api/v1/overview`, `/autovacuum`, `/top-queries`,
-//! `/storage`, `/partitions` and `/replication`, answered from live SQL, and `/audit`
-//! (pgmon's own audit rows).
+//! `/storage`, `/partitions`, `/replication` and `/settings`, answered from live SQL, and
+//! `/audit` (pgmon's own audit rows).
 //!
 //! Every answer is one JSON object, the [`Envelope`]:
 //!
@@ -30,6 +30,7 @@ pub mod alerts;
 mod audit;
 mod cluster;
 mod session;
+mod settings;
 mod storage;
 mod tables;
 mod top_queries;
@@ -57,7 +58,7 @@ pub const REQUEST_TIMEOUT_SECONDS: u64 = 15;
 pub const MAX_LIMIT: usize = 1_000;
 
 /// The endpoints this module answers (each a route of [`crate::http`]).
-pub const PATHS: [&str; 7] = [
+pub const PATHS: [&str; 8] = [
     "/api/v1/overview",
     "/api/v1/autovacuum",
     "/api/v1/top-queries",
@@ -65,6 +66,7 @@ pub const PATHS: [&str; 7] = [
     "/api/v1/partitions",
     "/api/v1/replication",
     "/api/v1/audit",
+    "/api/v1/settings",
 ];
 
 /// What the API needs from the running agent.
@@ -415,6 +417,9 @@ impl Api {
                 .await
                 .map(|d| (None, d)),
             "/api/v1/replication" => cluster::replication(s, &mut rec).await.map(|d| (None, d)),
+            "/api/v1/settings" => settings::answer(s, &mut rec, &self.board)
+                .await
+                .map(|d| (None, d)),
             "/api/v1/audit" => audit::answer(s, &mut rec, params.role.as_deref(), limit)
                 .await
                 .map(|d| (Some(s.database.clone()), d)),

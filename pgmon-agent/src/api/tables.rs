@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokio_postgres::Client;
 
 use super::{ApiError, Recorder, session::Session};
-use crate::health::databases;
+use crate::health::{bloat, databases};
 
 /// Tables with the most dead tuples, with their vacuum and analyze history and the number
 /// of dead tuples past which autovacuum takes them: `autovacuum_vacuum_threshold +
@@ -62,8 +62,8 @@ const PARTITIONS: &str = "SELECT parent, partition_key, partition, relkind, boun
      WHERE n <= $2 ORDER BY parent, partition";
 
 /// `/api/v1/autovacuum`: the cluster's autovacuum workers and settings, and in the
-/// database `db` (through `c`) its freshness summary and the `limit` tables with the most
-/// dead tuples.
+/// database `db` (through `c`) its freshness summary, the `limit` tables with the most
+/// dead tuples and the `limit` most bloated by the estimate of `health::bloat`.
 pub async fn autovacuum(
     s: &Session,
     c: &Client,
@@ -92,7 +92,18 @@ pub async fn autovacuum(
         )
         .await?;
     let tables = rec.rows(c, db, ("tables", TABLES), &[&limit], &[]).await?;
+    // The hourly loop's estimate, run live; its pgstattuple_approx samples are in /metrics.
+    let bloat = rec
+        .rows(
+            c,
+            db,
+            ("bloat_estimate", bloat::ESTIMATE),
+            &[&limit],
+            &["relation", "table_bytes", "bloat_bytes"],
+        )
+        .await?;
     Ok(json!({
+        "bloat": bloat,
         "workers": workers,
         "settings": settings,
         "freshness": freshness.into_iter().next().unwrap_or(Value::Null),
@@ -101,7 +112,9 @@ pub async fn autovacuum(
 }
 
 /// `/api/v1/partitions`: the `limit` partitioned tables of `db` with the most partitions
-/// (`databases::PARTITIONS`), each with its key, totals and its first `limit` partitions.
+/// (`databases::PARTITIONS`), each with its key, totals and its first `limit` partitions;
+/// and `time_ranges`, the tables range-partitioned on time nearest to running out of
+/// partitions (`databases::PARTITION_TIMES`: horizon and oldest partition's age, seconds).
 pub async fn partitions(
     c: &Client,
     db: &str,
@@ -119,6 +132,15 @@ pub async fn partitions(
     let names: Vec<String> = parents.iter().map(|r| r.get(0)).collect();
     let rows = rec
         .raw(c, db, ("partitions", PARTITIONS), &[&names, &limit])
+        .await?;
+    let times = rec
+        .rows(
+            c,
+            db,
+            ("partition_times", databases::PARTITION_TIMES),
+            &[&limit],
+            &[],
+        )
         .await?;
     let mut by_parent: BTreeMap<String, Vec<&tokio_postgres::Row>> = BTreeMap::new();
     for r in &rows {
@@ -148,5 +170,5 @@ pub async fn partitions(
             })
         })
         .collect();
-    Ok(json!({ "partitioned_tables": tables }))
+    Ok(json!({ "partitioned_tables": tables, "time_ranges": times }))
 }

@@ -55,7 +55,8 @@ pub struct Report {
 }
 
 /// Compares what `board` holds with the threshold rules of `alerts` (the alert engine's
-/// [`crate::alerts::config::Level`]s; the largest sample of each metric decides).
+/// [`crate::alerts::config::Level`]s; the largest sample of each metric decides, the
+/// smallest where less is worse).
 pub fn evaluate(board: &Board, alerts: &AlertsConfig) -> Report {
     let state = |value: f64, th: &crate::alerts::Threshold| {
         if value >= th.crit {
@@ -69,17 +70,38 @@ pub fn evaluate(board: &Board, alerts: &AlertsConfig) -> Report {
     let mut checks: Vec<Check> = alerts
         .levels()
         .into_iter()
-        .map(|l| {
+        .filter_map(|l| {
             let th = l.threshold;
-            let (labels, value) = board.max(l.metric).unwrap_or_default();
-            Check {
+            // Where less is worse the smallest sample decides, and no sample is no
+            // check (0 would read as critical).
+            let (labels, value) = if l.below {
+                board
+                    .samples(l.metric)?
+                    .into_iter()
+                    .min_by(|a, b| a.1.total_cmp(&b.1))?
+            } else {
+                board.max(l.metric).unwrap_or_default()
+            };
+            let state = if l.below {
+                state(
+                    -value,
+                    &crate::alerts::Threshold {
+                        warn: -th.warn,
+                        crit: -th.crit,
+                        for_seconds: None,
+                    },
+                )
+            } else {
+                state(value, &th)
+            };
+            Some(Check {
                 name: l.field,
-                state: state(value, &th),
+                state,
                 value,
                 warn: th.warn,
                 crit: th.crit,
                 of: labels.first().map(|(_, v)| v.clone()),
-            }
+            })
         })
         .collect();
     // Lock entries, against counts that may follow the lock table's capacity.

@@ -2,7 +2,8 @@
 //! tuples, vacuum/analyze freshness, never-scanned indexes and partitions (statistics views,
 //! PostgreSQL docs, section 27.2.19–27.2.20, are per database, so each database gets its own
 //! short session); every hour the transaction-ID wraparound age of each database and its
-//! oldest relation (docs, section 24.1.5 "Preventing Transaction ID Wraparound Failures").
+//! oldest relation (docs, section 24.1.5 "Preventing Transaction ID Wraparound Failures"),
+//! and the most bloated tables of each (`super::bloat`).
 
 use tokio_postgres::{Client, Config};
 
@@ -55,6 +56,29 @@ pub(crate) const PARTITIONS: &str = "SELECT n.nspname || '.' || c.relname, count
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
      JOIN pg_inherits i ON i.inhparent = c.oid \
      WHERE c.relkind = 'p' GROUP BY 1 ORDER BY 2 DESC LIMIT $1";
+
+/// Range-partitioned tables whose key is one `date`, `timestamp` or `timestamptz` column:
+/// per table, seconds from now to the upper bound of its newest partition (what is covered
+/// before rows find no partition, or fall into the default one; negative: already past),
+/// seconds since the upper bound of its oldest partition (how long ago its newest rows
+/// could be from: past the retention, the whole partition can go), and its time-ranged
+/// partitions. Bounds are read from `pg_get_expr(relpartbound)` (`FOR VALUES FROM (…) TO
+/// (…)`, docs, "CREATE TABLE … PARTITION OF"); `MINVALUE`/`MAXVALUE`/`DEFAULT` bounds are
+/// not time ranges and are skipped. The `$1` tables nearest to running out first.
+pub(crate) const PARTITION_TIMES: &str = "SELECT p.relation, \
+       extract(epoch FROM max(p.upper) - now())::float8 AS horizon_seconds, \
+       extract(epoch FROM now() - min(p.upper))::float8 AS oldest_age_seconds, \
+       count(*)::float8 AS partitions, max(p.upper)::text AS newest_upper, min(p.upper)::text AS oldest_upper \
+     FROM (SELECT n.nspname || '.' || c.relname AS relation, \
+             (regexp_match(pg_get_expr(k.relpartbound, k.oid), 'TO \\(''([^'']+)''\\)$'))[1]::timestamptz AS upper \
+           FROM pg_partitioned_table pt \
+           JOIN pg_class c ON c.oid = pt.partrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+           JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = pt.partattrs[0] \
+           JOIN pg_inherits i ON i.inhparent = c.oid JOIN pg_class k ON k.oid = i.inhrelid \
+           WHERE pt.partstrat = 'r' AND pt.partnatts = 1 \
+             AND a.atttypid IN ('date'::regtype, 'timestamp'::regtype, 'timestamptz'::regtype)) p \
+     WHERE p.upper IS NOT NULL AND isfinite(p.upper) \
+     GROUP BY p.relation ORDER BY horizon_seconds, p.relation LIMIT $1";
 
 const OLDEST_RELATION: &str = "SELECT coalesce(max(age(relfrozenxid)), 0)::float8 FROM pg_class \
      WHERE relkind IN ('r', 'm', 't')";
@@ -134,6 +158,13 @@ pub async fn slow(
             f.partitions
                 .push(vec![d(), ("relation", r.get(0))], r.get(1));
         }
+        for r in c.query(PARTITION_TIMES, &[&top]).await? {
+            let rel: String = r.get(0);
+            f.partition_horizon
+                .push(vec![d(), ("relation", rel.clone())], r.get(1));
+            f.partition_oldest
+                .push(vec![d(), ("relation", rel)], r.get(2));
+        }
     }
     let mut out = vec![size];
     out.extend(f.into_families());
@@ -146,6 +177,7 @@ pub async fn hourly(
     client: &Client,
     monitor: &Config,
     max_databases: usize,
+    bloat: (usize, usize),
     setup: &str,
 ) -> anyhow::Result<Vec<Family>> {
     let mut xid = Family::new(
@@ -178,6 +210,16 @@ pub async fn hourly(
         "Largest age(relfrozenxid) of a relation in each database: the next one an anti-wraparound vacuum must reach.",
         Kind::Gauge,
     );
+    let mut bloat_bytes = Family::new(
+        "pgmon_relation_bloat_bytes",
+        "Space the most bloated tables hold beyond what their live rows need, top-N per database, bytes; method: estimate (from pg_stats) or pgstattuple_approx.",
+        Kind::Gauge,
+    );
+    let mut bloat_ratio = Family::new(
+        "pgmon_relation_bloat_ratio",
+        "The same bloat ÷ the table's size.",
+        Kind::Gauge,
+    );
     for (_, db) in dbs.into_iter().take(max_databases) {
         let mut config = monitor.clone();
         config.dbname(&db);
@@ -186,9 +228,18 @@ pub async fn hourly(
         };
         c.batch_execute(setup).await?;
         let r = c.query_one(OLDEST_RELATION, &[]).await?;
-        oldest.push(vec![("datname", db)], r.get(0));
+        oldest.push(vec![("datname", db.clone())], r.get(0));
+        for b in super::bloat::read(&c, bloat.0, bloat.1).await? {
+            let labels = vec![
+                ("datname", db.clone()),
+                ("relation", b.relation.clone()),
+                ("method", b.method.to_owned()),
+            ];
+            bloat_ratio.push(labels.clone(), b.ratio());
+            bloat_bytes.push(labels, b.bloat_bytes);
+        }
     }
-    Ok(vec![xid, mxid, used, oldest])
+    Ok(vec![xid, mxid, used, oldest, bloat_bytes, bloat_ratio])
 }
 
 /// The per-relation families of the 10-minute loop.
@@ -206,6 +257,8 @@ struct PerDatabase {
     stale: Family,
     unused_index: Family,
     partitions: Family,
+    partition_horizon: Family,
+    partition_oldest: Family,
 }
 
 impl PerDatabase {
@@ -276,6 +329,16 @@ impl PerDatabase {
                 "Partitions of each partitioned table, top-N per database.",
                 Kind::Gauge,
             ),
+            partition_horizon: Family::new(
+                "pgmon_partition_horizon_seconds",
+                "Seconds until the upper bound of the newest partition of each table range-partitioned on time (negative: new rows already find no partition of their own).",
+                Kind::Gauge,
+            ),
+            partition_oldest: Family::new(
+                "pgmon_partition_oldest_age_seconds",
+                "Seconds since the upper bound of the oldest partition of the same tables: its rows are all at least this old.",
+                Kind::Gauge,
+            ),
         }
     }
 
@@ -294,6 +357,8 @@ impl PerDatabase {
             self.stale,
             self.unused_index,
             self.partitions,
+            self.partition_horizon,
+            self.partition_oldest,
         ]
     }
 }

@@ -12,10 +12,12 @@
 //! `pgmon_errors_total{loop}`, and the next tick reconnects (the interval is the backoff).
 
 pub(crate) mod backups;
+pub(crate) mod bloat;
 pub mod board;
 pub(crate) mod databases;
 pub(crate) mod fast;
 pub(crate) mod medium;
+pub(crate) mod settings;
 pub(crate) mod wal_io;
 
 use std::time::{Duration, Instant};
@@ -39,6 +41,10 @@ pub struct HealthConfig {
     pub max_databases: usize,
     /// `lock_timeout` of the monitor sessions, milliseconds.
     pub lock_timeout_ms: u64,
+    /// Largest tables per database the hourly loop measures with `pgstattuple_approx`
+    /// where the extension is installed (it reads their pages that are not all-visible);
+    /// 0: estimate only (see `health::bloat`).
+    pub bloat_sample_tables: usize,
     pub loops: Loops,
 }
 
@@ -69,6 +75,7 @@ impl Default for HealthConfig {
             top_n: 20,
             max_databases: 50,
             lock_timeout_ms: 100,
+            bloat_sample_tables: 5,
             loops: Loops::default(),
         }
     }
@@ -174,7 +181,7 @@ pub async fn snapshot(monitor: &tokio_postgres::Config) -> anyhow::Result<Board>
     board.publish("medium", medium.run(&client).await?);
     board.publish(
         "hourly",
-        databases::hourly(&client, monitor, 0, "SELECT 1").await?,
+        databases::hourly(&client, monitor, 0, (0, 0), "SELECT 1").await?,
     );
     Ok(board)
 }
@@ -215,6 +222,8 @@ async fn serve(
     let mut ticker = tokio::time::interval(Duration::from_secs(l.interval_seconds));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut session: Option<(Client, Prepared)> = None;
+    // Kept across sessions: a server restart is when most setting changes land.
+    let mut drift = settings::Drift::default();
     let mut state = LoopState {
         interval_seconds: l.interval_seconds,
         budget_seconds: l.budget_seconds,
@@ -230,7 +239,7 @@ async fn serve(
     loop {
         ticker.tick().await;
         let started = Instant::now();
-        let result = run_once(kind, &config, &monitor, &setup, &mut session).await;
+        let result = run_once(kind, &config, &monitor, &setup, &mut session, &mut drift).await;
         let elapsed = started.elapsed().as_secs_f64();
         let success = match result {
             Ok(families) => {
@@ -279,6 +288,7 @@ async fn run_once(
     monitor: &tokio_postgres::Config,
     setup: &str,
     session: &mut Option<(Client, Prepared)>,
+    drift: &mut settings::Drift,
 ) -> anyhow::Result<Vec<Family>> {
     if session.as_ref().is_none_or(|(c, _)| c.is_closed()) {
         let client = crate::db::connect(monitor).await?;
@@ -301,9 +311,20 @@ async fn run_once(
     };
     Ok(match (kind, prepared) {
         (_, Prepared::Fast(f)) => f.run(client).await?,
-        (_, Prepared::Medium(m)) => m.run(client).await?,
+        (_, Prepared::Medium(m)) => {
+            let mut out = m.run(client).await?;
+            out.extend(drift.run(client).await?);
+            out
+        }
         (LoopKind::Hourly, Prepared::Databases) => {
-            databases::hourly(client, monitor, config.max_databases, setup).await?
+            databases::hourly(
+                client,
+                monitor,
+                config.max_databases,
+                (config.top_n, config.bloat_sample_tables),
+                setup,
+            )
+            .await?
         }
         (_, Prepared::Databases) => {
             databases::slow(client, monitor, config.top_n, config.max_databases, setup).await?

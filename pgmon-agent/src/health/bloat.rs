@@ -1,0 +1,171 @@
+//! Table bloat, read by the hourly loop in each database: the space a table holds beyond
+//! what its live rows need, which only `VACUUM FULL` (or `pg_repack`) gives back.
+//!
+//! Two methods, and the `method` label says which one produced a number:
+//! - `estimate`, for every table of at least 128 pages (1 MiB at the default 8 kB block):
+//!   the pages the live rows would fill, from `pg_class.reltuples` and the average row
+//!   width of `pg_stats` — tuple header 24 bytes (23, MAXALIGNed), the data rounded up to 8
+//!   bytes, a 4-byte line pointer, on pages of `block_size − 24` bytes filled to the
+//!   table's `fillfactor` (PostgreSQL docs, section 73.6 "Database Page Layout") — against
+//!   `relpages`. It reads only statistics, so it is cheap, and as good as the last
+//!   `ANALYZE`. `pg_stats` shows a table's columns only to a role that may read them
+//!   (superuser, `pg_read_all_data`, or `SELECT` on the table): a table whose every column
+//!   has no visible statistics is not estimated.
+//! - `pgstattuple_approx`, for the `health.bloat_sample_tables` largest tables of a
+//!   database where the `pgstattuple` extension is installed and the monitor may call it
+//!   (`pg_stat_scan_tables`, part of `pg_monitor`; docs, appendix F.33): free space and
+//!   dead tuples measured from the pages the visibility map does not mark all-visible,
+//!   estimated from the free space map for the rest. It reads those pages, so only a few
+//!   tables are sampled, and it replaces the estimate for them.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+
+/// Tables of at least 128 pages with statistics for every column: relation, size in bytes
+/// (`relpages` × `block_size`), estimated bloat in bytes; the `$1` most bloated first.
+pub(crate) const ESTIMATE: &str = "SELECT t.relation, t.bytes, \
+       greatest(t.pages - ceil(t.tuples * (28 + ceil(w.width / 8) * 8) / ((t.bs - 24) * t.ff / 100)), 0) \
+         * t.bs AS bloat_bytes \
+     FROM ( \
+       SELECT c.oid, n.nspname AS nsp, c.relname AS rel, n.nspname || '.' || c.relname AS relation, \
+         c.relpages::float8 AS pages, c.reltuples::float8 AS tuples, \
+         current_setting('block_size')::float8 AS bs, \
+         c.relpages::float8 * current_setting('block_size')::float8 AS bytes, \
+         coalesce((SELECT substring(o FROM 'fillfactor=([0-9]+)')::float8 FROM unnest(c.reloptions) o \
+                   WHERE o LIKE 'fillfactor=%'), 100) AS ff, \
+         (SELECT count(*) FROM pg_attribute a \
+           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns \
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+       WHERE c.relkind IN ('r', 'm') AND c.relpages >= 128 AND c.reltuples > 0 \
+         AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%') t \
+     JOIN LATERAL ( \
+       SELECT count(*) AS with_stats, sum((1 - s.null_frac) * s.avg_width)::float8 AS width \
+       FROM pg_stats s WHERE s.schemaname = t.nsp AND s.tablename = t.rel AND NOT s.inherited) w \
+       ON w.with_stats = t.columns \
+     ORDER BY bloat_bytes DESC, t.relation LIMIT $1";
+
+/// The schema of `pgstattuple` in this database (quoted), when the monitor may call
+/// `pgstattuple_approx`; no row otherwise. (`to_regprocedure`: the planner may evaluate the
+/// privilege test on other extensions' rows too, where the function does not exist.)
+pub(crate) const APPROX_AVAILABLE: &str = "SELECT quote_ident(n.nspname) FROM pg_extension e \
+     JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pgstattuple' \
+       AND coalesce(has_function_privilege( \
+             to_regprocedure(quote_ident(n.nspname) || '.pgstattuple_approx(regclass)'), 'EXECUTE'), false)";
+
+/// [`APPROX`] with `pgstattuple_approx` in schema `schema` (quoted).
+pub(crate) fn approx_sql(schema: &str) -> String {
+    APPROX.replace(
+        "public.pgstattuple_approx",
+        &format!("{schema}.pgstattuple_approx"),
+    )
+}
+
+/// `pgstattuple_approx` on the `$1` largest tables of at least 128 pages: relation, table
+/// bytes, free space + dead tuple bytes. Written for schema `public`; [`approx_sql`] puts
+/// it in the extension's schema.
+pub(crate) const APPROX: &str = "SELECT t.relation, a.table_len::float8, (a.approx_free_space + a.dead_tuple_len)::float8 \
+     FROM (SELECT c.oid, n.nspname || '.' || c.relname AS relation FROM pg_class c \
+           JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'm') AND c.relpages >= 128 \
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
+           ORDER BY pg_relation_size(c.oid) DESC LIMIT $1) t, \
+     LATERAL public.pgstattuple_approx(t.oid::regclass) a";
+
+/// One table's bloat: relation, table bytes, bloat bytes, method.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bloat {
+    pub relation: String,
+    pub table_bytes: f64,
+    pub bloat_bytes: f64,
+    pub method: &'static str,
+}
+
+impl Bloat {
+    /// Bloat ÷ table size (0 for an empty table).
+    pub fn ratio(&self) -> f64 {
+        if self.table_bytes > 0.0 {
+            (self.bloat_bytes / self.table_bytes).clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The `top_n` most bloated tables of the database `c` is in: estimated, and measured
+/// with `pgstattuple_approx` on the `sample` largest where it can be called.
+pub async fn read(
+    c: &Client,
+    top_n: usize,
+    sample: usize,
+) -> Result<Vec<Bloat>, tokio_postgres::Error> {
+    let mut by: HashMap<String, Bloat> = HashMap::new();
+    for r in c.query(ESTIMATE, &[&(top_n as i64)]).await? {
+        let b = Bloat {
+            relation: r.get(0),
+            table_bytes: r.get(1),
+            bloat_bytes: r.get(2),
+            method: "estimate",
+        };
+        by.insert(b.relation.clone(), b);
+    }
+    if sample > 0
+        && let Some(row) = c.query_opt(APPROX_AVAILABLE, &[]).await?
+    {
+        let schema: String = row.get(0);
+        for r in c.query(&approx_sql(&schema), &[&(sample as i64)]).await? {
+            let b = Bloat {
+                relation: r.get(0),
+                table_bytes: r.get(1),
+                bloat_bytes: r.get(2),
+                method: "pgstattuple_approx",
+            };
+            by.insert(b.relation.clone(), b);
+        }
+    }
+    Ok(top(by.into_values().collect(), top_n))
+}
+
+/// The `n` largest by bloat bytes (ties by name), without the tables with none.
+fn top(mut all: Vec<Bloat>, n: usize) -> Vec<Bloat> {
+    all.retain(|b| b.bloat_bytes > 0.0);
+    all.sort_by(|a, b| {
+        b.bloat_bytes
+            .total_cmp(&a.bloat_bytes)
+            .then_with(|| a.relation.cmp(&b.relation))
+    });
+    all.truncate(n);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_most_bloated_first_and_none_without_bloat() {
+        let b = |r: &str, bloat| Bloat {
+            relation: r.into(),
+            table_bytes: 100.0,
+            bloat_bytes: bloat,
+            method: "estimate",
+        };
+        let t = top(
+            vec![b("a", 10.0), b("b", 0.0), b("c", 50.0), b("d", 10.0)],
+            2,
+        );
+        assert_eq!(
+            t.iter().map(|x| x.relation.as_str()).collect::<Vec<_>>(),
+            ["c", "a"]
+        );
+        assert_eq!(t[0].ratio(), 0.5);
+        assert_eq!(b("z", 500.0).ratio(), 1.0);
+    }
+
+    #[test]
+    fn the_approx_statement_is_the_documented_one_in_its_schema() {
+        assert_eq!(approx_sql("public"), APPROX);
+        assert!(
+            approx_sql("\"my ext\"").contains("\"my ext\".pgstattuple_approx(t.oid::regclass)")
+        );
+    }
+}
