@@ -36,7 +36,7 @@ const LOOKUP_SQL: &str = "SELECT pid, usename::text, datname::text, application_
 /// Serves lookups until `requests` closes; failed connection attempts are counted in
 /// `connect_errors` (`pgmon_db_connect_errors_total`).
 pub async fn serve(
-    config: tokio_postgres::Config,
+    config: crate::db::DbConfig,
     mut requests: mpsc::UnboundedReceiver<u32>,
     answers: std::sync::mpsc::Sender<Answer>,
     connect_errors: Counter,

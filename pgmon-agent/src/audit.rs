@@ -49,7 +49,7 @@ pub async fn prune_once(
 /// Runs [`prune_once`] at start and every [`PRUNE_EVERY`] on the current runtime, on a
 /// connection of its own (reopened with backoff); a failure is logged and retried at the
 /// next hour.
-pub fn spawn_pruner(monitor: tokio_postgres::Config, retention_days: u32) {
+pub fn spawn_pruner(monitor: crate::db::DbConfig, retention_days: u32) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(PRUNE_EVERY);
         loop {

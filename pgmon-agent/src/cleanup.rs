@@ -240,7 +240,7 @@ impl Policy {
 /// Runs the cleanup loop until the runtime stops.
 pub async fn serve(
     mut policies: tokio::sync::watch::Receiver<Policy>,
-    monitor: tokio_postgres::Config,
+    monitor: crate::db::DbConfig,
     metrics: BudgetMetrics,
 ) {
     let mut client = crate::db::connect_with_backoff(&monitor, "cleanup", None).await;

@@ -67,6 +67,13 @@ pub struct ClusterConfig {
     /// Default: `host=/var/run/postgresql user=pgmon dbname=postgres`.
     #[serde(default = "default_connection")]
     pub connection: String,
+    /// A file holding the monitor role's password (the whole file, a trailing newline
+    /// aside), read at each connect so a rotated secret is picked up; used when
+    /// `connection` has no `password`. Without either, libpq's password file is read
+    /// (`passfile` in `connection`, else `PGPASSFILE`, else `~/.pgpass`: PostgreSQL docs
+    /// 34.16). Default: none.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// A name for the cluster, put on every series of `/metrics` as `cluster="NAME"`, to
     /// tell clusters apart in one Prometheus (1 to 128 printable characters; read at
     /// start, a reload does not change it). None by default: no `cluster` label.
@@ -110,17 +117,28 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads and validates the policy file at `path`.
+    /// Reads the policy file at `path`, applies the [`ENV_OVERRIDES`] set in the
+    /// environment, and validates the result.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        Self::parse_with_env(path, &text, |name| std::env::var(name).ok())
     }
 
     /// Parses and validates `text`; `path` is only used in error messages.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::parse_with_env(path, text, |_| None)
+    }
+
+    /// [`Config::parse`], with the [`ENV_OVERRIDES`] that `env` gives replacing the file's
+    /// values (an error in one names the variable).
+    fn parse_with_env(
+        path: &Path,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let de = yaml_serde::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = match e.path().to_string() {
@@ -138,6 +156,20 @@ impl Config {
                 message,
             }
         })?;
+        let mut config = config;
+        for (name, field) in ENV_OVERRIDES {
+            let Some(value) = env(name) else { continue };
+            match field {
+                "cluster.connection" => config.cluster.connection = value,
+                "cluster.password_file" => config.cluster.password_file = Some(value.into()),
+                _ => config.cost.connection = Some(value),
+            }
+            tracing::info!(
+                variable = name,
+                field,
+                "policy value taken from the environment"
+            );
+        }
         config.validate(path)?;
         Ok(config)
     }
@@ -233,6 +265,28 @@ impl Config {
         if !(self.cost.default_cost >= 0.0 && self.cost.default_cost.is_finite()) {
             return Err(invalid("cost.default_cost", "must be ≥ 0".to_owned()));
         }
+        let from = |field: &str| {
+            ENV_OVERRIDES
+                .iter()
+                .find(|(name, f)| *f == field && std::env::var_os(name).is_some())
+                .map_or(field.to_owned(), |(name, _)| {
+                    format!("{field} (from {name})")
+                })
+        };
+        if let Err(e) = crate::db::monitor_config(&self.cluster.connection) {
+            return Err(invalid(
+                &from("cluster.connection"),
+                crate::util::error_chain(&e),
+            ));
+        }
+        if let Some(conninfo) = &self.cost.connection
+            && let Err(e) = crate::db::monitor_config(conninfo)
+        {
+            return Err(invalid(
+                &from("cost.connection"),
+                crate::util::error_chain(&e),
+            ));
+        }
         if self.cluster.data_directory.as_os_str().is_empty() {
             return Err(invalid("cluster.data_directory", "is empty".to_owned()));
         }
@@ -247,6 +301,15 @@ impl Config {
         Ok(())
     }
 }
+
+/// Environment variables that replace a policy value, for containers whose policy file
+/// is baked into the image: (variable, field). Read by [`Config::load`] (start-up and
+/// each reload); the log names each one used.
+pub const ENV_OVERRIDES: [(&str, &str); 3] = [
+    ("PGMON_CLUSTER_CONNECTION", "cluster.connection"),
+    ("PGMON_CLUSTER_PASSWORD_FILE", "cluster.password_file"),
+    ("PGMON_COST_CONNECTION", "cost.connection"),
+];
 
 /// yaml_serde starts some messages with the enclosing mapping's path (`capture: unknown
 /// field …`); the error already names the field, so drop a leading path that is a prefix

@@ -3,11 +3,22 @@
 //! never captured), one connect, and one backoff policy for retrying it (0.5 s doubling to
 //! 30 s, with jitter, forever: a database that comes back is always reached again).
 
-use std::{str::FromStr, time::Duration};
+pub mod conninfo;
+mod tls;
+
+use std::{
+    ops::{Deref, DerefMut},
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 use backon::{ExponentialBackoff, ExponentialBuilder, Retryable};
 use prometheus_client::metrics::counter::Counter;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, Socket, config::Host, tls::MakeTlsConnect};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::config::ClusterConfig;
 
 /// `server_version_num` of PostgreSQL 14: `pg_locks.waitstart`, `pg_stat_wal`,
 /// `pg_stat_statements_info`. The loops work from 13 on; each statement that reads a newer
@@ -29,24 +40,149 @@ pub enum DbError {
     /// `cluster.connection` is not a valid connection string.
     #[error("cluster.connection is not a valid libpq connection string")]
     BadConnectionString(#[source] tokio_postgres::Error),
+    /// A keyword pgmon reads itself (`sslmode`, `sslrootcert`, `passfile`) is wrong, or
+    /// the TLS settings it names cannot be used (an unreadable `sslrootcert`).
+    #[error("connection string: {0}")]
+    BadSetting(String),
     /// Connecting or querying failed.
     #[error("monitor connection")]
     Db(#[from] tokio_postgres::Error),
 }
 
-/// Parses `conninfo` and forces `application_name = 'pgmon'`, which keeps the agent's own
-/// sessions out of the captured traffic; connecting times out after 5 s.
-pub fn monitor_config(conninfo: &str) -> Result<tokio_postgres::Config, DbError> {
-    let mut config =
-        tokio_postgres::Config::from_str(conninfo).map_err(DbError::BadConnectionString)?;
-    config.application_name("pgmon");
-    config.connect_timeout(Duration::from_secs(5));
-    Ok(config)
+/// A session's connection task, as [`DbConfig::open`] returns it (TLS or not).
+pub type Connection =
+    tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
+
+/// How the agent reaches the cluster: a parsed connection string (it derefs to
+/// `tokio_postgres::Config`, so a task may change the database or the role), the TLS its
+/// `sslmode` asks for, and where the password comes from when the string has none.
+#[derive(Clone)]
+pub struct DbConfig {
+    pg: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    /// `cluster.password_file`: the whole file, trimmed, is the password.
+    password_file: Option<PathBuf>,
+    /// libpq's password file (`passfile`, `PGPASSFILE`, `~/.pgpass`), read at each connect.
+    passfile: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbConfig")
+            .field("pg", &self.pg)
+            .field("password_file", &self.password_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deref for DbConfig {
+    type Target = tokio_postgres::Config;
+    fn deref(&self) -> &tokio_postgres::Config {
+        &self.pg
+    }
+}
+
+impl DerefMut for DbConfig {
+    fn deref_mut(&mut self) -> &mut tokio_postgres::Config {
+        &mut self.pg
+    }
+}
+
+/// Parses `conninfo` (libpq keyword/value or URI, PostgreSQL docs 34.1.1) and forces
+/// `application_name = 'pgmon'`, which keeps the agent's own sessions out of the captured
+/// traffic; connecting times out after 5 s. `sslmode` is libpq's (default `prefer`;
+/// `verify-ca`/`verify-full` check the server against `sslrootcert`); Unix-socket
+/// sessions never use TLS, as in libpq. A password missing from the string is looked up
+/// at each connect in libpq's password file (34.16).
+pub fn monitor_config(conninfo: &str) -> Result<DbConfig, DbError> {
+    let split = conninfo::split(conninfo).map_err(DbError::BadSetting)?;
+    let mut pg =
+        tokio_postgres::Config::from_str(&split.rest).map_err(DbError::BadConnectionString)?;
+    pg.application_name("pgmon");
+    pg.connect_timeout(Duration::from_secs(5));
+    let only_sockets = pg.get_hosts().iter().all(|h| !matches!(h, Host::Tcp(_)));
+    pg.ssl_mode(match split.ssl_mode {
+        _ if only_sockets => tokio_postgres::config::SslMode::Disable,
+        conninfo::SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        conninfo::SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        _ => tokio_postgres::config::SslMode::Require,
+    });
+    let tls = if only_sockets {
+        tls::client_config(conninfo::SslMode::Prefer, None)
+    } else {
+        tls::client_config(split.ssl_mode, split.ssl_root_cert.as_deref())
+    }
+    .map_err(DbError::BadSetting)?;
+    Ok(DbConfig {
+        pg,
+        tls: MakeRustlsConnect::new(tls),
+        password_file: None,
+        passfile: conninfo::passfile_path(split.passfile.as_deref()),
+    })
+}
+
+/// [`monitor_config`] of `cluster.connection`, with `cluster.password_file`.
+pub fn cluster_config(cluster: &ClusterConfig) -> Result<DbConfig, DbError> {
+    let mut c = monitor_config(&cluster.connection)?;
+    c.password_file.clone_from(&cluster.password_file);
+    Ok(c)
+}
+
+impl DbConfig {
+    /// Connects: TLS as `sslmode` asks, the password from the string, else
+    /// `cluster.password_file`, else the first matching line of libpq's password file
+    /// (ignored, with a warning, when group or others may read it, as libpq does). An
+    /// unreadable `cluster.password_file` is logged and the attempt made without a
+    /// password, so the server's refusal is the error.
+    pub async fn open(&self) -> Result<(Client, Connection), tokio_postgres::Error> {
+        if self.pg.get_password().is_some()
+            || (self.password_file.is_none() && self.passfile.is_none())
+        {
+            return self.pg.connect(self.tls.clone()).await;
+        }
+        let mut pg = self.pg.clone();
+        if let Some(path) = &self.password_file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    pg.password(text.trim_end_matches(['\r', '\n']));
+                }
+                Err(e) => tracing::warn!(
+                    file = %path.display(), error = %e,
+                    "cluster.password_file cannot be read: connecting without a password"
+                ),
+            }
+        } else if let Some(password) = self.passfile.as_deref().and_then(|p| self.pgpass(p)) {
+            pg.password(password);
+        }
+        pg.connect(self.tls.clone()).await
+    }
+
+    fn pgpass(&self, path: &Path) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(path).ok()?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                "password file has group or world access; permissions should be u=rw (0600) or less: ignored"
+            );
+            return None;
+        }
+        let text = std::fs::read_to_string(path).ok()?;
+        let host = match self.pg.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            Some(Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".to_owned(),
+        };
+        let port = self.pg.get_ports().first().copied().unwrap_or(5432);
+        let user = self.pg.get_user().unwrap_or_default();
+        let dbname = self.pg.get_dbname().unwrap_or(user);
+        conninfo::pgpass_lookup(&text, &host, port, dbname, user)
+    }
 }
 
 /// Opens one session with `config` (its connection task spawned on the runtime).
-pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, DbError> {
-    let (client, connection) = config.connect(NoTls).await?;
+pub async fn connect(config: &DbConfig) -> Result<Client, DbError> {
+    let (client, connection) = config.open().await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "monitor connection ended");
@@ -73,7 +209,7 @@ fn policy() -> ExponentialBuilder {
 /// [`connect`], retried with [`backoff`] until it succeeds; each failure is logged as
 /// "`what`: connection failed" and counted in `errors` when given.
 pub async fn connect_with_backoff(
-    config: &tokio_postgres::Config,
+    config: &DbConfig,
     what: &'static str,
     errors: Option<&Counter>,
 ) -> Client {

@@ -237,7 +237,7 @@ impl Collector for FiringCollector {
 pub fn start(
     runtime: &tokio::runtime::Runtime,
     config: &AlertsConfig,
-    monitor: &tokio_postgres::Config,
+    monitor: &crate::db::DbConfig,
     inputs: AlertInputs,
     book: AlertBook,
     external_url: Option<String>,
@@ -303,11 +303,11 @@ struct Sources {
     storage: Option<crate::storage::StorageHandle>,
     budgets: Option<crate::budget::metrics::BudgetMetrics>,
     /// Where the state is persisted ([`persist`]).
-    monitor: tokio_postgres::Config,
+    monitor: crate::db::DbConfig,
 }
 
 /// A session of the monitor database within 5 s, or none (tried again next time).
-async fn state_client(monitor: &tokio_postgres::Config) -> Option<tokio_postgres::Client> {
+async fn state_client(monitor: &crate::db::DbConfig) -> Option<tokio_postgres::Client> {
     match tokio::time::timeout(Duration::from_secs(5), crate::db::connect(monitor)).await {
         Ok(Ok(c)) => Some(c),
         Ok(Err(e)) => {

@@ -71,7 +71,7 @@ pub const PATHS: [&str; 8] = [
 
 /// What the API needs from the running agent.
 pub struct Api {
-    monitor: tokio_postgres::Config,
+    monitor: crate::db::DbConfig,
     setup: String,
     top_n: usize,
     max_databases: usize,
@@ -331,7 +331,7 @@ impl Api {
     pub fn new(
         health: &crate::health::HealthConfig,
         data_directory: &std::path::Path,
-        monitor: tokio_postgres::Config,
+        monitor: crate::db::DbConfig,
         status: std::sync::mpsc::Sender<StatusRequest>,
         storage: Option<StorageHandle>,
         board: Board,

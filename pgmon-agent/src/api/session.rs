@@ -20,7 +20,7 @@ const DATABASE_EXISTS: &str =
     "SELECT datallowconn AND NOT datistemplate FROM pg_catalog.pg_database WHERE datname = $1";
 
 /// Opens a session with `monitor` and runs `setup` on it.
-async fn open(monitor: &tokio_postgres::Config, setup: &str) -> Result<Client, ApiError> {
+async fn open(monitor: &crate::db::DbConfig, setup: &str) -> Result<Client, ApiError> {
     let client = crate::db::connect(monitor)
         .await
         .map_err(ApiError::Unreachable)?;
@@ -37,7 +37,7 @@ async fn open(monitor: &tokio_postgres::Config, setup: &str) -> Result<Client, A
 /// The API session in `slot`, opened when there is none or the last one closed.
 pub async fn ensure<'a>(
     slot: &'a mut Option<Session>,
-    monitor: &tokio_postgres::Config,
+    monitor: &crate::db::DbConfig,
     setup: &str,
 ) -> Result<&'a Session, ApiError> {
     if slot.as_ref().is_none_or(|s| s.client.is_closed()) {

@@ -82,7 +82,7 @@ fn calls(ladder: &[Step], d: &Decision) -> Vec<(&'static str, &'static str, Opti
 
 /// Loads persisted steps and the last day's ledger buckets; an absent schema (SQL not
 /// installed) gives an empty state and a warning.
-pub async fn load(config: &tokio_postgres::Config) -> Persisted {
+pub async fn load(config: &crate::db::DbConfig) -> Persisted {
     let client = connect_with_backoff(config, "enforcement", None).await;
     let mut p = Persisted::default();
     match client
@@ -168,7 +168,7 @@ pub async fn sync_exempt(
 
 /// The enforcement task.
 pub struct Enforcer {
-    pub config: tokio_postgres::Config,
+    pub config: crate::db::DbConfig,
     pub mode: Mode,
     pub ladder: Vec<Step>,
     /// For `budgets.exempt`, copied into `pgmon.exempt_roles` ([`sync_exempt`]).

@@ -63,7 +63,7 @@ fn round(path: &Path, dry_run: bool) -> anyhow::Result<Report> {
             path.display()
         );
     }
-    let monitor = crate::db::monitor_config(&config.cluster.connection)?;
+    let monitor = crate::db::cluster_config(&config.cluster)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

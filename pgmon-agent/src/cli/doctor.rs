@@ -219,7 +219,7 @@ fn kernel(r: &mut Report) {
 }
 
 fn database(r: &mut Report, config: &Config) {
-    let monitor = match crate::db::monitor_config(&config.cluster.connection) {
+    let monitor = match crate::db::cluster_config(&config.cluster) {
         Ok(m) => m,
         Err(e) => {
             r.fail("database", format!("cluster.connection: {e}"));

@@ -14,7 +14,7 @@ pub type Outcome = (i32, String, String);
 
 /// Calls `pgmon.emergency_terminate(reason)` on a new session of `monitor`.
 pub async fn terminate(
-    monitor: &tokio_postgres::Config,
+    monitor: &crate::db::DbConfig,
     reason: &str,
 ) -> anyhow::Result<Vec<Outcome>> {
     let client = crate::db::connect(monitor).await?;
@@ -58,7 +58,7 @@ pub fn emergency(path: &Path, yes: bool) -> anyhow::Result<()> {
             config.cluster.data_directory.display()
         ))?;
     }
-    let monitor = crate::db::monitor_config(&config.cluster.connection)?;
+    let monitor = crate::db::cluster_config(&config.cluster)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -75,7 +75,7 @@ pub fn emergency(path: &Path, yes: bool) -> anyhow::Result<()> {
 }
 
 /// In the agent: SIGUSR1 runs the emergency.
-pub async fn on_sigusr1(monitor: tokio_postgres::Config) {
+pub async fn on_sigusr1(monitor: crate::db::DbConfig) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
         tracing::warn!("cannot install the SIGUSR1 handler: no emergency by signal");

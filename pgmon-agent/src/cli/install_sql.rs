@@ -6,8 +6,6 @@
 //! it again upgrades or does nothing. `--uninstall` runs `uninstall.sql` in the same
 //! databases instead (the role is left, as that file explains).
 
-use std::str::FromStr as _;
-
 use anyhow::Context as _;
 
 /// The embedded files, in the order they are applied.
@@ -42,7 +40,7 @@ pub const SCHEMA_VERSION: i32 = 5;
 
 /// Runs the subcommand; prints one line per database and file.
 pub fn install_sql(dsn: &str, databases: &[String], uninstall: bool) -> anyhow::Result<()> {
-    let mut base = tokio_postgres::Config::from_str(dsn).context("--dsn")?;
+    let mut base = crate::db::monitor_config(dsn).context("--dsn")?;
     base.application_name("pgmon-install-sql");
     base.connect_timeout(std::time::Duration::from_secs(10));
     let rt = tokio::runtime::Builder::new_current_thread()

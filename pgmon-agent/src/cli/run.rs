@@ -43,7 +43,7 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
     crate::daemon::init_logging(log_format);
     crate::daemon::require_capabilities()?;
 
-    let monitor = crate::db::monitor_config(&config.cluster.connection)?;
+    let monitor = crate::db::cluster_config(&config.cluster)?;
     let capture = Capture::attach(&config.capture, &config.cluster.data_directory)
         .context("attaching the capture")?;
     let hook = capture.hook();
@@ -278,7 +278,7 @@ fn register_metrics(hook: &str, cost_rank: usize, cluster: Option<&str>) -> (Arc
 
 /// Waits until the monitor database answers (retrying with backoff), then tells systemd
 /// the agent is ready: the probes are attached before this task starts.
-async fn become_ready(monitor: tokio_postgres::Config, hook: &'static str) {
+async fn become_ready(monitor: crate::db::DbConfig, hook: &'static str) {
     let client = crate::db::connect_with_backoff(&monitor, "readiness", None).await;
     drop(client);
     let status = format!("capturing with {hook}; database reached");
@@ -315,7 +315,7 @@ type PolicySender = std::sync::mpsc::Sender<crate::budget::policy::Compiled>;
 fn start_budgets(
     config: &Config,
     runtime: &tokio::runtime::Runtime,
-    monitor: &tokio_postgres::Config,
+    monitor: &crate::db::DbConfig,
     sets: &Sets,
 ) -> anyhow::Result<Option<(BudgetLink, PolicySender, Option<crate::cost::Control>)>> {
     if !config.budgets.enabled {
@@ -332,13 +332,13 @@ fn start_budgets(
     let (enforcer_tx, enforcer_rx) = tokio::sync::mpsc::unbounded_channel();
     let (protected_tx, protected_rx) = std::sync::mpsc::channel();
     if config.cost.enabled {
-        let conninfo = config
-            .cost
-            .connection
-            .as_deref()
-            .unwrap_or(&config.cluster.connection);
+        // cost.connection, else the monitor's (with cluster.password_file).
+        let cost_db = match config.cost.connection.as_deref() {
+            Some(conninfo) => crate::db::monitor_config(conninfo)?,
+            None => monitor.clone(),
+        };
         let worker = Worker::new(
-            crate::db::monitor_config(conninfo)?,
+            cost_db,
             config.cost.clone(),
             costs.clone(),
             sets.cost.clone(),
@@ -409,7 +409,7 @@ fn start_budgets(
 fn start_storage(
     config: &Config,
     runtime: &tokio::runtime::Runtime,
-    monitor: &tokio_postgres::Config,
+    monitor: &crate::db::DbConfig,
     sets: &Sets,
 ) -> anyhow::Result<Option<crate::storage::StorageHandle>> {
     if !config.storage.enabled {

@@ -21,7 +21,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{CostMetrics, Costs, Forget, ResultLabels};
 
@@ -61,7 +61,7 @@ impl Store {
     /// Starts the writer on the current runtime, connecting with `monitor` (its role
     /// needs `INSERT`, `UPDATE`, `DELETE` on `pgmon.cost_estimates`; sql/002 grants them
     /// to `pgmon`). Rows older than `ttl` are deleted every hour.
-    pub fn start(monitor: tokio_postgres::Config, ttl: Duration) -> Self {
+    pub fn start(monitor: crate::db::DbConfig, ttl: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(serve(monitor, rx, ttl));
         Self { tx }
@@ -87,11 +87,7 @@ impl Store {
     }
 }
 
-async fn serve(
-    monitor: tokio_postgres::Config,
-    mut rx: mpsc::UnboundedReceiver<Op>,
-    ttl: Duration,
-) {
+async fn serve(monitor: crate::db::DbConfig, mut rx: mpsc::UnboundedReceiver<Op>, ttl: Duration) {
     let mut client: Option<Client> = None;
     let mut unwritten: Vec<Estimate> = Vec::new();
     let mut ticker = tokio::time::interval(FLUSH);
@@ -166,7 +162,7 @@ async fn serve(
 /// retried at the next flush).
 async fn connected<'a>(
     client: &'a mut Option<Client>,
-    monitor: &tokio_postgres::Config,
+    monitor: &crate::db::DbConfig,
 ) -> Option<&'a Client> {
     if client.as_ref().is_some_and(Client::is_closed) {
         *client = None;
@@ -326,8 +322,8 @@ pub struct Loaded {
 /// `base`, its `dbname` replaced), enters what still holds into `costs` and deletes what
 /// does not. Errors: the monitor database or the table is unreadable.
 pub async fn load(
-    monitor: &tokio_postgres::Config,
-    base: &tokio_postgres::Config,
+    monitor: &crate::db::DbConfig,
+    base: &crate::db::DbConfig,
     costs: &Costs,
     metrics: &CostMetrics,
 ) -> Result<Loaded, LoadError> {
@@ -367,7 +363,7 @@ pub async fn load(
         names.dedup();
         let mut config = base.clone();
         config.dbname(&db).application_name("pgmon");
-        let sigs = match config.connect(NoTls).await {
+        let sigs = match config.open().await {
             Ok((client, conn)) => {
                 tokio::spawn(conn);
                 signatures(&client, &names).await

@@ -20,7 +20,7 @@ use std::{
 };
 
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 
 use super::{
     CostAnswer, CostConfig, CostMetrics, CostRequest, Costs,
@@ -57,7 +57,7 @@ struct Session {
 
 /// The worker.
 pub struct Worker {
-    base: tokio_postgres::Config,
+    base: crate::db::DbConfig,
     config: CostConfig,
     costs: Costs,
     metrics: CostMetrics,
@@ -67,7 +67,7 @@ pub struct Worker {
 impl Worker {
     /// A worker connecting with `base` (its `dbname` replaced per query).
     pub fn new(
-        base: tokio_postgres::Config,
+        base: crate::db::DbConfig,
         config: CostConfig,
         costs: Costs,
         metrics: CostMetrics,
@@ -90,7 +90,7 @@ impl Worker {
         mut self,
         mut requests: UnboundedReceiver<CostRequest>,
         answers: Sender<CostAnswer>,
-        store: Option<(Store, tokio_postgres::Config)>,
+        store: Option<(Store, crate::db::DbConfig)>,
     ) {
         if let Some((_, monitor)) = &store {
             let started = Instant::now();
@@ -233,7 +233,7 @@ impl Worker {
             let mut config = self.base.clone();
             config.dbname(database.as_ref());
             config.application_name("pgmon");
-            let (client, connection) = config.connect(NoTls).await?;
+            let (client, connection) = config.open().await?;
             tokio::spawn(listen(
                 connection,
                 self.costs.clone(),

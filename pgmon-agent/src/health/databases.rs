@@ -5,7 +5,9 @@
 //! oldest relation (docs, section 24.1.5 "Preventing Transaction ID Wraparound Failures"),
 //! and the most bloated tables of each (`super::bloat`).
 
-use tokio_postgres::{Client, Config};
+use tokio_postgres::Client;
+
+use crate::db::DbConfig as Config;
 
 use super::board::{Family, Kind};
 

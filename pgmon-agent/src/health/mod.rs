@@ -157,7 +157,7 @@ impl LoopKind {
 pub fn start(
     runtime: &tokio::runtime::Runtime,
     config: &HealthConfig,
-    monitor: &tokio_postgres::Config,
+    monitor: &crate::db::DbConfig,
     board: &Board,
 ) {
     for kind in LoopKind::ALL {
@@ -167,7 +167,7 @@ pub fn start(
 
 /// One pass of the 15-second and 60-second loops and of the wraparound query, on one
 /// session, published on a fresh board (for `pgmon-agent check`, without a running agent).
-pub async fn snapshot(monitor: &tokio_postgres::Config) -> anyhow::Result<Board> {
+pub async fn snapshot(monitor: &crate::db::DbConfig) -> anyhow::Result<Board> {
     let client = crate::db::connect(monitor).await?;
     client.batch_execute(&session_setup(10_000, 100)).await?;
     let version = client
@@ -203,12 +203,7 @@ enum Prepared {
     Databases,
 }
 
-async fn serve(
-    kind: LoopKind,
-    config: HealthConfig,
-    monitor: tokio_postgres::Config,
-    board: Board,
-) {
+async fn serve(kind: LoopKind, config: HealthConfig, monitor: crate::db::DbConfig, board: Board) {
     let l = match kind {
         LoopKind::Fast => config.loops.fast,
         LoopKind::Medium => config.loops.medium,
@@ -285,7 +280,7 @@ async fn serve(
 async fn run_once(
     kind: LoopKind,
     config: &HealthConfig,
-    monitor: &tokio_postgres::Config,
+    monitor: &crate::db::DbConfig,
     setup: &str,
     session: &mut Option<(Client, Prepared)>,
     drift: &mut settings::Drift,

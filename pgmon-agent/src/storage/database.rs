@@ -7,7 +7,7 @@
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 use super::{Event, usage};
 use crate::util::now_ms;
@@ -74,7 +74,7 @@ pub enum DbCmd {
 pub struct DbTask {
     pub name: Arc<str>,
     /// The monitor connection's settings with `dbname` set to this database.
-    pub config: tokio_postgres::Config,
+    pub config: crate::db::DbConfig,
     pub data_dir: Arc<PathBuf>,
     pub events: mpsc::UnboundedSender<Event>,
     pub cmds: mpsc::UnboundedReceiver<DbCmd>,
@@ -137,7 +137,7 @@ impl DbTask {
     }
 
     async fn session(&mut self, first: bool) -> End {
-        let (client, mut connection) = match self.config.connect(NoTls).await {
+        let (client, mut connection) = match self.config.open().await {
             Ok(c) => c,
             Err(e) => return End::Retry(crate::util::error_chain(&e)),
         };

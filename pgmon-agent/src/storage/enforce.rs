@@ -53,14 +53,14 @@ pub struct Persisted {
     pub holds_lock: bool,
 }
 
-async fn connect(config: &tokio_postgres::Config) -> Client {
+async fn connect(config: &crate::db::DbConfig) -> Client {
     crate::db::connect_with_backoff(config, "storage enforcement", None).await
 }
 
 /// Reads pgmon.storage_state and the 'storage' rows of pgmon.role_locks; a lock without a
 /// state row (state lost) is resumed as locked since its `locked_at`. An absent schema
 /// (sql/004_storage.sql not installed in the monitor database) gives nothing and a warning.
-pub async fn load(config: &tokio_postgres::Config) -> HashMap<String, Persisted> {
+pub async fn load(config: &crate::db::DbConfig) -> HashMap<String, Persisted> {
     let client = connect(config).await;
     let mut out = HashMap::new();
     let ms = |v: Option<f64>| v.map(|s| (s * 1000.0) as u64);
@@ -134,7 +134,7 @@ pub async fn load(config: &tokio_postgres::Config) -> HashMap<String, Persisted>
 
 /// The enforcement task.
 pub struct Enforcer {
-    pub config: tokio_postgres::Config,
+    pub config: crate::db::DbConfig,
     pub dry_run: bool,
     pub batch: u32,
     /// Pause between termination batches, ms (`storage.termination_pause_ms`).

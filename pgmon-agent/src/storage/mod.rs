@@ -141,7 +141,7 @@ impl StorageHandle {
 /// state, then spawns the coordinator (which spawns the rest).
 pub async fn start(
     policy: policy::Compiled,
-    monitor: tokio_postgres::Config,
+    monitor: crate::db::DbConfig,
     data_dir: PathBuf,
     metrics: metrics::StorageMetrics,
     external_url: Option<String>,

@@ -184,10 +184,7 @@ async fn write(
 
 /// Starts the writer with what `loaded` says is written; returns the channel the
 /// coordinator publishes its snapshots on (only the newest matters).
-pub fn spawn_writer(
-    config: tokio_postgres::Config,
-    loaded: &Loaded,
-) -> watch::Sender<Arc<Snapshot>> {
+pub fn spawn_writer(config: crate::db::DbConfig, loaded: &Loaded) -> watch::Sender<Arc<Snapshot>> {
     let mut written: HashMap<(String, DbName), u64> = loaded
         .usage
         .iter()

@@ -85,7 +85,7 @@ struct DbEntry {
 /// See the module documentation.
 pub struct Coordinator {
     policy: Arc<Compiled>,
-    monitor: tokio_postgres::Config,
+    monitor: crate::db::DbConfig,
     data_dir: Arc<PathBuf>,
     metrics: StorageMetrics,
     events: mpsc::UnboundedSender<Event>,
@@ -127,7 +127,7 @@ impl Coordinator {
     /// role is listed); its notifications link to the UI under `external_url`.
     pub fn new(
         policy: Compiled,
-        monitor: tokio_postgres::Config,
+        monitor: crate::db::DbConfig,
         data_dir: PathBuf,
         metrics: StorageMetrics,
         events: mpsc::UnboundedSender<Event>,
