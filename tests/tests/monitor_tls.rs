@@ -151,6 +151,7 @@ impl Setup {
 
     fn refused(&self, what: &str, policy: &Path, env: &[(&str, &str)], needle: &str) {
         let (code, report) = self.check(policy, env);
+        println!("{what}: {}", report["error"]);
         let error = report["error"].as_str().unwrap_or_default().to_lowercase();
         assert_eq!(code, Some(3), "{what}: {report:#}");
         assert!(

@@ -137,6 +137,10 @@ fn loop_durations(agent: &Agent, runs: usize) -> Result<Vec<(&'static str, f64, 
                 continue;
             }
             let v = metrics::sum(&m, "pgmon_scrape_duration_seconds", &labels);
+            // The series is exported at 0 from the start, before the loop's first run.
+            if v == 0.0 {
+                continue;
+            }
             let runs_of = seen.entry(name).or_default();
             if runs_of.last() != Some(&v) {
                 runs_of.push(v);
