@@ -48,14 +48,26 @@ pub struct NormalizerStats {
     pub unshaped: u64,
 }
 
-/// Cache key: the shape hash, and whether the text came from a simple `Q` (may hold several
-/// statements) or a `Parse` (exactly one).
+/// Cache key: the shape hash (or the whole text's, see [`Entry::ByText`]), and whether the
+/// text came from a simple `Q` (may hold several statements) or a `Parse` (exactly one).
 type Key = (u64, bool);
+
+/// A cache entry.
+#[derive(Clone)]
+enum Entry {
+    /// The statements of every text of this key.
+    Stmts(Arc<[Stmt]>),
+    /// Texts of this shape are not interchangeable: one of them kept a constant through
+    /// normalization (the grammar read it as something else than a constant), or did not
+    /// parse (a constant may be why: `ALTER COLUMN 0`, `float(0)`). Each is looked up by
+    /// its whole text instead.
+    ByText,
+}
 
 /// Turns statement texts into [`Stmt`]s, at most one libpg_query run per distinct shape
 /// while it stays cached. Not thread-safe by design: it lives on the capture thread.
 pub struct Normalizer {
-    cache: quick_cache::unsync::Cache<Key, Arc<[Stmt]>>,
+    cache: quick_cache::unsync::Cache<Key, Entry>,
     scratch: Vec<u8>,
     max_text_chars: usize,
     stats: NormalizerStats,
@@ -86,63 +98,85 @@ impl Normalizer {
     /// Appends to `out` the statements of `text`: one per statement of a simple-protocol
     /// `Q` (`simple`), exactly one for a `Parse`. An empty or comment-only `Q` adds none.
     pub fn prepare(&mut self, text: &[u8], simple: bool, out: &mut Vec<Stmt>) {
-        let hash = match shape::shape(text, &mut self.scratch) {
-            Some(h) => h,
-            None => {
-                self.stats.unshaped += 1;
-                // Tag the whole-text hash so it cannot meet a shape hash of the same value
-                // by construction of the inputs.
-                let mut h = ahash::AHasher::default();
-                std::hash::Hasher::write(&mut h, b"\0raw\0");
-                std::hash::Hasher::write(&mut h, text);
-                std::hash::Hasher::finish(&h)
+        let shaped = shape::shape(text, &mut self.scratch);
+        if shaped.is_none() {
+            self.stats.unshaped += 1;
+        }
+        let mut key = (shaped.unwrap_or_else(|| whole_text_hash(text)), simple);
+        match self.cache.get(&key) {
+            Some(Entry::Stmts(stmts)) => {
+                self.stats.hits += 1;
+                out.extend(stmts.iter().cloned());
+                return;
             }
-        };
-        let key = (hash, simple);
-        if let Some(stmts) = self.cache.get(&key) {
-            self.stats.hits += 1;
-            out.extend(stmts.iter().cloned());
-            return;
+            Some(Entry::ByText) => {
+                key.0 = whole_text_hash(text);
+                if let Some(Entry::Stmts(stmts)) = self.cache.get(&key) {
+                    self.stats.hits += 1;
+                    out.extend(stmts.iter().cloned());
+                    return;
+                }
+            }
+            None => {}
         }
         self.stats.misses += 1;
-        let stmts: Arc<[Stmt]> = self.analyse(text, simple).into();
+        let (stmts, interchangeable) = self.analyse(text, simple);
+        let stmts: Arc<[Stmt]> = stmts.into();
         out.extend(stmts.iter().cloned());
-        self.cache.insert(key, stmts);
+        if shaped.is_some_and(|h| h == key.0) && !interchangeable {
+            self.cache.insert(key, Entry::ByText);
+            key.0 = whole_text_hash(text);
+        }
+        self.cache.insert(key, Entry::Stmts(stmts));
     }
 
-    /// The libpg_query path (a cache miss).
-    fn analyse(&mut self, text: &[u8], simple: bool) -> Vec<Stmt> {
+    /// The libpg_query path (a cache miss): the statements, and whether every text of the
+    /// same shape would give the same ones (all parsed, and no constant left in their
+    /// normalized text).
+    fn analyse(&mut self, text: &[u8], simple: bool) -> (Vec<Stmt>, bool) {
         let text = String::from_utf8_lossy(text);
         if !simple {
-            return vec![self.one(&text)];
+            let (stmt, interchangeable) = self.one(&text);
+            return (vec![stmt], interchangeable);
         }
         match pg_query::split_with_parser(&text) {
-            Ok(parts) => parts
-                .into_iter()
-                .filter(|p| !p.trim().is_empty())
-                .map(|p| self.one(p))
-                .collect(),
+            Ok(parts) => {
+                let mut all = true;
+                let stmts = parts
+                    .into_iter()
+                    .filter(|p| !p.trim().is_empty())
+                    .map(|p| {
+                        let (stmt, interchangeable) = self.one(p);
+                        all &= interchangeable;
+                        stmt
+                    })
+                    .collect();
+                (stmts, all)
+            }
             // A syntax error anywhere: the server rejects the whole message too.
-            Err(_) => vec![self.unparsable(&text)],
+            Err(_) => (vec![self.unparsable(&text)], false),
         }
     }
 
-    fn one(&mut self, text: &str) -> Stmt {
+    fn one(&mut self, text: &str) -> (Stmt, bool) {
         let fp = pg_query::fingerprint(text, 0, 0);
         let norm = pg_query::normalize(text);
         match (fp, norm) {
             (Ok(fp), Ok(norm)) => {
                 let full = norm.trim();
                 let kept = truncate_chars(full, self.max_text_chars);
-                Arc::new(StatementInfo {
+                let interchangeable =
+                    shape::literals(full.as_bytes(), &mut self.scratch) == Some(0);
+                let stmt = Arc::new(StatementInfo {
                     fingerprint: fp.value,
                     normalized_truncated: kept.len() < full.len(),
                     normalized: kept.into(),
                     text_bytes: text.len().try_into().unwrap_or(u32::MAX),
                     parse_error: false,
-                })
+                });
+                (stmt, interchangeable)
             }
-            _ => self.unparsable(text),
+            _ => (self.unparsable(text), false),
         }
     }
 
@@ -171,6 +205,15 @@ impl Normalizer {
             parse_error: false,
         })
     }
+}
+
+/// The key of a text looked up whole (not by shape): tagged so that it cannot meet a
+/// shape hash of the same value by construction of the inputs.
+fn whole_text_hash(text: &[u8]) -> u64 {
+    let mut h = ahash::AHasher::default();
+    std::hash::Hasher::write(&mut h, b"\0raw\0");
+    std::hash::Hasher::write(&mut h, text);
+    std::hash::Hasher::finish(&h)
 }
 
 /// Formats a fingerprint the way libpg_query prints it: 16 lowercase hex digits.
@@ -233,6 +276,79 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert!(out.iter().all(|s| s.parse_error && s.fingerprint == 0));
         assert_eq!(n.stats().errors, 2);
+    }
+
+    /// Prepares `texts` in order with one normalizer: (fingerprint, parse_error) of each.
+    fn run(texts: &[&str], simple: bool) -> Vec<(u64, bool)> {
+        let mut n = Normalizer::new(100, 4096);
+        texts
+            .iter()
+            .map(|t| {
+                let mut out = Vec::new();
+                n.prepare(t.as_bytes(), simple, &mut out);
+                (out[0].fingerprint, out[0].parse_error)
+            })
+            .collect()
+    }
+
+    /// What libpg_query says of `text` alone: (fingerprint, parse_error).
+    fn direct(text: &str) -> (u64, bool) {
+        match pg_query::fingerprint(text, 0, 0) {
+            Ok(f) => (f.value, false),
+            Err(_) => (0, true),
+        }
+    }
+
+    #[test]
+    fn constants_the_grammar_checks_never_share_an_outcome() {
+        for (bad, good) in [
+            (
+                "ALTER INDEX i ALTER COLUMN 0 SET STATISTICS 100",
+                "ALTER INDEX i ALTER COLUMN 1 SET STATISTICS 100",
+            ),
+            ("SELECT 1::float(0)", "SELECT 2::float(10)"),
+        ] {
+            assert!(direct(bad).1 && !direct(good).1, "{bad} / {good}");
+            for simple in [true, false] {
+                assert_eq!(
+                    run(&[bad, good, bad], simple),
+                    [direct(bad), direct(good), direct(bad)],
+                    "bad first: {good}"
+                );
+                assert_eq!(
+                    run(&[good, bad, good], simple),
+                    [direct(good), direct(bad), direct(good)],
+                    "good first: {good}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn constants_read_as_names_or_numbers_keep_their_own_fingerprint() {
+        let texts = [
+            "ALTER INDEX i ALTER COLUMN 1 SET STATISTICS 100",
+            "ALTER INDEX i ALTER COLUMN 2 SET STATISTICS 100",
+            "SELECT 1::float(10)",
+            "SELECT 1::float(40)",
+        ];
+        let got = run(&texts, true);
+        let want: Vec<_> = texts.iter().map(|t| direct(t)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn ordinary_constants_still_share_one_entry() {
+        let mut n = Normalizer::new(100, 4096);
+        let mut out = Vec::new();
+        for aid in [1, 2, 3] {
+            n.prepare(
+                format!("UPDATE pgbench_accounts SET abalance = abalance + -5 WHERE aid = {aid}; SELECT 'x', true, 1.5e3").as_bytes(),
+                true,
+                &mut out,
+            );
+        }
+        assert_eq!((n.stats().misses, n.stats().hits), (1, 2));
     }
 
     #[test]

@@ -13,6 +13,12 @@
 //! `0x1F`, `1_000`), quoted identifiers (`"…"`, kept verbatim), parameters (`$1`, kept),
 //! comments (`-- …` and nested `/* … */`).
 //!
+//! That holds only where libpg_query reads a constant as a constant. The grammar reads a
+//! few as something else (`ALTER INDEX … ALTER COLUMN 2`, `float(24)`, `COMMENT … IS
+//! 'text'`), and their value changes the fingerprint or even whether the text parses; the
+//! normalizer finds them with [`literals`] (they survive `pg_query_normalize`) and keys
+//! such statements on their whole text.
+//!
 //! Anything the scanner is not sure of (an unterminated quote or comment, a backslash in a
 //! standard string, which `standard_conforming_strings = off` would read differently) makes
 //! it answer `None`, and the caller keys on the whole text instead: never a wrong key.
@@ -26,7 +32,22 @@ use std::hash::Hasher;
 /// 64-bit hash (aHash) between two different shapes are possible in principle; with 10^5
 /// cached shapes the chance is about 3·10^-10.
 pub fn shape(text: &[u8], out: &mut Vec<u8>) -> Option<u64> {
+    scan(text, out).map(|(hash, _)| hash)
+}
+
+/// How many literal constants `text` holds (what [`shape`] masks), `None` when the text is
+/// not plain enough to be sure. The normalizer runs it on libpg_query's normalized text: a
+/// constant left there is one the grammar took as something else than a constant (a
+/// column number, a `float(p)` precision, a comment's text), whose value can change the
+/// fingerprint or whether the statement parses, so the shape cannot stand for it.
+pub fn literals(text: &[u8], scratch: &mut Vec<u8>) -> Option<usize> {
+    scan(text, scratch).map(|(_, n)| n)
+}
+
+/// The scanner behind [`shape`] and [`literals`]: the shape's hash and its masked count.
+fn scan(text: &[u8], out: &mut Vec<u8>) -> Option<(u64, usize)> {
     out.clear();
+    let mut masked = 0usize;
     let n = text.len();
     let mut i = 0;
     let mut pending_space = false;
@@ -61,6 +82,7 @@ pub fn shape(text: &[u8], out: &mut Vec<u8>) -> Option<u64> {
                 let escapes = prefix_is_e_string(out);
                 i = skip_string(text, i, escapes)?;
                 out.push(b'?');
+                masked += 1;
             }
             b'"' => {
                 let start = i;
@@ -79,15 +101,18 @@ pub fn shape(text: &[u8], out: &mut Vec<u8>) -> Option<u64> {
                 } else {
                     i = skip_dollar_quoted(text, i)?;
                     out.push(b'?');
+                    masked += 1;
                 }
             }
             b'0'..=b'9' if !prev_is_ident(out) => {
                 i = skip_number(text, i);
                 out.push(b'?');
+                masked += 1;
             }
             b'.' if !prev_is_ident(out) && text.get(i + 1).is_some_and(u8::is_ascii_digit) => {
                 i = skip_number(text, i);
                 out.push(b'?');
+                masked += 1;
             }
             _ if is_ident_start(c) => {
                 // A keyword or identifier, copied in one piece: most of a statement's bytes
@@ -108,7 +133,7 @@ pub fn shape(text: &[u8], out: &mut Vec<u8>) -> Option<u64> {
     }
     let mut h = ahash::AHasher::default();
     h.write(out);
-    Some(h.finish())
+    Some((h.finish(), masked))
 }
 
 /// A byte that starts an identifier or keyword (PostgreSQL docs 4.1.1: a letter, `_`, or a
