@@ -167,6 +167,14 @@ pub struct RoleStatus {
     /// Connection errors by SQLSTATE class, e.g. `"28": 2` (invalid authorization).
     #[serde(default)]
     pub connection_errors_by_class: std::collections::BTreeMap<String, u64>,
+    /// Parse messages the server refused (a driver's prepare of a typo, psql's `\gdesc` of
+    /// a bad query): a prepare is not an execution, so they are in neither `queries` nor
+    /// `errors`.
+    #[serde(default)]
+    pub prepare_errors: u64,
+    /// Failed prepares by SQLSTATE class, e.g. `"42": 1` (syntax error or access rule).
+    #[serde(default)]
+    pub prepare_errors_by_class: std::collections::BTreeMap<String, u64>,
     pub connections: i64,
     /// CPU time of the role's backends whose sessions pgmon could not read (GSSAPI, TLS
     /// without the libssl probes), seconds: charged to its budget instead of statements.

@@ -225,11 +225,15 @@ pub enum ErrorScope {
     /// [`Sink::unattributed`]) just before ([`ErrorContext::Execution`]), even a FATAL one
     /// (a session terminated while its statement ran: 57P01).
     Execution,
-    /// It failed a request that executed nothing: a Parse, Bind, Describe, Close or
-    /// FunctionCall answered by an error, the implicit commit at a Sync, or a non-fatal error
-    /// the parser could not match to its request ([`ErrorContext::Unmatched`]). Counted as one
+    /// It failed a request that executed nothing: a Bind, Describe, Close or FunctionCall
+    /// answered by an error, the implicit commit at a Sync, or a non-fatal error the parser
+    /// could not match to its request ([`ErrorContext::Unmatched`]). Counted as one
     /// statement that failed.
     Request,
+    /// It failed a Parse (a syntax error in a driver's prepare, psql's `\gdesc` of a bad
+    /// query): a prepare is not an execution, so it is counted apart, as a failed prepare,
+    /// like [`Connection`](Self::Connection) errors.
+    Prepare,
     /// It answers no statement: the startup or authentication failed (3D000 no such
     /// database, 28P01 bad password, 53300 too many connections), the server ended an idle
     /// session (57P01, 57P05, 25P03), or a FATAL error outside an execution (08P01 protocol
@@ -244,8 +248,8 @@ impl ErrorScope {
             ErrorContext::Execution => ErrorScope::Execution,
             ErrorContext::Startup | ErrorContext::Idle => ErrorScope::Connection,
             _ if e.fatal => ErrorScope::Connection,
-            ErrorContext::Parse
-            | ErrorContext::Bind
+            ErrorContext::Parse => ErrorScope::Prepare,
+            ErrorContext::Bind
             | ErrorContext::Describe
             | ErrorContext::Close
             | ErrorContext::Sync

@@ -2,7 +2,8 @@
 //! not exist (FATAL 3D000), logs in with a wrong password (FATAL 28P01), and an idle session
 //! is terminated (FATAL 57P01 outside a statement); beside them a statement fails (22012).
 //! `pgmon_connection_errors_total{role,sqlstate_class}` counts the three by class, and the
-//! role's statement errors stay within its statements. Real kernel, agent and clusters.
+//! role's statement errors stay within its statements. psql's `\gdesc` of a typo (a Parse
+//! the server refuses) is counted in `pgmon_prepare_errors_total`, not as a statement error. Real kernel, agent and clusters.
 
 use std::{
     process::{Command, Stdio},
@@ -70,6 +71,10 @@ fn connection_errors_are_counted_apart(version: PgVersion) {
     let _ = held.run("SELECT 1/0 AS boom");
     let stderr = held.stderr_text();
     assert!(stderr.contains("division by zero"), "{stderr}");
+    // A prepare the server refuses: psql's \gdesc sends Parse, Describe, Sync.
+    let _ = held.run("SELEC 1 AS typo\n\\gdesc");
+    let stderr = held.stderr_text();
+    assert!(stderr.contains("syntax error"), "{stderr}");
 
     // FATAL 3D000.
     let sock = cluster.socket_dir();
@@ -124,6 +129,21 @@ fn connection_errors_are_counted_apart(version: PgVersion) {
             "class {class} is no statement error"
         );
     }
+    let failed_prepares = agent.wait_metric(
+        "pgmon_prepare_errors_total",
+        &[("role", "tenant"), ("sqlstate_class", "42")],
+        within,
+        |v| v >= 1.0,
+    );
+    assert_eq!(failed_prepares, 1.0, "the \\gdesc of a typo");
+    assert_eq!(
+        agent.metric(
+            "pgmon_query_errors_total",
+            &[("role", "tenant"), ("sqlstate_class", "42")]
+        ),
+        0.0,
+        "a failed prepare is no statement error"
+    );
     let all_errors = agent.metric("pgmon_query_errors_total", &[("role", "tenant")]);
     let queries = agent.metric("pgmon_queries_total", &[("role", "tenant")]);
     let status = agent.status_json().expect("status");
@@ -144,6 +164,7 @@ fn connection_errors_are_counted_apart(version: PgVersion) {
         "{all_errors} errors > {queries} statements"
     );
     assert_eq!(role["connection_errors"], 3);
+    assert_eq!(role["prepare_errors"], 1);
     assert_eq!(
         role["connection_errors_by_class"],
         serde_json::json!({"3D": 1, "28": 1, "57": 1})

@@ -338,6 +338,8 @@ mod tests {
             errors_by_class: Default::default(),
             connection_errors: 0,
             connection_errors_by_class: Default::default(),
+            prepare_errors: 0,
+            prepare_errors_by_class: Default::default(),
             connections: 0,
             unreadable_cpu_seconds: 0.0,
             p50_ms: None,

@@ -162,6 +162,7 @@ pub struct TrafficMetrics {
     duration: Family<RoleDbLabels, Histogram, fn() -> Histogram>,
     errors: Family<ErrorLabels, Counter>,
     connection_errors: Family<ConnectionErrorLabels, Counter>,
+    prepare_errors: Family<ConnectionErrorLabels, Counter>,
     connections: Family<RoleDbLabels, Gauge>,
     unreadable_cpu: Family<RoleDbLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// Protocol desynchronisations, by direction.
@@ -197,6 +198,7 @@ impl TrafficMetrics {
         );
         let errors = Family::<ErrorLabels, Counter>::default();
         let connection_errors = Family::<ConnectionErrorLabels, Counter>::default();
+        let prepare_errors = Family::<ConnectionErrorLabels, Counter>::default();
         let connections = Family::<RoleDbLabels, Gauge>::default();
         let unreadable_cpu =
             Family::<RoleDbLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
@@ -234,6 +236,11 @@ impl TrafficMetrics {
             "pgmon_connection_errors",
             "ErrorResponses that answered no statement (failed logins, sessions ended while idle, FATAL protocol violations), by role and SQLSTATE class",
             connection_errors.clone(),
+        );
+        registry.register(
+            "pgmon_prepare_errors",
+            "Parse messages the server refused (a prepare, not an execution: in neither pgmon_queries_total nor pgmon_query_errors_total), by role and SQLSTATE class",
+            prepare_errors.clone(),
         );
         registry.register(
             "pgmon_connections",
@@ -291,6 +298,7 @@ impl TrafficMetrics {
             duration,
             errors,
             connection_errors,
+            prepare_errors,
             connections,
             unreadable_cpu,
             desyncs,
@@ -351,6 +359,15 @@ impl TrafficMetrics {
             sqlstate_class: String::from_utf8_lossy(&class).into_owned(),
         };
         self.connection_errors.get_or_create(&l).inc();
+    }
+
+    /// Counts one Parse of `role` that the server refused, SQLSTATE class `class`.
+    pub fn prepare_error(&self, role: &str, class: [u8; 2]) {
+        let l = ConnectionErrorLabels {
+            role: role.to_owned(),
+            sqlstate_class: String::from_utf8_lossy(&class).into_owned(),
+        };
+        self.prepare_errors.get_or_create(&l).inc();
     }
 
     /// Counts one desynchronisation of `direction` (`frontend` or `backend`) for `reason`.

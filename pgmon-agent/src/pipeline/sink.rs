@@ -111,6 +111,7 @@ impl pgmon_wire::Sink for ConnSink<'_> {
             ErrorScope::Execution => {}
             ErrorScope::Request => self.stats.failed_request(id, e.sqlstate),
             ErrorScope::Connection => self.stats.connection_error(id, e.sqlstate),
+            ErrorScope::Prepare => self.stats.prepare_error(id, e.sqlstate),
         }
     }
 

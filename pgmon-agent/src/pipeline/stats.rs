@@ -47,6 +47,10 @@ pub struct RoleDb {
     pub connection_errors: u64,
     /// Connection errors by SQLSTATE class.
     pub connection_errors_by_class: HashMap<[u8; 2], u64>,
+    /// Parse messages the server refused (a prepare, not an execution: not in `errors`).
+    pub prepare_errors: u64,
+    /// Failed prepares by SQLSTATE class.
+    pub prepare_errors_by_class: HashMap<[u8; 2], u64>,
     /// Executions whose completion was seen, durations in microseconds.
     latency_us: hdrhistogram::Histogram<u64>,
     /// Executions completed since the last [`Stats::interval`], microseconds.
@@ -100,6 +104,8 @@ impl Stats {
             errors_by_class: HashMap::new(),
             connection_errors: 0,
             connection_errors_by_class: HashMap::new(),
+            prepare_errors: 0,
+            prepare_errors_by_class: HashMap::new(),
             latency_us: hdrhistogram::Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
                 .expect("constant bounds are valid"),
             recent_us: None,
@@ -184,6 +190,16 @@ impl Stats {
         r.connection_errors += 1;
         *r.connection_errors_by_class.entry(class).or_default() += 1;
         self.metrics.connection_error(&r.role, class);
+    }
+
+    /// A Parse of `id` that the server refused ([`pgmon_wire::ErrorScope::Prepare`]): counted
+    /// apart from statements and their errors.
+    pub fn prepare_error(&mut self, id: RoleDbId, sqlstate: [u8; 5]) {
+        let r = &mut self.role_dbs[id];
+        let class = [sqlstate[0], sqlstate[1]];
+        r.prepare_errors += 1;
+        *r.prepare_errors_by_class.entry(class).or_default() += 1;
+        self.metrics.prepare_error(&r.role, class);
     }
 
     fn count_error(metrics: &TrafficMetrics, r: &mut RoleDb, sqlstate: [u8; 5]) {
@@ -315,6 +331,7 @@ impl RoleStatus {
         let mut fps: HashMap<u64, FingerprintCounters> = HashMap::new();
         let mut errors_by_class = std::collections::BTreeMap::new();
         let mut connection_errors_by_class = std::collections::BTreeMap::new();
+        let mut prepare_errors_by_class = std::collections::BTreeMap::new();
         for r in dbs {
             let _ = hist.add(&r.latency_us);
             for (class, n) in &r.errors_by_class {
@@ -324,6 +341,11 @@ impl RoleStatus {
             }
             for (class, n) in &r.connection_errors_by_class {
                 *connection_errors_by_class
+                    .entry(String::from_utf8_lossy(class).into_owned())
+                    .or_default() += n;
+            }
+            for (class, n) in &r.prepare_errors_by_class {
+                *prepare_errors_by_class
                     .entry(String::from_utf8_lossy(class).into_owned())
                     .or_default() += n;
             }
@@ -383,6 +405,8 @@ impl RoleStatus {
             errors_by_class,
             connection_errors: dbs.iter().map(|r| r.connection_errors).sum(),
             connection_errors_by_class,
+            prepare_errors: dbs.iter().map(|r| r.prepare_errors).sum(),
+            prepare_errors_by_class,
             connections: dbs.iter().map(|r| r.connections).sum(),
             unreadable_cpu_seconds: dbs.iter().map(|r| r.unreadable_cpu_seconds).sum(),
             p50_ms: q(0.5),

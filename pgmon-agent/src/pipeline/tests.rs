@@ -110,12 +110,16 @@ fn connection_errors_are_counted_apart_from_statement_errors() {
     rig.connection(&s);
 
     let alice = rig.role("alice");
-    assert_eq!(alice.queries, 3, "1/0, the failed Parse, SELECT 1");
-    assert_eq!(alice.errors, 2);
-    assert!(alice.errors <= alice.queries);
     assert_eq!(
-        alice.errors_by_class,
-        [("22".to_owned(), 1), ("42".to_owned(), 1)].into()
+        alice.queries, 2,
+        "1/0 and SELECT 1; a failed Parse is no execution"
+    );
+    assert_eq!(alice.errors, 1);
+    assert!(alice.errors <= alice.queries);
+    assert_eq!(alice.errors_by_class, [("22".to_owned(), 1)].into());
+    assert_eq!(
+        (alice.prepare_errors, alice.prepare_errors_by_class.clone()),
+        (1, [("42".to_owned(), 1)].into())
     );
     assert_eq!(alice.connection_errors, 5);
     assert_eq!(
@@ -136,7 +140,8 @@ fn connection_errors_are_counted_apart_from_statement_errors() {
         "pgmon_connection_errors_total{role=\"alice\",sqlstate_class=\"57\"} 1",
         "pgmon_connection_errors_total{role=\"alice\",sqlstate_class=\"08\"} 1",
         "pgmon_query_errors_total{role=\"alice\",database=\"shop\",sqlstate_class=\"22\"} 1",
-        "pgmon_queries_total{role=\"alice\",database=\"shop\"} 3",
+        "pgmon_queries_total{role=\"alice\",database=\"shop\"} 2",
+        "pgmon_prepare_errors_total{role=\"alice\",sqlstate_class=\"42\"} 1",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }

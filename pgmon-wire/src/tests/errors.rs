@@ -136,7 +136,7 @@ fn statement_errors_are_executions_or_requests() {
         scopes(&check_new(&steps)),
         vec![
             scoped("22012", ErrorScope::Execution),
-            scoped("42601", ErrorScope::Request),
+            scoped("42601", ErrorScope::Prepare),
             scoped("22P02", ErrorScope::Request),
             scoped("23503", ErrorScope::Request),
         ]
@@ -167,7 +167,7 @@ fn unmatched_errors_by_severity() {
     );
     assert_eq!(
         ErrorScope::of(e(false), ErrorContext::Parse),
-        ErrorScope::Request
+        ErrorScope::Prepare
     );
     // Startup and idle errors are the connection's whatever their severity.
     assert_eq!(
