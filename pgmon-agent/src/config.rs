@@ -353,6 +353,23 @@ mod tests {
         let text = include_str!("../../pgmon.example.yaml");
         let c = parse(text).unwrap();
         assert_eq!(c.capture.hooks, HookChoice::Auto);
+        assert!(c.security.read_only_enforce);
+    }
+
+    #[test]
+    fn read_only_enforce_is_on_unless_turned_off() {
+        let base = "cluster:\n  data_directory: /d\n";
+        assert!(parse(base).unwrap().security.read_only_enforce);
+        let off = parse(&format!("{base}security:\n  read_only_enforce: false\n")).unwrap();
+        assert!(!off.security.read_only_enforce);
+        assert!(!off.security.redact_sql_text);
+        let e = parse(&format!("{base}security:\n  read_only_enforce: maybe\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("pgmon.yaml:4:22: security.read_only_enforce: invalid type"),
+            "{e}"
+        );
     }
 
     #[test]

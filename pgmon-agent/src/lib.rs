@@ -20,6 +20,7 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;
+pub mod privileges;
 pub mod query;
 pub mod release;
 pub mod status;

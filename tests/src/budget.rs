@@ -7,7 +7,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{Agent, Cluster, Transport, quote_ident, quote_literal};
+use crate::{Agent, Cluster, SUPERUSER_MONITOR, Transport, quote_ident, quote_literal};
 
 /// A query whose generic plan is a sequential scan of `big` (100 000 rows, see
 /// [`create_big_table`]): a planner cost in the thousands per execution.
@@ -37,12 +37,13 @@ pub fn create_big_table(cluster: &Cluster, role: &str) {
 }
 
 /// An agent config for `cluster` (monitor connection as `postgres` over the unix socket,
-/// metrics on `127.0.0.1:port`) followed by `budgets`, the `budgets:` section verbatim
-/// (starting with the line `budgets:`).
+/// so with [`SUPERUSER_MONITOR`]'s `security:` section; metrics on `127.0.0.1:port`)
+/// followed by `budgets`, the `budgets:` section verbatim (starting with the line
+/// `budgets:`).
 pub fn agent_config(cluster: &Cluster, port: u16, budgets: &str) -> String {
     format!(
         "cluster:\n  data_directory: {}\n  connection: \"host={} port={} user=postgres dbname=postgres\"\n\
-         metrics:\n  listen: 127.0.0.1:{port}\n{budgets}",
+         metrics:\n  listen: 127.0.0.1:{port}\n{SUPERUSER_MONITOR}{budgets}",
         cluster.data_dir().display(),
         cluster.socket_dir().display(),
         cluster.port()

@@ -102,6 +102,13 @@ pub const PSQL: &str = "/usr/bin/psql";
 /// Debian's `pgbench`; used as the client for every server version.
 pub const PGBENCH: &str = "/usr/bin/pgbench";
 
+/// A `security:` section (top level of the policy YAML, ending in a newline) that turns
+/// `security.read_only_enforce` off: for a policy whose monitor connection is the superuser
+/// `postgres`, which the agent otherwise refuses. A test that needs `security:` for more
+/// adds its keys under this one rather than writing a second `security:` (a duplicate key
+/// is an error).
+pub const SUPERUSER_MONITOR: &str = "security:\n  read_only_enforce: false\n";
+
 /// A `health:` section (top level of the policy YAML, ending in a newline) with the fast
 /// and medium loops every second and the slow and hourly ones every 2 seconds, so a test
 /// sees what it did within seconds.

@@ -22,8 +22,8 @@ use std::{
 };
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, Receiver, Transport,
-    agent_binary, free_port, require_root,
+    Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, Receiver, SUPERUSER_MONITOR,
+    Transport, agent_binary, free_port, require_root,
 };
 use serde_json::Value;
 
@@ -110,7 +110,7 @@ struct Sinks {
 fn config(cluster: &Cluster, port: u16, s: &Sinks) -> String {
     format!(
         "cluster:\n  data_directory: {}\n  connection: \"{}\"\nmetrics:\n  listen: 127.0.0.1:{port}\n  external_url: 'https://db1.example.com:8181/'\n\
-         {FAST_HEALTH_LOOPS}alerts:\n  evaluation_interval_seconds: 1\n  repeat_seconds: 0\n  notifiers:\n    \
+         {SUPERUSER_MONITOR}{FAST_HEALTH_LOOPS}alerts:\n  evaluation_interval_seconds: 1\n  repeat_seconds: 0\n  notifiers:\n    \
          - webhook: {{url: '{}'}}\n    - slack: {{url: '{}'}}\n    - webhook: {{url: '{}', name: dead}}\n    \
          - email: {{host: 127.0.0.1, port: {}, security: none, from: 'pgmon <pgmon@localhost>', to: [dba@localhost]}}\n  \
          delivery: {{timeout_ms: 1500, retries: 3, queue: 4, max_per_minute: 100}}\n  \

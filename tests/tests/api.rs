@@ -15,8 +15,8 @@ use std::{
 };
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Transport, agent_binary, free_port,
-    require_root,
+    Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, SUPERUSER_MONITOR, Transport,
+    agent_binary, free_port, require_root,
 };
 use serde_json::Value;
 
@@ -28,7 +28,7 @@ const PGBENCH_UPDATE: &str = "UPDATE pgbench_accounts SET abalance = abalance + 
 fn config(cluster: &Cluster, port: u16) -> String {
     format!(
         "cluster:\n  data_directory: {}\n  connection: \"{}\"\nmetrics:\n  listen: 127.0.0.1:{port}\n\
-         health:\n  top_n: 7\n  loops:\n    fast: {{interval_seconds: 1, budget_seconds: 1}}\n    \
+         {SUPERUSER_MONITOR}health:\n  top_n: 7\n  loops:\n    fast: {{interval_seconds: 1, budget_seconds: 1}}\n    \
          medium: {{interval_seconds: 1, budget_seconds: 1}}\n    slow: {{interval_seconds: 5, budget_seconds: 5}}\n    \
          hourly: {{interval_seconds: 5, budget_seconds: 5}}\n",
         cluster.data_dir().display(),

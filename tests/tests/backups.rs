@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, Transport, agent_binary,
-    free_port, require_root,
+    Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, SUPERUSER_MONITOR, Transport,
+    agent_binary, free_port, require_root,
 };
 use serde_json::Value;
 
@@ -24,7 +24,7 @@ const WAIT: Duration = Duration::from_secs(30);
 fn config(cluster: &Cluster, port: u16) -> String {
     format!(
         "cluster:\n  data_directory: {}\n  connection: \"{}\"\nmetrics:\n  listen: 127.0.0.1:{port}\n\
-         {FAST_HEALTH_LOOPS}alerts:\n  evaluation_interval_seconds: 1\n  \
+         {SUPERUSER_MONITOR}{FAST_HEALTH_LOOPS}alerts:\n  evaluation_interval_seconds: 1\n  \
          archive_pending_seconds: {{warn: 1, crit: 3600}}\n  \
          inactive_slot_retained_bytes: {{warn: 1000000, crit: 1e12, for_seconds: 0}}\n",
         cluster.data_dir().display(),

@@ -9,8 +9,8 @@
 use std::{thread, time::Duration};
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol, Transport, agent_binary,
-    fingerprint, free_port, require_root, tail,
+    Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol, SUPERUSER_MONITOR, Transport,
+    agent_binary, fingerprint, free_port, require_root, tail,
 };
 
 /// pgbench's `-S` statement as pg_stat_statements normalizes it.
@@ -19,7 +19,7 @@ const PGBENCH_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = 
 fn agent_config(cluster: &Cluster, port: u16) -> String {
     format!(
         "cluster:\n  data_directory: {}\n  connection: \"host={} port={} user=postgres dbname=postgres\"\n\
-         capture:\n  hooks: auto\nmetrics:\n  listen: 127.0.0.1:{port}\n",
+         capture:\n  hooks: auto\nmetrics:\n  listen: 127.0.0.1:{port}\n{SUPERUSER_MONITOR}",
         cluster.data_dir().display(),
         cluster.socket_dir().display(),
         cluster.port()

@@ -6,8 +6,8 @@
 use std::{process::Command, thread, time::Duration};
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, PgVersion, Transport, agent_binary, fingerprint, free_port,
-    require_root, tail,
+    Agent, Cluster, ClusterOptions, PgVersion, SUPERUSER_MONITOR, Transport, agent_binary,
+    fingerprint, free_port, require_root, tail,
 };
 
 /// The agent's config; the health loops are off so that the attribution session is its
@@ -15,7 +15,7 @@ use pgmon_tests::{
 fn config(cluster: &Cluster, port: u16, capture: &str) -> String {
     format!(
         "cluster:\n  data_directory: {}\n  connection: \"host={} port={} user=postgres dbname=postgres\"\n\
-         capture:\n  hooks: auto\n{capture}metrics:\n  listen: 127.0.0.1:{port}\nhealth:\n  enabled: false\n",
+         capture:\n  hooks: auto\n{capture}metrics:\n  listen: 127.0.0.1:{port}\nhealth:\n  enabled: false\n{SUPERUSER_MONITOR}",
         cluster.data_dir().display(),
         cluster.socket_dir().display(),
         cluster.port()

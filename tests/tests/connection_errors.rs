@@ -11,14 +11,14 @@ use std::{
 };
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, PSQL, PgVersion, Transport, agent_binary, free_port,
-    require_root, tail,
+    Agent, Cluster, ClusterOptions, PSQL, PgVersion, SUPERUSER_MONITOR, Transport, agent_binary,
+    free_port, require_root, tail,
 };
 
 fn config(cluster: &Cluster, port: u16) -> String {
     format!(
         "cluster:\n  data_directory: {}\n  connection: \"host={} port={} user=postgres dbname=postgres\"\n\
-         capture:\n  hooks: auto\nmetrics:\n  listen: 127.0.0.1:{port}\nhealth:\n  enabled: false\n",
+         capture:\n  hooks: auto\nmetrics:\n  listen: 127.0.0.1:{port}\nhealth:\n  enabled: false\n{SUPERUSER_MONITOR}",
         cluster.data_dir().display(),
         cluster.socket_dir().display(),
         cluster.port()

@@ -12,8 +12,8 @@
 use std::{thread, time::Duration};
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, Transport, agent_binary,
-    free_port, metrics, require_root,
+    Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, SUPERUSER_MONITOR, Transport,
+    agent_binary, free_port, metrics, require_root,
 };
 
 const APP: &str = "app";
@@ -22,7 +22,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn config(cluster: &Cluster, port: u16) -> String {
     format!(
-        "cluster:\n  data_directory: {}\n  connection: \"{}\"\nmetrics:\n  listen: 127.0.0.1:{port}\n\
+        "cluster:\n  data_directory: {}\n  connection: \"{}\"\nmetrics:\n  listen: 127.0.0.1:{port}\n{SUPERUSER_MONITOR}\
          {FAST_HEALTH_LOOPS}",
         cluster.data_dir().display(),
         cluster.conninfo("postgres", "postgres", Transport::Unix),

@@ -15,7 +15,8 @@
 use std::process::Command;
 
 use pgmon_tests::{
-    Agent, AgentOptions, Cluster, ClusterOptions, PROMTOOL, PgVersion, Transport, agent_binary,
+    Agent, AgentOptions, Cluster, ClusterOptions, PROMTOOL, PgVersion, SUPERUSER_MONITOR,
+    Transport, agent_binary,
     budget::{agent_config, install_sql},
     free_port, require_root,
 };
@@ -71,7 +72,13 @@ fn tls_and_basic_auth_pg15() {
         &format!("  listen: 127.0.0.1:{port}\n{security}"),
         1,
     );
-    let config = format!("{config}security:\n  redact_sql_text: true\n");
+    // agent_config's `security:` section (the monitor role is postgres) takes the key too.
+    let config = config.replacen(
+        SUPERUSER_MONITOR,
+        &format!("{SUPERUSER_MONITOR}  redact_sql_text: true\n"),
+        1,
+    );
+    assert!(config.contains("redact_sql_text: true"), "{config}");
     assert!(config.contains("basic_auth_users"), "{config}");
     let agent = Agent::start_with(
         &agent_binary().expect("binary"),

@@ -19,8 +19,8 @@ use std::{
 };
 
 use pgmon_tests::{
-    Agent, AgentOptions, Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol, Transport,
-    agent_binary, free_port, metrics, require_root,
+    Agent, AgentOptions, Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol,
+    SUPERUSER_MONITOR, Transport, agent_binary, free_port, metrics, require_root,
 };
 
 const UNIT: &str = include_str!("../../systemd/pgmon-agent.service");
@@ -61,7 +61,7 @@ fn setpriv(caps: &[String]) -> Vec<String> {
 
 fn config(cluster: &Cluster, port: u16, extra: &str) -> String {
     format!(
-        "cluster:\n  data_directory: {}\n  connection: \"{}\"\nmetrics:\n  listen: 127.0.0.1:{port}\n{extra}",
+        "cluster:\n  data_directory: {}\n  connection: \"{}\"\nmetrics:\n  listen: 127.0.0.1:{port}\n{SUPERUSER_MONITOR}{extra}",
         cluster.data_dir().display(),
         cluster.conninfo("postgres", "postgres", Transport::Tcp),
     )

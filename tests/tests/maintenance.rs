@@ -17,8 +17,8 @@
 use std::time::Duration;
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, Transport, agent_binary,
-    free_port, require_root,
+    Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, SUPERUSER_MONITOR, Transport,
+    agent_binary, free_port, require_root,
 };
 use serde_json::Value;
 
@@ -27,7 +27,7 @@ const WAIT: Duration = Duration::from_secs(40);
 fn config(cluster: &Cluster, port: u16) -> String {
     format!(
         "cluster:\n  data_directory: {}\n  connection: \"{}\"\nmetrics:\n  listen: 127.0.0.1:{port}\n\
-         {FAST_HEALTH_LOOPS}alerts:\n  evaluation_interval_seconds: 1\n  \
+         {SUPERUSER_MONITOR}{FAST_HEALTH_LOOPS}alerts:\n  evaluation_interval_seconds: 1\n  \
          partition_retention_seconds: {{warn: 31536000, crit: 63072000}}\n  \
          table_bloat: {{ratio: 0.5, min_bytes: 1000000}}\n",
         cluster.data_dir().display(),

@@ -22,8 +22,8 @@ use std::{
 };
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, Transport, agent_binary,
-    free_port, require_root,
+    Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, SUPERUSER_MONITOR, Transport,
+    agent_binary, free_port, require_root,
 };
 use serde_json::Value;
 
@@ -192,7 +192,7 @@ fn the_same_alerts_fire_in_prometheus_pg15() {
         .collect();
     let config = format!(
         "cluster:\n  data_directory: {}\n  connection: \"{}\"\nmetrics:\n  listen: 127.0.0.1:{port}\n\
-         {FAST_HEALTH_LOOPS}alerts:\n  evaluation_interval_seconds: 1\n{thresholds}",
+         {SUPERUSER_MONITOR}{FAST_HEALTH_LOOPS}alerts:\n  evaluation_interval_seconds: 1\n{thresholds}",
         cluster.data_dir().display(),
         cluster.conninfo("postgres", "postgres", Transport::Unix),
     );

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, Transport, agent_binary,
-    free_port, require_root,
+    Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, SUPERUSER_MONITOR, Transport,
+    agent_binary, free_port, require_root,
 };
 use serde_json::Value;
 
@@ -21,7 +21,7 @@ const NAME: &str = "standby1";
 fn config(cluster: &Cluster, port: u16) -> String {
     format!(
         "cluster:\n  data_directory: {}\n  connection: \"{}\"\nmetrics:\n  listen: 127.0.0.1:{port}\n\
-         {FAST_HEALTH_LOOPS}alerts:\n  evaluation_interval_seconds: 1\n  \
+         {SUPERUSER_MONITOR}{FAST_HEALTH_LOOPS}alerts:\n  evaluation_interval_seconds: 1\n  \
          replication_lag_seconds: {{warn: 3600, crit: 7200, for_seconds: 0}}\n  \
          replication_lag_bytes: {{warn: 1000000, crit: 1e12}}\n",
         cluster.data_dir().display(),

@@ -22,8 +22,8 @@ use pgmon_tests::budget::{
     HEAVY_SQL, audit, budget, create_big_table, install_sql, role_flags, wait_until,
 };
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, PSYCOPG_PYTHON, PgVersion, PgbenchRun, Protocol, Transport,
-    agent_binary, fingerprint, free_port, metrics, require_root,
+    Agent, Cluster, ClusterOptions, PSYCOPG_PYTHON, PgVersion, PgbenchRun, Protocol,
+    SUPERUSER_MONITOR, Transport, agent_binary, fingerprint, free_port, metrics, require_root,
 };
 
 /// pgbench's `-S` statement as pg_stat_statements normalizes it.
@@ -38,7 +38,7 @@ const REQUIRE_TLS: &[(&str, &str)] = &[("PGSSLMODE", "require")];
 fn agent_config(cluster: &Cluster, port: u16, capture: &str, rest: &str) -> String {
     format!(
         "cluster:\n  data_directory: {}\n  connection: \"host={} port={} user=postgres dbname=postgres\"\n\
-         capture:\n  hooks: auto\n{capture}metrics:\n  listen: 127.0.0.1:{port}\n{rest}",
+         capture:\n  hooks: auto\n{capture}metrics:\n  listen: 127.0.0.1:{port}\n{SUPERUSER_MONITOR}{rest}",
         cluster.data_dir().display(),
         cluster.socket_dir().display(),
         cluster.port()

@@ -20,8 +20,8 @@ use std::{
 };
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, Transport, agent_binary,
-    free_port, metrics, require_root, tail,
+    Agent, Cluster, ClusterOptions, FAST_HEALTH_LOOPS, PgVersion, SUPERUSER_MONITOR, Transport,
+    agent_binary, free_port, metrics, require_root, tail,
 };
 
 const ROLE: &str = "alice";
@@ -33,7 +33,7 @@ fn config(cluster: &Cluster, port: u16) -> String {
         "cluster:\n  data_directory: {}\n  connection: \"{}\"\n\
          capture:\n  hooks: auto\nmetrics:\n  listen: 127.0.0.1:{port}\n\
          cleanup:\n  enabled: true\n  mode: observe\n  interval_seconds: 1\n  lock_wait_seconds: 1\n\
-         {FAST_HEALTH_LOOPS}",
+         {SUPERUSER_MONITOR}{FAST_HEALTH_LOOPS}",
         cluster.data_dir().display(),
         cluster.conninfo("postgres", "postgres", Transport::Unix),
     )

@@ -32,7 +32,9 @@ use crate::bench_overhead::{MODES, Mode, overhead_run};
 use crate::bench_replay::{miss_corpus, record, replay, tempdir};
 use crate::bench_stats::{median, median_interval, ordinal, sign_test_rank};
 use crate::bench_stress::stress_run;
-use pgmon_tests::{Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol, Transport};
+use pgmon_tests::{
+    Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol, SUPERUSER_MONITOR, Transport,
+};
 
 /// Arguments of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -113,10 +115,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     measure(&crate::util::agent_release_binary(), args)
 }
 
-/// An agent configuration for `cluster` on hook family `hook`, metrics on `port`.
+/// An agent configuration for `cluster` on hook family `hook`, metrics on `port`; the
+/// monitor role is the superuser `postgres` (so `security.read_only_enforce` is off).
 pub fn agent_config(cluster: &Cluster, port: u16, hook: &str) -> String {
     format!(
-        "cluster:\n  data_directory: {}\n  connection: \"{}\"\ncapture:\n  hooks: {hook}\nmetrics:\n  listen: 127.0.0.1:{port}\n",
+        "cluster:\n  data_directory: {}\n  connection: \"{}\"\ncapture:\n  hooks: {hook}\nmetrics:\n  listen: 127.0.0.1:{port}\n{SUPERUSER_MONITOR}",
         cluster.data_dir().display(),
         cluster.conninfo("postgres", "postgres", Transport::Unix),
     )

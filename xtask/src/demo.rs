@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol, Transport, metrics,
+    Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol, SUPERUSER_MONITOR, Transport,
+    metrics,
 };
 
 use crate::util::{agent_release_binary, build_release, describe};
@@ -116,10 +117,12 @@ fn demo(binary: &Path, version: PgVersion, args: &DemoArgs) -> Result<()> {
     }
 
     // Budgets in observe mode: analyst's tier is small enough that its analytic queries
-    // climb the ladder, which is audited and logged but not acted on.
+    // climb the ladder, which is audited and logged but not acted on. The monitor role is
+    // the superuser (the cost worker shares its connection and must SET ROLE to analyst),
+    // so security.read_only_enforce is off.
     let config = format!(
         "cluster:\n  data_directory: {}\n  connection: \"{}\"\ncapture:\n  hooks: auto\nmetrics:\n  listen: {}\n\
-         budgets:\n  enabled: true\n  mode: observe\n  tiers:\n    analytics: {{budget: 300000, window_seconds: 30}}\n    \
+         {SUPERUSER_MONITOR}budgets:\n  enabled: true\n  mode: observe\n  tiers:\n    analytics: {{budget: 300000, window_seconds: 30}}\n    \
          oltp: {{budget: 1.0e9, window_seconds: 30}}\n  roles:\n    - {{match: analyst, tier: analytics}}\n    \
          - {{match: shop, tier: oltp}}\n",
         cluster.data_dir().display(),

@@ -1,7 +1,8 @@
 //! `pgmon-agent doctor`: checks a host end to end and says what is wrong in plain words:
 //! the policy file, the capabilities, the kernel (BTF, tracefs, the tracepoints pgmon
 //! uses), the postmaster, which hook family loads (by loading and attaching it for a
-//! moment, exactly as `run` does), the monitor connection and its role's grants, and
+//! moment, exactly as `run` does), the monitor connection and its role's grants (and that it
+//! cannot write outside schema pgmon: `security.read_only_enforce`), and
 //! pgmon's SQL in each database the policy's features need. Exit code 0 when nothing
 //! failed (warnings allowed), 1 otherwise.
 
@@ -280,6 +281,7 @@ fn database(r: &mut Report, config: &Config) {
                 ),
             );
         }
+        read_only(r, &client, config.security.read_only_enforce).await;
         let needed = [
             (config.budgets.enabled, 2, "budgets"),
             (config.storage.enabled, 4, "storage"),
@@ -326,6 +328,38 @@ fn database(r: &mut Report, config: &Config) {
             );
         }
     });
+}
+
+/// `security.read_only_enforce`'s check ([`crate::privileges`]): the monitor role may write
+/// only in schema `pgmon`. A role that can write elsewhere fails when the check is on (`run`
+/// refuses to start) and warns when it is off.
+async fn read_only(r: &mut Report, client: &tokio_postgres::Client, enforce: bool) {
+    const WHAT: &str = "database: read-only";
+    match crate::privileges::check(client).await {
+        Ok(p) if p.read_only() => r.ok(
+            WHAT,
+            format!("{:?} cannot write outside schema pgmon", p.role),
+        ),
+        Ok(p) if enforce => r.fail(
+            WHAT,
+            format!(
+                "the monitor role {:?} {}: `pgmon-agent run` refuses to start \
+                 (security.read_only_enforce); {}",
+                p.role,
+                p.summary(),
+                crate::privileges::REMEDY
+            ),
+        ),
+        Ok(p) => r.warn(
+            WHAT,
+            format!(
+                "the monitor role {:?} {} (allowed: security.read_only_enforce is off)",
+                p.role,
+                p.summary()
+            ),
+        ),
+        Err(e) => r.fail(WHAT, crate::util::error_chain(&e)),
+    }
 }
 
 /// Which `pgmon.storage_notify()` the monitor database has: the C one

@@ -44,6 +44,7 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
     crate::daemon::require_capabilities()?;
 
     let monitor = crate::db::cluster_config(&config.cluster)?;
+    let read_only = crate::privileges::check_at_start(config.security.read_only_enforce, &monitor)?;
     let capture = Capture::attach(&config.capture, &config.cluster.data_directory)
         .context("attaching the capture")?;
     let hook = capture.hook();
@@ -216,10 +217,12 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
         alerts,
         metrics: metrics.clone(),
     };
-    runtime.block_on(async {
+    let refused = runtime.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let mut refusal = crate::privileges::check_later(read_only, &monitor);
+        let mut refused = None;
         let ready = tokio::spawn(become_ready(monitor.clone(), hook.name()));
         crate::audit::spawn_pruner(monitor.clone(), config.audit.retention_days);
         let watchdog = crate::daemon::watchdog_period()
@@ -229,6 +232,11 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
                 _ = term.recv() => { tracing::info!("SIGTERM: detaching"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: detaching"); break; }
                 _ = hup.recv() => reloader.reload_and_log(),
+                Some(e) = refusal.recv() => {
+                    tracing::error!("{}; detaching", crate::util::error_chain(&e));
+                    refused = Some(e);
+                    break;
+                }
             }
         }
         ready.abort();
@@ -236,7 +244,7 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
             w.abort();
         }
         crate::daemon::notify_stopping();
-        Ok::<_, std::io::Error>(())
+        Ok::<_, std::io::Error>(refused)
     })?;
     stop.store(true, Ordering::Relaxed);
     capture_thread
@@ -244,7 +252,10 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
         .map_err(|_| anyhow::anyhow!("capture thread panicked"))?;
     runtime.shutdown_timeout(Duration::from_secs(2));
     tracing::info!("probes detached; exiting");
-    Ok(())
+    match refused {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// Each subsystem's metric families, registered into the one exporter at start-up. Each

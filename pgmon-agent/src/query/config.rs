@@ -35,8 +35,9 @@ impl Default for QueryConfig {
     }
 }
 
-/// `security:` in the policy file: what pgmon shows of the statements it sees.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// `security:` in the policy file: what pgmon shows of the statements it sees, and what its
+/// monitor role may do.
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// Show no statement text anywhere: `pgmon-agent status`, `/api/v1/status`,
@@ -44,6 +45,27 @@ pub struct SecurityConfig {
     /// the web UI say [`REDACTED`] instead; fingerprints, counts and times stay (so do the
     /// SQL statements pgmon itself runs, which carry no tenant text). Default false.
     pub redact_sql_text: bool,
+    /// Refuse to start when the monitor role (`cluster.connection`'s) is a superuser or can
+    /// write outside schema `pgmon`: CREATEROLE, CREATEDB, membership of
+    /// `pg_write_all_data`, INSERT/UPDATE/DELETE/TRUNCATE on a table, CREATE on a schema
+    /// (PostgreSQL 13 and 14 grant it on `public` to PUBLIC: `REVOKE CREATE ON SCHEMA public
+    /// FROM PUBLIC`) or on a database. The error names every privilege found;
+    /// `pgmon-agent doctor` runs the same check. pgmon needs none of them: it reads as
+    /// `pg_monitor` and enforces through its own SECURITY DEFINER functions, granted to
+    /// role `pgmon` (sql/001_roles.sql), so a leaked or misused agent session cannot change
+    /// tenant data. `cost.connection` is not checked (the cost worker must `SET ROLE` to
+    /// the roles it costs for). A database down at start-up is checked when it answers.
+    /// Default true.
+    pub read_only_enforce: bool,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            redact_sql_text: false,
+            read_only_enforce: true,
+        }
+    }
 }
 
 /// What a redacted statement text reads.
