@@ -53,6 +53,10 @@ pub(super) struct Backend {
     /// CPU time (clock ticks) already charged, for an unreadable backend.
     pub(super) cpu_ticks: Option<u64>,
     pub(super) fds: Vec<u32>,
+    /// `standard_conforming_strings`, from the backend's ParameterStatus (sent at startup
+    /// and after each change: PostgreSQL docs 55.2.7); `on`, the default since 9.1, for a
+    /// connection whose startup was not seen.
+    pub(super) standard_strings: bool,
 }
 
 /// One client connection: its parser and, per direction, where the previous record of the
@@ -72,6 +76,7 @@ impl Backend {
             crypto: None,
             cpu_ticks: None,
             fds: Vec::new(),
+            standard_strings: true,
         }
     }
 }

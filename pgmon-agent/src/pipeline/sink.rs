@@ -36,7 +36,14 @@ impl pgmon_wire::Sink for ConnSink<'_> {
     type Stmt = Stmt;
 
     fn prepare(&mut self, text: &[u8], simple: bool, out: &mut Vec<Stmt>) {
-        self.normalizer.prepare(text, simple, out);
+        self.normalizer
+            .prepare_as(text, simple, self.backend.standard_strings, out);
+    }
+
+    fn parameter_status(&mut self, name: &[u8], value: &[u8]) {
+        if name == b"standard_conforming_strings" {
+            self.backend.standard_strings = value != b"off";
+        }
     }
 
     fn truncated(&mut self, _prefix: &[u8], len: usize, _simple: bool, out: &mut Vec<Stmt>) {

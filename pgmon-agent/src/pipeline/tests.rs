@@ -198,3 +198,39 @@ fn the_interval_latency_covers_only_what_completed_since_the_last_sample() {
 }
 
 mod recorded;
+
+#[test]
+fn standard_conforming_strings_off_keeps_the_on_fingerprint() {
+    let mut rig = Rig::new();
+    let mut s = login("bob", "shop");
+    s.extend([
+        (true, query("SELECT 'it''s' AS a FROM t")),
+        (false, cat(&[complete("SELECT 1"), ready(b'I')])),
+        (true, query("SET standard_conforming_strings = off")),
+        (
+            false,
+            cat(&[
+                param_status("standard_conforming_strings", "off"),
+                complete("SET"),
+                ready(b'I'),
+            ]),
+        ),
+        (true, query("SELECT 'it\\'s' AS a FROM t")),
+        (false, cat(&[complete("SELECT 1"), ready(b'I')])),
+    ]);
+    rig.connection(&s);
+    let bob = rig.role("bob");
+    let select = bob
+        .fingerprints
+        .iter()
+        .find(|f| f.normalized.starts_with("SELECT"))
+        .expect("the SELECT");
+    assert_eq!(select.calls, 2, "{:?}", bob.fingerprints);
+    assert_eq!(
+        bob.fingerprints.len(),
+        2,
+        "SELECT and SET: {:?}",
+        bob.fingerprints
+    );
+    assert_eq!(rig.normalizer.stats().errors, 0);
+}

@@ -69,6 +69,8 @@ enum Entry {
 pub struct Normalizer {
     cache: quick_cache::unsync::Cache<Key, Entry>,
     scratch: Vec<u8>,
+    /// A text rewritten for `standard_conforming_strings = off`.
+    rewritten: Vec<u8>,
     max_text_chars: usize,
     stats: NormalizerStats,
 }
@@ -80,6 +82,7 @@ impl Normalizer {
         Self {
             cache: quick_cache::unsync::Cache::new(entries.max(16)),
             scratch: Vec::with_capacity(1024),
+            rewritten: Vec::new(),
             max_text_chars,
             stats: NormalizerStats::default(),
         }
@@ -93,6 +96,30 @@ impl Normalizer {
     /// Entries in the cache.
     pub fn cached(&self) -> usize {
         self.cache.len()
+    }
+
+    /// [`Normalizer::prepare`] of a text sent while the connection's
+    /// `standard_conforming_strings` was `standard_strings`. Under `off` a backslash in a
+    /// plain literal is an escape (PostgreSQL docs 4.1.2.2), which libpg_query (always
+    /// `on`) would misread: such literals are rewritten as the `E'…'` literals they mean
+    /// first ([`shape::escape_strings`]), so the statement gets the fingerprint of its `on`
+    /// form.
+    pub fn prepare_as(
+        &mut self,
+        text: &[u8],
+        simple: bool,
+        standard_strings: bool,
+        out: &mut Vec<Stmt>,
+    ) {
+        if standard_strings || !text.contains(&b'\\') {
+            return self.prepare(text, simple, out);
+        }
+        let mut rewritten = std::mem::take(&mut self.rewritten);
+        match shape::escape_strings(text, &mut rewritten) {
+            Some(true) => self.prepare(&rewritten, simple, out),
+            _ => self.prepare(text, simple, out),
+        }
+        self.rewritten = rewritten;
     }
 
     /// Appends to `out` the statements of `text`: one per statement of a simple-protocol
@@ -349,6 +376,29 @@ mod tests {
             );
         }
         assert_eq!((n.stats().misses, n.stats().hits), (1, 2));
+    }
+
+    #[test]
+    fn backslash_escapes_under_standard_conforming_strings_off() {
+        let mut n = Normalizer::new(100, 4096);
+        let mut fp = |text: &str, standard: bool| {
+            let mut out = Vec::new();
+            n.prepare_as(text.as_bytes(), true, standard, &mut out);
+            (out[0].fingerprint, out[0].parse_error)
+        };
+        let on = fp(
+            "SELECT 'it''s' AS a, date '2020-01-01' FROM t WHERE b = 'x'",
+            true,
+        );
+        assert!(!on.1);
+        // The same statement as a client sends it under `off`.
+        let off = fp(
+            "SELECT 'it\\'s' AS a, date'2020-01-01' FROM t WHERE b = 'x\\\\'",
+            false,
+        );
+        assert_eq!(off, on);
+        // Read as `on`, that text is a syntax error (the literal never ends).
+        assert!(fp("SELECT 'it\\'s' AS a FROM t", true).1);
     }
 
     #[test]

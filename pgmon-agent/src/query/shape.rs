@@ -136,6 +136,62 @@ fn scan(text: &[u8], out: &mut Vec<u8>) -> Option<(u64, usize)> {
     Some((h.finish(), masked))
 }
 
+/// Copies `text` into `out` (cleared first) with every plain string literal that holds a
+/// backslash rewritten as the escape string it is under `standard_conforming_strings =
+/// off` (`'a\'b'` → ` E'a\'b'`; PostgreSQL docs 4.1.2.2). `E'…'`, comments, quoted
+/// identifiers and dollar quotes are copied as they are. Returns whether anything was
+/// rewritten, or `None` when the text is not plain enough to be sure (a backslash in a
+/// `B`, `X`, `N` or `U&` literal, an unterminated quote).
+pub fn escape_strings(text: &[u8], out: &mut Vec<u8>) -> Option<bool> {
+    out.clear();
+    let n = text.len();
+    let mut i = 0;
+    let mut rewritten = false;
+    while i < n {
+        let c = text[i];
+        let start = i;
+        match c {
+            b'-' if text.get(i + 1) == Some(&b'-') => {
+                while i < n && text[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if text.get(i + 1) == Some(&b'*') => i = skip_block_comment(text, i)?,
+            b'"' => i = skip_quoted_identifier(text, i)?,
+            b'$' if !prev_is_ident(out) && !text.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                i = skip_dollar_quoted(text, i)?;
+            }
+            b'\'' => {
+                let escaped = prefix_is_e_string(out);
+                let special = !escaped
+                    && (out.last() == Some(&b'&')
+                        || matches!(single_letter_prefix(out), Some(b'b' | b'x' | b'n')));
+                i = skip_string(text, i, true)?;
+                let has_backslash = text[start..i].contains(&b'\\');
+                if has_backslash && special {
+                    return None;
+                }
+                if has_backslash && !escaped {
+                    if prev_is_ident(out) {
+                        out.push(b' ');
+                    }
+                    out.push(b'E');
+                    rewritten = true;
+                }
+            }
+            _ if is_ident_start(c) => {
+                i += 1;
+                while i < n && is_ident_continue(text[i]) {
+                    i += 1;
+                }
+            }
+            _ => i += 1,
+        }
+        out.extend_from_slice(&text[start..i]);
+    }
+    Some(rewritten)
+}
+
 /// A byte that starts an identifier or keyword (PostgreSQL docs 4.1.1: a letter, `_`, or a
 /// non-ASCII byte).
 fn is_ident_start(b: u8) -> bool {
@@ -154,13 +210,20 @@ fn prev_is_ident(out: &[u8]) -> bool {
 
 /// `E'…'`: the output ends in a lone `e`/`E` that is not the tail of a longer identifier.
 fn prefix_is_e_string(out: &[u8]) -> bool {
-    match out {
-        [.., prev, e] if e.eq_ignore_ascii_case(&b'e') => {
-            !(prev.is_ascii_alphanumeric() || *prev == b'_' || *prev >= 0x80)
-        }
-        [e] => e.eq_ignore_ascii_case(&b'e'),
-        _ => false,
-    }
+    single_letter_prefix(out) == Some(b'e')
+}
+
+/// The lone letter the output ends in (lowercased), when it is not the tail of a longer
+/// identifier: a string constant's prefix (`E`, `B`, `X`, `N`) if a quote follows.
+fn single_letter_prefix(out: &[u8]) -> Option<u8> {
+    let letter = match out {
+        [.., prev, l] if !(prev.is_ascii_alphanumeric() || *prev == b'_' || *prev >= 0x80) => *l,
+        [l] => *l,
+        _ => return None,
+    };
+    letter
+        .is_ascii_alphabetic()
+        .then(|| letter.to_ascii_lowercase())
 }
 
 /// Skips a `'…'` literal starting at `i`; returns the index after it.
@@ -325,5 +388,25 @@ mod tests {
             assert_eq!(ha, hb, "{a} / {b}");
             assert_eq!(fa, fb, "{a} / {b}");
         }
+    }
+
+    fn escaped(text: &str) -> Option<String> {
+        let mut out = Vec::new();
+        escape_strings(text.as_bytes(), &mut out)
+            .map(|changed| format!("{changed} {}", String::from_utf8(out).unwrap()))
+    }
+
+    #[test]
+    fn escape_strings_rewrites_only_plain_literals_with_backslashes() {
+        assert_eq!(
+            escaped("SELECT 'a\\'b', 'plain', E'\\n', date'x\\y' -- it's\n").as_deref(),
+            Some("true SELECT E'a\\'b', 'plain', E'\\n', date E'x\\y' -- it's\n")
+        );
+        assert_eq!(
+            escaped("SELECT $$a\\b$$, \"q'\" /* ' */").as_deref(),
+            Some("false SELECT $$a\\b$$, \"q'\" /* ' */")
+        );
+        assert_eq!(escaped("SELECT B'1\\0'"), None);
+        assert_eq!(escaped("SELECT 'open\\'"), None);
     }
 }
