@@ -358,7 +358,9 @@ impl Budgets {
     }
 
     fn plan_cost(&mut self, now_ms: u64, role: &Arc<str>, database: &Arc<str>, stmt: &Stmt) -> f64 {
-        if !self.cost_enabled || stmt.fingerprint == 0 {
+        // No fingerprint, or a fallback one (no plan can be made of a text the parser
+        // refused): the default, per statement.
+        if !self.cost_enabled || stmt.fingerprint == 0 || stmt.parse_error {
             return self.default_cost;
         }
         let generation = self.costs.generation();

@@ -145,7 +145,7 @@ pub fn render(s: &Status) -> String {
     );
     let _ = writeln!(
         o,
-        "          statement cache: {} entries, {} hits, {} misses, {} not parsable",
+        "          statement cache: {} entries, {} hits, {} misses, {} not parsable (fallback identity)",
         c.statement_cache_entries,
         c.statement_cache_hits,
         c.statement_cache_misses,

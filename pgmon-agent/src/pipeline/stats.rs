@@ -364,7 +364,12 @@ impl RoleStatus {
         let mut fingerprints: Vec<FingerprintStatus> = fps
             .into_iter()
             .map(|(fp, c)| {
-                let known = cost_of(fp);
+                // A fallback identity has no plan: charged the default, never costed.
+                let known = if c.stmt.parse_error {
+                    CostKnown::NotCostable
+                } else {
+                    cost_of(fp)
+                };
                 let (cost_state, plan_cost) = match known {
                     CostKnown::Costed(v) => ("costed", Some(v)),
                     CostKnown::NotCostable => ("not_costable", None),

@@ -16,17 +16,20 @@ use std::sync::Arc;
 /// statements and portals of every connection that uses it, and the statistics.
 #[derive(Debug)]
 pub struct StatementInfo {
-    /// libpg_query fingerprint; 0 when the text could not be parsed.
+    /// libpg_query fingerprint; for a text it could not parse, a fallback identity: the
+    /// hash of the text with its constants masked ([`shape::fallback_shape`]), so such
+    /// statements are still counted and budgeted per shape; 0 only for a message too long
+    /// to reassemble.
     pub fingerprint: u64,
     /// Normalized text (constants as `$n`), cut to `query.max_text_chars` characters; for an
-    /// unparsable statement, a marker saying so (the raw text is never kept: it may hold
-    /// secrets).
+    /// unparsable statement, a marker saying so followed by its shape (constants as `?`,
+    /// comments dropped: the raw text is never kept, it may hold secrets).
     pub normalized: Arc<str>,
     /// `normalized` was cut at `query.max_text_chars` (it can no longer be planned).
     pub normalized_truncated: bool,
     /// Length of the statement's text as sent, bytes.
     pub text_bytes: u32,
-    /// The text could not be parsed by libpg_query.
+    /// The text could not be parsed by libpg_query: `fingerprint` is a fallback identity.
     pub parse_error: bool,
 }
 
@@ -42,7 +45,8 @@ pub struct NormalizerStats {
     /// Lookups that ran libpg_query.
     pub misses: u64,
     /// Statements libpg_query could not parse (or texts that were not valid for it, e.g.
-    /// with a NUL byte).
+    /// with a NUL byte), counted once per text the cache missed: each carries a fallback
+    /// identity.
     pub errors: u64,
     /// Texts the shape scanner was unsure of, keyed on their whole text instead.
     pub unshaped: u64,
@@ -209,15 +213,28 @@ impl Normalizer {
 
     fn unparsable(&mut self, text: &str) -> Stmt {
         self.stats.errors += 1;
+        let (hash, normalized) = match shape::fallback_shape(text.as_bytes(), &mut self.scratch) {
+            Some(h) => {
+                let shown = String::from_utf8_lossy(&self.scratch);
+                let kept = truncate_chars(&shown, self.max_text_chars);
+                (h, format!("{UNPARSABLE} {kept}"))
+            }
+            // An unterminated quote or comment: nothing safe to show.
+            None => (whole_text_hash(text.as_bytes()), UNPARSABLE.to_owned()),
+        };
         Arc::new(StatementInfo {
-            fingerprint: 0,
-            normalized: "(not parsable by libpg_query)".into(),
+            // 0 means "no identity"; a hash of 0 is nudged.
+            fingerprint: hash.max(1),
+            normalized: normalized.into(),
             normalized_truncated: false,
             text_bytes: text.len().try_into().unwrap_or(u32::MAX),
             parse_error: true,
         })
     }
 }
+
+/// What the normalized text of a statement libpg_query refused starts with.
+pub const UNPARSABLE: &str = "(not parsable by libpg_query)";
 
 impl Normalizer {
     /// The statement recorded for a `Q`/`Parse` longer than `capture.max_message_bytes`
@@ -301,11 +318,38 @@ mod tests {
         n.prepare(b"SELEC nonsense (((", true, &mut out);
         n.prepare(b"\xff\xfe\0\x01", false, &mut out);
         assert_eq!(out.len(), 2);
-        assert!(out.iter().all(|s| s.parse_error && s.fingerprint == 0));
+        assert!(out.iter().all(|s| s.parse_error && s.fingerprint != 0));
         assert_eq!(n.stats().errors, 2);
     }
 
-    /// Prepares `texts` in order with one normalizer: (fingerprint, parse_error) of each.
+    #[test]
+    fn unparsable_statements_share_a_fallback_identity_per_shape() {
+        let mut n = Normalizer::new(100, 4096);
+        let mut out = Vec::new();
+        for text in [
+            "SELEC a FROM t WHERE b = 1",
+            "SELEC a FROM t WHERE b = 22 -- again",
+            "SELEC a FROM t WHERE b = 'x\\'y'",
+            "SELEC other FROM t WHERE b = 1",
+            "SELECT 'never closed",
+        ] {
+            n.prepare(text.as_bytes(), true, &mut out);
+        }
+        assert!(out.iter().all(|s| s.parse_error));
+        let fps: Vec<u64> = out.iter().map(|s| s.fingerprint).collect();
+        assert_eq!(fps[0], fps[1]);
+        assert_eq!(fps[0], fps[2], "a backslash escape read as under off");
+        assert_ne!(fps[0], fps[3]);
+        assert_eq!(
+            &*out[0].normalized,
+            "(not parsable by libpg_query) SELEC a FROM t WHERE b = ?"
+        );
+        assert_eq!(&*out[4].normalized, UNPARSABLE, "nothing safe to show");
+        assert_eq!(n.stats().errors, 5);
+    }
+
+    /// Prepares `texts` in order with one normalizer: (fingerprint, parse_error) of each,
+    /// the fingerprint 0 for a fallback identity.
     fn run(texts: &[&str], simple: bool) -> Vec<(u64, bool)> {
         let mut n = Normalizer::new(100, 4096);
         texts
@@ -313,7 +357,11 @@ mod tests {
             .map(|t| {
                 let mut out = Vec::new();
                 n.prepare(t.as_bytes(), simple, &mut out);
-                (out[0].fingerprint, out[0].parse_error)
+                // A fallback identity compares as "none" with what libpg_query says.
+                match out[0].parse_error {
+                    true => (0, true),
+                    false => (out[0].fingerprint, false),
+                }
             })
             .collect()
     }

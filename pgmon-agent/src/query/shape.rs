@@ -32,7 +32,14 @@ use std::hash::Hasher;
 /// 64-bit hash (aHash) between two different shapes are possible in principle; with 10^5
 /// cached shapes the chance is about 3·10^-10.
 pub fn shape(text: &[u8], out: &mut Vec<u8>) -> Option<u64> {
-    scan(text, out).map(|(hash, _)| hash)
+    scan(text, out, false).map(|(hash, _)| hash)
+}
+
+/// [`shape`] for a text libpg_query refused, which gets it as its fallback identity: a
+/// backslash in a plain literal is read as an escape (what `standard_conforming_strings =
+/// off` means) instead of making the scanner unsure, so such texts still share a shape.
+pub fn fallback_shape(text: &[u8], out: &mut Vec<u8>) -> Option<u64> {
+    scan(text, out, true).map(|(hash, _)| hash)
 }
 
 /// How many literal constants `text` holds (what [`shape`] masks), `None` when the text is
@@ -41,11 +48,11 @@ pub fn shape(text: &[u8], out: &mut Vec<u8>) -> Option<u64> {
 /// column number, a `float(p)` precision, a comment's text), whose value can change the
 /// fingerprint or whether the statement parses, so the shape cannot stand for it.
 pub fn literals(text: &[u8], scratch: &mut Vec<u8>) -> Option<usize> {
-    scan(text, scratch).map(|(_, n)| n)
+    scan(text, scratch, false).map(|(_, n)| n)
 }
 
 /// The scanner behind [`shape`] and [`literals`]: the shape's hash and its masked count.
-fn scan(text: &[u8], out: &mut Vec<u8>) -> Option<(u64, usize)> {
+fn scan(text: &[u8], out: &mut Vec<u8>, backslash_escapes: bool) -> Option<(u64, usize)> {
     out.clear();
     let mut masked = 0usize;
     let n = text.len();
@@ -79,7 +86,7 @@ fn scan(text: &[u8], out: &mut Vec<u8>) -> Option<(u64, usize)> {
         }
         match c {
             b'\'' => {
-                let escapes = prefix_is_e_string(out);
+                let escapes = backslash_escapes || prefix_is_e_string(out);
                 i = skip_string(text, i, escapes)?;
                 out.push(b'?');
                 masked += 1;

@@ -109,7 +109,7 @@ impl Collector for SharedCollector {
         counter(
             &mut e,
             "pgmon_normalize_errors",
-            "Statements libpg_query could not parse.",
+            "Statement texts libpg_query could not parse (counted once per text the statement cache missed); each carries a fallback identity, the hash of its shape.",
             ld(&s.normalize_errors),
         )?;
         {
