@@ -7,7 +7,7 @@ WITH gone AS (
     WHERE object_id IN (
         SELECT object_id
         FROM objects
-        WHERE bucket = sm_bucket(:n) AND modified_at < now() - interval '180 days'
+        WHERE bucket = sm_bucket(:n) AND modified_at < now() - '180 days'::interval
         ORDER BY modified_at
         LIMIT 10
         FOR UPDATE SKIP LOCKED
