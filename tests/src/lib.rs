@@ -11,6 +11,8 @@
 //! - [`metrics`]: a small parser of the Prometheus text format for assertions.
 //! - [`Receiver`]: the receiving side of the agent's webhooks (JSON bodies kept; can fail
 //!   or hang on demand).
+//! - [`Cluster::load_storage_metadata`], [`storage_metadata_run`]: the storage-metadata
+//!   workload of `sql/workloads/storage_metadata/` (issue 23) and its weighted pgbench mix.
 //!
 //! Everything here is blocking and synchronous; tests that need root call [`require_root`]
 //! first. Machine preparation (packages, the npm PostgreSQL binaries) is `cargo xtask
@@ -28,6 +30,7 @@ mod session;
 mod sql;
 pub mod tls;
 mod webhook;
+mod workload;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -39,6 +42,10 @@ pub use proc::{PostgresUser, pid_alive, postgres_user};
 pub use session::HeldSession;
 pub use sql::{STORAGE_MONITOR_SQL, STORAGE_TENANT_SQL, quote_ident, quote_literal};
 pub use webhook::Receiver;
+pub use workload::{
+    STORAGE_METADATA_DIR, STORAGE_METADATA_MIX, script_statements, storage_metadata_dir,
+    storage_metadata_run, storage_metadata_scripts, storage_metadata_statements,
+};
 
 /// The npm package that carries PostgreSQL server binaries for linux-x64, one package
 /// version per PostgreSQL release (`<major>.<minor>.0-beta.<n>`; majors 12–18 exist).

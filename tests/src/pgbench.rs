@@ -1,5 +1,6 @@
 //! Debian's `pgbench` against a [`Cluster`]: initialisation, runs, and parsing of its report.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
@@ -58,8 +59,12 @@ pub struct PgbenchRun {
     /// `-C`: a new connection per transaction.
     pub connect_per_tx: bool,
     /// `-n`: skip the vacuum of pgbench's tables before the run (needed when they do not
-    /// exist, e.g. with a custom `-f` script in `extra_args`).
+    /// exist, e.g. with a custom `-f` script in `extra_args`). Implied by `scripts`.
     pub no_vacuum: bool,
+    /// Custom scripts, each `-f <path>@<weight>` (pgbench picks one per transaction with
+    /// probability weight ÷ total); not empty implies `-n`. Empty (the default): the
+    /// built-in TPC-B or, with `select_only`, `-S`.
+    pub scripts: Vec<(PathBuf, u32)>,
     /// Further arguments, placed before the database name (e.g. `-f`, `script.sql`, `-P`, `1`).
     pub extra_args: Vec<String>,
 }
@@ -80,6 +85,7 @@ impl PgbenchRun {
             select_only: false,
             connect_per_tx: false,
             no_vacuum: false,
+            scripts: Vec::new(),
             extra_args: Vec::new(),
         }
     }
@@ -88,6 +94,26 @@ impl PgbenchRun {
     pub fn expected_transactions(&self) -> Option<u64> {
         self.transactions.map(|t| t * u64::from(self.clients))
     }
+}
+
+/// `-n` and the `-f <path>@<weight>` pairs of `run` (`-n` when asked or when there are
+/// custom scripts). Fails when custom scripts meet `select_only` or a path is not UTF-8.
+fn script_args(run: &PgbenchRun) -> Result<Vec<String>> {
+    if run.select_only && !run.scripts.is_empty() {
+        bail!("pgbench: select_only (-S) and custom scripts do not mix here");
+    }
+    let mut args = Vec::new();
+    if run.no_vacuum || !run.scripts.is_empty() {
+        args.push("-n".to_string());
+    }
+    for (path, weight) in &run.scripts {
+        let path = path
+            .to_str()
+            .with_context(|| format!("pgbench script path is not UTF-8: {}", path.display()))?;
+        args.push("-f".to_string());
+        args.push(format!("{path}@{weight}"));
+    }
+    Ok(args)
 }
 
 /// What pgbench reported.
@@ -148,9 +174,7 @@ impl Cluster {
         if run.connect_per_tx {
             cmd.arg("-C");
         }
-        if run.no_vacuum {
-            cmd.arg("-n");
-        }
+        cmd.args(script_args(run)?);
         cmd.args(&run.extra_args).arg(&run.db);
         Ok(cmd)
     }
@@ -284,5 +308,23 @@ mod tests {
         };
         assert_eq!(timed.expected_transactions(), None);
         assert_eq!(Protocol::Prepared.as_arg(), "prepared");
+    }
+
+    #[test]
+    fn custom_scripts_are_weighted_and_imply_no_vacuum() {
+        let run = PgbenchRun {
+            scripts: vec![("a.sql".into(), 3), ("b.sql".into(), 1)],
+            ..PgbenchRun::new("meta", "meta")
+        };
+        assert_eq!(
+            script_args(&run).unwrap(),
+            ["-n", "-f", "a.sql@3", "-f", "b.sql@1"]
+        );
+        assert!(script_args(&PgbenchRun::new("x", "x")).unwrap().is_empty());
+        let both = PgbenchRun {
+            select_only: true,
+            ..run
+        };
+        assert!(script_args(&both).is_err());
     }
 }
