@@ -18,52 +18,30 @@ use std::{
 };
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, PgVersion, Transport, agent_binary, fingerprint, free_port,
-    metrics, require_root, storage_metadata_run, storage_metadata_statements, tail,
+    Agent, Cluster, ClusterOptions, PgVersion, SUPERUSER_MONITOR, Transport, agent_binary,
+    fingerprint, free_port, metrics, require_root, storage_metadata_run,
+    storage_metadata_statements, tail,
 };
 use serde_json::Value;
 
 const ROLE: &str = "meta";
 const SECONDS: u64 = 60;
 
-/// A setting that is about to exist (the agent connected as a superuser must not be told
-/// to refuse enforcement); left out when this agent does not know it yet.
-const SECURITY: &str = "security:\n  read_only_enforce: false\n";
-
-fn config(cluster: &Cluster, port: u16, security: &str) -> String {
+/// The agent connected as `postgres` (a superuser), so with the read-only check off.
+fn config(cluster: &Cluster, port: u16) -> String {
     format!(
         "cluster:\n  data_directory: {}\n  connection: \"{}\"\n\
-         capture:\n  hooks: auto\nmetrics:\n  listen: 127.0.0.1:{port}\n{security}",
+         capture:\n  hooks: auto\nmetrics:\n  listen: 127.0.0.1:{port}\n{SUPERUSER_MONITOR}",
         cluster.data_dir().display(),
         cluster.conninfo("postgres", "postgres", Transport::Unix),
     )
 }
 
-/// Starts the agent with [`SECURITY`], or without it if the agent refuses it as an unknown
-/// field (said on stderr, so the report shows it).
 fn start_agent(cluster: &Cluster) -> Agent {
     let binary = agent_binary().expect("agent binary (cargo build --release -p pgmon-agent)");
     let port = free_port();
-    match Agent::start(
-        &binary,
-        &config(cluster, port, SECURITY),
-        format!("127.0.0.1:{port}"),
-    ) {
-        Ok(agent) => agent,
-        Err(e) if format!("{e:#}").contains("read_only_enforce") => {
-            eprintln!(
-                "NOTE: this agent does not know security.read_only_enforce yet; started without it"
-            );
-            let port = free_port();
-            Agent::start(
-                &binary,
-                &config(cluster, port, ""),
-                format!("127.0.0.1:{port}"),
-            )
-            .expect("agent starts")
-        }
-        Err(e) => panic!("agent does not start: {e:#}"),
-    }
+    Agent::start(&binary, &config(cluster, port), format!("127.0.0.1:{port}"))
+        .expect("agent starts")
 }
 
 /// `meta`'s `pg_stat_statements` calls by fingerprint, with one of its texts.
