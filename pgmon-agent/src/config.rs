@@ -81,6 +81,15 @@ pub struct ClusterConfig {
     pub name: Option<String>,
 }
 
+impl ClusterConfig {
+    /// The monitor connection: `connection` parsed ([`crate::db::monitor_config`]), with
+    /// `password_file`.
+    pub fn monitor(&self) -> Result<crate::db::DbConfig, crate::db::DbError> {
+        Ok(crate::db::monitor_config(&self.connection)?
+            .with_password_file(self.password_file.clone()))
+    }
+}
+
 fn default_connection() -> String {
     "host=/var/run/postgresql user=pgmon dbname=postgres".to_owned()
 }

@@ -18,8 +18,6 @@ use prometheus_client::metrics::counter::Counter;
 use tokio_postgres::{Client, Socket, config::Host, tls::MakeTlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::ClusterConfig;
-
 /// `server_version_num` of PostgreSQL 14: `pg_locks.waitstart`, `pg_stat_wal`,
 /// `pg_stat_statements_info`. The loops work from 13 on; each statement that reads a newer
 /// view or column is chosen by the server's version, and what an older server cannot tell
@@ -121,14 +119,14 @@ pub fn monitor_config(conninfo: &str) -> Result<DbConfig, DbError> {
     })
 }
 
-/// [`monitor_config`] of `cluster.connection`, with `cluster.password_file`.
-pub fn cluster_config(cluster: &ClusterConfig) -> Result<DbConfig, DbError> {
-    let mut c = monitor_config(&cluster.connection)?;
-    c.password_file.clone_from(&cluster.password_file);
-    Ok(c)
-}
-
 impl DbConfig {
+    /// The same, with the password read from `path` (the whole file, a trailing newline
+    /// aside) at each connect when the connection string has none.
+    pub fn with_password_file(mut self, path: Option<PathBuf>) -> Self {
+        self.password_file = path;
+        self
+    }
+
     /// Connects: TLS as `sslmode` asks, the password from the string, else
     /// `cluster.password_file`, else the first matching line of libpq's password file
     /// (ignored, with a warning, when group or others may read it, as libpq does). An

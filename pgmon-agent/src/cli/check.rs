@@ -147,7 +147,7 @@ pub fn check(path: &Path) -> u8 {
 
 fn run(path: &Path) -> anyhow::Result<Report> {
     let config = Config::load(path)?;
-    let monitor = crate::db::cluster_config(&config.cluster)?;
+    let monitor = config.cluster.monitor()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -63,7 +63,7 @@ fn round(path: &Path, dry_run: bool) -> anyhow::Result<Report> {
             path.display()
         );
     }
-    let monitor = crate::db::cluster_config(&config.cluster)?;
+    let monitor = config.cluster.monitor()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

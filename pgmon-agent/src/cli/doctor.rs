@@ -220,7 +220,7 @@ fn kernel(r: &mut Report) {
 }
 
 fn database(r: &mut Report, config: &Config) {
-    let monitor = match crate::db::cluster_config(&config.cluster) {
+    let monitor = match config.cluster.monitor() {
         Ok(m) => m,
         Err(e) => {
             r.fail("database", format!("cluster.connection: {e}"));

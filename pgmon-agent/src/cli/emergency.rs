@@ -58,7 +58,7 @@ pub fn emergency(path: &Path, yes: bool) -> anyhow::Result<()> {
             config.cluster.data_directory.display()
         ))?;
     }
-    let monitor = crate::db::cluster_config(&config.cluster)?;
+    let monitor = config.cluster.monitor()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

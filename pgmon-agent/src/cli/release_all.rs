@@ -33,7 +33,7 @@ pub fn release_all(
     let config = Config::load(path)?;
     let listen = config.metrics.listen;
     let agent = process::find(listen).with_context(|| format!("finding the agent on {listen}"))?;
-    let monitor = crate::db::cluster_config(&config.cluster)?;
+    let monitor = config.cluster.monitor()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -43,7 +43,7 @@ pub fn run(config_path: &Path, log_format: crate::daemon::LogFormat) -> anyhow::
     crate::daemon::init_logging(log_format);
     crate::daemon::require_capabilities()?;
 
-    let monitor = crate::db::cluster_config(&config.cluster)?;
+    let monitor = config.cluster.monitor()?;
     let read_only = crate::privileges::check_at_start(config.security.read_only_enforce, &monitor)?;
     let capture = Capture::attach(&config.capture, &config.cluster.data_directory)
         .context("attaching the capture")?;
