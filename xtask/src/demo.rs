@@ -1,4 +1,4 @@
-//! `cargo xtask demo`: a PostgreSQL cluster with two roles under load, watched by the agent.
+//! `cargo xtask demo`: a PostgreSQL cluster with three roles under load, watched by the agent.
 //!
 //! Role `shop` owns database `shop` (pgbench tables, scale 5) and runs pgbench: the first
 //! half of the time TPC-B-like with `-M simple`, the second half select-only with
@@ -6,7 +6,11 @@
 //! loop over TCP: aggregates, joins, GROUP BY, window functions, and a few deliberately
 //! failing queries. The cluster has `ssl = on` with a self-signed certificate, as Debian's
 //! packages do, so the analyst's session speaks TLS (libpq's default `sslmode=prefer`) and
-//! `status` shows it read through libssl. Then the agent's `status` and a sample of its `/metrics` are printed. The agent
+//! `status` shows it read through libssl. Role `meta` owns database `meta`, the
+//! storage-metadata service of `sql/workloads/storage_metadata/` (objects with JSONB
+//! metadata and full-text search, versions, a monthly-partitioned audit log), seeded and
+//! driven by its weighted pgbench mix over the unix socket; `--workload storage-metadata`
+//! runs it alone (`--minutes` for longer). Then the agent's `status` and a sample of its `/metrics` are printed. The agent
 //! and the cluster are stopped on every path (drop), Ctrl-C included.
 
 use std::path::Path;
@@ -46,6 +50,21 @@ pub struct DemoArgs {
     /// Agent binary to run (default: target/release/pgmon-agent, built first).
     #[arg(long)]
     agent: Option<std::path::PathBuf>,
+    /// `all`: the three tenants; `storage-metadata`: role `meta` alone.
+    #[arg(long, value_enum, default_value = "all")]
+    workload: Workload,
+    /// Minutes of workload (instead of `--duration` seconds).
+    #[arg(long)]
+    minutes: Option<u64>,
+}
+
+/// Which tenants the demo runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// shop (pgbench), analyst (analytic psql over TLS) and meta (storage metadata).
+    All,
+    /// meta alone: the storage-metadata service's mix.
+    StorageMetadata,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -90,30 +109,42 @@ fn demo(binary: &Path, version: PgVersion, args: &DemoArgs) -> Result<()> {
     );
     cluster.enable_ssl()?;
     println!("   ssl = on (self-signed certificate, as Debian ships it): TCP clients speak TLS");
+    let all = args.workload == Workload::All;
+    if all {
+        println!(
+            "== roles: shop (owns db shop, pgbench -i -s {}, unix socket), analyst (SELECT, TCP + TLS)",
+            args.scale
+        );
+        cluster.create_role_with_db("shop")?;
+        cluster.pgbench_init("shop", "shop", args.scale)?;
+        cluster.create_role("analyst")?;
+        cluster.psql(
+            "shop",
+            "shop",
+            Transport::Unix,
+            "GRANT SELECT ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO analyst",
+        )?;
+    }
     println!(
-        "== roles: shop (owns db shop, pgbench -i -s {}, unix socket), analyst (SELECT, TCP + TLS)",
-        args.scale
+        "== role meta (owns db meta): the storage-metadata service of sql/workloads/storage_metadata/, seeded"
     );
-    cluster.create_role_with_db("shop")?;
-    cluster.pgbench_init("shop", "shop", args.scale)?;
-    cluster.create_role("analyst")?;
-    cluster.psql(
-        "shop",
-        "shop",
-        Transport::Unix,
-        "GRANT SELECT ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO analyst",
-    )?;
+    let seeded = Instant::now();
+    cluster.load_storage_metadata("meta", "meta")?;
+    println!(
+        "   schema and seed in {:.0} s",
+        seeded.elapsed().as_secs_f64()
+    );
 
+    let tenant_dbs: &[&str] = if all { &["shop", "meta"] } else { &["meta"] };
     println!(
-        "== pgmon's SQL: sql/001_roles.sql, 002_enforcement.sql (postgres, shop), 003_ddl_notify.sql (shop)"
+        "== pgmon's SQL: sql/001_roles.sql, 002_enforcement.sql (postgres, {dbs}), 003_ddl_notify.sql ({dbs})",
+        dbs = tenant_dbs.join(", ")
     );
-    for (db, file) in [
-        ("postgres", "sql/001_roles.sql"),
-        ("postgres", "sql/002_enforcement.sql"),
-        ("shop", "sql/002_enforcement.sql"),
-        ("shop", "sql/003_ddl_notify.sql"),
-    ] {
-        cluster.run_sql_file(db, file)?;
+    cluster.run_sql_file("postgres", "sql/001_roles.sql")?;
+    cluster.run_sql_file("postgres", "sql/002_enforcement.sql")?;
+    for db in tenant_dbs {
+        cluster.run_sql_file(db, "sql/002_enforcement.sql")?;
+        cluster.run_sql_file(db, "sql/003_ddl_notify.sql")?;
     }
 
     // Budgets in observe mode: analyst's tier is small enough that its analytic queries
@@ -124,7 +155,7 @@ fn demo(binary: &Path, version: PgVersion, args: &DemoArgs) -> Result<()> {
         "cluster:\n  data_directory: {}\n  connection: \"{}\"\ncapture:\n  hooks: auto\nmetrics:\n  listen: {}\n\
          {SUPERUSER_MONITOR}budgets:\n  enabled: true\n  mode: observe\n  tiers:\n    analytics: {{budget: 300000, window_seconds: 30}}\n    \
          oltp: {{budget: 1.0e9, window_seconds: 30}}\n  roles:\n    - {{match: analyst, tier: analytics}}\n    \
-         - {{match: shop, tier: oltp}}\n",
+         - {{match: shop, tier: oltp}}\n    - {{match: meta, tier: oltp}}\n",
         cluster.data_dir().display(),
         cluster.conninfo("postgres", "postgres", Transport::Unix),
         args.listen
@@ -145,19 +176,28 @@ fn demo(binary: &Path, version: PgVersion, args: &DemoArgs) -> Result<()> {
         args.listen
     );
 
-    println!(
-        "== workload for {} s: shop (pgbench) and analyst (psql) in parallel",
-        args.duration
-    );
-    workload(&cluster, args.duration)?;
+    let duration = args.minutes.map_or(args.duration, |m| m * 60);
+    if all {
+        println!(
+            "== workload for {duration} s: shop (pgbench), analyst (psql) and meta (pgbench mix) in parallel"
+        );
+    } else {
+        println!("== workload for {duration} s: meta (the storage-metadata pgbench mix)");
+    }
+    workload(&cluster, duration, all)?;
     if interrupted() {
         bail!("interrupted");
     }
 
     let mut problems = Vec::new();
-    for extra in [&[][..], &["--role", "analyst"][..]] {
+    let roles: &[&[&str]] = if all {
+        &[&[], &["--role", "analyst"], &["--role", "meta"]]
+    } else {
+        &[&[], &["--role", "meta"]]
+    };
+    for extra in roles {
         let mut status = Command::new(binary);
-        status.args(["status", "--addr", &args.listen]).args(extra);
+        status.args(["status", "--addr", &args.listen]).args(*extra);
         println!("\n== {}", describe(&status));
         match status.output() {
             Ok(out) => {
@@ -231,11 +271,15 @@ const FAILING_QUERIES: &[&str] = &[
     "UPDATE pgbench_branches SET bbalance = 0 WHERE bid = 1",
 ];
 
-fn workload(cluster: &Cluster, duration_s: u64) -> Result<()> {
+fn workload(cluster: &Cluster, duration_s: u64, all: bool) -> Result<()> {
+    if !all {
+        return meta_load(cluster, duration_s);
+    }
     let done = AtomicBool::new(false);
     let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
     let half = (duration_s / 2).max(1);
     std::thread::scope(|s| {
+        let meta = s.spawn(|| meta_load(cluster, (half * 2).max(1)));
         let shop = s.spawn(|| {
             let res = shop_load(cluster, half);
             done.store(true, Ordering::SeqCst);
@@ -253,8 +297,26 @@ fn workload(cluster: &Cluster, duration_s: u64) -> Result<()> {
             ok.load(Ordering::Relaxed),
             failed.load(Ordering::Relaxed)
         );
-        shop_res.and(analyst_res)
+        let meta_res = meta
+            .join()
+            .map_err(|_| anyhow::anyhow!("meta thread panicked"))?;
+        shop_res.and(analyst_res).and(meta_res)
     })
+}
+
+/// Role `meta`: the storage-metadata mix (record, get, list by prefix, full-text search,
+/// versions, audit log, hook statistics, lifecycle deletes), 2 clients, simple protocol.
+fn meta_load(cluster: &Cluster, duration_s: u64) -> Result<()> {
+    if interrupted() {
+        return Ok(());
+    }
+    let run = pgmon_tests::storage_metadata_run("meta", "meta", Transport::Unix, 2, 1, duration_s);
+    let r = cluster.pgbench(&run)?;
+    println!(
+        "   meta: storage-metadata mix: {} transactions, {:.0} tps, {} failed",
+        r.transactions_processed, r.tps, r.failed
+    );
+    Ok(())
 }
 
 fn shop_load(cluster: &Cluster, half_s: u64) -> Result<()> {
