@@ -171,12 +171,31 @@ pub fn top(joined: &[TopQuery], order: Order, limit: usize) -> Vec<TopQuery> {
 
 /// Joins the two sides on the fingerprint, in no order (see [`top`]). Runs libpg_query on
 /// each `pg_stat_statements` text.
+/// The libpg_query fingerprint of a `pg_stat_statements` query text. That text is
+/// normalized by the server, which writes a typed literal (`interval '180 days'`, PostgreSQL
+/// docs 4.2.8 "Type Casts") as `interval $2`, a form libpg_query's grammar refuses; such
+/// texts are read again with each `type $n` of a common type written as the equivalent
+/// cast `$n::type`, which fingerprints as the typed literal does.
+fn pss_fingerprint(query: &str) -> Option<u64> {
+    static TYPED: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"(?i)\b(interval|date|time|timestamp|timestamptz|timetz|numeric|decimal|int2|int4|int8|integer|int|bigint|smallint|real|float4|float8|text|varchar|char|bool|boolean|json|jsonb|uuid|inet|cidr|macaddr|bytea|money|tsquery|tsvector|xml|oid|regclass)\s+\$([0-9]+)",
+        )
+        .expect("a valid pattern")
+    });
+    pg_query::fingerprint(query, 0, 0)
+        .or_else(|e| match TYPED.replace_all(query, "$$$2::$1") {
+            std::borrow::Cow::Owned(cast) => pg_query::fingerprint(&cast, 0, 0),
+            std::borrow::Cow::Borrowed(_) => Err(e),
+        })
+        .ok()
+        .map(|f| f.value)
+}
+
 pub fn join(pss: Vec<PssRow>, pgmon: &[RoleStatus]) -> Vec<TopQuery> {
     let mut out: HashMap<String, TopQuery> = HashMap::new();
     for r in pss {
-        let fp = pg_query::fingerprint(&r.query, 0, 0)
-            .ok()
-            .map(|f| crate::query::fingerprint_hex(f.value));
+        let fp = pss_fingerprint(&r.query).map(crate::query::fingerprint_hex);
         let key = fp
             .clone()
             .unwrap_or_else(|| format!("queryid:{}", r.queryid));
@@ -362,6 +381,35 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn typed_literals_as_pg_stat_statements_writes_them_meet_pgmons() {
+        let pgmon_text = "SELECT id FROM objects WHERE modified_at < now() - interval '180 days' AND d = date '2020-01-01'";
+        let rows = vec![pss(
+            "7",
+            "SELECT id FROM objects WHERE modified_at < now() - interval $1 AND d = DATE $2",
+            "a",
+            3,
+            3.0,
+        )];
+        let joined = join(rows, &[role("a", &[(pgmon_text, 3, 1.0)])]);
+        assert_eq!(
+            joined.len(),
+            1,
+            "{:?}",
+            joined.iter().map(|q| q.seen_by).collect::<Vec<_>>()
+        );
+        assert_eq!(joined[0].seen_by, "both");
+        assert_eq!(
+            pss_fingerprint("SELECT 1 LIMIT $1"),
+            Some(
+                pg_query::fingerprint("SELECT 1 LIMIT 5", 0, 0)
+                    .unwrap()
+                    .value
+            ),
+            "texts that parse are not rewritten"
+        );
     }
 
     #[test]
