@@ -10,7 +10,9 @@
 //! storage-metadata service of `sql/workloads/storage_metadata/` (objects with JSONB
 //! metadata and full-text search, versions, a monthly-partitioned audit log), seeded and
 //! driven by its weighted pgbench mix over the unix socket; `--workload storage-metadata`
-//! runs it alone (`--minutes` for longer). Then the agent's `status` and a sample of its `/metrics` are printed. The agent
+//! runs it alone (`--minutes` for longer). Next month's partition of its audit log is
+//! dropped and the policy wants 32 days covered, so `PostgresPartitionMissing` fires. Then
+//! the agent's `status`, the alerts firing and a sample of its `/metrics` are printed. The agent
 //! and the cluster are stopped on every path (drop), Ctrl-C included.
 
 use std::path::Path;
@@ -134,6 +136,24 @@ fn demo(binary: &Path, version: PgVersion, args: &DemoArgs) -> Result<()> {
         "   schema and seed in {:.0} s",
         seeded.elapsed().as_secs_f64()
     );
+    // The maintenance job that creates next month's audit-log partition "did not run":
+    // its partition is dropped, so rows only have somewhere to go until the month ends.
+    let dropped = cluster.psql(
+        "meta",
+        "meta",
+        Transport::Unix,
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = 'audit_log'::regclass \
+         ORDER BY pg_get_expr(c.relpartbound, c.oid) DESC LIMIT 1",
+    )?;
+    let dropped = dropped.trim();
+    cluster.psql(
+        "meta",
+        "meta",
+        Transport::Unix,
+        &format!("DROP TABLE {dropped}"),
+    )?;
+    println!("   next month's audit-log partition {dropped} dropped (a skipped maintenance run)");
 
     let tenant_dbs: &[&str] = if all { &["shop", "meta"] } else { &["meta"] };
     println!(
@@ -150,12 +170,16 @@ fn demo(binary: &Path, version: PgVersion, args: &DemoArgs) -> Result<()> {
     // Budgets in observe mode: analyst's tier is small enough that its analytic queries
     // climb the ladder, which is audited and logged but not acted on. The monitor role is
     // the superuser (the cost worker shares its connection and must SET ROLE to analyst),
-    // so security.read_only_enforce is off.
+    // so security.read_only_enforce is off. The policy wants each time-partitioned table
+    // covered 32 days ahead: with next month's partition of meta's audit log dropped it is
+    // covered only to the month's end, so PostgresPartitionMissing fires (a warning) on
+    // the slow loop's first run.
     let config = format!(
         "cluster:\n  data_directory: {}\n  connection: \"{}\"\ncapture:\n  hooks: auto\nmetrics:\n  listen: {}\n\
          {SUPERUSER_MONITOR}budgets:\n  enabled: true\n  mode: observe\n  tiers:\n    analytics: {{budget: 300000, window_seconds: 30}}\n    \
          oltp: {{budget: 1.0e9, window_seconds: 30}}\n  roles:\n    - {{match: analyst, tier: analytics}}\n    \
-         - {{match: shop, tier: oltp}}\n    - {{match: meta, tier: oltp}}\n",
+         - {{match: shop, tier: oltp}}\n    - {{match: meta, tier: oltp}}\n\
+         alerts:\n  partition_horizon_seconds: {{warn: 2764800, crit: 86400}}\n",
         cluster.data_dir().display(),
         cluster.conninfo("postgres", "postgres", Transport::Unix),
         args.listen
@@ -209,6 +233,27 @@ fn demo(binary: &Path, version: PgVersion, args: &DemoArgs) -> Result<()> {
             }
             Err(e) => problems.push(format!("cannot run pgmon-agent status: {e}")),
         }
+    }
+
+    println!("\n== alerts firing (GET /api/v1/alerts; no notifier is configured)");
+    match agent.get("/api/v1/alerts") {
+        Ok((200, body)) => {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let firing = v["data"]["firing"].as_array().cloned().unwrap_or_default();
+            if firing.is_empty() {
+                println!("   (none)");
+            }
+            for a in firing {
+                println!(
+                    "   {} [{}] {}",
+                    a["alertname"].as_str().unwrap_or("?"),
+                    a["severity"].as_str().unwrap_or("?"),
+                    a["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Ok((code, body)) => problems.push(format!("/api/v1/alerts answered {code}: {body}")),
+        Err(e) => problems.push(format!("/api/v1/alerts: {e:#}")),
     }
 
     println!("\n== pgmon.audit: what the budget ladder decided (mode: observe acts on nothing)");
