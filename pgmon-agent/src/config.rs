@@ -349,6 +349,35 @@ mod tests {
     }
 
     #[test]
+    fn environment_variables_replace_the_connection_settings() {
+        let text = "cluster:\n  data_directory: /d\n  connection: \"host=/tmp user=pgmon\"\n";
+        let env = |name: &str| match name {
+            "PGMON_CLUSTER_CONNECTION" => {
+                Some("host=db.example.com user=pgmon sslmode=require".to_owned())
+            }
+            "PGMON_CLUSTER_PASSWORD_FILE" => Some("/run/secrets/pgmon".to_owned()),
+            _ => None,
+        };
+        let c = Config::parse_with_env(Path::new("pgmon.yaml"), text, env).unwrap();
+        assert!(c.cluster.connection.starts_with("host=db.example.com"));
+        assert_eq!(
+            c.cluster.password_file.as_deref(),
+            Some(Path::new("/run/secrets/pgmon"))
+        );
+        assert_eq!(c.cost.connection, None);
+        let bad = |name: &str| {
+            (name == "PGMON_CLUSTER_CONNECTION").then(|| "sslmode=sometimes".to_owned())
+        };
+        let e = Config::parse_with_env(Path::new("pgmon.yaml"), text, bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cluster.connection") && e.contains("sometimes"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn minimal_file_takes_defaults() {
         let c = parse("cluster:\n  data_directory: /var/lib/postgresql/15/main\n").unwrap();
         assert_eq!(c.capture.hooks, HookChoice::Auto);

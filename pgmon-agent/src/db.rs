@@ -98,7 +98,9 @@ pub fn monitor_config(conninfo: &str) -> Result<DbConfig, DbError> {
         tokio_postgres::Config::from_str(&split.rest).map_err(DbError::BadConnectionString)?;
     pg.application_name("pgmon");
     pg.connect_timeout(Duration::from_secs(5));
-    let only_sockets = pg.get_hosts().iter().all(|h| !matches!(h, Host::Tcp(_)));
+    // (A string with only `hostaddr` is TCP: never read as sockets-only.)
+    let hosts = pg.get_hosts();
+    let only_sockets = !hosts.is_empty() && hosts.iter().all(|h| !matches!(h, Host::Tcp(_)));
     pg.ssl_mode(match split.ssl_mode {
         _ if only_sockets => tokio_postgres::config::SslMode::Disable,
         conninfo::SslMode::Disable => tokio_postgres::config::SslMode::Disable,
@@ -246,6 +248,22 @@ mod tests {
         let c = super::monitor_config("host=/tmp port=5432 user=x application_name=other").unwrap();
         assert_eq!(c.get_application_name(), Some("pgmon"));
         assert!(super::monitor_config("host='unterminated").is_err());
+    }
+
+    #[test]
+    fn tls_follows_sslmode_and_never_unix_sockets() {
+        use tokio_postgres::config::SslMode;
+        let mode = |s: &str| super::monitor_config(s).unwrap().get_ssl_mode();
+        assert_eq!(mode("host=db user=x"), SslMode::Prefer, "libpq's default");
+        assert_eq!(mode("host=db user=x sslmode=disable"), SslMode::Disable);
+        assert_eq!(
+            mode("hostaddr=127.0.0.1 user=x sslmode=require"),
+            SslMode::Require
+        );
+        assert_eq!(
+            mode("host=/var/run/postgresql user=x sslmode=require"),
+            SslMode::Disable
+        );
     }
 
     #[test]
