@@ -220,12 +220,31 @@ impl Agent {
     /// The alert named `alertname` that the agent's engine fires now (`/api/v1/alerts`),
     /// if any.
     pub fn firing(&self, alertname: &str) -> Option<serde_json::Value> {
+        self.firing_where(alertname, |_| true)
+    }
+
+    /// [`Agent::firing`] for the alert whose label `label` is `value` (one table's, one
+    /// setting's).
+    pub fn firing_for(
+        &self,
+        alertname: &str,
+        label: &str,
+        value: &str,
+    ) -> Option<serde_json::Value> {
+        self.firing_where(alertname, |a| a["labels"][label] == value)
+    }
+
+    fn firing_where(
+        &self,
+        alertname: &str,
+        also: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
         let (_, body) = self.get("/api/v1/alerts").ok()?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
         v["data"]["firing"]
             .as_array()?
             .iter()
-            .find(|a| a["alertname"] == alertname)
+            .find(|a| a["alertname"] == alertname && also(a))
             .cloned()
     }
 

@@ -39,17 +39,6 @@ fn wait_until(what: &str, f: impl FnMut() -> bool) {
     pgmon_tests::budget::wait_until(what, WAIT, f);
 }
 
-/// The firing alert `name` whose `label` is `value`.
-fn firing_for(agent: &Agent, name: &str, label: &str, value: &str) -> Option<Value> {
-    let (_, body) = agent.get("/api/v1/alerts").ok()?;
-    let v: Value = serde_json::from_str(&body).ok()?;
-    v["data"]["firing"]
-        .as_array()?
-        .iter()
-        .find(|a| a["alertname"] == name && a["labels"][label] == value)
-        .cloned()
-}
-
 /// `GET path` as JSON, checking that the statement `sql` is among its SQL.
 fn api(agent: &Agent, path: &str, sql: &str) -> Value {
     let (code, body) = agent.get(path).expect("GET");
@@ -106,18 +95,14 @@ fn partitions(cluster: &Cluster, agent: &Agent, version: PgVersion) {
 
     let mut alert = None;
     wait_until("PostgresPartitionMissing for events", || {
-        alert = firing_for(
-            agent,
-            "PostgresPartitionMissing",
-            "relation",
-            "public.events",
-        );
+        alert = agent.firing_for("PostgresPartitionMissing", "relation", "public.events");
         alert.is_some()
     });
     let alert = alert.expect("firing");
     println!("{version}: {}", alert["message"]);
     assert_eq!(alert["severity"], "warning", "{alert}");
-    let gone = firing_for(agent, "PostgresPartitionMissing", "relation", "public.gone")
+    let gone = agent
+        .firing_for("PostgresPartitionMissing", "relation", "public.gone")
         .expect("gone's alert");
     println!("{version}: {}", gone["message"]);
     assert_eq!(gone["severity"], "critical", "{gone}");
@@ -127,13 +112,13 @@ fn partitions(cluster: &Cluster, agent: &Agent, version: PgVersion) {
             .is_some_and(|m| m.contains("find no partition")),
         "{gone}"
     );
-    let retention = firing_for(
-        agent,
-        "PostgresPartitionPastRetention",
-        "relation",
-        "public.events",
-    )
-    .expect("retention alert");
+    let retention = agent
+        .firing_for(
+            "PostgresPartitionPastRetention",
+            "relation",
+            "public.events",
+        )
+        .expect("retention alert");
     println!("{version}: {}", retention["message"]);
     assert_eq!(retention["severity"], "warning", "{retention}");
 
@@ -154,14 +139,12 @@ fn partitions(cluster: &Cluster, agent: &Agent, version: PgVersion) {
         )
         .expect("maintenance");
     wait_until("partition alerts resolved", || {
-        firing_for(
-            agent,
-            "PostgresPartitionMissing",
-            "relation",
-            "public.events",
-        )
-        .is_none()
-            && firing_for(agent, "PostgresPartitionMissing", "relation", "public.gone").is_none()
+        agent
+            .firing_for("PostgresPartitionMissing", "relation", "public.events")
+            .is_none()
+            && agent
+                .firing_for("PostgresPartitionMissing", "relation", "public.gone")
+                .is_none()
             && agent.firing("PostgresPartitionPastRetention").is_none()
     });
 }
@@ -188,7 +171,7 @@ fn bloat(cluster: &Cluster, agent: &Agent, version: PgVersion) {
     assert!((0.6..0.95).contains(&ratio), "{ratio}");
     let mut alert = None;
     wait_until("PostgresTableBloat for churn", || {
-        alert = firing_for(agent, "PostgresTableBloat", "relation", "public.churn");
+        alert = agent.firing_for("PostgresTableBloat", "relation", "public.churn");
         alert.is_some()
     });
     println!("{version}: {}", alert.expect("alert")["message"]);
@@ -238,13 +221,13 @@ fn drift(cluster: &Cluster, agent: &Agent, version: PgVersion) {
     agent.wait_metric("pgmon_settings_changes_total", &[], WAIT, |v| v >= 1.0);
     let mut changed = None;
     wait_until("PostgresSettingChanged for work_mem", || {
-        changed = firing_for(agent, "PostgresSettingChanged", "name", "work_mem");
+        changed = agent.firing_for("PostgresSettingChanged", "name", "work_mem");
         changed.is_some()
     });
     println!("{version}: {}", changed.expect("alert")["message"]);
     let mut pending = None;
     wait_until("PostgresPendingRestart for shared_buffers", || {
-        pending = firing_for(agent, "PostgresPendingRestart", "name", "shared_buffers");
+        pending = agent.firing_for("PostgresPendingRestart", "name", "shared_buffers");
         pending.is_some()
     });
     println!("{version}: {}", pending.expect("alert")["message"]);

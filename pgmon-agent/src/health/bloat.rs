@@ -99,28 +99,25 @@ pub async fn read(
     sample: usize,
 ) -> Result<Vec<Bloat>, tokio_postgres::Error> {
     let mut by: HashMap<String, Bloat> = HashMap::new();
-    for r in c.query(ESTIMATE, &[&(top_n as i64)]).await? {
-        let b = Bloat {
-            relation: r.get(0),
-            table_bytes: r.get(1),
-            bloat_bytes: r.get(2),
-            method: "estimate",
-        };
-        by.insert(b.relation.clone(), b);
-    }
-    if sample > 0
-        && let Some(row) = c.query_opt(APPROX_AVAILABLE, &[]).await?
-    {
-        let schema: String = row.get(0);
-        for r in c.query(&approx_sql(&schema), &[&(sample as i64)]).await? {
+    // A measured sample replaces the estimate of the same table.
+    let mut add = |rows: Vec<tokio_postgres::Row>, method: &'static str| {
+        for r in rows {
             let b = Bloat {
                 relation: r.get(0),
                 table_bytes: r.get(1),
                 bloat_bytes: r.get(2),
-                method: "pgstattuple_approx",
+                method,
             };
             by.insert(b.relation.clone(), b);
         }
+    };
+    add(c.query(ESTIMATE, &[&(top_n as i64)]).await?, "estimate");
+    if sample > 0
+        && let Some(row) = c.query_opt(APPROX_AVAILABLE, &[]).await?
+    {
+        let schema: String = row.get(0);
+        let rows = c.query(&approx_sql(&schema), &[&(sample as i64)]).await?;
+        add(rows, "pgstattuple_approx");
     }
     Ok(top(by.into_values().collect(), top_n))
 }

@@ -134,21 +134,15 @@ impl Normalizer {
             self.stats.unshaped += 1;
         }
         let mut key = (shaped.unwrap_or_else(|| whole_text_hash(text)), simple);
-        match self.cache.get(&key) {
-            Some(Entry::Stmts(stmts)) => {
-                self.stats.hits += 1;
-                out.extend(stmts.iter().cloned());
-                return;
-            }
-            Some(Entry::ByText) => {
-                key.0 = whole_text_hash(text);
-                if let Some(Entry::Stmts(stmts)) = self.cache.get(&key) {
-                    self.stats.hits += 1;
-                    out.extend(stmts.iter().cloned());
-                    return;
-                }
-            }
-            None => {}
+        let mut found = self.cache.get(&key);
+        if matches!(found, Some(Entry::ByText)) {
+            key.0 = whole_text_hash(text);
+            found = self.cache.get(&key);
+        }
+        if let Some(Entry::Stmts(stmts)) = found {
+            self.stats.hits += 1;
+            out.extend(stmts.iter().cloned());
+            return;
         }
         self.stats.misses += 1;
         let (stmts, interchangeable) = self.analyse(text, simple);
