@@ -416,8 +416,14 @@ const routes = {
   replication: apiPage("Replication", "/api/v1/replication"),
 };
 
+// Each draw takes a number; a draw whose answers arrive after a newer one started (the
+// reader moved on while a slow page was loading) is dropped, so the page shown is always
+// the one the address names.
+let drawing = 0;
+
 async function show() {
   clearTimeout(timer);
+  const mine = ++drawing;
   const hash = location.hash.replace(/^#\/?/, "") || "overview";
   const [page, ...rest] = hash.split("/");
   for (const a of document.querySelectorAll("nav a")) {
@@ -429,6 +435,7 @@ async function show() {
   } catch (e) {
     parts = [panel("Error", el("p", { class: "error", text: String(e) }))];
   }
+  if (mine !== drawing) return;
   // A redraw of the same page keeps the SQL toggles the reader opened.
   const open = document.body.dataset.page === page
     ? [...main.querySelectorAll("details")].map((d) => d.open) : [];

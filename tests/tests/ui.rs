@@ -276,8 +276,16 @@ async fn browse(version: PgVersion, base: String, agent: &Agent, cluster: &Clust
             })
             .is_some_and(|q| q >= queries + 500)
     });
+    // The reader leaves a slow page (top queries, loading after the refresh) for Roles at
+    // once: the slow page's late answers must not draw over the page the address names.
     c.refresh().await.expect("refresh");
     open(&c, &base, "roles", "Roles").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let page = c
+        .execute("return document.body.dataset.page", vec![])
+        .await
+        .expect("execute");
+    assert_eq!(page, "roles", "a late draw of the page left replaced Roles");
     let after = count(&cell(&c, "roles", "shop", 1).await);
     assert!(after >= shown + 500, "{after} after {shown}");
     c.close().await.expect("close the session");
