@@ -1,15 +1,24 @@
-//! Privileged test of issue 23: 60 seconds of the storage-metadata workload
-//! (`sql/workloads/storage_metadata/`, nine weighted pgbench scripts) as role `meta` on
-//! PostgreSQL 15 with the agent attached. For every statement of the scripts, the calls
-//! pgmon charged to `meta` equal `pg_stat_statements.calls` of `meta`'s rows, joined on
-//! libpg_query's fingerprint; `/api/v1/top-queries` joins them the same way; the capture
-//! lost nothing (no protocol desynchronisation, no unattributed statement).
+//! Privileged tests of issue 23: the storage-metadata workload
+//! (`sql/workloads/storage_metadata/`, nine weighted pgbench scripts) as role `meta` with
+//! the agent attached — 60 seconds on PostgreSQL 15 over TCP with the simple protocol, 30 on
+//! PostgreSQL 18 over the unix socket with `-M extended` (each statement an unnamed
+//! Parse/Bind/Execute, its constants sent as parameters). For every statement of the
+//! scripts, the calls pgmon charged to `meta` equal `pg_stat_statements.calls` of `meta`'s
+//! rows, joined on libpg_query's fingerprint; `/api/v1/top-queries` joins them the same way;
+//! the capture lost nothing (no protocol desynchronisation, no unattributed statement).
+//!
+//! Then the health side on the same database: the audit log's monthly partitions are
+//! inventoried (`/api/v1/partitions`, `pgmon_partitions`, the time horizon), the GIN indexes
+//! on the JSONB metadata and the search vector are listed with their access method and the
+//! scans the mix made (`/api/v1/storage`, `pgmon_index_size_bytes{access_method="gin"}`), and
+//! their pending lists are read through pgstattuple (`/api/v1/autovacuum`,
+//! `pgmon_gin_pending_list_bytes`).
 //!
 //! `BEGIN` and `COMMIT` (record_object.sql and record_version.sql are explicit
-//! transactions) are compared like the rest: pgbench sends each as its own Query message,
-//! pgmon counts it as a statement, and `pg_stat_statements` tracks it as a utility
-//! statement (`track_utility` is on by default). Counting `meta`'s rows only keeps other
-//! sessions' transactions (the agent's own) out of the server's side.
+//! transactions) are compared like the rest: pgbench sends each as its own message, pgmon
+//! counts it as a statement, and `pg_stat_statements` tracks it as a utility statement
+//! (`track_utility` is on by default). Counting `meta`'s rows only keeps other sessions'
+//! transactions (the agent's own) out of the server's side.
 
 use std::{
     collections::BTreeMap,
@@ -18,14 +27,13 @@ use std::{
 };
 
 use pgmon_tests::{
-    Agent, Cluster, ClusterOptions, PgVersion, SUPERUSER_MONITOR, Transport, agent_binary,
-    fingerprint, free_port, metrics, require_root, storage_metadata_run,
+    Agent, Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol, SUPERUSER_MONITOR, Transport,
+    agent_binary, fingerprint, free_port, metrics, require_root, storage_metadata_run,
     storage_metadata_statements, tail,
 };
 use serde_json::Value;
 
 const ROLE: &str = "meta";
-const SECONDS: u64 = 60;
 
 /// The agent connected as `postgres` (a superuser), so with the read-only check off.
 fn config(cluster: &Cluster, port: u16) -> String {
@@ -89,10 +97,20 @@ fn one_line(s: &str, max: usize) -> String {
 
 #[test]
 fn workload_meta_pg15() {
-    if !require_root("workload_meta_pg15") {
+    workload_meta(PgVersion::Pg15, Transport::Tcp, Protocol::Simple, 60);
+}
+
+#[test]
+fn workload_meta_pg18_extended() {
+    workload_meta(PgVersion::Pg18, Transport::Unix, Protocol::Extended, 30);
+}
+
+fn workload_meta(version: PgVersion, transport: Transport, protocol: Protocol, seconds: u64) {
+    let test = format!("workload_meta_pg{}_{}", version.major(), protocol.as_arg());
+    if !require_root(&test) {
         return;
     }
-    let cluster = Cluster::start(PgVersion::Pg15, ClusterOptions::default()).expect("cluster");
+    let cluster = Cluster::start(version, ClusterOptions::default()).expect("cluster");
     let t = Instant::now();
     cluster
         .load_storage_metadata(ROLE, ROLE)
@@ -101,6 +119,15 @@ fn workload_meta_pg15() {
         "schema and seed loaded in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    // pgstattuple, for the GIN pending lists (a superuser installs it).
+    cluster
+        .psql(
+            "postgres",
+            ROLE,
+            Transport::Unix,
+            "CREATE EXTENSION pgstattuple",
+        )
+        .expect("CREATE EXTENSION pgstattuple");
 
     let statements = storage_metadata_statements().expect("scripts");
     let expected: BTreeMap<String, (String, String)> = statements
@@ -116,7 +143,10 @@ fn workload_meta_pg15() {
     let agent = start_agent(&cluster);
     cluster.pg_stat_statements_reset().expect("reset");
 
-    let run = storage_metadata_run(ROLE, ROLE, Transport::Tcp, 4, 2, SECONDS);
+    let run = PgbenchRun {
+        protocol,
+        ..storage_metadata_run(ROLE, ROLE, transport, 4, 2, seconds)
+    };
     let result = cluster.pgbench(&run).unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!(
         "pgbench: {} transactions, {:.1} tps, {} failed",
@@ -180,7 +210,7 @@ fn workload_meta_pg15() {
             ));
         }
         if s == 0 {
-            failures.push(format!("{script}: never ran in {SECONDS} s: {sql}"));
+            failures.push(format!("{script}: never ran in {seconds} s: {sql}"));
         }
         if let Some(errors) = pgmon.get(fp).map(|p| p.1).filter(|e| *e > 0) {
             failures.push(format!("{script}: pgmon saw {errors} errors: {sql}"));
@@ -252,6 +282,8 @@ fn workload_meta_pg15() {
         "no pgmon_unattributed_queries_total in /metrics"
     );
 
+    failures.extend(health_of_meta(&agent));
+
     if !failures.is_empty() {
         panic!(
             "{} failure(s):\n{}\nagent log tail:\n{}",
@@ -260,4 +292,120 @@ fn workload_meta_pg15() {
             tail(&agent.log(), 40)
         );
     }
+}
+
+/// What the health side shows of `meta` once the mix has run: failures, one line each.
+fn health_of_meta(agent: &Agent) -> Vec<String> {
+    let mut failures = Vec::new();
+    let get = |path: &str| -> Value {
+        let (code, body) = agent.get(path).expect(path);
+        assert_eq!(code, 200, "{path}: {body}");
+        serde_json::from_str(&body).expect("JSON")
+    };
+
+    // The audit log's partitions: the seed makes the current month, two before it and the
+    // next one.
+    let parts = get("/api/v1/partitions?database=meta");
+    let audit = parts["data"]["partitioned_tables"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["parent"] == "public.audit_log"))
+        .cloned()
+        .unwrap_or_default();
+    println!(
+        "audit_log: {} partitions, key {}",
+        audit["partitions"], audit["partition_key"]
+    );
+    if audit["partitions"].as_f64() != Some(4.0) {
+        failures.push(format!("audit_log's partitions: {audit}"));
+    }
+    let horizon = parts["data"]["time_ranges"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["relation"] == "public.audit_log"))
+        .and_then(|t| t["horizon_seconds"].as_f64());
+    if !horizon.is_some_and(|h| h > 0.0) {
+        failures.push(format!("audit_log's time horizon: {horizon:?}"));
+    }
+
+    // The GIN indexes with their access method, and the scans the mix made of them.
+    let storage = get("/api/v1/storage?database=meta&limit=50");
+    let indexes = storage["data"]["indexes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let gin: Vec<&Value> = indexes
+        .iter()
+        .filter(|i| i["access_method"] == "gin")
+        .collect();
+    for i in &gin {
+        println!(
+            "{}: gin, {} bytes, {} scans, {} entries read",
+            i["index"], i["bytes"], i["scans"], i["tuples_read"]
+        );
+    }
+    let names: Vec<&str> = gin.iter().filter_map(|i| i["index"].as_str()).collect();
+    for want in ["public.objects_metadata", "public.objects_search"] {
+        if !names.contains(&want) {
+            failures.push(format!(
+                "/api/v1/storage lists no gin index {want}: {names:?}"
+            ));
+        }
+    }
+    // find_by_metadata.sql's containment has no other index to use.
+    let metadata_scans = gin
+        .iter()
+        .find(|i| i["index"] == "public.objects_metadata")
+        .and_then(|i| i["scans"].as_f64());
+    if !metadata_scans.is_some_and(|n| n > 0.0) {
+        failures.push(format!("objects_metadata's scans: {metadata_scans:?}"));
+    }
+    if !storage["sql"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|q| q["name"] == "index_usage"))
+    {
+        failures.push("/api/v1/storage does not show its index_usage SQL".into());
+    }
+
+    // Their pending lists, live and in the hourly loop's metrics (its first run is at the
+    // agent's start).
+    let vacuum = get("/api/v1/autovacuum?database=meta");
+    let pending: Vec<&str> = vacuum["data"]["gin_pending_lists"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g["index"].as_str())
+        .collect();
+    if !(pending.contains(&"public.objects_metadata") && pending.contains(&"public.objects_search"))
+    {
+        failures.push(format!(
+            "/api/v1/autovacuum's gin_pending_lists: {}",
+            vacuum["data"]["gin_pending_lists"]
+        ));
+    }
+    let samples = agent.metrics().expect("metrics");
+    for (name, labels) in [
+        (
+            "pgmon_index_size_bytes",
+            [("datname", "meta"), ("index", "public.objects_search")],
+        ),
+        (
+            "pgmon_gin_pending_list_bytes",
+            [("datname", "meta"), ("index", "public.objects_search")],
+        ),
+    ] {
+        let found = metrics::find(&samples, name, &labels);
+        if found.is_empty() {
+            failures.push(format!("no {name} for {labels:?} in /metrics"));
+        }
+    }
+    if metrics::find(
+        &samples,
+        "pgmon_index_size_bytes",
+        &[("datname", "meta"), ("access_method", "gin")],
+    )
+    .len()
+        < 2
+    {
+        failures.push("pgmon_index_size_bytes has no access_method=\"gin\" series for meta".into());
+    }
+    failures
 }

@@ -21,6 +21,8 @@
 //! 6. Storage quotas ([`crate::bench_storage`]) and health pollers ([`crate::bench_health`]).
 //! 7. TLS sessions ([`crate::bench_tls`]): throughput with TLS capture, and what another
 //!    process's SSL call pays.
+//! 7b. The storage-metadata mix ([`crate::bench_meta`], issue 23): overhead rounds and the
+//!    replay figure on a realistic statement mix.
 //! 8. pgmon's own footprint in the database ([`crate::bench_footprint`]): rows and WAL it
 //!    writes with 1 000 budgeted roles active, and the size of its tables.
 
@@ -28,9 +30,9 @@ use std::{fmt::Write as _, path::Path, process::Command};
 
 use anyhow::{Result, bail};
 
-use crate::bench_overhead::{MODES, Mode, overhead_run};
+use crate::bench_overhead::{MODES, overhead_run};
 use crate::bench_replay::{miss_corpus, record, replay, tempdir};
-use crate::bench_stats::{median, median_interval, ordinal, sign_test_rank};
+use crate::bench_stats::{ordinal, sign_test_rank};
 use crate::bench_stress::stress_run;
 use pgmon_tests::{
     Cluster, ClusterOptions, PgVersion, PgbenchRun, Protocol, SUPERUSER_MONITOR, Transport,
@@ -68,6 +70,8 @@ pub struct BenchArgs {
     tls: crate::bench_tls::TlsBenchArgs,
     #[command(flatten)]
     footprint: crate::bench_footprint::FootprintBenchArgs,
+    #[command(flatten)]
+    meta: crate::bench_meta::MetaBenchArgs,
 }
 
 /// Setup, build, then [`measure`].
@@ -95,6 +99,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if args.footprint.footprint_only {
         return crate::bench_footprint::only(&crate::util::agent_release_binary(), &args.footprint);
+    }
+    if args.meta.meta_only {
+        let (md, json) =
+            crate::bench_meta::section(&crate::util::agent_release_binary(), &args.meta)?;
+        let out_dir = crate::util::workspace_root().join("bench");
+        std::fs::create_dir_all(&out_dir)?;
+        std::fs::write(
+            out_dir.join("META.md"),
+            format!("# pgmon on the storage-metadata mix\n{md}"),
+        )?;
+        std::fs::write(
+            out_dir.join("meta.json"),
+            serde_json::to_string_pretty(&json)?,
+        )?;
+        println!("{md}\nwritten to {}", out_dir.join("META.md").display());
+        return Ok(());
     }
     if args.tls.tls_only {
         let (md, json) =
@@ -184,10 +204,9 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
                     binary,
                     &cluster,
                     &other,
-                    transport,
+                    &crate::bench_overhead::select_only_run(transport, args.duration),
                     round,
                     mode,
-                    args.duration,
                 )?;
                 eprintln!(
                     "bench: {transport:?} round {round} {:<15} {:>9.0} tps{}",
@@ -200,76 +219,15 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
             }
         }
     }
+    let (table_md, json_overhead) =
+        crate::bench_overhead::table(&samples, &[Transport::Unix, Transport::Tcp], &MODES);
     let _ = writeln!(
         report,
-        "## Overhead\n\nThe interval is a distribution-free confidence interval of at least 95 % for the median ratio (sign test on the rounds' ratios: with {} rounds, the {} smallest and the {} largest).\n\n| transport | mode | median TPS | median ratio | 95 % interval | ratios | agent CPU (median, % of a core) | agent RSS (median, MiB) |\n|---|---|---|---|---|---|---|---|",
+        "## Overhead\n\nThe interval is a distribution-free confidence interval of at least 95 % for the median ratio (sign test on the rounds' ratios: with {} rounds, the {} smallest and the {} largest).\n\n{table_md}",
         args.rounds,
         ordinal(sign_test_rank(args.rounds).unwrap_or(0)),
         ordinal(sign_test_rank(args.rounds).unwrap_or(0)),
     );
-    let mut json_overhead = Vec::new();
-    for transport in [Transport::Unix, Transport::Tcp] {
-        for mode in MODES {
-            let of = |m: Mode| {
-                samples
-                    .iter()
-                    .filter(move |s| s.transport == transport && s.mode == m)
-            };
-            let tps = median(of(mode).map(|s| s.tps).collect());
-            let ratios: Vec<f64> = of(mode)
-                .filter_map(|s| {
-                    let base = of(Mode::Detached).find(|d| d.round == s.round)?;
-                    Some(s.tps / base.tps)
-                })
-                .collect();
-            let cpu = median(of(mode).filter_map(|s| s.agent_cpu).collect());
-            let rss = median(
-                of(mode)
-                    .filter_map(|s| s.agent_rss.map(|r| r as f64 / (1 << 20) as f64))
-                    .collect(),
-            );
-            let list = ratios
-                .iter()
-                .map(|r| format!("{r:.3}"))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let ratio = median(ratios.clone());
-            let interval = median_interval(ratios.clone()).filter(|_| mode != Mode::Detached);
-            let _ = writeln!(
-                report,
-                "| {transport:?} | {} | {tps:.0} | {} | {} | {} | {} | {} |",
-                mode.name(),
-                if mode == Mode::Detached {
-                    "1".into()
-                } else {
-                    format!("{ratio:.3}")
-                },
-                interval.map_or(String::new(), |(lo, hi)| format!("{lo:.3}–{hi:.3}")),
-                if mode == Mode::Detached {
-                    "".into()
-                } else {
-                    list
-                },
-                if cpu.is_nan() {
-                    "".into()
-                } else {
-                    format!("{:.1}", cpu * 100.0)
-                },
-                if rss.is_nan() {
-                    "".into()
-                } else {
-                    format!("{rss:.1}")
-                },
-            );
-            json_overhead.push(serde_json::json!({
-                "transport": format!("{transport:?}"), "mode": mode.name(), "median_tps": tps,
-                "median_ratio": if mode == Mode::Detached { 1.0 } else { ratio },
-                "median_ratio_interval_95": interval.map(|(lo, hi)| [lo, hi]),
-                "agent_cpu_fraction": if cpu.is_nan() { None } else { Some(cpu) },
-                "agent_rss_mib": if rss.is_nan() { None } else { Some(rss) },
-            }));
-        }
-    }
 
     report.push_str(&probe_md);
 
@@ -366,6 +324,8 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
         crate::bench_budget::section(binary, &cluster, args.trials, &hit_ratios, &worker_corpus)?;
     report.push_str(&budgets_md);
     let _ = std::fs::remove_dir_all(&dir);
+    let (meta_md, meta_json) = crate::bench_meta::section(binary, &args.meta)?;
+    report.push_str(&meta_md);
     let (storage_md, storage_json) = crate::bench_storage::section(binary, &args.storage)?;
     report.push_str(&storage_md);
     let (health_md, health_json) = crate::bench_health::section(binary, &args.health)?;
@@ -378,7 +338,7 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     let out_dir = crate::util::workspace_root().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("REPORT.md"), &report)?;
-    let json = serde_json::json!({"overhead": json_overhead, "probe_cost": probe_json, "other_process_socket_call": host_json, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json, "health": health_json, "tls": tls_json, "footprint": footprint_json});
+    let json = serde_json::json!({"overhead": json_overhead, "probe_cost": probe_json, "other_process_socket_call": host_json, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json, "health": health_json, "tls": tls_json, "footprint": footprint_json, "storage_metadata": meta_json});
     std::fs::write(
         out_dir.join("report.json"),
         serde_json::to_string_pretty(&json)?,

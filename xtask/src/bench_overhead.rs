@@ -79,23 +79,26 @@ pub fn select_only_run(transport: Transport, duration: u64) -> PgbenchRun {
     }
 }
 
-/// One run of the overhead workload in `mode` (the agent started and stopped around it).
+/// One run of `run` (a timed pgbench run: `duration_s` set) in `mode`, the agent started
+/// and stopped around it; `round` labels the sample.
 pub fn overhead_run(
     binary: &Path,
     cluster: &Cluster,
     other: &Cluster,
-    transport: Transport,
+    run: &PgbenchRun,
     round: usize,
     mode: Mode,
-    duration: u64,
 ) -> Result<Sample> {
-    let run = select_only_run(transport, duration);
+    let transport = run.transport;
+    let duration = run
+        .duration_s
+        .context("an overhead run is timed (duration_s)")?;
     match mode {
         Mode::Detached => {
             // The same pause as an attached run's: every run starts SETTLE after the one
             // before it ended (and after that run's agent, if any, detached and exited).
             std::thread::sleep(SETTLE);
-            let r = cluster.pgbench(&run)?;
+            let r = cluster.pgbench(run)?;
             Ok(Sample {
                 transport,
                 round,
@@ -121,7 +124,7 @@ pub fn overhead_run(
             let mut agent = Agent::start(binary, &config, format!("127.0.0.1:{port}"))?;
             std::thread::sleep(SETTLE);
             let before = proc_usage(agent.pid()).context("agent /proc stat")?;
-            let r = cluster.pgbench(&run)?;
+            let r = cluster.pgbench(run)?;
             let after = proc_usage(agent.pid()).context("agent /proc stat")?;
             let hit_ratio = if mode == Mode::Budgets {
                 Some(crate::bench_budget::hit_ratio(&agent)?)
@@ -148,4 +151,78 @@ pub fn overhead_run(
             })
         }
     }
+}
+
+/// The overhead table of `samples`: a markdown table (header included; one row per
+/// transport × mode: median TPS, median ratio to the same round's detached run with its
+/// 95 % interval and every round's ratio, the agent's median CPU in % of a core and RSS in
+/// MiB) and the same rows as JSON.
+pub fn table(
+    samples: &[Sample],
+    transports: &[Transport],
+    modes: &[Mode],
+) -> (String, Vec<serde_json::Value>) {
+    use crate::bench_stats::{median, median_interval};
+    use std::fmt::Write as _;
+    let mut md = String::from(
+        "| transport | mode | median TPS | median ratio | 95 % interval | ratios | agent CPU (median, % of a core) | agent RSS (median, MiB) |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut json = Vec::new();
+    let blank_nan =
+        |v: f64, f: &dyn Fn(f64) -> String| if v.is_nan() { String::new() } else { f(v) };
+    for &transport in transports {
+        for &mode in modes {
+            let of = |m: Mode| {
+                samples
+                    .iter()
+                    .filter(move |s| s.transport == transport && s.mode == m)
+            };
+            let tps = median(of(mode).map(|s| s.tps).collect());
+            let ratios: Vec<f64> = of(mode)
+                .filter_map(|s| {
+                    let base = of(Mode::Detached).find(|d| d.round == s.round)?;
+                    Some(s.tps / base.tps)
+                })
+                .collect();
+            let cpu = median(of(mode).filter_map(|s| s.agent_cpu).collect());
+            let rss = median(
+                of(mode)
+                    .filter_map(|s| s.agent_rss.map(|r| r as f64 / (1 << 20) as f64))
+                    .collect(),
+            );
+            let detached = mode == Mode::Detached;
+            let ratio = median(ratios.clone());
+            let interval = median_interval(ratios.clone()).filter(|_| !detached);
+            let list = if detached {
+                String::new()
+            } else {
+                ratios
+                    .iter()
+                    .map(|r| format!("{r:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let _ = writeln!(
+                md,
+                "| {transport:?} | {} | {tps:.0} | {} | {} | {list} | {} | {} |",
+                mode.name(),
+                if detached {
+                    "1".into()
+                } else {
+                    format!("{ratio:.3}")
+                },
+                interval.map_or(String::new(), |(lo, hi)| format!("{lo:.3}–{hi:.3}")),
+                blank_nan(cpu, &|c| format!("{:.1}", c * 100.0)),
+                blank_nan(rss, &|r| format!("{r:.1}")),
+            );
+            json.push(serde_json::json!({
+                "transport": format!("{transport:?}"), "mode": mode.name(), "median_tps": tps,
+                "median_ratio": if detached { 1.0 } else { ratio },
+                "median_ratio_interval_95": interval.map(|(lo, hi)| [lo, hi]),
+                "agent_cpu_fraction": if cpu.is_nan() { None } else { Some(cpu) },
+                "agent_rss_mib": if rss.is_nan() { None } else { Some(rss) },
+            }));
+        }
+    }
+    (md, json)
 }

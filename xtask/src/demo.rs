@@ -154,6 +154,15 @@ fn demo(binary: &Path, version: PgVersion, args: &DemoArgs) -> Result<()> {
         &format!("DROP TABLE {dropped}"),
     )?;
     println!("   next month's audit-log partition {dropped} dropped (a skipped maintenance run)");
+    // pgstattuple (a superuser installs it) lets the agent read the GIN indexes' pending
+    // lists (`pgstatginindex`) and sample table bloat (`pgstattuple_approx`).
+    cluster.psql(
+        "postgres",
+        "meta",
+        Transport::Unix,
+        "CREATE EXTENSION IF NOT EXISTS pgstattuple",
+    )?;
+    println!("   extension pgstattuple created in db meta (GIN pending lists, measured bloat)");
 
     let tenant_dbs: &[&str] = if all { &["shop", "meta"] } else { &["meta"] };
     println!(
@@ -173,13 +182,16 @@ fn demo(binary: &Path, version: PgVersion, args: &DemoArgs) -> Result<()> {
     // so security.read_only_enforce is off. The policy wants each time-partitioned table
     // covered 32 days ahead: with next month's partition of meta's audit log dropped it is
     // covered only to the month's end, so PostgresPartitionMissing fires (a warning) on
-    // the slow loop's first run.
+    // the slow loop's first run. Its retention is 28 days: the seed's oldest month ended at
+    // least 28 days ago (it is the month before last) and the retention routine
+    // (audit_log_drop_older_than) has not run, so PostgresPartitionPastRetention fires too.
     let config = format!(
         "cluster:\n  data_directory: {}\n  connection: \"{}\"\ncapture:\n  hooks: auto\nmetrics:\n  listen: {}\n\
          {SUPERUSER_MONITOR}budgets:\n  enabled: true\n  mode: observe\n  tiers:\n    analytics: {{budget: 300000, window_seconds: 30}}\n    \
          oltp: {{budget: 1.0e9, window_seconds: 30}}\n  roles:\n    - {{match: analyst, tier: analytics}}\n    \
          - {{match: shop, tier: oltp}}\n    - {{match: meta, tier: oltp}}\n\
-         alerts:\n  partition_horizon_seconds: {{warn: 2764800, crit: 86400}}\n",
+         alerts:\n  partition_horizon_seconds: {{warn: 2764800, crit: 86400}}\n  \
+         partition_retention_seconds: {{warn: 2419200, crit: 4838400}}\n",
         cluster.data_dir().display(),
         cluster.conninfo("postgres", "postgres", Transport::Unix),
         args.listen
@@ -256,6 +268,14 @@ fn demo(binary: &Path, version: PgVersion, args: &DemoArgs) -> Result<()> {
         Err(e) => problems.push(format!("/api/v1/alerts: {e:#}")),
     }
 
+    println!(
+        "\n== meta's largest indexes (GET /api/v1/storage?database=meta) and GIN pending lists (/api/v1/autovacuum)"
+    );
+    match meta_indexes(&agent) {
+        Ok(lines) => print!("{}", indent(&lines)),
+        Err(e) => problems.push(format!("meta's indexes: {e:#}")),
+    }
+
     println!("\n== pgmon.audit: what the budget ladder decided (mode: observe acts on nothing)");
     match cluster.psql_admin(
         "SELECT to_char(at, 'HH24:MI:SS') || '  ' || role || '  ' || step || '  ' || action || '  ' || result \
@@ -293,6 +313,46 @@ fn demo(binary: &Path, version: PgVersion, args: &DemoArgs) -> Result<()> {
         bail!("demo finished with problems:\n{}", problems.join("\n"));
     }
     Ok(())
+}
+
+/// The largest indexes of database `meta` as the read API lists them (access method, size,
+/// scans), then its GIN indexes' pending lists: one line each.
+fn meta_indexes(agent: &Agent) -> Result<String> {
+    let get = |path: &str| -> Result<serde_json::Value> {
+        match agent.get(path)? {
+            (200, body) => Ok(serde_json::from_str(&body)?),
+            (code, body) => bail!("{path} answered {code}: {body}"),
+        }
+    };
+    let mut out = format!(
+        "{:<40} {:<10} {:>10} {:>10}\n",
+        "index", "method", "MiB", "scans"
+    );
+    let storage = get("/api/v1/storage?database=meta&limit=8")?;
+    for i in storage["data"]["indexes"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<40} {:<10} {:>10.1} {:>10}\n",
+            i["index"].as_str().unwrap_or("?"),
+            i["access_method"].as_str().unwrap_or("?"),
+            i["bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+            i["scans"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    let vacuum = get("/api/v1/autovacuum?database=meta")?;
+    match vacuum["data"]["gin_pending_lists"].as_array() {
+        Some(lists) => {
+            for g in lists {
+                out.push_str(&format!(
+                    "GIN pending list of {}: {} entries, {:.0} KiB\n",
+                    g["index"].as_str().unwrap_or("?"),
+                    g["pending_tuples"].as_f64().unwrap_or(0.0),
+                    g["pending_bytes"].as_f64().unwrap_or(0.0) / 1024.0,
+                ));
+            }
+        }
+        None => out.push_str("GIN pending lists: pgstattuple is not callable in meta\n"),
+    }
+    Ok(out)
 }
 
 /// Analytic queries of role `analyst`; `{n}` is replaced by a changing number.

@@ -15,6 +15,7 @@ mod bench_footprint_report;
 mod bench_footprint_workload;
 mod bench_health;
 mod bench_host;
+mod bench_meta;
 mod bench_overhead;
 mod bench_probe;
 mod bench_replay;

@@ -34,7 +34,7 @@ pub fn runs<'a>(alertnames: impl IntoIterator<Item = &'a str>) -> Vec<SqlRun> {
                     name: n,
                     by,
                     database: None,
-                    text,
+                    text: (*text).into(),
                 });
             }
         }

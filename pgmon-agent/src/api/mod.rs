@@ -94,8 +94,8 @@ pub struct SqlRun {
     /// The database it ran in; absent when it ran in every database.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
-    /// The SQL text.
-    pub text: &'static str,
+    /// The SQL text (owned when it names an extension's schema found at run time).
+    pub text: std::borrow::Cow<'static, str>,
 }
 
 /// A response of `status` with `body` as `content_type`.
@@ -256,7 +256,7 @@ impl Recorder {
             name,
             by,
             database: database.map(str::to_owned),
-            text,
+            text: text.into(),
         });
     }
 
@@ -267,7 +267,7 @@ impl Recorder {
         &mut self,
         client: &Client,
         database: &str,
-        (name, text): (&'static str, &'static str),
+        (name, text): (&'static str, impl Into<std::borrow::Cow<'static, str>>),
         params: &[&(dyn ToSql + Sync)],
         columns: &[&'static str],
     ) -> Result<Vec<Value>, ApiError> {
@@ -280,19 +280,18 @@ impl Recorder {
         &mut self,
         client: &Client,
         database: &str,
-        (name, text): (&'static str, &'static str),
+        (name, text): (&'static str, impl Into<std::borrow::Cow<'static, str>>),
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, ApiError> {
+        let text = text.into();
+        let result = client.query(&*text, params).await;
         self.sql.push(SqlRun {
             name,
             by: "api",
             database: Some(database.to_owned()),
             text,
         });
-        client
-            .query(text, params)
-            .await
-            .map_err(|source| ApiError::Query { name, source })
+        result.map_err(|source| ApiError::Query { name, source })
     }
 }
 

@@ -1,5 +1,6 @@
-//! `/api/v1/storage`: bytes per role, per database, and the largest relations of one
-//! database.
+//! `/api/v1/storage`: bytes per role, per database, and the largest relations and indexes
+//! of one database (each index with its access method, size and usage since the statistics
+//! reset: [`databases::INDEX_USAGE`]).
 //!
 //! Per role: with storage quotas on, the storage coordinator's figures (usage, limits,
 //! state; [`crate::storage::StorageStatus`]), which it counts with
@@ -47,6 +48,15 @@ pub async fn answer(
             &["relation", "bytes"],
         )
         .await?;
+    let indexes = rec
+        .rows(
+            other.as_ref().unwrap_or(&s.client),
+            &db,
+            ("index_usage", databases::INDEX_USAGE),
+            &[&limit],
+            &[],
+        )
+        .await?;
     drop(other);
 
     let coordinator = match &api.storage {
@@ -56,6 +66,7 @@ pub async fn answer(
     let mut data = json!({
         "databases": database_sizes,
         "relations": relations,
+        "indexes": indexes,
     });
     if let Some(st) = coordinator {
         rec.note(

@@ -63,7 +63,9 @@ const PARTITIONS: &str = "SELECT parent, partition_key, partition, relkind, boun
 
 /// `/api/v1/autovacuum`: the cluster's autovacuum workers and settings, and in the
 /// database `db` (through `c`) its freshness summary, the `limit` tables with the most
-/// dead tuples and the `limit` most bloated by the estimate of `health::bloat`.
+/// dead tuples, the `limit` most bloated by the estimate of `health::bloat`, and the pending
+/// lists of its `limit` largest GIN indexes (`gin_pending_lists`, `health::bloat::GIN_PENDING`;
+/// null where `pgstattuple` is not installed or the monitor may not call `pgstatginindex`).
 pub async fn autovacuum(
     s: &Session,
     c: &Client,
@@ -102,8 +104,28 @@ pub async fn autovacuum(
             &["relation", "table_bytes", "bloat_bytes"],
         )
         .await?;
+    // GIN pending lists, where pgstattuple can be called in this database (null otherwise).
+    let gin_pending = match bloat::pgstattuple_schema(c, "pgstatginindex(regclass)")
+        .await
+        .map_err(|source| ApiError::Query {
+            name: "pgstattuple_schema",
+            source,
+        })? {
+        Some(schema) => Value::from(
+            rec.rows(
+                c,
+                db,
+                ("gin_pending_lists", bloat::gin_pending_sql(&schema)),
+                &[&limit],
+                &[],
+            )
+            .await?,
+        ),
+        None => Value::Null,
+    };
     Ok(json!({
         "bloat": bloat,
+        "gin_pending_lists": gin_pending,
         "workers": workers,
         "settings": settings,
         "freshness": freshness.into_iter().next().unwrap_or(Value::Null),

@@ -1,5 +1,6 @@
 //! Table bloat, read by the hourly loop in each database: the space a table holds beyond
-//! what its live rows need, which only `VACUUM FULL` (or `pg_repack`) gives back.
+//! what its live rows need, which only `VACUUM FULL` (or `pg_repack`) gives back; and the
+//! pending lists of GIN indexes ([`GIN_PENDING`]), their own kind of backlog.
 //!
 //! Two methods, and the `method` label says which one produced a number:
 //! - `estimate`, for every table of at least 128 pages (1 MiB at the default 8 kB block):
@@ -45,20 +46,36 @@ pub(crate) const ESTIMATE: &str = "SELECT t.relation, t.bytes, \
        ON w.with_stats = t.columns \
      ORDER BY bloat_bytes DESC, t.relation LIMIT $1";
 
-/// The schema of `pgstattuple` in this database (quoted), when the monitor may call
-/// `pgstattuple_approx`; no row otherwise. (`to_regprocedure`: the planner may evaluate the
-/// privilege test on other extensions' rows too, where the function does not exist.)
-pub(crate) const APPROX_AVAILABLE: &str = "SELECT quote_ident(n.nspname) FROM pg_extension e \
+/// The schema of `pgstattuple` in this database (quoted), when the monitor may call its
+/// function `$1` (a signature: `pgstattuple_approx(regclass)`); no row otherwise.
+/// (`to_regprocedure`: the planner may evaluate the privilege test on other extensions'
+/// rows too, where the function does not exist.)
+pub(crate) const PGSTATTUPLE_SCHEMA: &str = "SELECT quote_ident(n.nspname) FROM pg_extension e \
      JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pgstattuple' \
        AND coalesce(has_function_privilege( \
-             to_regprocedure(quote_ident(n.nspname) || '.pgstattuple_approx(regclass)'), 'EXECUTE'), false)";
+             to_regprocedure(quote_ident(n.nspname) || '.' || $1), 'EXECUTE'), false)";
+
+/// `sql`, written with `public.<function>`, with the function in schema `schema` (quoted).
+pub(crate) fn in_schema(sql: &str, function: &str, schema: &str) -> String {
+    sql.replace(
+        &format!("public.{function}"),
+        &format!("{schema}.{function}"),
+    )
+}
 
 /// [`APPROX`] with `pgstattuple_approx` in schema `schema` (quoted).
 pub(crate) fn approx_sql(schema: &str) -> String {
-    APPROX.replace(
-        "public.pgstattuple_approx",
-        &format!("{schema}.pgstattuple_approx"),
-    )
+    in_schema(APPROX, "pgstattuple_approx", schema)
+}
+
+/// The schema `pgstattuple`'s `function` (a signature) can be called from, if any.
+pub(crate) async fn pgstattuple_schema(
+    c: &Client,
+    function: &str,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    Ok(c.query_opt(PGSTATTUPLE_SCHEMA, &[&function])
+        .await?
+        .map(|r| r.get(0)))
 }
 
 /// `pgstattuple_approx` on the `$1` largest tables of at least 128 pages: relation, table
@@ -70,6 +87,63 @@ pub(crate) const APPROX: &str = "SELECT t.relation, a.table_len::float8, (a.appr
            AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
            ORDER BY pg_relation_size(c.oid) DESC LIMIT $1) t, \
      LATERAL public.pgstattuple_approx(t.oid::regclass) a";
+
+/// The pending lists of the `$1` largest GIN indexes, read with `pgstatginindex`
+/// (pgstattuple; docs, appendix F.33): index, table, index bytes, pending pages, pending
+/// tuples, pending bytes (pages × `block_size`). With `fastupdate` on (the default) a GIN
+/// index takes new entries into an unsorted pending list, moved into the index proper by
+/// VACUUM or autovacuum, `gin_clean_pending_list()`, or once the list outgrows
+/// `gin_pending_list_limit` (4 MB by default); every search reads the whole list, so a long
+/// one slows full-text and JSONB searches (docs, "GIN Fast Update Technique"). Reads only
+/// each index's metapage. Written for schema `public`; see [`gin_pending_sql`].
+pub(crate) const GIN_PENDING: &str = "SELECT n.nspname || '.' || c.relname AS index, \
+       tn.nspname || '.' || t.relname AS relation, pg_relation_size(c.oid)::float8 AS index_bytes, \
+       g.pending_pages::float8 AS pending_pages, g.pending_tuples::float8 AS pending_tuples, \
+       g.pending_pages::float8 * current_setting('block_size')::float8 AS pending_bytes \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am am ON am.oid = c.relam \
+     JOIN pg_index i ON i.indexrelid = c.oid JOIN pg_class t ON t.oid = i.indrelid \
+     JOIN pg_namespace tn ON tn.oid = t.relnamespace, \
+     LATERAL public.pgstatginindex(c.oid::regclass) g \
+     WHERE am.amname = 'gin' AND c.relkind = 'i' AND i.indisvalid \
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+     ORDER BY index_bytes DESC, index LIMIT $1";
+
+/// [`GIN_PENDING`] with `pgstatginindex` in schema `schema` (quoted).
+pub(crate) fn gin_pending_sql(schema: &str) -> String {
+    in_schema(GIN_PENDING, "pgstatginindex", schema)
+}
+
+/// One GIN index's pending list (see [`GIN_PENDING`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GinPending {
+    pub index: String,
+    pub relation: String,
+    pub pending_tuples: f64,
+    pub pending_bytes: f64,
+}
+
+/// The pending lists of the `top_n` largest GIN indexes of the database `c` is in; empty
+/// where `pgstattuple` is not installed or the monitor may not call `pgstatginindex`.
+pub async fn gin_pending(
+    c: &Client,
+    top_n: usize,
+) -> Result<Vec<GinPending>, tokio_postgres::Error> {
+    let Some(schema) = pgstattuple_schema(c, "pgstatginindex(regclass)").await? else {
+        return Ok(Vec::new());
+    };
+    let rows = c
+        .query(&gin_pending_sql(&schema), &[&(top_n as i64)])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| GinPending {
+            index: r.get(0),
+            relation: r.get(1),
+            pending_tuples: r.get(4),
+            pending_bytes: r.get(5),
+        })
+        .collect())
+}
 
 /// One table's bloat: relation, table bytes, bloat bytes, method.
 #[derive(Clone, Debug, PartialEq)]
@@ -113,9 +187,8 @@ pub async fn read(
     };
     add(c.query(ESTIMATE, &[&(top_n as i64)]).await?, "estimate");
     if sample > 0
-        && let Some(row) = c.query_opt(APPROX_AVAILABLE, &[]).await?
+        && let Some(schema) = pgstattuple_schema(c, "pgstattuple_approx(regclass)").await?
     {
-        let schema: String = row.get(0);
         let rows = c.query(&approx_sql(&schema), &[&(sample as i64)]).await?;
         add(rows, "pgstattuple_approx");
     }
@@ -164,5 +237,7 @@ mod tests {
         assert!(
             approx_sql("\"my ext\"").contains("\"my ext\".pgstattuple_approx(t.oid::regclass)")
         );
+        assert!(gin_pending_sql("ext").contains("LATERAL ext.pgstatginindex(c.oid::regclass)"));
+        assert!(!gin_pending_sql("ext").contains("public."));
     }
 }

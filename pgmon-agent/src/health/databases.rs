@@ -42,10 +42,25 @@ pub(crate) const UNUSED_INDEXES: &str = "SELECT s.schemaname || '.' || s.indexre
      WHERE s.idx_scan = 0 AND NOT i.indisunique AND NOT i.indisprimary \
      ORDER BY 2 DESC LIMIT $1";
 
-/// The largest indexes: name, table, bytes, scans since the statistics reset.
+/// The largest indexes: name, table, bytes, scans since the statistics reset, access method
+/// (`pg_am.amname`: btree, gin, gist, …).
 pub(crate) const INDEXES: &str = "SELECT s.schemaname || '.' || s.indexrelname, s.schemaname || '.' || s.relname, \
-     pg_relation_size(s.indexrelid)::float8, s.idx_scan::float8 \
-     FROM pg_stat_user_indexes s ORDER BY 3 DESC LIMIT $1";
+     pg_relation_size(s.indexrelid)::float8, s.idx_scan::float8, am.amname::text \
+     FROM pg_stat_user_indexes s JOIN pg_class c ON c.oid = s.indexrelid JOIN pg_am am ON am.oid = c.relam \
+     ORDER BY 3 DESC LIMIT $1";
+
+/// Index usage, for the read API: the `$1` largest indexes with their table, access method,
+/// bytes, scans, index entries returned by those scans (`idx_tup_read`) and live table rows
+/// fetched through them (`idx_tup_fetch`) since the statistics reset (docs, "pg_stat_all_indexes",
+/// section 27.2.19), whether the index is unique and valid, and its definition.
+pub(crate) const INDEX_USAGE: &str = "SELECT s.schemaname || '.' || s.indexrelname AS index, \
+     s.schemaname || '.' || s.relname AS relation, am.amname::text AS access_method, \
+     pg_relation_size(s.indexrelid)::float8 AS bytes, s.idx_scan::float8 AS scans, \
+     s.idx_tup_read::float8 AS tuples_read, s.idx_tup_fetch::float8 AS tuples_fetched, \
+     i.indisunique AS unique, i.indisvalid AS valid, pg_get_indexdef(s.indexrelid) AS definition \
+     FROM pg_stat_user_indexes s JOIN pg_index i ON i.indexrelid = s.indexrelid \
+     JOIN pg_class c ON c.oid = s.indexrelid JOIN pg_am am ON am.oid = c.relam \
+     ORDER BY bytes DESC, index LIMIT $1";
 
 /// The tables with the most tuples, and the seconds since each was last vacuumed and
 /// analyzed (manually or by autovacuum; NULL: never since the statistics reset).
@@ -126,7 +141,12 @@ pub async fn slow(
             );
         }
         for r in c.query(INDEXES, &[&top]).await? {
-            let labels = vec![d(), ("index", r.get(0)), ("relation", r.get(1))];
+            let labels = vec![
+                d(),
+                ("index", r.get(0)),
+                ("relation", r.get(1)),
+                ("access_method", r.get(4)),
+            ];
             f.index_size.push(labels.clone(), r.get(2));
             f.index_scans.push(labels, r.get(3));
         }
@@ -173,8 +193,9 @@ pub async fn slow(
     Ok(out)
 }
 
-/// The hourly loop: wraparound age of every database, and of the oldest relation in each
-/// (one short session per database, at most `max_databases`).
+/// The hourly loop: wraparound age of every database, and of the oldest relation in each;
+/// the most bloated tables and the largest GIN indexes' pending lists (`super::bloat`) of
+/// each (one short session per database, at most `max_databases`).
 pub async fn hourly(
     client: &Client,
     monitor: &Config,
@@ -222,6 +243,16 @@ pub async fn hourly(
         "The same bloat ÷ the table's size.",
         Kind::Gauge,
     );
+    let mut gin_bytes = Family::new(
+        "pgmon_gin_pending_list_bytes",
+        "Pending list of the largest GIN indexes (entries not yet merged into the index, read whole by every search), top-N per database, bytes; where pgstattuple is installed.",
+        Kind::Gauge,
+    );
+    let mut gin_tuples = Family::new(
+        "pgmon_gin_pending_list_tuples",
+        "Entries in the same pending lists.",
+        Kind::Gauge,
+    );
     for (_, db) in dbs.into_iter().take(max_databases) {
         let mut config = monitor.clone();
         config.dbname(&db);
@@ -240,8 +271,26 @@ pub async fn hourly(
             bloat_ratio.push(labels.clone(), b.ratio());
             bloat_bytes.push(labels, b.bloat_bytes);
         }
+        for g in super::bloat::gin_pending(&c, bloat.0).await? {
+            let labels = vec![
+                ("datname", db.clone()),
+                ("index", g.index),
+                ("relation", g.relation),
+            ];
+            gin_tuples.push(labels.clone(), g.pending_tuples);
+            gin_bytes.push(labels, g.pending_bytes);
+        }
     }
-    Ok(vec![xid, mxid, used, oldest, bloat_bytes, bloat_ratio])
+    Ok(vec![
+        xid,
+        mxid,
+        used,
+        oldest,
+        bloat_bytes,
+        bloat_ratio,
+        gin_bytes,
+        gin_tuples,
+    ])
 }
 
 /// The per-relation families of the 10-minute loop.
@@ -273,7 +322,7 @@ impl PerDatabase {
             ),
             index_size: Family::new(
                 "pgmon_index_size_bytes",
-                "Largest indexes, top-N per database, bytes.",
+                "Largest indexes, top-N per database, bytes; access_method as pg_am names it (btree, gin, gist, …).",
                 Kind::Gauge,
             ),
             index_scans: Family::new(

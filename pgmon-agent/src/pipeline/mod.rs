@@ -443,4 +443,10 @@ impl Pipeline {
     pub fn total_queries(&self) -> u64 {
         self.stats.total_queries()
     }
+
+    /// The statement cache's counters so far (hits, misses, parse errors; see
+    /// [`crate::query::NormalizerStats`]).
+    pub fn normalizer_stats(&self) -> crate::query::NormalizerStats {
+        self.normalizer.stats()
+    }
 }

@@ -10,4 +10,4 @@ INSERT INTO audit_log (action, bucket, key, user_id, client_addr, user_agent, su
                        error, details)
 VALUES (sm_action(:a), sm_bucket(:n), sm_key(:n), 'user' || :u, sm_client_addr(:u),
         sm_user_agent(:u), :denied > 1, CASE WHEN :denied = 1 THEN 'AccessDenied' END,
-        jsonb_build_object('bytes', :bytes));
+        jsonb_build_object('bytes', :bytes::bigint));

@@ -23,5 +23,5 @@ RETURNING object_id;
 INSERT INTO hook_executions (hook_name, event_type, bucket, key, duration_ms, success,
                              error, payload)
 VALUES (sm_hook(:h), 'OBJECT_CREATED', sm_bucket(:n), sm_key(:n), :ms / 10.0, :fail > 1,
-        CASE WHEN :fail = 1 THEN 'timeout' END, jsonb_build_object('size', :size));
+        CASE WHEN :fail = 1 THEN 'timeout' END, jsonb_build_object('size', :size::bigint));
 COMMIT;
