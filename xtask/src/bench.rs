@@ -182,8 +182,7 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
         costs.push(crate::bench_probe::measure(
             binary,
             &cluster,
-            transport,
-            args.duration,
+            &crate::bench_overhead::select_only_run(transport, args.duration),
         )?);
     }
     let (mut probe_md, probe_json) = crate::bench_probe::section(&costs);

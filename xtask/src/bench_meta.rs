@@ -77,6 +77,16 @@ pub fn section(binary: &Path, args: &MetaBenchArgs) -> Result<(String, serde_jso
         }
     }
     let (table, overhead_json) = crate::bench_overhead::table(&samples, &transports, &META_MODES);
+    // The same figure without the rounds' noise: pgmon's share of the machine's busy CPU.
+    let mut costs = Vec::new();
+    for transport in transports {
+        costs.push(crate::bench_probe::measure(
+            binary,
+            &cluster,
+            &storage_metadata_run(ROLE, ROLE, transport, 2, 2, args.meta_duration),
+        )?);
+    }
+    let (cpu_table, cpu_json) = crate::bench_probe::table(&costs);
     let rank = ordinal(sign_test_rank(args.meta_rounds).unwrap_or(0));
     let mut md = String::new();
     let _ = writeln!(
@@ -88,7 +98,11 @@ pub fn section(binary: &Path, args: &MetaBenchArgs) -> Result<(String, serde_jso
          50,000 seeded objects, as role `{ROLE}`, PostgreSQL 15, {} rounds per transport, the \
          order of the three modes rotating. Ratios to the same round's detached run; the \
          interval as in the overhead section (the {rank} smallest and largest of {} rounds). \
-         Target: attached ≥ {TARGET}.\n\n{table}",
+         Target: attached ≥ {TARGET}.\n\n{table}\n\
+         Where it goes in CPU time, as in the section on `pgbench -S` (one run per transport, \
+         the agent on `auto` with `capture.probe_stats`; per transaction of the mix, which \
+         sends 1.6 statements on average): `1 − share` is the ratio a CPU-bound run of the mix \
+         keeps, without the rounds' noise.\n\n{cpu_table}",
         args.meta_duration, args.meta_rounds, args.meta_rounds,
     );
 
@@ -124,6 +138,6 @@ pub fn section(binary: &Path, args: &MetaBenchArgs) -> Result<(String, serde_jso
     );
     Ok((
         md,
-        serde_json::json!({"overhead": overhead_json, "replay": hits, "target": TARGET}),
+        serde_json::json!({"overhead": overhead_json, "cpu": cpu_json, "replay": hits, "target": TARGET}),
     ))
 }

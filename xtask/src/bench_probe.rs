@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use pgmon_tests::{Agent, Cluster, Transport, free_port};
+use pgmon_tests::{Agent, Cluster, PgbenchRun, Transport, free_port};
 
 /// The figures of one run.
 pub struct ProbeCost {
@@ -66,13 +66,9 @@ fn programs(agent: &Agent) -> Result<Vec<(String, u64, u64)>> {
         .unwrap_or_default())
 }
 
-/// One measured run over `transport`.
-pub fn measure(
-    binary: &Path,
-    cluster: &Cluster,
-    transport: Transport,
-    duration: u64,
-) -> Result<ProbeCost> {
+/// One measured run of `run` (a pgbench run; its transport labels the figures).
+pub fn measure(binary: &Path, cluster: &Cluster, run: &PgbenchRun) -> Result<ProbeCost> {
+    let transport = run.transport;
     let port = free_port();
     let config = crate::bench::agent_config(cluster, port, "auto\n  probe_stats: true");
     let agent = Agent::start(binary, &config, format!("127.0.0.1:{port}"))?;
@@ -83,7 +79,7 @@ pub fn measure(
         crate::bench::proc_usage(agent.pid()).context("agent /proc stat")?,
         cpu_jiffies()?,
     );
-    let r = cluster.pgbench(&crate::bench_overhead::select_only_run(transport, duration))?;
+    let r = cluster.pgbench(run)?;
     // The status is published after each drain: wait one drain interval (50 ms) and more.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let after = (
@@ -121,12 +117,22 @@ pub fn measure(
 
 /// The report section (Markdown) and its JSON.
 pub fn section(costs: &[ProbeCost]) -> (String, serde_json::Value) {
+    let (table, json) = table(costs);
+    (
+        format!(
+            "\n## Where the overhead goes (CPU time, `capture.probe_stats`)\n\n\
+             One run per transport, agent on `auto` with the kernel timing its programs; not part \
+             of the ratios above. Per transaction: pgmon's kernel programs, the agent's own CPU, \
+             and the machine's busy CPU; `1 − share` is the throughput a CPU-bound workload keeps.\n\n{table}"
+        ),
+        json,
+    )
+}
+
+/// The table of `costs` (Markdown, header included: one row per run) and its JSON.
+pub fn table(costs: &[ProbeCost]) -> (String, serde_json::Value) {
     let mut md = String::from(
-        "\n## Where the overhead goes (CPU time, `capture.probe_stats`)\n\n\
-         One run per transport, agent on `auto` with the kernel timing its programs; not part \
-         of the ratios above. Per transaction: pgmon's kernel programs, the agent's own CPU, \
-         and the machine's busy CPU; `1 − share` is the throughput a CPU-bound workload keeps.\n\n\
-         | transport | TPS | kernel programs (ns/tx) | per program (runs, ns/run) | agent (ns/tx) | machine busy (ns/tx) | pgmon's share | 1 − share |\n\
+        "| transport | TPS | kernel programs (ns/tx) | per program (runs, ns/run) | agent (ns/tx) | machine busy (ns/tx) | pgmon's share | 1 − share |\n\
          |---|---|---|---|---|---|---|---|\n",
     );
     let mut json = Vec::new();

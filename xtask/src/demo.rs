@@ -325,13 +325,13 @@ fn meta_indexes(agent: &Agent) -> Result<String> {
         }
     };
     let mut out = format!(
-        "{:<40} {:<10} {:>10} {:>10}\n",
+        "{:<50} {:<8} {:>8} {:>10}\n",
         "index", "method", "MiB", "scans"
     );
     let storage = get("/api/v1/storage?database=meta&limit=8")?;
     for i in storage["data"]["indexes"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "{:<40} {:<10} {:>10.1} {:>10}\n",
+            "{:<50} {:<8} {:>8.1} {:>10}\n",
             i["index"].as_str().unwrap_or("?"),
             i["access_method"].as_str().unwrap_or("?"),
             i["bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
