@@ -27,6 +27,24 @@ pub struct AgentStatus {
     pub uptime_seconds: f64,
     pub resident_memory_bytes: u64,
     pub cpu_seconds: f64,
+    /// The agent's cost over the last ~10 s (`crate::pipeline::usage`); absent in the
+    /// first 5 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent: Option<RecentUsage>,
+}
+
+/// The agent's CPU against the query rate it captured, over a recent window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecentUsage {
+    /// The span measured, seconds (about 10).
+    pub window_seconds: f64,
+    /// The agent's CPU (all its threads), fraction of one core.
+    pub cpu_fraction: f64,
+    /// Statements completed per second, every role.
+    pub queries_per_second: f64,
+    /// `cpu_fraction` per 1,000 queries/s; absent below 10 queries/s, where the agent's
+    /// fixed work dominates.
+    pub cpu_fraction_per_1000_queries_per_second: Option<f64>,
 }
 
 /// The tracked cluster.

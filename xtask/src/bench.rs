@@ -15,7 +15,8 @@
 //!    pgbench traffic (`pgmon-agent record`) replayed through the pipeline on one core
 //!    (`pgmon-agent replay`): statement-cache hits; and a corpus of distinct statements, each
 //!    a libpg_query miss.
-//! 4. The agent's RSS and CPU during the overhead runs.
+//! 4. The agent's RSS and CPU during the overhead runs, and per 1,000 queries/s at three
+//!    throttled rates ([`crate::bench_rates`]).
 //! 5. Budgets ([`crate::bench_budget`]): enforcement latency, the cost worker's rate, and the
 //!    overhead and cost-cache hit ratio with budgets on.
 //! 6. Storage quotas ([`crate::bench_storage`]) and health pollers ([`crate::bench_health`]).
@@ -72,6 +73,8 @@ pub struct BenchArgs {
     footprint: crate::bench_footprint::FootprintBenchArgs,
     #[command(flatten)]
     meta: crate::bench_meta::MetaBenchArgs,
+    #[command(flatten)]
+    rates: crate::bench_rates::RatesBenchArgs,
 }
 
 /// Setup, build, then [`measure`].
@@ -99,6 +102,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if args.footprint.footprint_only {
         return crate::bench_footprint::only(&crate::util::agent_release_binary(), &args.footprint);
+    }
+    if args.rates.rates_only {
+        let cluster = Cluster::start(PgVersion::Pg15, ClusterOptions::default())?;
+        cluster.create_role_with_db("bench")?;
+        cluster.pgbench_init("bench", "bench", 10)?;
+        let (md, _) = crate::bench_rates::section(
+            &crate::util::agent_release_binary(),
+            &cluster,
+            &args.rates,
+        )?;
+        println!("{md}");
+        return Ok(());
     }
     if args.meta.meta_only {
         let (md, json) =
@@ -229,6 +244,8 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     );
 
     report.push_str(&probe_md);
+    let (rates_md, rates_json) = crate::bench_rates::section(binary, &cluster, &args.rates)?;
+    report.push_str(&rates_md);
 
     // 2. Completeness under stress.
     let _ = writeln!(
@@ -337,7 +354,7 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     let out_dir = crate::util::workspace_root().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("REPORT.md"), &report)?;
-    let json = serde_json::json!({"overhead": json_overhead, "probe_cost": probe_json, "other_process_socket_call": host_json, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json, "health": health_json, "tls": tls_json, "footprint": footprint_json, "storage_metadata": meta_json});
+    let json = serde_json::json!({"overhead": json_overhead, "probe_cost": probe_json, "other_process_socket_call": host_json, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json, "health": health_json, "tls": tls_json, "footprint": footprint_json, "storage_metadata": meta_json, "per_1000_qps": rates_json});
     std::fs::write(
         out_dir.join("report.json"),
         serde_json::to_string_pretty(&json)?,

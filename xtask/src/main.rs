@@ -18,6 +18,7 @@ mod bench_host;
 mod bench_meta;
 mod bench_overhead;
 mod bench_probe;
+mod bench_rates;
 mod bench_replay;
 mod bench_stats;
 mod bench_storage;

@@ -79,6 +79,23 @@ pub fn render(s: &Status) -> String {
         s.agent.resident_memory_bytes as f64 / (1 << 20) as f64,
         s.agent.cpu_seconds
     );
+    if let Some(r) = &s.agent.recent {
+        let _ = write!(
+            o,
+            "cost      last {:.0} s: {:.2} % of a core at {:.0} queries/s",
+            r.window_seconds,
+            r.cpu_fraction * 100.0,
+            r.queries_per_second
+        );
+        match r.cpu_fraction_per_1000_queries_per_second {
+            Some(per) => {
+                let _ = writeln!(o, ", {:.3} % of a core per 1,000 queries/s", per * 100.0);
+            }
+            None => {
+                let _ = writeln!(o, " (too few queries for a per-rate figure)");
+            }
+        }
+    }
     let _ = writeln!(
         o,
         "cluster   {} (postmaster {}), {} processes tracked, {} client connections",

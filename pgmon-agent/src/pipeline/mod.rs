@@ -10,6 +10,7 @@ mod sink;
 pub mod stats;
 #[cfg(test)]
 mod tests;
+pub mod usage;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -76,6 +77,8 @@ pub struct Pipeline {
     unreadable: std::collections::HashSet<u32>,
     last_cpu_charge_ms: u64,
     last_crypto_check_ms: u64,
+    /// The agent's CPU and the statements counted, sampled at each publish.
+    usage: std::cell::RefCell<usage::UsageWindow>,
 }
 
 impl Pipeline {
@@ -111,6 +114,7 @@ impl Pipeline {
             unreadable: Default::default(),
             last_cpu_charge_ms: 0,
             last_crypto_check_ms: 0,
+            usage: Default::default(),
         }
     }
 

@@ -15,6 +15,11 @@ impl Pipeline {
     /// Publishes kernel counters, cache counters and the top-K for the next scrape.
     pub fn publish(&self, capture: &Capture) {
         use std::sync::atomic::Ordering::Relaxed;
+        if let Some((_, cpu)) = crate::util::process_usage() {
+            self.usage
+                .borrow_mut()
+                .record(Instant::now(), cpu, self.total_queries());
+        }
         let k = capture.counters();
         let s = &self.metrics.shared;
         s.events.store(k.events, Relaxed);
@@ -81,6 +86,7 @@ impl Pipeline {
                 uptime_seconds: started.elapsed().as_secs_f64(),
                 resident_memory_bytes: rss,
                 cpu_seconds: cpu,
+                recent: self.usage.borrow().recent(),
             },
             cluster: ClusterStatus {
                 data_directory: data_directory.display().to_string(),
