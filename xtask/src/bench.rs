@@ -52,17 +52,25 @@ pub struct BenchArgs {
     /// (`pgbench -P 1`, detached), so a run's mean is the noise the ratios carry.
     #[arg(long, default_value_t = 8)]
     duration: u64,
-    /// Rounds of the overhead comparison per transport (a multiple of the four modes keeps
-    /// the rotation balanced). One round's ratio swings by ±15 % on this host; 20 rounds
-    /// narrow the median's 95 % interval to the 6th–15th of 20.
-    #[arg(long, default_value_t = 20)]
+    /// Rounds of the overhead comparison per transport (a multiple of the six modes keeps
+    /// the rotation balanced). One round's ratio swings by ±15 % on this host; 24 rounds
+    /// narrow the median's 95 % interval to the 7th–18th of 24.
+    #[arg(long, default_value_t = 24)]
     rounds: usize,
+    /// Rounds of the TPC-B-like comparison per transport (a multiple of its five modes);
+    /// 0 leaves it out.
+    #[arg(long, default_value_t = 10)]
+    tpcb_rounds: usize,
     /// Trials of the enforcement-latency measurement.
     #[arg(long, default_value_t = 40)]
     trials: usize,
     /// Measure only where the capture overhead goes (CPU time) and print it.
     #[arg(long)]
     probe_only: bool,
+    /// Measure only the overhead rounds (pgbench -S and TPC-B-like, with the references)
+    /// and print them; `bench/` is left as it is.
+    #[arg(long)]
+    overhead_only: bool,
     #[command(flatten)]
     storage: crate::bench_storage::StorageBenchArgs,
     #[command(flatten)]
@@ -166,6 +174,47 @@ pub fn proc_usage(pid: u32) -> Option<(u64, u64)> {
     Some((f.get(11)? + f.get(12)?, *f.get(21)?))
 }
 
+/// The TPC-B-like rounds (`pgbench` without `-S`): pgmon, the null control and the two
+/// references, `args.tpcb_rounds` per transport: (markdown section, JSON rows).
+fn tpcb_rounds(
+    binary: &Path,
+    cluster: &Cluster,
+    other: &Cluster,
+    args: &BenchArgs,
+) -> Result<(String, Vec<serde_json::Value>)> {
+    use crate::bench_overhead::{TPCB_MODES, tpcb_run};
+    if args.tpcb_rounds == 0 {
+        return Ok((String::new(), Vec::new()));
+    }
+    let transports = [Transport::Unix, Transport::Tcp];
+    let mut samples = Vec::new();
+    for transport in transports {
+        for round in 0..args.tpcb_rounds {
+            let mut order = TPCB_MODES.to_vec();
+            order.rotate_left(round % TPCB_MODES.len());
+            for mode in order {
+                let run = tpcb_run(transport, args.duration);
+                let s = overhead_run(binary, cluster, other, &run, round, mode)?;
+                eprintln!(
+                    "bench: tpc-b {transport:?} round {round} {:<32} {:>7.0} tps",
+                    mode.name(),
+                    s.tps
+                );
+                samples.push(s);
+            }
+        }
+    }
+    let (table, json) = crate::bench_overhead::table(&samples, &transports, &TPCB_MODES);
+    let rank = ordinal(sign_test_rank(args.tpcb_rounds).unwrap_or(0));
+    Ok((
+        format!(
+            "\n## Overhead on TPC-B-like transactions\n\n`pgbench -c 2 -j 2 -T {}` with its built-in script (three updates, a select and an insert per transaction, 5 statements plus BEGIN/END), {} rounds per transport, the modes rotating as above; the interval from the {rank} smallest and largest ratio. Target: attached ≥ 0.99.\n\n{table}",
+            args.duration, args.tpcb_rounds
+        ),
+        json,
+    ))
+}
+
 fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     let cluster = Cluster::start(
         PgVersion::Pg15,
@@ -178,12 +227,14 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     cluster.create_role_with_db("bench")?;
     cluster.pgbench_init("bench", "bench", 10)?;
     crate::bench_budget::install_sql(&cluster)?;
+    // The baseline every measurement but the pg_stat_statements reference runs under.
+    crate::bench_overhead::server_settings(&cluster, crate::bench_overhead::Mode::Detached)?;
     let mut report = String::new();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let _ = writeln!(
         report,
         "# pgmon benchmark\n\nPostgreSQL 15, `pgbench -S -c 2 -j 2 -T {}` (scale 10), {} rounds per transport, \
-         kernel {}, {} cores. Ratios are attached ÷ detached within a round, the order of the modes rotating each round; medians over rounds. Every run's pgbench starts {} s after the previous run ended; an attached agent runs through that pause (steady state: its start-up work is left out). `auto, on another cluster` attaches the agent to a second cluster: a null control, its spread is the noise.\n",
+         kernel {}, {} cores. Ratios are to the detached run of the same round, the order of the modes rotating each round; medians over rounds. Every run's pgbench starts {} s after the previous run ended; an attached agent runs through that pause (steady state: its start-up work is left out). `auto, on another cluster` attaches the agent to a second cluster: a null control, its spread is the noise. Two references run without the agent, as a DBA would instead: `pg_stat_statements` with `track = top`, and `log_min_duration_statement = 0` (every statement in the server log); every other mode, the detached baseline included, runs with `pg_stat_statements.track = none` and no statement logging (the library stays loaded; the settings change by `ALTER SYSTEM` and a reload).\n",
         args.duration,
         args.rounds,
         kernel.trim(),
@@ -235,6 +286,8 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     }
     let (table_md, json_overhead) =
         crate::bench_overhead::table(&samples, &[Transport::Unix, Transport::Tcp], &MODES);
+    let (tpcb_md, json_tpcb) = tpcb_rounds(binary, &cluster, &other, args)?;
+    crate::bench_overhead::server_settings(&cluster, crate::bench_overhead::Mode::Detached)?;
     let _ = writeln!(
         report,
         "## Overhead\n\nThe interval is a distribution-free confidence interval of at least 95 % for the median ratio (sign test on the rounds' ratios: with {} rounds, the {} smallest and the {} largest).\n\n{table_md}",
@@ -243,6 +296,11 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
         ordinal(sign_test_rank(args.rounds).unwrap_or(0)),
     );
 
+    report.push_str(&tpcb_md);
+    if args.overhead_only {
+        println!("{report}");
+        return Ok(());
+    }
     report.push_str(&probe_md);
     let (rates_md, rates_json) = crate::bench_rates::section(binary, &cluster, &args.rates)?;
     report.push_str(&rates_md);
@@ -354,7 +412,7 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     let out_dir = crate::util::workspace_root().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("REPORT.md"), &report)?;
-    let json = serde_json::json!({"overhead": json_overhead, "probe_cost": probe_json, "other_process_socket_call": host_json, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json, "health": health_json, "tls": tls_json, "footprint": footprint_json, "storage_metadata": meta_json, "per_1000_qps": rates_json});
+    let json = serde_json::json!({"overhead": json_overhead, "probe_cost": probe_json, "other_process_socket_call": host_json, "stress": json_stress, "replay": {"hits": hits, "misses": misses}, "budgets": json_budgets, "storage": storage_json, "health": health_json, "tls": tls_json, "footprint": footprint_json, "storage_metadata": meta_json, "per_1000_qps": rates_json, "tpcb": json_tpcb});
     std::fs::write(
         out_dir.join("report.json"),
         serde_json::to_string_pretty(&json)?,

@@ -1,6 +1,7 @@
 //! The throughput rounds of the overhead benchmark (`cargo xtask bench`, section 1): one
-//! `pgbench -S -c 2 -j 2` run in a given mode (detached, attached, with budgets, or
-//! attached to another cluster), with the agent's CPU and RSS.
+//! timed pgbench run in a given mode (detached, attached, with budgets, attached to another
+//! cluster, or one of the references a DBA would run instead: `pg_stat_statements`,
+//! `log_min_duration_statement = 0`), with the agent's CPU and RSS.
 
 use std::path::Path;
 
@@ -19,6 +20,12 @@ pub enum Mode {
     /// `auto`, with budgets on (observe) for the pgbench role: every query charged, costed.
     Budgets,
     OtherCluster,
+    /// No agent; `pg_stat_statements.track = top` (every other mode runs with `none`): the
+    /// reference a DBA would run instead, counting per statement in shared memory.
+    PgStatStatements,
+    /// No agent; `log_min_duration_statement = 0`: every statement and its duration written
+    /// to the server log, what log-based tools need to see every statement.
+    LogAll,
 }
 
 impl Mode {
@@ -28,6 +35,8 @@ impl Mode {
             Mode::Attached(h) => h,
             Mode::Budgets => "auto, budgets on",
             Mode::OtherCluster => "auto, on another cluster",
+            Mode::PgStatStatements => "pg_stat_statements (track = top)",
+            Mode::LogAll => "log_min_duration_statement = 0",
         }
     }
 }
@@ -36,12 +45,55 @@ impl Mode {
 /// 6.3) are not in the rounds: each mode costs a run per round, and the rounds' power goes
 /// to the figure the issue names; `every_hook_family_counts_exactly` (capture_edges) shows
 /// that they count exactly, and `capture.probe_stats` times them on a host that uses them.
-pub const MODES: [Mode; 4] = [
+pub const MODES: [Mode; 6] = [
     Mode::Detached,
     Mode::Attached("tp_btf_sock"),
     Mode::Budgets,
     Mode::OtherCluster,
+    Mode::PgStatStatements,
+    Mode::LogAll,
 ];
+
+/// The modes of the TPC-B-like rounds: pgmon, the null control and the two references.
+pub const TPCB_MODES: [Mode; 5] = [
+    Mode::Detached,
+    Mode::Attached("tp_btf_sock"),
+    Mode::OtherCluster,
+    Mode::PgStatStatements,
+    Mode::LogAll,
+];
+
+/// Puts in place the server settings `mode` runs under: `pg_stat_statements.track` (`top`
+/// for [`Mode::PgStatStatements`], `none` otherwise, so the other modes' baseline has no
+/// statement statistics; the library stays loaded) and `log_min_duration_statement` (`0`
+/// for [`Mode::LogAll`], `-1` otherwise), by `ALTER SYSTEM` and a reload (both settings take
+/// effect without a restart; the run's new connections read them). Needs
+/// `pg_stat_statements` in `shared_preload_libraries`, as the bench cluster has.
+pub fn server_settings(cluster: &Cluster, mode: Mode) -> Result<()> {
+    let track = if mode == Mode::PgStatStatements {
+        "top"
+    } else {
+        "none"
+    };
+    let log = if mode == Mode::LogAll { "0" } else { "-1" };
+    cluster.psql_admin(&format!(
+        "ALTER SYSTEM SET pg_stat_statements.track = '{track}'"
+    ))?;
+    cluster.psql_admin(&format!(
+        "ALTER SYSTEM SET log_min_duration_statement = {log}"
+    ))?;
+    cluster.psql_admin("SELECT pg_reload_conf()")?;
+    Ok(())
+}
+
+/// `pgbench -c 2 -j 2 -T duration` with its built-in TPC-B-like script (five statements in
+/// a transaction: three updates, a select, an insert) as role `bench` over `transport`.
+pub fn tpcb_run(transport: Transport, duration: u64) -> PgbenchRun {
+    PgbenchRun {
+        select_only: false,
+        ..select_only_run(transport, duration)
+    }
+}
 
 /// Pause before every run's pgbench. An attached agent runs this long before pgbench starts:
 /// the figure is the steady state of an agent that stays attached, so its one-off start-up
@@ -93,12 +145,21 @@ pub fn overhead_run(
     let duration = run
         .duration_s
         .context("an overhead run is timed (duration_s)")?;
+    server_settings(cluster, mode)?;
     match mode {
-        Mode::Detached => {
+        Mode::Detached | Mode::PgStatStatements | Mode::LogAll => {
             // The same pause as an attached run's: every run starts SETTLE after the one
             // before it ended (and after that run's agent, if any, detached and exited).
             std::thread::sleep(SETTLE);
             let r = cluster.pgbench(run)?;
+            if mode == Mode::LogAll {
+                // A run logs a few hundred MB at these rates: the next runs need not keep it.
+                server_settings(cluster, Mode::Detached)?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(cluster.log_file())?
+                    .set_len(0)?;
+            }
             Ok(Sample {
                 transport,
                 round,

@@ -334,8 +334,10 @@ impl Pipeline {
     }
 
     /// A session of `pid` turned out unreadable: counts it, asks pg_stat_activity for its
-    /// role (its StartupMessage was inside the encryption), and charges its CPU time from
-    /// now on.
+    /// role (its StartupMessage was inside the encryption), and charges its CPU time: all
+    /// of it since the backend was forked (a process's utime and stime start at 0, proc(5)),
+    /// so the TLS handshake and authentication, spent before the session could be judged
+    /// unreadable, are charged too; for a backend older than the agent, only from now on.
     fn start_unreadable(&mut self, pid: u32) {
         let Some(b) = self.backends.get_mut(&pid) else {
             return;
@@ -347,7 +349,11 @@ impl Pipeline {
             b.identity = Identity::Pending(Vec::new());
             let _ = self.lookups.send(pid);
         }
-        b.cpu_ticks = Some(cpu_ticks(pid).unwrap_or(0));
+        b.cpu_ticks = Some(if self.preexisting.contains(&pid) {
+            cpu_ticks(pid).unwrap_or(0)
+        } else {
+            0
+        });
         self.unreadable.insert(pid);
     }
 
