@@ -205,10 +205,13 @@ fn tpcb_rounds(
         }
     }
     let (table, json) = crate::bench_overhead::table(&samples, &transports, &TPCB_MODES);
-    let rank = ordinal(sign_test_rank(args.tpcb_rounds).unwrap_or(0));
+    let rank = sign_test_rank(args.tpcb_rounds)
+        .map_or("(too few rounds for an interval)".to_owned(), |k| {
+            format!("the {} smallest and largest ratio", ordinal(k))
+        });
     Ok((
         format!(
-            "\n## Overhead on TPC-B-like transactions\n\n`pgbench -c 2 -j 2 -T {}` with its built-in script (three updates, a select and an insert per transaction, 5 statements plus BEGIN/END), {} rounds per transport, the modes rotating as above; the interval from the {rank} smallest and largest ratio. Target: attached ≥ 0.99.\n\n{table}",
+            "\n## Overhead on TPC-B-like transactions\n\n`pgbench -c 2 -j 2 -T {}` with its built-in script (three updates, a select and an insert per transaction, 5 statements plus BEGIN/END), {} rounds per transport, the modes rotating as above; the interval: {rank}. Target: attached ≥ 0.99.\n\n{table}",
             args.duration, args.tpcb_rounds
         ),
         json,
