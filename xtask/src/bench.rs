@@ -126,36 +126,29 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.meta.meta_only {
         let (md, json) =
             crate::bench_meta::section(&crate::util::agent_release_binary(), &args.meta)?;
-        let out_dir = crate::util::workspace_root().join("bench");
-        std::fs::create_dir_all(&out_dir)?;
-        std::fs::write(
-            out_dir.join("META.md"),
-            format!("# pgmon on the storage-metadata mix\n{md}"),
-        )?;
-        std::fs::write(
-            out_dir.join("meta.json"),
-            serde_json::to_string_pretty(&json)?,
-        )?;
-        println!("{md}\nwritten to {}", out_dir.join("META.md").display());
-        return Ok(());
+        return write_section("META", "pgmon on the storage-metadata mix", &md, &json);
     }
     if args.tls.tls_only {
         let (md, json) =
             crate::bench_tls::section(&crate::util::agent_release_binary(), &args.tls)?;
-        let out_dir = crate::util::workspace_root().join("bench");
-        std::fs::create_dir_all(&out_dir)?;
-        std::fs::write(
-            out_dir.join("TLS.md"),
-            format!("# pgmon TLS benchmark\n{md}"),
-        )?;
-        std::fs::write(
-            out_dir.join("tls.json"),
-            serde_json::to_string_pretty(&json)?,
-        )?;
-        println!("{md}\nwritten to {}", out_dir.join("TLS.md").display());
-        return Ok(());
+        return write_section("TLS", "pgmon TLS benchmark", &md, &json);
     }
     measure(&crate::util::agent_release_binary(), args)
+}
+
+/// Writes one section run alone to `bench/<NAME>.md` (under `# title`) and
+/// `bench/<name>.json`, and prints it.
+fn write_section(name: &str, title: &str, md: &str, json: &serde_json::Value) -> Result<()> {
+    let out_dir = crate::util::workspace_root().join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let md_path = out_dir.join(format!("{name}.md"));
+    std::fs::write(&md_path, format!("# {title}\n{md}"))?;
+    std::fs::write(
+        out_dir.join(format!("{}.json", name.to_lowercase())),
+        serde_json::to_string_pretty(json)?,
+    )?;
+    println!("{md}\nwritten to {}", md_path.display());
+    Ok(())
 }
 
 /// An agent configuration for `cluster` on hook family `hook`, metrics on `port`; the
