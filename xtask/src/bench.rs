@@ -52,15 +52,19 @@ pub struct BenchArgs {
     /// (`pgbench -P 1`, detached), so a run's mean is the noise the ratios carry.
     #[arg(long, default_value_t = 8)]
     duration: u64,
-    /// Rounds of the overhead comparison per transport (a multiple of the six modes keeps
-    /// the rotation balanced). One round's ratio swings by ±15 % on this host; 24 rounds
-    /// narrow the median's 95 % interval to the 7th–18th of 24.
-    #[arg(long, default_value_t = 24)]
+    /// Rounds of the overhead comparison per transport (a multiple of the seven modes keeps
+    /// the rotation balanced). One round's ratio swings by ±15 % on this host; 21 rounds
+    /// narrow the median's 95 % interval to the 6th–16th of 21.
+    #[arg(long, default_value_t = 21)]
     rounds: usize,
-    /// Rounds of the TPC-B-like comparison per transport (a multiple of its five modes);
+    /// Rounds of the TPC-B-like comparison per transport (a multiple of its six modes);
     /// 0 leaves it out.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 12)]
     tpcb_rounds: usize,
+    /// Pairs of CPU-accounting runs per transport (attached, null control) for the capture's
+    /// own share.
+    #[arg(long, default_value_t = 3)]
+    probe_runs: usize,
     /// Trials of the enforcement-latency measurement.
     #[arg(long, default_value_t = 40)]
     trials: usize,
@@ -241,11 +245,24 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     // 1. Overhead: CPU time, then the throughput rounds.
     let mut costs = Vec::new();
     for transport in [Transport::Unix, Transport::Tcp] {
-        costs.push(crate::bench_probe::measure(
-            binary,
-            &cluster,
-            &crate::bench_overhead::select_only_run(transport, args.duration),
-        )?);
+        for rep in 0..args.probe_runs {
+            // Attached and null control alternate, the first of each pair alternating too.
+            let order = if rep % 2 == 0 { [&cluster, &other] } else { [&other, &cluster] };
+            for watched in order {
+                let c = crate::bench_probe::measure(
+                    binary,
+                    &cluster,
+                    watched,
+                    &crate::bench_overhead::select_only_run(transport, args.duration),
+                )?;
+                eprintln!(
+                    "bench: probe cost {transport:?} {} share {:.2} %",
+                    if c.attached { "attached" } else { "null control" },
+                    c.share() * 100.0
+                );
+                costs.push(c);
+            }
+        }
     }
     let (mut probe_md, probe_json) = crate::bench_probe::section(&costs);
     let (host_md, host_json) =
@@ -273,8 +290,15 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
                     "bench: {transport:?} round {round} {:<15} {:>9.0} tps{}",
                     mode.name(),
                     s.tps,
-                    s.agent_cpu
-                        .map_or(String::new(), |c| format!(", agent {:.1}% CPU", c * 100.0))
+                    s.agent_cpu.map_or(String::new(), |c| format!(
+                        ", {} {:.1}% CPU",
+                        if mode == crate::bench_overhead::Mode::PgBouncer {
+                            "PgBouncer"
+                        } else {
+                            "agent"
+                        },
+                        c * 100.0
+                    ))
                 );
                 samples.push(s);
             }

@@ -83,6 +83,7 @@ pub fn section(binary: &Path, args: &MetaBenchArgs) -> Result<(String, serde_jso
         costs.push(crate::bench_probe::measure(
             binary,
             &cluster,
+            &cluster,
             &storage_metadata_run(ROLE, ROLE, transport, 2, 2, args.meta_duration),
         )?);
     }

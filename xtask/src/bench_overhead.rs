@@ -26,6 +26,10 @@ pub enum Mode {
     /// No agent; `log_min_duration_statement = 0`: every statement and its duration written
     /// to the server log, what log-based tools need to see every statement.
     LogAll,
+    /// No agent; pgbench connects through PgBouncer (transaction pooling,
+    /// [`crate::bench_pgbouncer`]) over the run's transport: the cost of putting a proxy in
+    /// the path, as proxy-based monitors do.
+    PgBouncer,
 }
 
 impl Mode {
@@ -37,6 +41,7 @@ impl Mode {
             Mode::OtherCluster => "auto, on another cluster",
             Mode::PgStatStatements => "pg_stat_statements (track = top)",
             Mode::LogAll => "log_min_duration_statement = 0",
+            Mode::PgBouncer => "PgBouncer in front",
         }
     }
 }
@@ -45,22 +50,24 @@ impl Mode {
 /// 6.3) are not in the rounds: each mode costs a run per round, and the rounds' power goes
 /// to the figure the issue names; `every_hook_family_counts_exactly` (capture_edges) shows
 /// that they count exactly, and `capture.probe_stats` times them on a host that uses them.
-pub const MODES: [Mode; 6] = [
+pub const MODES: [Mode; 7] = [
     Mode::Detached,
     Mode::Attached("tp_btf_sock"),
     Mode::Budgets,
     Mode::OtherCluster,
     Mode::PgStatStatements,
     Mode::LogAll,
+    Mode::PgBouncer,
 ];
 
-/// The modes of the TPC-B-like rounds: pgmon, the null control and the two references.
-pub const TPCB_MODES: [Mode; 5] = [
+/// The modes of the TPC-B-like rounds: pgmon, the null control and the three references.
+pub const TPCB_MODES: [Mode; 6] = [
     Mode::Detached,
     Mode::Attached("tp_btf_sock"),
     Mode::OtherCluster,
     Mode::PgStatStatements,
     Mode::LogAll,
+    Mode::PgBouncer,
 ];
 
 /// Puts in place the server settings `mode` runs under: `pg_stat_statements.track` (`top`
@@ -109,7 +116,8 @@ pub struct Sample {
     pub round: usize,
     pub mode: Mode,
     pub tps: f64,
-    /// Agent CPU, fraction of one core, and resident memory at the end (attached only).
+    /// Agent CPU, fraction of one core, and resident memory at the end (attached only;
+    /// PgBouncer's for [`Mode::PgBouncer`]).
     pub agent_cpu: Option<f64>,
     pub agent_rss: Option<u64>,
     /// Cost-cache hit ratio over the run (budgets on only).
@@ -131,6 +139,17 @@ pub fn select_only_run(transport: Transport, duration: u64) -> PgbenchRun {
     }
 }
 
+/// Clock ticks per second and the page size in bytes (the units of /proc/PID/stat).
+fn clock_and_page() -> (f64, u64) {
+    // SAFETY: sysconf is always safe to call.
+    unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE) as u64,
+        )
+    }
+}
+
 /// One run of `run` (a timed pgbench run: `duration_s` set) in `mode`, the agent started
 /// and stopped around it; `round` labels the sample.
 pub fn overhead_run(
@@ -147,11 +166,30 @@ pub fn overhead_run(
         .context("an overhead run is timed (duration_s)")?;
     server_settings(cluster, mode)?;
     match mode {
-        Mode::Detached | Mode::PgStatStatements | Mode::LogAll => {
+        Mode::Detached | Mode::PgStatStatements | Mode::LogAll | Mode::PgBouncer => {
+            let bouncer = match mode {
+                Mode::PgBouncer => Some(crate::bench_pgbouncer::PgBouncer::start(
+                    cluster, transport,
+                )?),
+                _ => None,
+            };
             // The same pause as an attached run's: every run starts SETTLE after the one
             // before it ended (and after that run's agent, if any, detached and exited).
             std::thread::sleep(SETTLE);
-            let r = cluster.pgbench(run)?;
+            // PgBouncer's own CPU and RSS go in the agent columns of its row.
+            let (r, proxy) = match &bouncer {
+                Some(b) => {
+                    let mut through = run.clone();
+                    through.extra_args.extend(b.client_args());
+                    let before = proc_usage(b.pid()).context("pgbouncer /proc stat")?;
+                    let r = cluster.pgbench(&through)?;
+                    let after = proc_usage(b.pid()).context("pgbouncer /proc stat")?;
+                    (r, Some((after.0 - before.0, after.1)))
+                }
+                None => (cluster.pgbench(run)?, None),
+            };
+            drop(bouncer);
+            let (hz, page) = clock_and_page();
             if mode == Mode::LogAll {
                 // A run logs a few hundred MB at these rates: the next runs need not keep it.
                 server_settings(cluster, Mode::Detached)?;
@@ -165,8 +203,8 @@ pub fn overhead_run(
                 round,
                 mode,
                 tps: r.tps,
-                agent_cpu: None,
-                agent_rss: None,
+                agent_cpu: proxy.map(|(ticks, _)| ticks as f64 / hz / duration as f64),
+                agent_rss: proxy.map(|(_, pages)| pages * page),
                 hit_ratio: None,
             })
         }
@@ -193,13 +231,7 @@ pub fn overhead_run(
                 None
             };
             agent.stop()?;
-            // SAFETY: sysconf is always safe to call.
-            let (hz, page) = unsafe {
-                (
-                    libc::sysconf(libc::_SC_CLK_TCK) as f64,
-                    libc::sysconf(libc::_SC_PAGESIZE) as u64,
-                )
-            };
+            let (hz, page) = clock_and_page();
             let cpu = (after.0 - before.0) as f64 / hz / duration as f64;
             Ok(Sample {
                 transport,
@@ -226,7 +258,7 @@ pub fn table(
     use crate::bench_stats::{median, median_interval};
     use std::fmt::Write as _;
     let mut md = String::from(
-        "| transport | mode | median TPS | median ratio | 95 % interval | ratios | agent CPU (median, % of a core) | agent RSS (median, MiB) |\n|---|---|---|---|---|---|---|---|\n",
+        "| transport | mode | median TPS | median ratio | 95 % interval | ratios | agent (or PgBouncer) CPU, median % of a core | its RSS, median MiB |\n|---|---|---|---|---|---|---|---|\n",
     );
     let mut json = Vec::new();
     let blank_nan =

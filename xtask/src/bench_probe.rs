@@ -16,6 +16,9 @@ use pgmon_tests::{Agent, Cluster, PgbenchRun, Transport, free_port};
 /// The figures of one run.
 pub struct ProbeCost {
     pub transport: Transport,
+    /// The agent watched the cluster pgbench ran on (false: the null control, the agent on
+    /// another cluster, so its programs only turned calls away).
+    pub attached: bool,
     pub tps: f64,
     /// Kernel programs, nanoseconds per transaction, and per program (name, runs, ns/run).
     pub probe_ns_per_tx: f64,
@@ -66,11 +69,18 @@ fn programs(agent: &Agent) -> Result<Vec<(String, u64, u64)>> {
         .unwrap_or_default())
 }
 
-/// One measured run of `run` (a pgbench run; its transport labels the figures).
-pub fn measure(binary: &Path, cluster: &Cluster, run: &PgbenchRun) -> Result<ProbeCost> {
+/// One measured run of `run` (a pgbench run on `cluster`; its transport labels the
+/// figures), the agent attached to `watched`: `cluster` itself, or another cluster for the
+/// null control.
+pub fn measure(
+    binary: &Path,
+    cluster: &Cluster,
+    watched: &Cluster,
+    run: &PgbenchRun,
+) -> Result<ProbeCost> {
     let transport = run.transport;
     let port = free_port();
-    let config = crate::bench::agent_config(cluster, port, "auto\n  probe_stats: true");
+    let config = crate::bench::agent_config(watched, port, "auto\n  probe_stats: true");
     let agent = Agent::start(binary, &config, format!("127.0.0.1:{port}"))?;
     // SAFETY: sysconf is always safe to call.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
@@ -107,6 +117,7 @@ pub fn measure(binary: &Path, cluster: &Cluster, run: &PgbenchRun) -> Result<Pro
     let busy_ns = (after.2.0 - before.2.0) as f64 / hz * 1e9;
     Ok(ProbeCost {
         transport,
+        attached: std::ptr::eq(cluster, watched),
         tps: r.tps,
         probe_ns_per_tx: probe_ns / tx,
         programs: per_program,
@@ -115,25 +126,68 @@ pub fn measure(binary: &Path, cluster: &Cluster, run: &PgbenchRun) -> Result<Pro
     })
 }
 
+/// The capture's own share of `costs` per transport: the median over the attached runs
+/// of pgmon's share, minus the median over the null-control runs (the agent on another
+/// cluster: what every socket call on the host pays for the hooks to turn it away). The
+/// difference is what tracking the cluster's own calls costs: the copies, the ring buffer
+/// and the agent's parsing and accounting. (transport, attached share, null share, own).
+pub fn own_shares(costs: &[ProbeCost]) -> Vec<(Transport, f64, f64, f64)> {
+    use crate::bench_stats::median;
+    let mut out = Vec::new();
+    for transport in [Transport::Unix, Transport::Tcp] {
+        let of = |attached: bool| {
+            median(
+                costs
+                    .iter()
+                    .filter(|c| c.transport == transport && c.attached == attached)
+                    .map(ProbeCost::share)
+                    .collect(),
+            )
+        };
+        let (a, n) = (of(true), of(false));
+        if !a.is_nan() && !n.is_nan() {
+            out.push((transport, a, n, a - n));
+        }
+    }
+    out
+}
+
 /// The report section (Markdown) and its JSON.
 pub fn section(costs: &[ProbeCost]) -> (String, serde_json::Value) {
     let (table, json) = table(costs);
+    let mut own = String::from(
+        "| transport | pgmon's share, attached | null control (agent on another cluster) | the capture's own share | target |\n|---|---|---|---|---|\n",
+    );
+    let mut own_json = Vec::new();
+    for (t, a, n, d) in own_shares(costs) {
+        own.push_str(&format!(
+            "| {t:?} | {:.2} % | {:.2} % | {:.2} % | ≤ 1 % |\n",
+            a * 100.0,
+            n * 100.0,
+            d * 100.0
+        ));
+        own_json.push(serde_json::json!({"transport": format!("{t:?}"), "attached_share": a, "null_share": n, "own_share": d}));
+    }
     (
         format!(
             "\n## Where the overhead goes (CPU time, `capture.probe_stats`)\n\n\
-             One run per transport, agent on `auto` with the kernel timing its programs; not part \
+             Runs of `pgbench -S` alternating between the agent attached (on `auto`) and the null \
+             control (the agent on another cluster), with the kernel timing its programs; not part \
              of the ratios above. Per transaction: pgmon's kernel programs, the agent's own CPU, \
-             and the machine's busy CPU; `1 − share` is the throughput a CPU-bound workload keeps.\n\n{table}"
+             and the machine's busy CPU; `1 − share` is the throughput a CPU-bound workload keeps. \
+             The capture's own share is the attached runs' median share minus the null control's: \
+             what watching the cluster's own calls costs beyond turning every other call away.\n\n\
+             {own}\n{table}"
         ),
-        json,
+        serde_json::json!({"runs": json, "own": own_json}),
     )
 }
 
 /// The table of `costs` (Markdown, header included: one row per run) and its JSON.
 pub fn table(costs: &[ProbeCost]) -> (String, serde_json::Value) {
     let mut md = String::from(
-        "| transport | TPS | kernel programs (ns/tx) | per program (runs, ns/run) | agent (ns/tx) | machine busy (ns/tx) | pgmon's share | 1 − share |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "| transport | agent on | TPS | kernel programs (ns/tx) | per program (runs, ns/run) | agent (ns/tx) | machine busy (ns/tx) | pgmon's share | 1 − share |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     let mut json = Vec::new();
     for c in costs {
@@ -144,8 +198,9 @@ pub fn table(costs: &[ProbeCost]) -> (String, serde_json::Value) {
             .collect::<Vec<_>>()
             .join("; ");
         md.push_str(&format!(
-            "| {:?} | {:.0} | {:.0} | {programs} | {:.0} | {:.0} | {:.2} % | {:.3} |\n",
+            "| {:?} | {} | {:.0} | {:.0} | {programs} | {:.0} | {:.0} | {:.2} % | {:.3} |\n",
             c.transport,
+            if c.attached { "this cluster" } else { "another cluster" },
             c.tps,
             c.probe_ns_per_tx,
             c.agent_ns_per_tx,
@@ -154,7 +209,7 @@ pub fn table(costs: &[ProbeCost]) -> (String, serde_json::Value) {
             1.0 - c.share()
         ));
         json.push(serde_json::json!({
-            "transport": format!("{:?}", c.transport), "tps": c.tps,
+            "transport": format!("{:?}", c.transport), "attached": c.attached, "tps": c.tps,
             "probe_ns_per_tx": c.probe_ns_per_tx, "agent_ns_per_tx": c.agent_ns_per_tx,
             "busy_ns_per_tx": c.busy_ns_per_tx, "share": c.share(),
             "programs": c.programs.iter().map(|(n, r, ns)| serde_json::json!({"program": n, "runs": r, "ns_per_run": ns})).collect::<Vec<_>>(),

@@ -17,6 +17,7 @@ mod bench_health;
 mod bench_host;
 mod bench_meta;
 mod bench_overhead;
+mod bench_pgbouncer;
 mod bench_probe;
 mod bench_rates;
 mod bench_replay;

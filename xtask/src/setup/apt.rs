@@ -42,6 +42,9 @@ pub(crate) const APT_PACKAGES: &[&str] = &[
     // The web UI's browser test drives Debian's Chromium over WebDriver (chromedriver).
     "chromium",
     "chromium-driver",
+    // The bench's proxy reference: pgbench through PgBouncer (run from its own directory as
+    // the cluster's user; the package's own service is never started here).
+    "pgbouncer",
 ];
 
 /// Installed packages and the virtual packages they provide (`dpkg-query`, one call).
