@@ -71,8 +71,9 @@ pub struct BenchArgs {
     /// Measure only where the capture overhead goes (CPU time) and print it.
     #[arg(long)]
     probe_only: bool,
-    /// Measure only the overhead rounds (pgbench -S and TPC-B-like, with the references)
-    /// and print them; `bench/` is left as it is.
+    /// Measure only the CPU accounting and the overhead rounds (pgbench -S and TPC-B-like,
+    /// with the references), print them and write `bench/OVERHEAD.md` and
+    /// `bench/overhead.json`.
     #[arg(long)]
     overhead_only: bool,
     #[command(flatten)]
@@ -247,7 +248,11 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     for transport in [Transport::Unix, Transport::Tcp] {
         for rep in 0..args.probe_runs {
             // Attached and null control alternate, the first of each pair alternating too.
-            let order = if rep % 2 == 0 { [&cluster, &other] } else { [&other, &cluster] };
+            let order = if rep % 2 == 0 {
+                [&cluster, &other]
+            } else {
+                [&other, &cluster]
+            };
             for watched in order {
                 let c = crate::bench_probe::measure(
                     binary,
@@ -257,7 +262,11 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
                 )?;
                 eprintln!(
                     "bench: probe cost {transport:?} {} share {:.2} %",
-                    if c.attached { "attached" } else { "null control" },
+                    if c.attached {
+                        "attached"
+                    } else {
+                        "null control"
+                    },
                     c.share() * 100.0
                 );
                 costs.push(c);
@@ -317,11 +326,19 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
     );
 
     report.push_str(&tpcb_md);
-    if args.overhead_only {
-        println!("{report}");
-        return Ok(());
-    }
     report.push_str(&probe_md);
+    if args.overhead_only {
+        let body = report
+            .split_once('\n')
+            .map_or(report.as_str(), |(_, rest)| rest);
+        let json = serde_json::json!({"overhead": json_overhead, "probe_cost": probe_json, "tpcb": json_tpcb});
+        return write_section(
+            "OVERHEAD",
+            "pgmon overhead against the references",
+            body,
+            &json,
+        );
+    }
     let (rates_md, rates_json) = crate::bench_rates::section(binary, &cluster, &args.rates)?;
     report.push_str(&rates_md);
 

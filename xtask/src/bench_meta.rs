@@ -21,7 +21,7 @@ pub struct MetaBenchArgs {
     /// Run only the storage-metadata section and write `bench/META.md` and `bench/meta.json`.
     #[arg(long)]
     pub meta_only: bool,
-    /// Rounds of the mix's overhead comparison per transport (a multiple of the three modes
+    /// Rounds of the mix's overhead comparison per transport (a multiple of the six modes
     /// keeps the rotation balanced).
     #[arg(long, default_value_t = 12)]
     pub meta_rounds: usize,
@@ -30,14 +30,10 @@ pub struct MetaBenchArgs {
     pub meta_duration: u64,
 }
 
-/// The modes of each round: detached, attached on the family these hosts use, and the null
-/// control (attached to another cluster). Budgets are left out: the mix's role is measured
-/// as the capture sees it.
-pub const META_MODES: [Mode; 3] = [
-    Mode::Detached,
-    Mode::Attached("tp_btf_sock"),
-    Mode::OtherCluster,
-];
+/// The modes of each round: those of the TPC-B-like rounds (detached, attached on the
+/// family these hosts use, the null control and the three references). Budgets are left
+/// out: the mix's role is measured as the capture sees it.
+pub const META_MODES: [Mode; 6] = crate::bench_overhead::TPCB_MODES;
 
 /// Role and database the mix runs as.
 const ROLE: &str = "meta";
@@ -70,7 +66,7 @@ pub fn section(binary: &Path, args: &MetaBenchArgs) -> Result<(String, serde_jso
                     mode.name(),
                     s.tps,
                     s.agent_cpu
-                        .map_or(String::new(), |c| format!(", agent {:.1}% CPU", c * 100.0))
+                        .map_or(String::new(), |c| format!(", {:.1}% CPU", c * 100.0))
                 );
                 samples.push(s);
             }
@@ -97,7 +93,7 @@ pub fn section(binary: &Path, args: &MetaBenchArgs) -> Result<(String, serde_jso
          (get 35 %, list by prefix 15 %, log an access 15 %, upsert 12 %, full-text search 8 %, \
          record a version 6 %, JSONB containment 4 %, delete old 3 %, hook statistics 2 %) on \
          50,000 seeded objects, as role `{ROLE}`, PostgreSQL 15, {} rounds per transport, the \
-         order of the three modes rotating. Ratios to the same round's detached run; the \
+         order of the six modes (pgmon, the null control, the three references) rotating. Ratios to the same round's detached run; the \
          interval as in the overhead section (the {rank} smallest and largest of {} rounds). \
          Target: attached ≥ {TARGET}.\n\n{table}\n\
          Where it goes in CPU time, as in the section on `pgbench -S` (one run per transport, \

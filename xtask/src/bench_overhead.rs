@@ -169,7 +169,7 @@ pub fn overhead_run(
         Mode::Detached | Mode::PgStatStatements | Mode::LogAll | Mode::PgBouncer => {
             let bouncer = match mode {
                 Mode::PgBouncer => Some(crate::bench_pgbouncer::PgBouncer::start(
-                    cluster, transport,
+                    cluster, transport, &run.db, &run.user,
                 )?),
                 _ => None,
             };

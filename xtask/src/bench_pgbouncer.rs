@@ -17,7 +17,7 @@ use pgmon_tests::{Cluster, Transport, free_port, postgres_user};
 /// Debian's binary (package `pgbouncer`).
 pub const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
 
-/// A running PgBouncer for database `bench`; stopped (SIGTERM, then waited for) and its
+/// A running PgBouncer for one database; stopped (SIGTERM, then waited for) and its
 /// directory removed on drop.
 pub struct PgBouncer {
     child: Child,
@@ -27,26 +27,31 @@ pub struct PgBouncer {
 }
 
 impl PgBouncer {
-    /// Starts PgBouncer in front of `cluster`'s database `bench` (as role `bench`, which the
-    /// server trusts like every bench client), listening on 127.0.0.1 and on a Unix socket in
-    /// its own directory, both on one free port; waits until it accepts (≤ 10 s).
+    /// Starts PgBouncer in front of `cluster`'s database `db`, logging in as `user` (the
+    /// server trusts it like every bench client), listening on 127.0.0.1 and on a Unix
+    /// socket in its own directory, both on one free port; waits until it accepts (≤ 10 s).
     ///
     /// Errors: the binary is missing (set-up not run), the cluster's OS user is unknown,
     /// PgBouncer exits or does not listen within 10 s (its log is in the error).
-    pub fn start(cluster: &Cluster, transport: Transport) -> Result<PgBouncer> {
+    pub fn start(
+        cluster: &Cluster,
+        transport: Transport,
+        db: &str,
+        user: &str,
+    ) -> Result<PgBouncer> {
         if !std::path::Path::new(PGBOUNCER).exists() {
             bail!("{PGBOUNCER} is missing: run `cargo xtask setup` (apt package pgbouncer)");
         }
-        let user = postgres_user().context("the cluster's OS user")?;
+        let os_user = postgres_user().context("the cluster's OS user")?;
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("pgmon-pgbouncer-{port}"));
         std::fs::create_dir_all(&dir)?;
-        std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid))?;
+        std::os::unix::fs::chown(&dir, Some(os_user.uid), Some(os_user.gid))?;
         // pgbouncer.ini(5): `auth_type = any` ignores the client's user name and logs in as
         // the database entry's `user`; `ignore_startup_parameters` lets pgbench's
         // extra_float_digits through.
         let ini = format!(
-            "[databases]\nbench = host={host} port={server_port} dbname=bench user=bench\n\n\
+            "[databases]\n{db} = host={host} port={server_port} dbname={db} user={user}\n\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {dir}\n\
              auth_type = any\npool_mode = transaction\nmax_client_conn = 200\ndefault_pool_size = 8\n\
              ignore_startup_parameters = extra_float_digits\nlogfile = {dir}/pgbouncer.log\n",
@@ -58,9 +63,9 @@ impl PgBouncer {
         std::fs::write(&ini_path, ini)?;
         let child = Command::new(PGBOUNCER)
             .arg(&ini_path)
-            .uid(user.uid)
-            .gid(user.gid)
-            .env("HOME", &user.home)
+            .uid(os_user.uid)
+            .gid(os_user.gid)
+            .env("HOME", &os_user.home)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

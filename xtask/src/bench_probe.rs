@@ -200,7 +200,11 @@ pub fn table(costs: &[ProbeCost]) -> (String, serde_json::Value) {
         md.push_str(&format!(
             "| {:?} | {} | {:.0} | {:.0} | {programs} | {:.0} | {:.0} | {:.2} % | {:.3} |\n",
             c.transport,
-            if c.attached { "this cluster" } else { "another cluster" },
+            if c.attached {
+                "this cluster"
+            } else {
+                "another cluster"
+            },
             c.tps,
             c.probe_ns_per_tx,
             c.agent_ns_per_tx,
