@@ -221,3 +221,40 @@ pub fn table(costs: &[ProbeCost]) -> (String, serde_json::Value) {
     }
     (md, serde_json::Value::Array(json))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cost(transport: Transport, attached: bool, probe: f64, agent: f64) -> ProbeCost {
+        ProbeCost {
+            transport,
+            attached,
+            tps: 1.0,
+            probe_ns_per_tx: probe,
+            programs: Vec::new(),
+            agent_ns_per_tx: agent,
+            busy_ns_per_tx: 100_000.0,
+        }
+    }
+
+    /// The own share is the attached runs' median share minus the null control's, per
+    /// transport; a transport without both kinds of run has none.
+    #[test]
+    fn own_share_is_attached_minus_null_control() {
+        let costs = [
+            cost(Transport::Unix, true, 2_000.0, 500.0),
+            cost(Transport::Unix, true, 1_800.0, 500.0),
+            cost(Transport::Unix, true, 9_000.0, 500.0),
+            cost(Transport::Unix, false, 500.0, 100.0),
+            cost(Transport::Tcp, true, 2_000.0, 0.0),
+        ];
+        let own = own_shares(&costs);
+        assert_eq!(own.len(), 1);
+        let (t, attached, null, d) = own[0];
+        assert_eq!(t, Transport::Unix);
+        assert!((attached - 0.025).abs() < 1e-12, "{attached}");
+        assert!((null - 0.006).abs() < 1e-12, "{null}");
+        assert!((d - 0.019).abs() < 1e-12, "{d}");
+    }
+}
