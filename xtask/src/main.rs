@@ -7,6 +7,8 @@
 //! - `package`: the Debian package.
 //! - `fresh-check`: strips what `setup` installed and runs `demo` and `test` in a fresh
 //!   clone (the proof that both work on a new machine).
+//! - `kernels`: boots Debian's 5.10, 6.1 and 6.12 kernels in QEMU and runs the agent's doctor
+//!   per hook family and a short capture in each.
 
 mod bench;
 mod bench_budget;
@@ -30,6 +32,7 @@ mod bench_tls;
 mod bootstrap;
 mod demo;
 mod fresh_check;
+mod kernels;
 mod package;
 mod setup;
 mod test;
@@ -63,6 +66,9 @@ enum Cmd {
     FreshCheck(fresh_check::FreshCheckArgs),
     /// Build the Debian package (target/debian/pgmon_<version>_amd64.deb).
     Package(package::PackageArgs),
+    /// Boot Debian's 5.10, 6.1 and 6.12 kernels in QEMU (TCG) over the host's root and run
+    /// `pgmon-agent doctor` per hook family and a short capture in each (root).
+    Kernels(kernels::KernelsArgs),
 }
 
 fn main() {
@@ -74,6 +80,7 @@ fn main() {
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Package(args) => package::run(&args),
         Cmd::FreshCheck(args) => fresh_check::run(&args),
+        Cmd::Kernels(args) => kernels::run(&args),
     };
     if let Err(e) = res {
         eprintln!("xtask: error: {e:#}");
