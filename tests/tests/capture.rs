@@ -16,13 +16,21 @@ use pgmon_tests::{
 /// pgbench's `-S` statement as pg_stat_statements normalizes it.
 const PGBENCH_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
 
+/// The hook family the agent is given: `auto`, unless `PGMON_TEST_HOOKS` names one.
+/// `cargo xtask kernels` runs this suite in QEMU guests of other kernels once per family
+/// the kernel accepts (issue 25), so these assertions are the kernel matrix's too.
+fn hooks() -> String {
+    std::env::var("PGMON_TEST_HOOKS").unwrap_or_else(|_| "auto".to_owned())
+}
+
 fn agent_config(cluster: &Cluster, port: u16) -> String {
     format!(
         "cluster:\n  data_directory: {}\n  connection: \"host={} port={} user=postgres dbname=postgres\"\n\
-         capture:\n  hooks: auto\nmetrics:\n  listen: 127.0.0.1:{port}\n{SUPERUSER_MONITOR}",
+         capture:\n  hooks: {}\nmetrics:\n  listen: 127.0.0.1:{port}\n{SUPERUSER_MONITOR}",
         cluster.data_dir().display(),
         cluster.socket_dir().display(),
-        cluster.port()
+        cluster.port(),
+        hooks()
     )
 }
 
@@ -249,6 +257,12 @@ fn suite(version: PgVersion) {
     let status = agent.status_json().expect("status");
     let c = &status["capture"];
     eprintln!("{version:?} capture: {c}");
+    let wanted = hooks();
+    let used = c["hook"].as_str().unwrap_or_default();
+    eprintln!("{version:?} hook family asked: {wanted}, in use: {used}");
+    f.check(wanted == "auto" || used == wanted, || {
+        format!("{version:?} hook family {wanted} asked, {used} in use")
+    });
     for key in [
         "dropped",
         "probe_errors",

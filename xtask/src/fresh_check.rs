@@ -28,7 +28,7 @@ use crate::util::{cargo, describe, run_capture, run_streaming, try_capture, work
 
 /// Packages of [`crate::setup::APT_PACKAGES`] that a new machine already has (read off a new
 /// machine of this kind: the Rust toolchain, gcc and make, Debian's PostgreSQL 15 with
-/// contrib and psql, systemd, strace, curl, openssl). Every other package set-up installs is
+/// contrib and psql, systemd, strace, curl, openssl, xz-utils, zstd, the archive keyring). Every other package set-up installs is
 /// purged by the check, so a package added to set-up is covered without editing this list.
 pub const NEW_MACHINE_HAS: &[&str] = &[
     "gcc",
@@ -43,6 +43,9 @@ pub const NEW_MACHINE_HAS: &[&str] = &[
     "openssl",
     "systemd",
     "strace",
+    "xz-utils",
+    "zstd",
+    "debian-archive-keyring",
 ];
 
 /// Files set-up's C-trigger step installs into Debian's PostgreSQL 15 (`make install` of

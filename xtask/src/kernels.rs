@@ -19,19 +19,25 @@
 //! 3. boots `qemu-system-x86_64 -accel tcg` (never KVM: this machine's /dev/kvm is a
 //!    software backend that hangs stock kernels), pinned to one core by `taskset`, bounded by
 //!    `timeout`. The guest script starts Debian's PostgreSQL 15 from the host's files
-//!    (initdb into tmpfs, socket in the same dir), runs `pgmon-agent doctor` once per hook
-//!    family with `capture.hooks` forced to it, then (unless `--doctor-only`) per family
-//!    `pgmon-agent run` with that policy while `pgbench -S -t 1000` runs as role `bench`,
-//!    and saves the agent's status JSON;
-//! 4. prints a table kernel × family: the calls of pgbench's SELECT the agent counted
-//!    (exact when 1000), doctor's verdict (loads with its cost rank, or refused and why),
-//!    and each guest's wall time (boot to power-off) with its uptime at each stage.
+//!    (initdb into tmpfs, socket in the same dir) and runs `pgmon-agent doctor` once per
+//!    hook family with `capture.hooks` forced to it; then (unless `--doctor-only`), for
+//!    each family whose doctor says it loads, the capture suite itself ([`CAPTURE_TEST`],
+//!    the test binary of `tests/tests/capture.rs`) with `PGMON_TEST_HOOKS` set to the
+//!    family: the same assertions as on the host, not a second copy of them;
+//! 4. prints a table kernel × family: the suite's verdict (passed with its count of exact
+//!    runs and the family in use, or its first failure), doctor's verdict (loads with its
+//!    cost rank, or refused and why), and each guest's wall time (boot to power-off) with
+//!    its uptime at each stage.
+//!
+//! Emulated guests run 20–100× slower than the host: the matrix proves loading, attaching
+//! and exact counts, never cost.
 //!
 //! Each guest's files stay in `KERNELS_DIR/run/<kernel>/`: `guest.sh`, `output.txt`, `rc`,
-//! `console.log` (the serial console) and `status-<family>.json`.
+//! `console.log` (the serial console) and `capture-<family>.log`.
 //!
 //! Needs root (apt, dpkg, 9p export of `/` with the host's permissions) and the host packages
-//! of [`HOST_PACKAGES`].
+//! `cargo xtask setup` installs (QEMU, busybox, cpio, kmod: see
+//! [`crate::setup::APT_PACKAGES`]).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -46,19 +52,6 @@ use crate::util::{
 
 /// Where kernels, the private apt state, the initramfs and each guest's output live.
 pub const KERNELS_DIR: &str = "/opt/pgmon-test/kernels";
-
-/// Debian packages this command needs on the host: QEMU (system emulator for x86), a static
-/// busybox for the initramfs, `cpio` to pack it, `kmod` for `depmod`, `xz-utils` and `zstd`
-/// for compressed modules; `debian-archive-keyring` signs all three suites.
-pub const HOST_PACKAGES: &[&str] = &[
-    "qemu-system-x86",
-    "busybox-static",
-    "cpio",
-    "kmod",
-    "xz-utils",
-    "zstd",
-    "debian-archive-keyring",
-];
 
 /// The hook families `capture.hooks` accepts, cheapest first, then `auto` (the agent's own
 /// choice: the cheapest that loads). Source: `pgmon-agent/src/capture/hooks.rs`.
@@ -75,8 +68,12 @@ pub const FAMILIES: &[&str] = &[
 /// the kernel skipped: virtio's PCI transport, 9p over virtio, and overlayfs.
 const GUEST_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 
-/// Transactions of `pgbench -S` in the capture step (one captured statement each).
-const PGBENCH_TRANSACTIONS: u32 = 1000;
+/// The capture suite's test run in each guest, once per hook family the kernel accepts:
+/// `tests/tests/capture.rs`'s PostgreSQL 15 suite (pgbench -S under every protocol and with
+/// -C over unix and TCP, pgmon's count = pgbench's = pg_stat_statements', two roles at once,
+/// a connection older than the agent, a 100 KiB query, another cluster left alone, nothing
+/// dropped or desynced), the family forced by `PGMON_TEST_HOOKS`.
+pub const CAPTURE_TEST: &str = "capture_pg15";
 
 /// One kernel of the matrix: the name on the command line and where Debian ships it.
 struct Kernel {
@@ -104,9 +101,10 @@ const KERNELS: &[Kernel] = &[
 /// Arguments of `cargo xtask kernels`.
 #[derive(clap::Args)]
 pub struct KernelsArgs {
-    /// Which kernel: 5.10 (bullseye), 6.1 (bookworm), 6.12 (bookworm-backports) or all.
-    #[arg(long, default_value = "6.1")]
-    kernel: String,
+    /// Which kernels, comma-separated: 5.10 (bullseye), 6.1 (bookworm), 6.12
+    /// (bookworm-backports), or all.
+    #[arg(long, value_delimiter = ',', default_value = "6.1")]
+    kernel: Vec<String>,
     /// Hook families to try, comma-separated, of fexit, tp_btf_sock, tp_btf, tracepoint,
     /// raw_tracepoint, auto.
     #[arg(
@@ -115,18 +113,22 @@ pub struct KernelsArgs {
         default_value = "fexit,tp_btf_sock,tp_btf,tracepoint,raw_tracepoint,auto"
     )]
     families: Vec<String>,
-    /// Only `pgmon-agent doctor` per hook family; no capture run with pgbench.
+    /// Only `pgmon-agent doctor` per hook family; not the capture suite.
     #[arg(long)]
     doctor_only: bool,
     /// The host CPU QEMU is pinned to (`taskset -c`).
     #[arg(long, default_value_t = 1)]
     cpu: u32,
-    /// Seconds a guest may take from boot to power-off before `timeout` ends it.
-    #[arg(long, default_value_t = 300)]
+    /// Seconds a guest may take from boot to power-off before `timeout` ends it (the
+    /// capture suite takes minutes per family under emulation).
+    #[arg(long, default_value_t = 3600)]
     timeout: u32,
     /// Guest memory, MiB.
     #[arg(long, default_value_t = 2048)]
     memory: u32,
+    /// Seconds the capture suite may take per family in a guest before `timeout` ends it.
+    #[arg(long, default_value_t = 900)]
+    suite_timeout: u32,
     /// Skip `cargo build --release -p pgmon-agent` (use the binary as it is).
     #[arg(long)]
     no_build: bool,
@@ -134,20 +136,33 @@ pub struct KernelsArgs {
 
 /// What one guest reported about one hook family.
 #[derive(Default)]
-struct FamilyResult {
+pub struct FamilyResult {
     /// The doctor's `hooks` line without its name: `ok    fexit loads and attaches (cost
     /// rank 0)` or `FAIL  no hook family could be attached: …`; `None` when none came back.
     doctor: Option<String>,
-    /// The capture run's `@@ ` notes (`agent exited at start` and the agent's last lines).
-    capture_note: Option<String>,
-    /// `(captured, expected)` calls of pgbench's `SELECT abalance …` by role `bench`, from
-    /// the run's status JSON; `None` when the run did not get as far as a status.
-    capture: Option<(u64, u64)>,
+    /// Why the capture suite did not run for this family (doctor refused it).
+    skipped: Option<String>,
+    /// The capture suite's exit code in the guest (0: every check passed); `None` when it
+    /// did not run or did not finish.
+    suite_exit: Option<i32>,
+    /// The suite's per-run count lines (`… pgbench N tx, pgmon N, pg_stat_statements N`).
+    counts: Vec<String>,
+    /// The suite's `FAIL: …` lines.
+    failures: Vec<String>,
+    /// The hook family the agent used (from the suite's `hook family asked: …, in use: …`).
+    in_use: Option<String>,
+}
+
+impl FamilyResult {
+    /// Whether the capture suite ran and passed.
+    pub fn passed(&self) -> bool {
+        self.suite_exit == Some(0)
+    }
 }
 
 /// What one guest reported.
-struct GuestResult {
-    kernel: &'static str,
+pub struct GuestResult {
+    pub kernel: &'static str,
     /// `uname -r` of the guest, e.g. `6.1.0-50-amd64`.
     release: String,
     /// Boot to power-off, as the host measured it.
@@ -156,30 +171,99 @@ struct GuestResult {
     /// and the script ended (`@@ … at uptime` markers; the guest clock runs on TCG's time).
     uptimes: Vec<(String, f64)>,
     /// Per family asked for, in order.
-    families: Vec<(String, FamilyResult)>,
+    pub families: Vec<(String, FamilyResult)>,
     /// Why the guest's report is incomplete, if it is.
-    problem: Option<String>,
+    pub problem: Option<String>,
 }
 
 /// Fetches, boots and reports each kernel asked for; fails if a kernel cannot be fetched or
-/// booted, or (after the table) if a guest's script did not finish. A hook family a kernel
-/// refuses is a result in the table, not a failure.
+/// booted, or (after the table) if a guest's script did not finish or the capture suite
+/// failed on a family the kernel accepts. A hook family a kernel refuses is a result in the
+/// table, not a failure.
 pub fn run(args: &KernelsArgs) -> Result<()> {
+    if !args.no_build {
+        run_streaming(cargo().args(["build", "--release", "-p", "pgmon-agent"]))?;
+    }
+    let results = matrix(args)?;
+    print!("{}", table(&results));
+    let full = (args.kernel.iter().any(|k| k == "all")
+        || KERNELS
+            .iter()
+            .all(|k| args.kernel.iter().any(|a| a == k.name)))
+        && FAMILIES
+            .iter()
+            .all(|f| args.families.iter().any(|a| a == f))
+        && !args.doctor_only;
+    if full {
+        write_readme(&results)?;
+    } else {
+        println!("(a partial matrix: the README's kernel table is left as it is)");
+    }
+    let unfinished: Vec<&str> = results
+        .iter()
+        .filter(|r| r.problem.is_some())
+        .map(|r| r.kernel)
+        .collect();
+    if !unfinished.is_empty() {
+        bail!(
+            "the guest script did not finish on {} (see {KERNELS_DIR}/run/<kernel>/console.log)",
+            unfinished.join(", ")
+        );
+    }
+    let failed: Vec<String> = results
+        .iter()
+        .flat_map(|r| {
+            r.families
+                .iter()
+                .filter(|(_, f)| f.skipped.is_none() && !f.passed())
+                .map(move |(family, _)| format!("{} {family}", r.kernel))
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "the capture suite failed on {} (see {KERNELS_DIR}/run/<kernel>/capture-<family>.log)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The arguments `cargo xtask test` runs the matrix with: 6.1 and 5.10, the agent on `auto`
+/// (fexit on both) and on `tp_btf` (the family kernels 5.5–6.2 fall back to where fexit is
+/// refused); the release agent and test binaries as the test run built them.
+pub fn test_args() -> KernelsArgs {
+    KernelsArgs {
+        kernel: vec!["6.1".into(), "5.10".into()],
+        families: vec!["auto".into(), "tp_btf".into()],
+        doctor_only: false,
+        cpu: 1,
+        timeout: 2400,
+        memory: 2048,
+        suite_timeout: 900,
+        no_build: true,
+    }
+}
+
+/// Fetches and boots each kernel of `args` in turn (the release agent must be built);
+/// returns what each guest reported.
+pub fn matrix(args: &KernelsArgs) -> Result<Vec<GuestResult>> {
     if !is_root() {
         bail!("cargo xtask kernels needs root (apt-get download, dpkg -x, 9p export of /)");
     }
-    let kernels: Vec<&Kernel> = if args.kernel == "all" {
-        KERNELS.iter().collect()
+    let names: Vec<&str> = if args.kernel.iter().any(|k| k == "all") {
+        KERNELS.iter().map(|k| k.name).collect()
     } else {
-        vec![
+        args.kernel.iter().map(String::as_str).collect()
+    };
+    let kernels = names
+        .iter()
+        .map(|name| {
             KERNELS
                 .iter()
-                .find(|k| k.name == args.kernel)
-                .with_context(|| {
-                    format!("unknown kernel {:?}: 5.10, 6.1, 6.12 or all", args.kernel)
-                })?,
-        ]
-    };
+                .find(|k| k.name == *name)
+                .with_context(|| format!("unknown kernel {name:?}: 5.10, 6.1, 6.12 or all"))
+        })
+        .collect::<Result<Vec<&Kernel>>>()?;
     for tool in [
         "qemu-system-x86_64",
         "busybox",
@@ -189,14 +273,8 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
         "dpkg",
     ] {
         if which(tool).is_none() {
-            bail!(
-                "{tool} is not on PATH; install the host packages: apt-get install {}",
-                HOST_PACKAGES.join(" ")
-            );
+            bail!("{tool} is not on PATH: run `cargo xtask setup` (it installs the host packages)");
         }
-    }
-    if !args.no_build {
-        run_streaming(cargo().args(["build", "--release", "-p", "pgmon-agent"]))?;
     }
     let agent = agent_release_binary();
     if !agent.is_file() {
@@ -215,27 +293,47 @@ pub fn run(args: &KernelsArgs) -> Result<()> {
             FAMILIES.join(", ")
         );
     }
+    let suite = if args.doctor_only {
+        None
+    } else {
+        Some(capture_test_binary()?)
+    };
     let mut results = Vec::new();
     for k in kernels {
         let root = fetch(k)?;
         let release = kernel_release(&root)?;
         let initrd = build_initramfs(k, &root, &release)?;
-        let res = boot(args, k, &root, &release, &initrd, &agent)?;
-        results.push(res);
+        results.push(boot(
+            args,
+            k,
+            &root,
+            &release,
+            &initrd,
+            &agent,
+            suite.as_deref(),
+        )?);
     }
-    print!("{}", table(&results));
-    let unfinished: Vec<&str> = results
-        .iter()
-        .filter(|r| r.problem.is_some())
-        .map(|r| r.kernel)
-        .collect();
-    if !unfinished.is_empty() {
-        bail!(
-            "the guest script did not finish on {} (see {KERNELS_DIR}/run/<kernel>/console.log)",
-            unfinished.join(", ")
-        );
-    }
-    Ok(())
+    Ok(results)
+}
+
+/// The capture suite's test binary (`cargo test --release -p pgmon-tests --test capture
+/// --no-run`, built if it is not), from cargo's JSON messages.
+fn capture_test_binary() -> Result<PathBuf> {
+    let out = run_capture(cargo().args([
+        "test",
+        "--release",
+        "-p",
+        "pgmon-tests",
+        "--test",
+        "capture",
+        "--no-run",
+        "--message-format=json",
+    ]))?;
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["target"]["name"] == "capture")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo built no executable for the capture test")
 }
 
 /// `KERNELS_DIR/<name>`: the unpacked image package (`boot/`, `lib/modules/`).
@@ -563,47 +661,34 @@ fn build_initramfs(k: &Kernel, root: &Path, release: &str) -> Result<PathBuf> {
     Ok(initrd)
 }
 
-/// The guest script: PostgreSQL 15 from the host's files in a tmpfs dir, `doctor` per family
-/// of `families`, then (unless `doctor_only`) per family an agent run with `capture.hooks`
-/// forced to it while `pgbench -S` runs as role `bench`; each run's status JSON goes to
-/// `/run/pgmon-out/status-<family>.json` (the host's `KERNELS_DIR/run/<kernel>/`). Lines
-/// starting `@@ ` are markers [`parse`] reads.
-fn guest_script(agent: &Path, families: &[&str], doctor_only: bool) -> String {
+/// The script the guest runs (as root, from the output share): starts Debian's PostgreSQL 15
+/// for the doctor, runs `pgmon-agent doctor` once per family with `capture.hooks` forced to
+/// it, then, with `suite` (the capture test binary), runs [`CAPTURE_TEST`] once per family
+/// whose doctor line says it loads, `PGMON_TEST_HOOKS` set to the family, its log in
+/// `capture-<family>.log` of the output share. `@@ ` lines mark what [`parse`] reads.
+fn guest_script(
+    agent: &Path,
+    suite: Option<&Path>,
+    families: &[&str],
+    suite_timeout: u32,
+) -> String {
     let families = families.join(" ");
-    let capture = if doctor_only {
-        String::new()
-    } else {
-        format!(
+    let capture = match suite {
+        None => String::new(),
+        Some(suite) => format!(
             r#"
-$PSQL -c "CREATE ROLE bench LOGIN SUPERUSER" > /dev/null
-$PGBIN/pgbench -h $D -U bench -i -q postgres > $D/pgbench-init.log 2>&1 || cat $D/pgbench-init.log
 for fam in {families}; do
   echo "@@ capture $fam"
-  $AGENT run -c $D/$fam.yaml > $D/agent-$fam.log 2>&1 &
-  APID=$!
-  i=0
-  until $AGENT status --addr $ADDR > /dev/null 2>&1; do
-    if ! kill -0 $APID 2> /dev/null; then echo "@@ agent exited at start"; tail -3 $D/agent-$fam.log; continue 2; fi
-    i=$((i+1)); if [ $i -gt 240 ]; then echo "@@ agent not up after 120 s"; break; fi; sleep 0.5
-  done
-  echo "@@ agent up after $((i/2)) s"
-  $PGBIN/pgbench -h $D -U bench -S -t {PGBENCH_TRANSACTIONS} postgres 2>&1 | grep -E "transactions actually processed|tps"
-  # Up to 15 s for the count (the agent drains every 50 ms), then 1 s more for stragglers.
-  i=0
-  while [ $i -lt 30 ]; do
-    n=$($AGENT status --addr $ADDR --role bench 2>/dev/null | awk -F'|' '/SELECT abalance/ {{gsub(/ /, "", $2); print $2}}')
-    [ "${{n:-0}}" -ge {PGBENCH_TRANSACTIONS} ] && break
-    i=$((i+1)); sleep 0.5
-  done
-  sleep 1
-  $AGENT status --addr $ADDR --json > /run/pgmon-out/status-$fam.json 2>&1
-  $AGENT status --addr $ADDR 2>&1 | grep -E "^capture"
-  $AGENT status --addr $ADDR --role bench 2>&1 | grep -E "SELECT abalance"
-  kill -TERM $APID; wait $APID
-  echo "@@ agent exited $?"
+  if ! grep -Eq "^ok +hooks" $D/doctor-$fam.txt; then echo "@@ capture skipped: doctor refused the family"; continue; fi
+  PGMON_AGENT_BIN=$AGENT PGMON_TEST_HOOKS=$fam timeout {suite_timeout} {suite} {CAPTURE_TEST} --exact --test-threads=1 --nocapture > /run/pgmon-out/capture-$fam.log 2>&1
+  rc=$?
+  grep -E "pgbench [0-9]+ tx, pgmon|hook family asked|^FAIL" /run/pgmon-out/capture-$fam.log
+  echo "@@ capture exit $rc"
+  echo "@@ capture $fam done at uptime $(cut -d' ' -f1 /proc/uptime) s"
 done
-"#
-        )
+"#,
+            suite = suite.display()
+        ),
     };
     format!(
         r#"#!/bin/sh
@@ -614,7 +699,6 @@ AGENT={agent}
 PGBIN=/usr/lib/postgresql/15/bin
 ADDR=127.0.0.1:9187
 D=/tmp/pgmon-kernels
-PSQL="$PGBIN/psql -h $D -U postgres -d postgres -X -q"
 echo "@@ release $(uname -r)"
 echo "@@ script starts at uptime $(cut -d' ' -f1 /proc/uptime) s"
 mkdir -p $D && chown postgres:postgres $D
@@ -634,11 +718,12 @@ security:
   read_only_enforce: false
 EOF
   echo "@@ doctor $fam"
-  $AGENT doctor -c $D/$fam.yaml
+  $AGENT doctor -c $D/$fam.yaml > $D/doctor-$fam.txt 2>&1
+  cat $D/doctor-$fam.txt
 done
+runuser -u postgres -- $PGBIN/pg_ctl -D $D/data -w stop -m fast > /dev/null
 echo "@@ doctors done at uptime $(cut -d' ' -f1 /proc/uptime) s"
 {capture}
-runuser -u postgres -- $PGBIN/pg_ctl -D $D/data -w stop -m fast > /dev/null
 echo "@@ done at uptime $(cut -d' ' -f1 /proc/uptime) s"
 "#,
         agent = agent.display()
@@ -653,6 +738,7 @@ fn boot(
     release: &str,
     initrd: &Path,
     agent: &Path,
+    suite: Option<&Path>,
 ) -> Result<GuestResult> {
     let out = Path::new(KERNELS_DIR).join("run").join(k.name);
     if out.exists() {
@@ -663,8 +749,9 @@ fn boot(
         out.join("guest.sh"),
         guest_script(
             agent,
+            suite,
             &args.families.iter().map(String::as_str).collect::<Vec<_>>(),
-            args.doctor_only,
+            args.suite_timeout,
         ),
     )?;
     let console = out.join("console.log");
@@ -745,11 +832,6 @@ fn boot(
             console.display()
         ));
     }
-    if !args.doctor_only {
-        for (family, r) in &mut res.families {
-            r.capture = captured(&out.join(format!("status-{family}.json")));
-        }
-    }
     Ok(res)
 }
 
@@ -779,18 +861,25 @@ fn parse(kernel: &'static str, output: &str, wall: Duration, families: &[String]
             res.release = r.trim().to_owned();
         } else if let Some(f) = line.strip_prefix("@@ doctor ") {
             section = index(f).map_or(Section::None, Section::Doctor);
-        } else if let Some(f) = line.strip_prefix("@@ capture ") {
-            section = index(f).map_or(Section::None, Section::Capture);
+        } else if let Some(f) = line.strip_prefix("@@ capture ")
+            && let Some(i) = index(f)
+        {
+            // `@@ capture <family>` opens its section; `@@ capture exit N`,
+            // `@@ capture skipped: …` and `@@ capture <family> done at uptime …` fall through.
+            section = Section::Capture(i);
         } else if let Some(m) = line.strip_prefix("@@ ") {
             if let Some((what, t)) = m.split_once(" at uptime ") {
                 if let Ok(t) = t.trim_end_matches(" s").parse::<f64>() {
                     res.uptimes.push((what.to_owned(), t));
                 }
                 section = Section::None;
-            } else if let Section::Capture(i) = section
-                && (m.starts_with("agent exited at start") || m.starts_with("agent not up"))
-            {
-                res.families[i].1.capture_note = Some(m.to_owned());
+            } else if let Section::Capture(i) = section {
+                let f = &mut res.families[i].1;
+                if let Some(why) = m.strip_prefix("capture skipped: ") {
+                    f.skipped = Some(why.to_owned());
+                } else if let Some(rc) = m.strip_prefix("capture exit ") {
+                    f.suite_exit = rc.trim().parse().ok();
+                }
             }
         } else {
             match section {
@@ -803,13 +892,13 @@ fn parse(kernel: &'static str, output: &str, wall: Duration, families: &[String]
                     }
                 }
                 Section::Capture(i) => {
-                    // The agent's own error line after `agent exited at start`.
-                    if let Some(note) = &mut res.families[i].1.capture_note
-                        && note.starts_with("agent exited at start")
-                        && let Some(error) = line.strip_prefix("pgmon-agent: ")
-                    {
-                        note.push_str(": ");
-                        note.push_str(error.trim());
+                    let f = &mut res.families[i].1;
+                    if let Some(fail) = line.strip_prefix("FAIL: ") {
+                        f.failures.push(fail.to_owned());
+                    } else if let Some((_, used)) = line.split_once("in use: ") {
+                        f.in_use = Some(used.trim().to_owned());
+                    } else if line.contains(" tx, pgmon ") {
+                        f.counts.push(line.to_owned());
                     }
                 }
                 Section::None => {}
@@ -819,37 +908,31 @@ fn parse(kernel: &'static str, output: &str, wall: Duration, families: &[String]
     res
 }
 
-/// Calls of pgbench's `SELECT abalance …` charged to role `bench` in the agent's status JSON
-/// (`roles[].fingerprints[].calls`, as `tests/src/agent.rs` reads them), against
-/// [`PGBENCH_TRANSACTIONS`]; `None` without a readable status.
-fn captured(status: &Path) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(status).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let calls = json["roles"]
-        .as_array()?
-        .iter()
-        .find(|r| r["role"] == "bench")
-        .and_then(|r| {
-            r["fingerprints"]
-                .as_array()?
-                .iter()
-                .filter(|f| f.to_string().contains("abalance"))
-                .filter_map(|f| f["calls"].as_u64())
-                .max()
-        })
-        .unwrap_or(0);
-    Some((calls, u64::from(PGBENCH_TRANSACTIONS)))
+/// One family's capture-suite verdict, for the table: `passed: N runs exact (fexit)`,
+/// `FAILED (exit N): first failure`, `refused`, or `-` when it did not run.
+fn suite_verdict(f: &FamilyResult) -> String {
+    let used = f
+        .in_use
+        .as_ref()
+        .map(|u| format!(" ({u})"))
+        .unwrap_or_default();
+    match (f.suite_exit, &f.skipped) {
+        (_, Some(_)) => "refused (not run)".to_owned(),
+        (Some(0), _) => format!("passed: {} runs exact{used}", f.counts.len()),
+        (Some(rc), _) => format!(
+            "FAILED (exit {rc}){used}: {}",
+            f.failures.first().map_or("see its log", String::as_str)
+        ),
+        (None, None) => "-".to_owned(),
+    }
 }
 
 /// The report: one row per kernel × family (doctor's verdict, the capture count), then the
 /// wall time and guest uptimes per kernel.
-fn table(results: &[GuestResult]) -> String {
+pub fn table(results: &[GuestResult]) -> String {
     let mut s = format!(
-        "\n{:<7} {:<22} {:<15} {:<26} doctor\n",
-        "kernel",
-        "release",
-        "family",
-        format!("capture (of {PGBENCH_TRANSACTIONS})")
+        "\n{:<7} {:<22} {:<15} {:<40} doctor\n",
+        "kernel", "release", "family", "capture suite (counts exact?)"
     );
     for r in results {
         for (family, f) in &r.families {
@@ -860,19 +943,13 @@ fn table(results: &[GuestResult]) -> String {
                 }
                 Some(l) => format!("refused: {}", l.trim_start_matches("FAIL").trim()),
             };
-            let capture = match (f.capture, &f.capture_note) {
-                (Some((got, want)), _) if got == want => format!("{got} exact"),
-                (Some((got, want)), _) => format!("{got} NOT exact (of {want})"),
-                (None, Some(note)) if note.starts_with("agent exited at start") => {
-                    "refused (agent exits)".to_owned()
-                }
-                (None, Some(note)) => note.clone(),
-                (None, None) => "-".to_owned(),
-            };
             let _ = writeln!(
                 s,
-                "{:<7} {:<22} {:<15} {:<26} {doctor}",
-                r.kernel, r.release, family, capture
+                "{:<7} {:<22} {:<15} {:<40} {doctor}",
+                r.kernel,
+                r.release,
+                family,
+                suite_verdict(f)
             );
         }
     }
@@ -897,4 +974,147 @@ fn table(results: &[GuestResult]) -> String {
         );
     }
     s
+}
+
+/// Markers around the README's kernel table, which a full matrix run rewrites (issue 25: the
+/// table is the matrix's last run, never written by hand).
+const README_BEGIN: &str =
+    "<!-- kernel-matrix: written by `cargo xtask kernels --kernel all`; do not edit -->";
+const README_END: &str = "<!-- /kernel-matrix -->";
+
+/// The README's table of `results`: one row per kernel, one column per hook family, each
+/// cell the capture suite's verdict or the kernel's refusal; the family `auto` picked last.
+fn readme_table(results: &[GuestResult]) -> String {
+    let named: Vec<&str> = FAMILIES.iter().copied().filter(|f| *f != "auto").collect();
+    let mut s = format!(
+        "| kernel | {} | `auto` picks |\n|---|{}---|\n",
+        named
+            .iter()
+            .map(|f| format!("`{f}`"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---|".repeat(named.len())
+    );
+    for r in results {
+        let cell = |family: &str| {
+            let Some((_, f)) = r.families.iter().find(|(n, _)| n == family) else {
+                return "not run".to_owned();
+            };
+            if f.skipped.is_some() {
+                let why = f.doctor.as_deref().unwrap_or("refused");
+                let why = why.trim_start_matches("FAIL").trim();
+                let short: String = why.chars().take(90).collect();
+                return format!("refused ({short})");
+            }
+            match f.suite_exit {
+                Some(0) => format!("loads, counts exact ({} runs)", f.counts.len()),
+                Some(rc) => format!("FAILED (exit {rc})"),
+                None => "no result".to_owned(),
+            }
+        };
+        let auto = r
+            .families
+            .iter()
+            .find(|(n, _)| n == "auto")
+            .and_then(|(_, f)| f.in_use.clone())
+            .map_or("?".to_owned(), |u| format!("`{u}`"));
+        let _ = writeln!(
+            s,
+            "| {} (`{}`) | {} | {auto} |",
+            r.kernel,
+            r.release,
+            named
+                .iter()
+                .map(|f| cell(f))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    s
+}
+
+/// Rewrites the README's kernel table (between [`README_BEGIN`] and [`README_END`]) from a
+/// full matrix run. Errors: the README is unreadable or lacks the markers.
+fn write_readme(results: &[GuestResult]) -> Result<()> {
+    let path = crate::util::workspace_root().join("README.md");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let (Some(a), Some(b)) = (text.find(README_BEGIN), text.find(README_END)) else {
+        bail!(
+            "{} lacks the kernel-matrix markers ({README_BEGIN} … {README_END})",
+            path.display()
+        );
+    };
+    let date = run_capture(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
+    let new = format!(
+        "{README_BEGIN}\n{}\nLast run {}, QEMU (TCG) guests of Debian's kernels, PostgreSQL 15; \
+         emulated guests run 20–100× slower than a host, so this proves loading, attaching and \
+         exact counts, not cost.\n",
+        readme_table(results),
+        date.trim()
+    );
+    let text = format!("{}{new}{}", &text[..a], &text[b..]);
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote the kernel table into {}", path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guest's output as a 6.1 guest wrote it (doctor and capture sections, uptimes).
+    const OUTPUT: &str = "@@ release 6.1.0-50-amd64
+@@ script starts at uptime 3.80 s
+@@ postgres up at uptime 15.02 s
+@@ doctor auto
+ok    hooks                        fexit loads and attaches (cost rank 0)
+@@ doctor tp_btf_sock
+FAIL  hooks                        no hook family could be attached: tp_btf_sock: unknown BTF type
+@@ doctors done at uptime 17.24 s
+@@ capture auto
+test capture_pg15 ... Pg15 Tcp -M simple : pgbench 1000 tx, pgmon 1000, pg_stat_statements 1000
+Pg15 Unix -M prepared -C: pgbench 200 tx, pgmon 200, pg_stat_statements 200
+Pg15 hook family asked: auto, in use: fexit
+@@ capture exit 0
+@@ capture auto done at uptime 150.94 s
+@@ capture tp_btf_sock
+@@ capture skipped: doctor refused the family
+@@ done at uptime 150.99 s
+";
+
+    #[test]
+    fn parses_doctor_and_capture_sections() {
+        let families = vec!["auto".to_owned(), "tp_btf_sock".to_owned()];
+        let r = parse("6.1", OUTPUT, Duration::from_secs(155), &families);
+        assert_eq!(r.release, "6.1.0-50-amd64");
+        let (_, auto) = &r.families[0];
+        assert_eq!(auto.suite_exit, Some(0));
+        assert!(auto.passed());
+        assert_eq!(auto.counts.len(), 2);
+        assert_eq!(auto.in_use.as_deref(), Some("fexit"));
+        assert!(
+            auto.doctor
+                .as_deref()
+                .unwrap()
+                .starts_with("ok fexit loads")
+        );
+        let (_, sock) = &r.families[1];
+        assert!(sock.skipped.is_some());
+        assert_eq!(sock.suite_exit, None);
+        assert!(sock.doctor.as_deref().unwrap().starts_with("FAIL"));
+        assert_eq!(suite_verdict(auto), "passed: 2 runs exact (fexit)");
+        assert_eq!(suite_verdict(sock), "refused (not run)");
+        let names: Vec<&str> = r.uptimes.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "script starts",
+                "postgres up",
+                "doctors done",
+                "capture auto done",
+                "done"
+            ]
+        );
+    }
 }

@@ -50,8 +50,11 @@ pub fn run(args: &TestArgs) -> Result<()> {
         ])
         .args(&args.test_args);
     let started = std::time::Instant::now();
-    let (status, tally) = run_tallying(&mut cmd)?;
-    let skips = std::fs::read_to_string(&skip_log).unwrap_or_default();
+    let (status, mut tally) = run_tallying(&mut cmd)?;
+    let mut skips = std::fs::read_to_string(&skip_log).unwrap_or_default();
+    if args.test_args.is_empty() {
+        kernel_matrix(&mut tally, &mut skips);
+    }
     let _ = std::fs::remove_file(&skip_log);
     let summary = Summary::new(tally, &skips);
     summary.print(started.elapsed());
@@ -62,6 +65,44 @@ pub fn run(args: &TestArgs) -> Result<()> {
         bail!("no test ran");
     }
     Ok(())
+}
+
+/// The kernel matrix (issue 25): the capture suite in QEMU guests of the kernels and hook
+/// families of [`crate::kernels::test_args`], each kernel × family counted as one test
+/// named `kernel_matrix::<kernel>::<family>`: passed when the suite passed in the guest;
+/// failed when it failed, the kernel refused the family, the guest did not finish, or the
+/// matrix could not run at all. Skipped (with the reason) when not root, as the privileged
+/// tests are.
+fn kernel_matrix(tally: &mut Tally, skips: &mut String) {
+    if !crate::util::is_root() {
+        tally.passed += 1;
+        skips.push_str("kernel_matrix: needs root (QEMU guests over the host's root)\n");
+        return;
+    }
+    let args = crate::kernels::test_args();
+    match crate::kernels::matrix(&args) {
+        Ok(results) => {
+            print!("{}", crate::kernels::table(&results));
+            for r in &results {
+                for (family, f) in &r.families {
+                    let name = format!("kernel_matrix::{}::{family}", r.kernel);
+                    if f.passed() && r.problem.is_none() {
+                        println!("test {name} ... ok");
+                        tally.passed += 1;
+                    } else {
+                        println!("test {name} ... FAILED");
+                        tally.failed += 1;
+                        tally.failed_names.push(name);
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("xtask: the kernel matrix could not run: {e:#}");
+            tally.failed += 1;
+            tally.failed_names.push("kernel_matrix".to_owned());
+        }
+    }
 }
 
 /// A path in the temporary directory for this run (not created).

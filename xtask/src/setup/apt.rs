@@ -45,6 +45,17 @@ pub(crate) const APT_PACKAGES: &[&str] = &[
     // The bench's proxy reference: pgbench through PgBouncer (run from its own directory as
     // the cluster's user; the package's own service is never started here).
     "pgbouncer",
+    // The kernel matrix (`cargo xtask kernels`, issue 25): QEMU's x86 system emulator, a
+    // static busybox, cpio and kmod's depmod for the guests' initramfs; xz-utils and zstd
+    // for compressed kernel modules; the archive keyring for the bullseye and
+    // bookworm-backports suites the guest kernels come from.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "xz-utils",
+    "zstd",
+    "debian-archive-keyring",
 ];
 
 /// Installed packages and the virtual packages they provide (`dpkg-query`, one call).
