@@ -28,8 +28,10 @@ use crate::util::{cargo, describe, run_capture, run_streaming, try_capture, work
 
 /// Packages of [`crate::setup::APT_PACKAGES`] that a new machine already has (read off a new
 /// machine of this kind: the Rust toolchain, gcc and make, Debian's PostgreSQL 15 with
-/// contrib and psql, systemd, strace, curl, openssl, xz-utils, zstd, the archive keyring). Every other package set-up installs is
-/// purged by the check, so a package added to set-up is covered without editing this list.
+/// contrib and psql, systemd, strace, curl, openssl, xz-utils, zstd, the archive keyring;
+/// the last three are listed in `installed-rust.txt` of the workplace's package lists).
+/// Every other package set-up installs is purged by the check, so a package added to set-up
+/// is covered without editing this list.
 pub const NEW_MACHINE_HAS: &[&str] = &[
     "gcc",
     "libc6-dev",
