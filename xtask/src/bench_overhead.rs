@@ -1,7 +1,8 @@
 //! The throughput rounds of the overhead benchmark (`cargo xtask bench`, section 1): one
 //! timed pgbench run in a given mode (detached, attached, with budgets, attached to another
 //! cluster, or one of the references a DBA would run instead: `pg_stat_statements`,
-//! `log_min_duration_statement = 0`), with the agent's CPU and RSS.
+//! `log_min_duration_statement = 0`, PgBouncer in front), with the agent's (or PgBouncer's)
+//! CPU and RSS.
 
 use std::path::Path;
 
