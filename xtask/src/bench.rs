@@ -7,7 +7,8 @@
 //!    runs in every position equally often), so drift and position favour none; the ratio
 //!    is taken within each round, and the report gives medians. One mode attaches the
 //!    agent to another cluster: a null control, whose ratio shows the noise.
-//!    Where it goes in CPU time ([`crate::bench_probe`]), and what a socket call of any
+//!    Where it goes in CPU time, under `pgbench -S` and TPC-B-like
+//!    ([`crate::bench_probe`]), and what a socket call of any
 //!    other process on the host pays ([`crate::bench_host`]).
 //! 2. Completeness under stress ([`crate::bench_stress`]): 16 clients; loss = pgbench's
 //!    transactions − pgmon's count of the statement, with the kernel's drop counter beside it.
@@ -21,9 +22,8 @@
 //!    overhead and cost-cache hit ratio with budgets on.
 //! 6. Storage quotas ([`crate::bench_storage`]) and health pollers ([`crate::bench_health`]).
 //! 7. TLS sessions ([`crate::bench_tls`]): throughput with TLS capture, and what another
-//!    process's SSL call pays.
-//! 7b. The storage-metadata mix ([`crate::bench_meta`], issue 23): overhead rounds and the
-//!    replay figure on a realistic statement mix.
+//!    process's SSL call pays; then the storage-metadata mix ([`crate::bench_meta`],
+//!    issue 23): overhead rounds and the replay figure on a realistic statement mix.
 //! 8. pgmon's own footprint in the database ([`crate::bench_footprint`]): rows and WAL it
 //!    writes with 1 000 budgeted roles active, and the size of its tables.
 
@@ -61,8 +61,8 @@ pub struct BenchArgs {
     /// 0 leaves it out.
     #[arg(long, default_value_t = 12)]
     tpcb_rounds: usize,
-    /// Pairs of CPU-accounting runs per transport (attached, null control) for the capture's
-    /// own share.
+    /// Pairs of CPU-accounting runs (attached, null control) per workload (`pgbench -S`,
+    /// TPC-B-like) and transport, for the capture's own share.
     #[arg(long, default_value_t = 3)]
     probe_runs: usize,
     /// Trials of the enforcement-latency measurement.
@@ -245,7 +245,16 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
 
     // 1. Overhead: CPU time, then the throughput rounds.
     let mut costs = Vec::new();
-    for transport in [Transport::Unix, Transport::Tcp] {
+    use crate::bench_probe::{SELECT_ONLY, TPCB};
+    for (workload, transport) in [SELECT_ONLY, TPCB]
+        .iter()
+        .flat_map(|w| [Transport::Unix, Transport::Tcp].map(|t| (*w, t)))
+    {
+        let run = if workload == SELECT_ONLY {
+            crate::bench_overhead::select_only_run(transport, args.duration)
+        } else {
+            crate::bench_overhead::tpcb_run(transport, args.duration)
+        };
         for rep in 0..args.probe_runs {
             // Attached and null control alternate, the first of each pair alternating too.
             let order = if rep % 2 == 0 {
@@ -254,14 +263,10 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
                 [&other, &cluster]
             };
             for watched in order {
-                let c = crate::bench_probe::measure(
-                    binary,
-                    &cluster,
-                    watched,
-                    &crate::bench_overhead::select_only_run(transport, args.duration),
-                )?;
+                let c = crate::bench_probe::measure(binary, &cluster, watched, workload, &run)?;
                 eprintln!(
-                    "bench: probe cost {transport:?} {} share {:.2} %",
+                    "bench: probe cost {} {transport:?} {} share {:.2} %",
+                    c.workload,
                     if c.attached {
                         "attached"
                     } else {

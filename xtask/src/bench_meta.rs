@@ -80,6 +80,7 @@ pub fn section(binary: &Path, args: &MetaBenchArgs) -> Result<(String, serde_jso
             binary,
             &cluster,
             &cluster,
+            "storage-metadata mix",
             &storage_metadata_run(ROLE, ROLE, transport, 2, 2, args.meta_duration),
         )?);
     }
