@@ -112,8 +112,11 @@ impl<S: Clone> Connection<S> {
         self.st.fe_ts = ts_ns;
         let mut pos = 0;
         while let Some(item) = self.fe.next(bytes, &mut pos) {
-            let action = self.st.frontend_item(item, ts_ns, sink);
-            self.apply(action, sink);
+            // Most messages need no action: skip the call.
+            match self.st.frontend_item(item, ts_ns, sink) {
+                Action::None => {}
+                action => self.apply(action, sink),
+            }
         }
     }
 
@@ -123,6 +126,7 @@ impl<S: Clone> Connection<S> {
         let mut pos = 0;
         while let Some(item) = self.be.next(bytes, &mut pos) {
             match self.st.backend_item(item, ts_ns, sink) {
+                Action::None => {}
                 Action::Refeed => pos = pos.saturating_sub(1),
                 action => self.apply(action, sink),
             }

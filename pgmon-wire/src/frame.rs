@@ -322,7 +322,49 @@ impl Reader {
 
     /// The next item of `bytes` from `*pos`, advancing `*pos`; `None` when the chunk is used
     /// up (possibly in the middle of a message, which continues with the next chunk).
+    ///
+    /// Inlined into the connection's loops for the common case, a typed message lying wholly
+    /// in the chunk (or the chunk's end) at a message boundary, handed out in place exactly
+    /// as [`next_slow`](Self::next_slow) would; everything else goes there. Measured with
+    /// `pgmon-agent replay` on pgbench -S traffic: the call per message was a fifth of the
+    /// pipeline's instructions.
+    #[inline(always)]
     pub fn next<'a>(&'a mut self, bytes: &'a [u8], pos: &mut usize) -> Option<Item<'a>> {
+        if self.mode == Mode::Header && self.hdr_len == 0 && self.typed {
+            let rest = bytes.get(*pos..).unwrap_or_default();
+            if rest.is_empty() {
+                return None;
+            }
+            if let Some(&[ty, a, b, c, d]) = rest.first_chunk::<5>()
+                && self.buf.capacity() <= SHRINK_ABOVE
+            {
+                let word = u32::from_be_bytes([a, b, c, d]);
+                let k = self.table[usize::from(ty)];
+                // `k.min` ≥ 4 for every known type, so `word - 4` cannot wrap.
+                if k.known && word >= k.min && word <= k.max {
+                    let len = (word - 4) as usize;
+                    let body = &rest[5..];
+                    if body.len() >= len {
+                        *pos += 5 + len;
+                        self.ty = ty;
+                        self.len = word - 4;
+                        self.got = 0;
+                        self.keep = self.len.min(k.keep).min(self.cap);
+                        return Some(Item::Msg(Msg {
+                            ty,
+                            body: &body[..self.keep as usize],
+                            len: self.len,
+                        }));
+                    }
+                }
+            }
+        }
+        self.next_slow(bytes, pos)
+    }
+
+    /// [`next`](Self::next) in every state.
+    #[inline(never)]
+    fn next_slow<'a>(&'a mut self, bytes: &'a [u8], pos: &mut usize) -> Option<Item<'a>> {
         loop {
             match self.mode {
                 Mode::Off => {
