@@ -71,7 +71,16 @@ enum Entry {
 /// Turns statement texts into [`Stmt`]s, at most one libpg_query run per distinct shape
 /// while it stays cached. Not thread-safe by design: it lives on the capture thread.
 pub struct Normalizer {
-    cache: quick_cache::unsync::Cache<Key, Entry>,
+    /// Hashed with aHash, as the agent's other maps: quick_cache without its default
+    /// features falls back to SipHash (about 180 instructions per lookup of a pgbench Query,
+    /// measured with `pgmon-agent replay`).
+    cache: quick_cache::unsync::Cache<
+        Key,
+        Entry,
+        quick_cache::UnitWeighter,
+        ahash::RandomState,
+        quick_cache::unsync::DefaultLifecycle<Key, Entry>,
+    >,
     scratch: Vec<u8>,
     /// A text rewritten for `standard_conforming_strings = off`.
     rewritten: Vec<u8>,
@@ -84,7 +93,16 @@ impl Normalizer {
     /// of normalized text per statement.
     pub fn new(entries: usize, max_text_chars: usize) -> Self {
         Self {
-            cache: quick_cache::unsync::Cache::new(entries.max(16)),
+            cache: {
+                let entries = entries.max(16);
+                quick_cache::unsync::Cache::with(
+                    entries,
+                    entries as u64,
+                    quick_cache::UnitWeighter,
+                    ahash::RandomState::default(),
+                    Default::default(),
+                )
+            },
             scratch: Vec::with_capacity(1024),
             rewritten: Vec::new(),
             max_text_chars,
