@@ -284,7 +284,7 @@ impl Pipeline {
             now_ms: self.now_ms,
             record_ns: h.ts_ns,
             tls_on: self.tls_on,
-            backend,
+            backend: &mut *backend,
             normalizer: &mut self.normalizer,
             stats: &mut self.stats,
             metrics: &self.metrics,
@@ -328,7 +328,8 @@ impl Pipeline {
                 conn.wire.backend_gap(missing_after, &mut sink);
             }
         }
-        if backend_unreadable(self.backends.get(&pid)) {
+        // The backend entry is still borrowed: no second lookup.
+        if backend_unreadable(Some(backend)) {
             self.start_unreadable(pid);
         }
     }
