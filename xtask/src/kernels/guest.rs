@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
-use super::{CAPTURE_TEST, FamilyResult, GuestResult, KERNELS_DIR, Kernel, KernelsArgs};
+use super::{CAPTURE_TEST, FamilyResult, GuestResult, Kernel, KernelsArgs};
 use crate::util::describe;
 
 /// The script the guest runs (as root, from the output share): starts Debian's PostgreSQL 15
@@ -89,7 +89,7 @@ pub(super) fn boot(
     agent: &Path,
     suite: Option<&Path>,
 ) -> Result<GuestResult> {
-    let out = Path::new(KERNELS_DIR).join("run").join(k.name);
+    let out = super::run_dir(k.name);
     if out.exists() {
         std::fs::remove_dir_all(&out)?;
     }

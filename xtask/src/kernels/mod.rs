@@ -33,7 +33,8 @@
 //! and exact counts, never cost.
 //!
 //! Each guest's files stay in `KERNELS_DIR/run/<kernel>/`: `guest.sh`, `output.txt`, `rc`,
-//! `console.log` (the serial console) and `capture-<family>.log`.
+//! `console.log` (the serial console) and `capture-<family>.log`. `--report-only` boots
+//! nothing and renders the table (and the README's) again from those outputs.
 //!
 //! Needs root (apt, dpkg, 9p export of `/` with the host's permissions) and the host packages
 //! `cargo xtask setup` installs (QEMU, busybox, cpio, kmod: see
@@ -136,6 +137,11 @@ pub struct KernelsArgs {
     /// Skip `cargo build --release -p pgmon-agent` (use the binary as it is).
     #[arg(long)]
     no_build: bool,
+    /// Boot nothing: read each kernel's last guest output (`KERNELS_DIR/run/<kernel>/
+    /// output.txt`) and print its table again (and, for the full matrix, write the README's).
+    /// The wall time shown is then the guest's own uptime at its end.
+    #[arg(long)]
+    report_only: bool,
 }
 
 /// What one guest reported about one hook family.
@@ -185,7 +191,7 @@ pub struct GuestResult {
 /// failed on a family the kernel accepts. A hook family a kernel refuses is a result in the
 /// table, not a failure.
 pub fn run(args: &KernelsArgs) -> Result<()> {
-    if !args.no_build {
+    if !args.no_build && !args.report_only {
         run_streaming(cargo().args(["build", "--release", "-p", "pgmon-agent"]))?;
     }
     let results = matrix(args)?;
@@ -245,6 +251,7 @@ pub fn test_args() -> KernelsArgs {
         memory: 2048,
         suite_timeout: 900,
         no_build: true,
+        report_only: false,
     }
 }
 
@@ -279,6 +286,9 @@ pub fn matrix(args: &KernelsArgs) -> Result<Vec<GuestResult>> {
         if which(tool).is_none() {
             bail!("{tool} is not on PATH: run `cargo xtask setup` (it installs the host packages)");
         }
+    }
+    if args.report_only {
+        return kernels.iter().map(|k| last_run(args, k)).collect();
     }
     let agent = agent_release_binary();
     if !agent.is_file() {
@@ -318,6 +328,33 @@ pub fn matrix(args: &KernelsArgs) -> Result<Vec<GuestResult>> {
         )?);
     }
     Ok(results)
+}
+
+/// The last run of kernel `k` as its guest left it (`--report-only`). Errors: no guest
+/// output for `k`.
+fn last_run(args: &KernelsArgs, k: &Kernel) -> Result<GuestResult> {
+    let path = run_dir(k.name).join("output.txt");
+    let output = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no earlier run of kernel {}: {} is unreadable",
+            k.name,
+            path.display()
+        )
+    })?;
+    let mut res = guest::parse(k.name, &output, Duration::ZERO, &args.families);
+    res.wall = Duration::from_secs_f64(res.uptimes.last().map_or(0.0, |(_, t)| *t));
+    if !run_dir(k.name).join("rc").is_file() {
+        res.problem = Some(format!(
+            "guest script did not finish (see {})",
+            run_dir(k.name).join("console.log").display()
+        ));
+    }
+    Ok(res)
+}
+
+/// Where the guest of kernel `name` writes its files.
+pub(super) fn run_dir(name: &str) -> PathBuf {
+    PathBuf::from(KERNELS_DIR).join("run").join(name)
 }
 
 /// The capture suite's test binary (`cargo test --release -p pgmon-tests --test capture
@@ -433,10 +470,7 @@ fn readme_table(results: &[GuestResult]) -> String {
                 return "not run".to_owned();
             };
             if f.skipped.is_some() {
-                let why = f.doctor.as_deref().unwrap_or("refused");
-                let why = why.trim_start_matches("FAIL").trim();
-                let short: String = why.chars().take(90).collect();
-                return format!("refused ({short})");
+                return format!("refused: {}", refusal(f.doctor.as_deref().unwrap_or("")));
             }
             match f.suite_exit {
                 Some(0) => format!("loads, counts exact ({} runs)", f.counts.len()),
@@ -465,6 +499,30 @@ fn readme_table(results: &[GuestResult]) -> String {
     s
 }
 
+/// The root cause of a doctor's refusal, for a table cell: the text after the last `": "`
+/// of its `FAIL …` line (doctor chains the family, the program and the kernel's reason),
+/// at most [`REFUSAL_CHARS`] characters; a cut one loses its backticks, so no code span is
+/// left open.
+fn refusal(doctor: &str) -> String {
+    let why = doctor.trim_start_matches("FAIL").trim();
+    let cause = why.rsplit(": ").next().unwrap_or(why).trim();
+    if cause.is_empty() {
+        return "refused by the kernel".to_owned();
+    }
+    if cause.chars().count() <= REFUSAL_CHARS {
+        return cause.to_owned();
+    }
+    let cut: String = cause
+        .chars()
+        .filter(|&c| c != '`')
+        .take(REFUSAL_CHARS)
+        .collect();
+    format!("{cut}…")
+}
+
+/// Longest refusal in a README cell.
+const REFUSAL_CHARS: usize = 100;
+
 /// Rewrites the README's kernel table (between [`README_BEGIN`] and [`README_END`]) from a
 /// full matrix run. Errors: the README is unreadable or lacks the markers.
 fn write_readme(results: &[GuestResult]) -> Result<()> {
@@ -477,7 +535,13 @@ fn write_readme(results: &[GuestResult]) -> Result<()> {
             path.display()
         );
     };
-    let date = run_capture(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
+    // The day of the run (its guests' output), not of this rendering.
+    let mut date = Command::new("date");
+    date.args(["-u", "+%Y-%m-%d"]);
+    if let Some(r) = results.first() {
+        date.arg("-r").arg(run_dir(r.kernel).join("output.txt"));
+    }
+    let date = run_capture(&mut date)?;
     let new = format!(
         "{README_BEGIN}\n{}\nLast run {}, QEMU (TCG) guests of Debian's kernels, PostgreSQL 15; \
          emulated guests run 20–100× slower than a host, so this proves loading, attaching and \
@@ -489,4 +553,27 @@ fn write_readme(results: &[GuestResult]) -> Result<()> {
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     println!("wrote the kernel table into {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal;
+
+    /// A README cell names the kernel's reason, not doctor's chain of family and program,
+    /// and never leaves a code span open.
+    #[test]
+    fn refusal_is_the_root_cause() {
+        assert_eq!(
+            refusal(
+                "FAIL  no hook family could be attached: tp_btf_sock: pgmon_sock_recv_length: \
+                 unknown BTF type `btf_trace_sock_recv_length`"
+            ),
+            "unknown BTF type `btf_trace_sock_recv_length`"
+        );
+        let long = format!("FAIL x: `{}`", "a".repeat(200));
+        let cut = refusal(&long);
+        assert!(cut.ends_with('…') && !cut.contains('`'), "{cut}");
+        assert_eq!(cut.chars().count(), 101);
+        assert_eq!(refusal(""), "refused by the kernel");
+    }
 }
