@@ -68,7 +68,8 @@ pub struct BenchArgs {
     /// Trials of the enforcement-latency measurement.
     #[arg(long, default_value_t = 40)]
     trials: usize,
-    /// Measure only where the capture overhead goes (CPU time) and print it.
+    /// Measure only where the capture overhead goes (CPU time), print it and write
+    /// `bench/PROBE.md` and `bench/probe.json`.
     #[arg(long)]
     probe_only: bool,
     /// Measure only the CPU accounting and the overhead rounds (pgbench -S and TPC-B-like,
@@ -283,8 +284,12 @@ fn measure(binary: &Path, args: &BenchArgs) -> Result<()> {
         crate::bench_host::section(&crate::bench_host::measure(binary, &cluster)?);
     probe_md.push_str(&host_md);
     if args.probe_only {
-        println!("{probe_md}");
-        return Ok(());
+        return write_section(
+            "PROBE",
+            "Where the capture overhead goes: CPU time",
+            &probe_md,
+            &serde_json::json!({"probe_cost": probe_json, "other_process_socket_call": host_json}),
+        );
     }
     let mut samples = Vec::new();
     for transport in [Transport::Unix, Transport::Tcp] {
