@@ -238,7 +238,18 @@ fn suite(version: PgVersion) {
             ..PgbenchRun::new("alice", "alice")
         };
         other.pgbench(&run).expect("pgbench on the other cluster");
-        thread::sleep(Duration::from_millis(500));
+        // A barrier, not a sleep: the agent handles records in the order the kernel wrote
+        // them, so once a query run on the watched cluster after the other cluster's is
+        // counted, anything the other cluster's run could have caused has been counted too.
+        let barrier = "SELECT pg_backend_pid() > 0 AS pgmon_barrier";
+        cluster
+            .psql("alice", "alice", Transport::Unix, barrier)
+            .expect("barrier query");
+        let fp_barrier = fingerprint(barrier);
+        let seen = wait_calls(&agent, "alice", &fp_barrier, 1);
+        f.check(seen == 1, || {
+            format!("{version:?} other cluster: the barrier query counted {seen} times")
+        });
         let after = calls(&agent, "alice", &fp_select);
         f.check(after == before, || {
             format!("{version:?} other cluster: alice's count moved {before} → {after}")
@@ -247,9 +258,12 @@ fn suite(version: PgVersion) {
         let total1: u64 = status1["roles"].as_array().map_or(0, |r| {
             r.iter().map(|r| r["queries"].as_u64().unwrap_or(0)).sum()
         });
-        // Only our own status polls (none: they are HTTP, not SQL) could move the total.
-        f.check(total1 == total0, || {
-            format!("{version:?} other cluster: total queries moved {total0} → {total1}")
+        // Only the barrier moves the total (status polls are HTTP, not SQL).
+        f.check(total1 == total0 + 1, || {
+            format!(
+                "{version:?} other cluster: total queries moved {total0} → {total1}, \
+                 the barrier alone should add 1"
+            )
         });
     }
 
