@@ -96,6 +96,14 @@ pub const PERSIST_MATERIAL: f64 = 0.01;
 /// second wrote 199 rows/s, 1.56 × the WAL of their own statements, before this).
 pub const PERSIST_AT_LEAST_EVERY_MS: u64 = 60_000;
 
+/// How far below a step's `at` a utilisation may fall and still reach it: 1e-9, relative.
+/// A window's spend is a sum of many `f64` charges, whose rounding leaves a spend that is
+/// exactly the threshold in decimal a few units in the last place under it (40 charges of
+/// 0.07 s sum to 2.7999999999999994, a utilisation of 1.9999999999999998 against a
+/// budget of 1.4); a DBA who sets `at: 2.0` expects the 40th to reach it. One part in a
+/// billion is far above that error and far below any charge.
+pub const LADDER_TOLERANCE: f64 = 1e-9;
+
 /// Per-role budgets on the capture thread.
 pub struct Budgets {
     policy: Compiled,
@@ -466,7 +474,9 @@ impl Budgets {
             r.ledger.prune(now_ms, window);
             let spend = r.ledger.spend(now_ms, window);
             let utilisation = (spend - tier.burst).max(0.0) / tier.budget;
-            let step = ladder.iter().rposition(|s| utilisation >= s.at);
+            let step = ladder
+                .iter()
+                .rposition(|s| utilisation >= s.at * (1.0 - LADDER_TOLERANCE));
             self.metrics
                 .observe(role, &r.tier, spend, tier.budget, utilisation);
             if step != r.step {

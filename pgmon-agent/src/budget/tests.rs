@@ -111,6 +111,34 @@ fn climbs_and_descends_the_ladder() {
 }
 
 #[test]
+fn a_sum_that_is_the_threshold_in_decimal_reaches_its_step() {
+    // Budget 1.4 s, 0.07 s per query: in f64 the 40th sums to 2.7999999999999994 and the
+    // 10th to 0.7000000000000002; both are the step the arithmetic says.
+    let (mut b, _req, mut out) = budgets(
+        "enabled: true\n\
+         tiers:\n  free: {budget: 1.4, unit: exec_seconds, window_seconds: 600}\n\
+         default_tier: free\n",
+    );
+    let heavy: Arc<str> = "heavy".into();
+    let db: Arc<str> = "db".into();
+    let s = stmt(1);
+    let t0 = 1_000_000;
+    let mut steps = Vec::new();
+    for k in 1..=40u64 {
+        b.charge(t0 + k * 1000, &heavy, &db, &s, 70_000_000);
+        b.evaluate(t0 + k * 1000);
+        for (_, to) in decisions(&mut out) {
+            steps.push((k, to));
+        }
+    }
+    // The default ladder: warn at 0.8, connection limit 5 at 1.0, 1 at 1.5, lock at 2.0.
+    assert_eq!(
+        steps,
+        [(16, Some(0)), (20, Some(1)), (30, Some(2)), (40, Some(3))]
+    );
+}
+
+#[test]
 fn exempt_and_protected_roles_are_never_charged() {
     let (mut b, _req, mut out) = budgets(POLICY);
     b.set_protected(["su".to_owned()].into());
