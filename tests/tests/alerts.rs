@@ -173,8 +173,34 @@ fn alerts(version: PgVersion) {
             v == 1.0
         });
     }
-    // A quiet baseline: at least min_samples (5) rates of WAL and temp bytes.
-    thread::sleep(Duration::from_secs(8));
+    // A quiet baseline: wait until the API shows at least min_samples (5) rates of WAL and
+    // of every database's temp bytes, then nothing may have fired.
+    let armed = |alertname: &str| -> bool {
+        let Ok((_, body)) = agent.get("/api/v1/alerts") else {
+            return false;
+        };
+        let v: Value = serde_json::from_str(&body).expect("alerts json");
+        v["data"]["rules"].as_array().is_some_and(|rules| {
+            rules.iter().any(|r| {
+                r["alertname"] == alertname
+                    && r["baselines"]
+                        .as_array()
+                        .is_some_and(|b| !b.is_empty() && b.iter().all(|b| b["armed"] == true))
+            })
+        })
+    };
+    let t = Instant::now();
+    while !(armed("PostgresWalSurge") && armed("PostgresTempSurge")) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the surge baselines never formed: {}",
+            agent
+                .get("/api/v1/alerts")
+                .map(|(_, b)| b)
+                .unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
     assert!(
         sinks.webhook.bodies().is_empty(),
         "a quiet cluster fires nothing: {:?}",

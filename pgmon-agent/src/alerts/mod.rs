@@ -109,6 +109,7 @@ impl Engine {
                     for_seconds: r.meta.for_ms / 1000,
                     severities: r.severities,
                     sql: sql::sources(r.meta.name).iter().map(|s| s.0).collect(),
+                    baselines: r.baselines(),
                 })
                 .collect(),
         }
@@ -148,6 +149,26 @@ pub struct RuleView {
     pub severities: &'static [Severity],
     /// The names of the statements (in the envelope's `sql`) whose rows it reads.
     pub sql: Vec<&'static str>,
+    /// A surge rule's baselines, one per entity it has seen (absent for other rules).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub baselines: Vec<BaselineView>,
+}
+
+/// How far a surge rule's baseline has formed for one entity: the rule cannot fire for it
+/// before `samples` reaches `min_samples` (one observation per evaluation at most,
+/// [`series::Baseline`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct BaselineView {
+    /// The database (`PostgresTempSurge`), or empty for the cluster (`PostgresWalSurge`).
+    pub entity: String,
+    /// Observations in the baseline.
+    pub samples: usize,
+    /// Observations needed before it can fire (`min_samples` of the rule's config).
+    pub min_samples: usize,
+    /// `samples >= min_samples`.
+    pub armed: bool,
+    /// Mean rate of the observations, bytes per second.
+    pub mean_bytes_per_second: f64,
 }
 
 /// What the HTTP endpoint and the registry share with the engine's task: the last view

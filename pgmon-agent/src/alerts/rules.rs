@@ -35,6 +35,30 @@ pub struct Rule {
 /// A rate rule's state per entity.
 pub(super) type SurgeState = HashMap<String, (Window<1>, Baseline)>;
 
+impl Rule {
+    /// A surge rule's baselines by entity, sorted by entity; empty for any other rule.
+    pub fn baselines(&self) -> Vec<super::BaselineView> {
+        let Kind::Surge { config, state, .. } = &self.kind else {
+            return Vec::new();
+        };
+        let mut v: Vec<_> = state
+            .iter()
+            .map(|(entity, (_, b))| {
+                let (samples, mean) = b.observed();
+                super::BaselineView {
+                    entity: entity.clone(),
+                    samples,
+                    min_samples: config.min_samples,
+                    armed: samples >= config.min_samples,
+                    mean_bytes_per_second: mean,
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.entity.cmp(&b.entity));
+        v
+    }
+}
+
 /// What a rule reads and compares.
 pub(super) enum Kind {
     /// A metric against warn/crit (replication lag also against bytes).

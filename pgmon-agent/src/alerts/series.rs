@@ -118,6 +118,17 @@ impl Baseline {
         self.last_ms = last_ms;
     }
 
+    /// Observations held now, and their mean (0 when there are none), in the rate's unit.
+    pub fn observed(&self) -> (usize, f64) {
+        let n = self.values.len();
+        let mean = if n == 0 {
+            0.0
+        } else {
+            self.values.iter().sum::<f64>() / n as f64
+        };
+        (n, mean)
+    }
+
     /// Judges `rate` against the baseline as it was, then adds it (when a step has passed
     /// since the last observation). Surge: at least `min_samples` observations, `rate` >
     /// mean + `sigma`·sd (population standard deviation) and `rate` ≥ `floor`.
@@ -129,12 +140,7 @@ impl Baseline {
         min_samples: usize,
         floor: f64,
     ) -> Judgement {
-        let n = self.values.len();
-        let mean = if n == 0 {
-            0.0
-        } else {
-            self.values.iter().sum::<f64>() / n as f64
-        };
+        let (n, mean) = self.observed();
         let var = if n == 0 {
             0.0
         } else {

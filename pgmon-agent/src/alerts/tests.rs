@@ -137,6 +137,31 @@ fn a_temp_surge_fires_after_a_quiet_baseline_only() {
             "quiet at {t}"
         );
     }
+    // The API shows the baseline formed: one observation per tick once the 3 s window
+    // spans half of itself (from t = 2 s, so t = 2..9), 1 KiB/s each, at least
+    // min_samples (5) of them.
+    let v = e.view(T0 + 9 * S, vec![]);
+    let temp = v
+        .rules
+        .iter()
+        .find(|r| r.alertname == "PostgresTempSurge")
+        .unwrap();
+    let b = &temp.baselines[..];
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!((b[0].entity.as_str(), b[0].samples), ("app", 8));
+    assert!(b[0].armed && b[0].min_samples == 5, "{b:?}");
+    assert_eq!(b[0].mean_bytes_per_second, 1024.0);
+    let json = serde_json::to_value(&v).unwrap();
+    let level = json["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["alertname"] == "PostgresIdleInTransaction")
+        .unwrap();
+    assert!(
+        level.get("baselines").is_none(),
+        "only surge rules have one"
+    );
     // 50 MiB in one second.
     bytes += 50.0 * 1048576.0;
     fast(&board, 0.0, bytes);
