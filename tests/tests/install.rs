@@ -271,9 +271,16 @@ fn every_system_call_is_allowed_by_the_units_filter() {
         .expect("pgbench");
     let _ = agent.metrics_text().expect("scrape");
     let _ = agent.status_json().expect("status");
+    // The reload's system calls must be in the trace: wait until it has been applied.
+    let reloads = agent.metric("pgmon_config_reloads_total", &[("result", "applied")]);
     // SAFETY: kill(2) on the agent we started (strace's child).
     unsafe { libc::kill(pid as i32, libc::SIGHUP) };
-    std::thread::sleep(Duration::from_secs(3));
+    agent.wait_metric(
+        "pgmon_config_reloads_total",
+        &[("result", "applied")],
+        Duration::from_secs(30),
+        |v| v > reloads,
+    );
     // SAFETY: as above.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let exit = agent

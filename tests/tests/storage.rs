@@ -238,8 +238,15 @@ fn quotas(version: PgVersion) {
             "ok:unlock:applied"
         ]
     );
-    // manual stays locked, however long it has been under.
-    std::thread::sleep(Duration::from_secs(2));
+    // manual stays locked, however long it has been under: once the agent has counted it
+    // under the hard limit, wait out what gave quota back (the unlock grace, 3 s, and a
+    // refresh, 1 s) counting from then, not from the DELETE.
+    wait_until("manual counted under", Duration::from_secs(12), || {
+        storage_role(&agent, "manual")
+            .and_then(|m| m["usage_bytes"].as_u64())
+            .is_some_and(|u| u < 10 << 20)
+    });
+    std::thread::sleep(Duration::from_secs(4));
     assert_eq!(state(&agent, "manual"), "locked");
     assert!(!can_login(&cluster, "manual"));
     let m = storage_role(&agent, "manual").expect("manual");

@@ -167,7 +167,11 @@ fn default_charge_is_corrected_when_the_estimate_arrives() {
     // One request for three misses of one fingerprint.
     assert_eq!(req.try_recv().unwrap().fingerprint, 42);
     assert!(req.try_recv().is_err());
-    assert_eq!(b.status(5_000)[0].spend, 3000.0);
+    // Each miss is charged `cost.default_cost` until the estimate arrives.
+    assert_eq!(
+        b.status(5_000)[0].spend,
+        3.0 * CostConfig::default().default_cost
+    );
     b.costs.insert(42, Some(8.5), &"db".into(), &[]);
     b.on_cost(CostAnswer {
         fingerprint: 42,
