@@ -255,15 +255,9 @@ impl Enforcer {
         }
     }
 
-    /// A ladder step as the audit and the log name it, e.g. `ConnectionLimit(2) at 1`.
+    /// Step `s` of this ladder by [`step_name`].
     pub(super) fn step_name(&self, s: Option<usize>) -> String {
-        match s.and_then(|i| self.ladder.get(i)) {
-            None => "none".to_owned(),
-            Some(st) => match st.limit {
-                Some(l) => format!("{:?}({l}) at {}", st.action, st.at),
-                None => format!("{:?} at {}", st.action, st.at),
-            },
-        }
+        step_name(&self.ladder, s)
     }
 
     async fn apply(&self, client: &Client, d: &Decision) -> Result<(), tokio_postgres::Error> {
@@ -361,6 +355,18 @@ impl Enforcer {
     }
 }
 
+/// Step `s` of `ladder` as the audit and the log name it, in the policy file's words:
+/// `connection_limit 2 at 1`, `lock at 2`, `warn at 0.8`; `none` for no step.
+fn step_name(ladder: &[Step], s: Option<usize>) -> String {
+    match s.and_then(|i| ladder.get(i)) {
+        None => "none".to_owned(),
+        Some(st) => match st.limit {
+            Some(l) => format!("{} {l} at {}", st.action.as_str(), st.at),
+            None => format!("{} at {}", st.action.as_str(), st.at),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -389,6 +395,28 @@ mod tests {
             at_ms: 0,
         };
         calls(&ladder, &d).into_iter().map(|(a, _, _)| a).collect()
+    }
+
+    #[test]
+    fn steps_are_named_as_the_policy_file_names_them() {
+        let ladder = [
+            step(0.8, ActionKind::Warn, None),
+            step(1.0, ActionKind::ConnectionLimit, Some(5)),
+            step(2.0, ActionKind::Lock, None),
+        ];
+        let names: Vec<_> = [None, Some(0), Some(1), Some(2)]
+            .into_iter()
+            .map(|s| step_name(&ladder, s))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "none",
+                "warn at 0.8",
+                "connection_limit 5 at 1",
+                "lock at 2"
+            ]
+        );
     }
 
     #[test]

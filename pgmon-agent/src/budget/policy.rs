@@ -53,6 +53,17 @@ pub enum ActionKind {
     Lock,
 }
 
+impl ActionKind {
+    /// The name the policy file uses (`warn`, `connection_limit`, `lock`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warn => "warn",
+            Self::ConnectionLimit => "connection_limit",
+            Self::Lock => "lock",
+        }
+    }
+}
+
 /// One step of the escalation ladder.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
