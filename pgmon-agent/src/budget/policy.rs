@@ -29,6 +29,16 @@ pub enum Unit {
     ExecSeconds,
 }
 
+impl Unit {
+    /// The name the policy file uses (`plan_cost`, `exec_seconds`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PlanCost => "plan_cost",
+            Self::ExecSeconds => "exec_seconds",
+        }
+    }
+}
+
 /// One role → tier rule; the first rule that matches wins.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

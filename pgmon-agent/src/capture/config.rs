@@ -25,6 +25,20 @@ pub enum HookChoice {
     RawTracepoint,
 }
 
+impl HookChoice {
+    /// The name the policy file uses (`auto`, `fexit`, `tp_btf_sock`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Fexit => "fexit",
+            Self::TpBtfSock => "tp_btf_sock",
+            Self::TpBtf => "tp_btf",
+            Self::Tracepoint => "tracepoint",
+            Self::RawTracepoint => "raw_tracepoint",
+        }
+    }
+}
+
 /// Whether to read TLS sessions' plaintext (`capture.tls`).
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

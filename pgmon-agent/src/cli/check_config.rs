@@ -8,10 +8,10 @@ use crate::config::Config;
 pub fn check_config(file: &Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
     println!(
-        "{}: ok (cluster {}, hooks {:?}, metrics on {})",
+        "{}: ok (cluster {}, hooks {}, metrics on {})",
         file.display(),
         config.cluster.data_directory.display(),
-        config.capture.hooks,
+        config.capture.hooks.as_str(),
         config.metrics.listen
     );
     Ok(())

@@ -206,8 +206,10 @@ pub fn render(s: &Status) -> String {
         ]);
         for b in &s.budgets {
             let step = match (b.step, b.step_at, b.connection_limit) {
-                (Some(a), Some(at), Some(l)) => format!("{a:?} {l} (utilisation ≥ {at})"),
-                (Some(a), Some(at), None) => format!("{a:?} (utilisation ≥ {at})"),
+                (Some(a), Some(at), Some(l)) => {
+                    format!("{} {l} (utilisation ≥ {at})", a.as_str())
+                }
+                (Some(a), Some(at), None) => format!("{} (utilisation ≥ {at})", a.as_str()),
                 _ => "-".to_owned(),
             };
             t.add_row([
@@ -329,18 +331,18 @@ fn render_role(r: &RoleStatus, budget: Option<&BudgetStatus>) -> String {
     if let Some(b) = budget {
         let _ = writeln!(
             o,
-            "budget: tier {}, spend {:.1} of {:.1} {:?} per {} (utilisation {:.2}), step {}",
+            "budget: tier {}, spend {:.1} of {:.1} {} per {} (utilisation {:.2}), step {}",
             b.tier,
             b.spend,
             b.budget,
-            b.unit,
+            b.unit.as_str(),
             match b.reset {
                 Some(crate::budget::policy::Reset::Hourly) => "hour (UTC)".to_owned(),
                 Some(crate::budget::policy::Reset::Daily) => "day (UTC)".to_owned(),
                 None => format!("{} s", b.window_seconds),
             },
             b.utilisation,
-            b.step.map_or_else(|| "-".to_owned(), |s| format!("{s:?}"))
+            b.step.map_or("-", |s| s.as_str())
         );
         if !b.unlock.is_empty() {
             let _ = writeln!(o, "unlock --budget would: {}", b.unlock);

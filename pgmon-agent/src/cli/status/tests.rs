@@ -130,3 +130,28 @@ fn a_63_byte_role_name_keeps_the_columns_aligned() {
         .collect::<Vec<_>>();
     assert_eq!(queries, [" 1234567 ", "       8 "], "{roles:#?}");
 }
+
+#[test]
+fn steps_and_units_read_as_the_policy_file_writes_them() {
+    let mut s = status();
+    s.budgets[1].step = Some(crate::budget::policy::ActionKind::ConnectionLimit);
+    s.budgets[1].step_at = Some(1.0);
+    s.budgets[1].connection_limit = Some(5);
+    let text = render(&s);
+    let row = |role: &str| {
+        text.lines()
+            .find(|l| l.split('|').next().is_some_and(|c| c.trim() == role) && l.contains("small"))
+            .unwrap_or_else(|| panic!("{role}'s budget row in\n{text}"))
+            .to_owned()
+    };
+    assert!(row(LONG).ends_with("| warn (utilisation ≥ 0.8)"), "{text}");
+    assert!(
+        row("bob").ends_with("| connection_limit 5 (utilisation ≥ 1)"),
+        "{text}"
+    );
+    let one = render_role(&s.roles[1], Some(&s.budgets[1]));
+    assert!(
+        one.contains("spend 1234.5 of 100000.0 plan_cost per 3600 s (utilisation 0.01), step connection_limit"),
+        "{one}"
+    );
+}
