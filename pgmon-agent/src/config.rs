@@ -432,6 +432,21 @@ mod tests {
     }
 
     #[test]
+    fn each_hook_choice_is_named_as_written() {
+        for name in [
+            "auto",
+            "fexit",
+            "tp_btf_sock",
+            "tp_btf",
+            "tracepoint",
+            "raw_tracepoint",
+        ] {
+            let text = format!("cluster:\n  data_directory: /d\ncapture:\n  hooks: {name}\n");
+            assert_eq!(parse(&text).unwrap().capture.hooks.as_str(), name);
+        }
+    }
+
+    #[test]
     fn bad_enum_value_lists_the_choices() {
         let text = "cluster:\n  data_directory: /d\ncapture:\n  hooks: kprobe\n";
         let e = parse(text).unwrap_err().to_string();

@@ -253,7 +253,8 @@ pub struct UnusedIndex {
 }
 
 /// `alerts.budget_exceeded`: a budgeted role whose utilisation (max(0, spend − burst) ÷
-/// budget, `pgmon_role_budget_utilisation`) is at least `utilisation`.
+/// budget, `pgmon_role_budget_utilisation`) is at least `utilisation`, within the
+/// ladder's tolerance ([`crate::budget::reaches`]).
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BudgetExceeded {

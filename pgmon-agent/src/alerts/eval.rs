@@ -337,7 +337,7 @@ impl Rule {
                     .budgets
                     .as_ref()?
                     .iter()
-                    .filter(|(_, u)| *u >= b.utilisation)
+                    .filter(|(_, u)| crate::budget::reaches(*u, b.utilisation))
                     .map(|(role, u)| {
                         let message = format!(
                             "role {role} is at {:.0}% of its query-cost budget",

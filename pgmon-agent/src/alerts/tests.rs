@@ -228,7 +228,12 @@ fn relation_and_role_rules_carry_their_entity() {
         &Inputs {
             board: &board,
             storage,
-            budgets: Some(vec![("dave".to_owned(), 1.25), ("erin".to_owned(), 0.5)]),
+            // frank's 0.9999999999999998 is 1.0 summed in f64 (budget::reaches).
+            budgets: Some(vec![
+                ("dave".to_owned(), 1.25),
+                ("erin".to_owned(), 0.5),
+                ("frank".to_owned(), 0.9999999999999998),
+            ]),
         },
     );
     let keys: Vec<&str> = n.iter().map(|n| n.alert.dedupe_key.as_str()).collect();
@@ -239,6 +244,7 @@ fn relation_and_role_rules_carry_their_entity() {
             "PgmonStorageSoftLimit{role=\"alice\"}",
             "PgmonStorageLocked{role=\"bob\"}",
             "PgmonBudgetExceeded{role=\"dave\"}",
+            "PgmonBudgetExceeded{role=\"frank\"}",
         ]
     );
     assert_eq!(

@@ -96,13 +96,19 @@ pub const PERSIST_MATERIAL: f64 = 0.01;
 /// second wrote 199 rows/s, 1.56 × the WAL of their own statements, before this).
 pub const PERSIST_AT_LEAST_EVERY_MS: u64 = 60_000;
 
-/// How far below a step's `at` a utilisation may fall and still reach it: 1e-9, relative.
+/// How far below a threshold a utilisation may fall and still reach it: 1e-9, relative.
 /// A window's spend is a sum of many `f64` charges, whose rounding leaves a spend that is
 /// exactly the threshold in decimal a few units in the last place under it (40 charges of
 /// 0.07 s sum to 2.7999999999999994, a utilisation of 1.9999999999999998 against a
 /// budget of 1.4); a DBA who sets `at: 2.0` expects the 40th to reach it. One part in a
 /// billion is far above that error and far below any charge.
-pub const LADDER_TOLERANCE: f64 = 1e-9;
+pub const THRESHOLD_TOLERANCE: f64 = 1e-9;
+
+/// Whether `utilisation` reaches `threshold` (a ladder step's `at`, or
+/// `alerts.budget_exceeded.utilisation`), within [`THRESHOLD_TOLERANCE`].
+pub fn reaches(utilisation: f64, threshold: f64) -> bool {
+    utilisation >= threshold * (1.0 - THRESHOLD_TOLERANCE)
+}
 
 /// Per-role budgets on the capture thread.
 pub struct Budgets {
@@ -474,9 +480,7 @@ impl Budgets {
             r.ledger.prune(now_ms, window);
             let spend = r.ledger.spend(now_ms, window);
             let utilisation = (spend - tier.burst).max(0.0) / tier.budget;
-            let step = ladder
-                .iter()
-                .rposition(|s| utilisation >= s.at * (1.0 - LADDER_TOLERANCE));
+            let step = ladder.iter().rposition(|s| reaches(utilisation, s.at));
             self.metrics
                 .observe(role, &r.tier, spend, tier.budget, utilisation);
             if step != r.step {

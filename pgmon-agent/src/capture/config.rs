@@ -26,15 +26,12 @@ pub enum HookChoice {
 }
 
 impl HookChoice {
-    /// The name the policy file uses (`auto`, `fexit`, `tp_btf_sock`, …).
+    /// The name the policy file uses: `auto`, or the one family's
+    /// [`HookFamily::name`](super::hooks::HookFamily::name).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Fexit => "fexit",
-            Self::TpBtfSock => "tp_btf_sock",
-            Self::TpBtf => "tp_btf",
-            Self::Tracepoint => "tracepoint",
-            Self::RawTracepoint => "raw_tracepoint",
+        match super::hooks::HookFamily::candidates(self) {
+            [one] => one.name(),
+            _ => "auto",
         }
     }
 }
